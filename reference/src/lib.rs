@@ -4,11 +4,18 @@
 //!
 //! One module per op family, named as in `kernels/` and `ops/`.
 
+pub mod attention;
 pub mod check;
 pub mod dtype;
+pub mod embedding;
 pub mod fp8;
+pub mod grouped_gemm;
+pub mod linear;
+pub mod moe;
+pub mod permute;
 pub mod rmsnorm;
 pub mod rope;
+pub mod router;
 pub mod swiglu;
 
 pub use dtype::Precision;

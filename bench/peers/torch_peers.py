@@ -1,0 +1,160 @@
+"""PyTorch equivalents of the benchmarked ops, timed the same way in the same GPU command.
+
+For each op: eager PyTorch as an inference engine would write it, and the same function under torch.compile
+(Inductor fuses it into Triton kernels: the strongest off-the-shelf peer). Median microseconds per call over
+CUDA-graph-free event timing of back-to-back calls, inputs rotated so each pass overflows L2, random data.
+Writes one JSON line per case to --json. Run on the GPU machine: python3 bench/peers/torch_peers.py --json F
+"""
+import argparse
+import json
+import math
+
+import torch
+import torch.nn.functional as F
+
+TOKENS = [1, 64, 4096, 16384]
+H, I, NH, NKV, D = 5120, 8192, 40, 8, 128
+EPS = 1e-5
+dev = "cuda"
+
+
+def rotation(bytes_per_call):
+    return max(1, min(16, math.ceil((256 << 20) / max(bytes_per_call, 1))))
+
+
+def time_us(fn, sets, reps=20, samples=15):
+    """Median over samples of (time of `reps` back-to-back calls) / reps, cycling through input sets."""
+    for k in range(3):
+        fn(*sets[k % len(sets)])
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    out = []
+    for _ in range(samples):
+        start.record()
+        for k in range(reps):
+            fn(*sets[k % len(sets)])
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end) * 1e3 / reps)
+    out.sort()
+    return out[len(out) // 2]
+
+
+def rand(*shape, dtype=torch.bfloat16):
+    return (torch.rand(*shape, device=dev, dtype=torch.float32) * 4 - 2).to(dtype)
+
+
+# ---- the ops, written as the HF model / an engine does ---------------------------------------------------
+
+def rmsnorm(x, w):
+    n = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + EPS)
+    return n.to(x.dtype) * w
+
+
+def rmsnorm_fused(x, w):
+    return F.rms_norm(x, (x.shape[-1],), w, EPS)
+
+
+def add_rmsnorm(x, r, w):
+    s = r + x
+    return s, rmsnorm(s, w)
+
+
+def quant_fp8(x):
+    amax = x.abs().amax(-1, keepdim=True).float().clamp(min=1e-12)
+    scale = amax / 448.0
+    q = (x.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def swiglu(gu):
+    g, u = gu.chunk(2, dim=-1)
+    return F.silu(g) * u
+
+
+def swiglu_fp8(gu):
+    return quant_fp8(swiglu(gu))
+
+
+def rope_qkv(qkv, freqs_cis, slots, kc, vc, qk_norm, temp):
+    t = qkv.shape[0]
+    q, k, v = qkv.split([NH * D, NKV * D, NKV * D], dim=-1)
+    q, k, v = q.view(t, NH, D), k.view(t, NKV, D), v.view(t, NKV, D)
+    if freqs_cis is not None:
+        qc = torch.view_as_complex(q.float().reshape(t, NH, D // 2, 2))
+        kc_ = torch.view_as_complex(k.float().reshape(t, NKV, D // 2, 2))
+        q = torch.view_as_real(qc * freqs_cis[:, None, :]).flatten(2).type_as(qkv)
+        k = torch.view_as_real(kc_ * freqs_cis[:, None, :]).flatten(2).type_as(qkv)
+        if qk_norm:
+            q = (q.float() * torch.rsqrt(q.float().pow(2).mean(-1, keepdim=True) + EPS)).type_as(qkv)
+            k = (k.float() * torch.rsqrt(k.float().pow(2).mean(-1, keepdim=True) + EPS)).type_as(qkv)
+    elif temp is not None:
+        q = (q * temp[:, None, None]).to(qkv.dtype)
+    kc.index_copy_(0, slots, k)
+    vc.index_copy_(0, slots, v)
+    return q.contiguous()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--no-compile", action="store_true")
+    args = ap.parse_args()
+    name = torch.cuda.get_device_name()
+    sink = open(args.json, "a")
+
+    def record(family, variant, shape, tokens, nbytes, peer, us):
+        # One line at a time: a run cut short still leaves every finished figure.
+        sink.write(json.dumps(dict(source="torch", peer=peer, family=family, variant=variant, shape=shape,
+                                   tokens=tokens, bytes=nbytes, us=us, device=name)) + "\n")
+        sink.flush()
+        print(f"{family}/{variant}/{shape} [{peer}]: {us:.2f} us, {nbytes / us / 1e3:.0f} GB/s", flush=True)
+
+    def both(family, variant, shape, tokens, nbytes, fn, sets, fused=None):
+        record(family, variant, shape, tokens, nbytes, "torch eager", time_us(fn, sets))
+        if fused is not None:
+            record(family, variant, shape, tokens, nbytes, "torch fused op", time_us(fused, sets))
+        if not args.no_compile:
+            # dynamic=False: one specialised kernel per shape, the best case for Inductor.
+            record(family, variant, shape, tokens, nbytes, "torch.compile",
+                   time_us(torch.compile(fn, dynamic=False), sets))
+
+    inv = 1.0 / (500000.0 ** (torch.arange(0, D, 2, dtype=torch.float32, device=dev) / D))
+    with torch.inference_mode():
+        for t in TOKENS:
+            n = t * H
+            shape = f"{t}x{H}"
+            w = rand(H)
+            k = rotation(4 * n)
+            sets = [(rand(t, H), w) for _ in range(k)]
+            both("rmsnorm", "plain", shape, t, 2 * n * 2 + 2 * H, rmsnorm, sets, fused=rmsnorm_fused)
+            sets3 = [(rand(t, H), rand(t, H), w) for _ in range(k)]
+            both("rmsnorm", "add", shape, t, 4 * n * 2 + 2 * H, add_rmsnorm, sets3)
+            qsets = [(rand(t, H),) for _ in range(rotation(3 * n))]
+            both("quant", "fp8_rowwise", shape, t, 3 * n + 4 * t, quant_fp8, qsets)
+            del sets, sets3, qsets
+
+            ni = t * I
+            gsets = [(rand(t, 2 * I),) for _ in range(rotation(6 * ni))]
+            both("swiglu", "bf16", f"{t}x{I}", t, 6 * ni, swiglu, gsets)
+            both("swiglu", "fp8", f"{t}x{I}", t, 5 * ni + 4 * t, swiglu_fp8, gsets)
+            del gsets
+
+            width = (NH + 2 * NKV) * D
+            pos = torch.arange(30000, 30000 + t, device=dev, dtype=torch.float32)
+            freqs_cis = torch.polar(torch.ones(t, D // 2, device=dev), pos[:, None] * inv[None, :])
+            temp = torch.log(torch.floor((pos + 1.0) / 8192.0) + 1.0) * 0.1 + 1.0
+            slots = torch.arange(t, device=dev)
+            rsets = [(rand(t, width), torch.empty(t, NKV, D, device=dev, dtype=torch.bfloat16),
+                      torch.empty(t, NKV, D, device=dev, dtype=torch.bfloat16)) for _ in range(rotation(4 * t * width))]
+            rshape = f"{t}x{NH}x{NKV}x{D}"
+            both("rope", "rope_qknorm", rshape, t, 4 * t * width + 12 * t,
+                 lambda x, kc, vc: rope_qkv(x, freqs_cis, slots, kc, vc, True, None), rsets)
+            both("rope", "nope_temp", rshape, t, 4 * t * width + 12 * t,
+                 lambda x, kc, vc: rope_qkv(x, None, slots, kc, vc, False, temp), rsets)
+            del rsets
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

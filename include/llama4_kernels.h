@@ -1,0 +1,118 @@
+/* llama4-kernels: fused CUDA kernels for Llama 4 class MoE inference on Hopper (sm_90a), C ABI.
+ *
+ * Link: libllama4_kernels.a (static; add -lstdc++ -ldl -lrt -lpthread -lm) or libllama4_kernels.so.
+ * The CUDA runtime is linked in statically; the driver (libcuda.so.1) is loaded at run time.
+ *
+ * Conventions, for every op:
+ * - Device pointers are `void*` (bf16 as its 16-bit pattern, FP8 E4M3 as one byte) or typed (`float*` f32,
+ *   `int32_t*`, `int64_t*`). Tensors are dense and row-major with the shapes given in each comment.
+ * - `stream` is a cudaStream_t / CUstream on the current device (NULL: the legacy default stream).
+ * - No op synchronizes, allocates or copies to the host: all of them can be captured in a CUDA graph. Ops
+ *   that need scratch memory take a caller-provided workspace and report its size through a *_workspace_size
+ *   function (none of the ops below needs one).
+ * - Arguments are validated before anything is launched: null or misaligned pointers, bad shapes and
+ *   unsupported sizes return an error status and launch nothing. A zero row/token count is a no-op.
+ * - On failure, l4k_last_error() describes the failure (thread-local; "" after a successful call).
+ * - Rounding follows the model contract (PyTorch's bf16 Llama 4): every op documents where it rounds.
+ */
+#ifndef LLAMA4_KERNELS_H
+#define LLAMA4_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Same type as cudaStream_t and CUstream. */
+typedef struct CUstream_st* l4k_stream_t;
+
+typedef enum l4k_status {
+  L4K_OK = 0,
+  L4K_ERROR_INVALID_ARGUMENT = 1, /* null/misaligned pointer, inconsistent shape, bad value; nothing launched */
+  L4K_ERROR_UNSUPPORTED = 2,      /* valid request outside what is implemented (e.g. head_dim > 256) */
+  L4K_ERROR_CUDA = 3,             /* the CUDA runtime reported an error (message in l4k_last_error) */
+  L4K_ERROR_NO_DEVICE = 4         /* no driver, no GPU, or a GPU this build has no code for (needs sm_90) */
+} l4k_status;
+
+/* Why the last l4k_* call on this thread failed; "" if it succeeded. Valid until the next call on the thread. */
+const char* l4k_last_error(void);
+/* Library version, e.g. "0.1.0". */
+const char* l4k_version(void);
+
+/* ---- rmsnorm ------------------------------------------------------------------------------------------
+ * y[r] = bf16(bf16(x[r] * rsqrt(mean(x[r]^2) + eps)) * weight), f32 math.
+ * x, y: [rows, cols] bf16 (y may alias x); weight: [cols] bf16. */
+l4k_status l4k_rmsnorm(const void* x, const void* weight, void* y, int64_t rows, int64_t cols, float eps,
+                       l4k_stream_t stream);
+
+/* The residual add fused in front of the norm: residual = bf16(residual + x) (in place), then
+ * y = rmsnorm(residual) as above. x, residual, y: [rows, cols] bf16. */
+l4k_status l4k_add_rmsnorm(const void* x, void* residual, const void* weight, void* y, int64_t rows,
+                           int64_t cols, float eps, l4k_stream_t stream);
+
+/* ---- rope: attention pre-processing of one layer ---------------------------------------------------------
+ * llama3 frequency scaling (rope_scaling with rope_type "llama3"). */
+typedef struct l4k_llama3_scaling {
+  float factor;
+  float low_freq_factor;
+  float high_freq_factor;
+  float original_max_position_embeddings;
+} l4k_llama3_scaling;
+
+/* Host-side, once per model: inv_freq[j] for j < head_dim / 2, f32, exactly as transformers computes them.
+ * scaling may be NULL (plain RoPE). inv_freq: head_dim / 2 host floats. */
+l4k_status l4k_rope_inv_freq(float theta, int32_t head_dim, const l4k_llama3_scaling* scaling, float* inv_freq);
+
+enum { L4K_LAYER_ROPE = 0, L4K_LAYER_NOPE = 1 };
+
+typedef struct l4k_rope_layer {
+  int32_t n_heads;        /* query heads */
+  int32_t n_kv_heads;     /* divides n_heads */
+  int32_t head_dim;       /* even, <= 256 */
+  int32_t kind;           /* L4K_LAYER_ROPE (RoPE + chunked attention) or L4K_LAYER_NOPE (global attention) */
+  const float* inv_freq;  /* RoPE layers: head_dim / 2 HOST floats (l4k_rope_inv_freq); copied per call */
+  int32_t qk_norm;        /* RoPE layers: nonzero = RMS-normalise q and k heads after RoPE (no weight) */
+  float qk_norm_eps;
+  int32_t temperature;    /* NoPE layers: nonzero = q *= log(floor((pos + 1) / floor_scale) + 1) * attn_scale + 1 */
+  float floor_scale;
+  float attn_scale;
+} l4k_rope_layer;
+
+/* Splits the fused projection qkv [tokens, (n_heads + 2 n_kv_heads) * head_dim] bf16 (q heads, then k heads,
+ * then v heads) at absolute positions pos [tokens] (int32), applies the layer's pre-processing (RoPE on
+ * adjacent pairs in f32 rounded to bf16, then QK norm in f32 rounded; or the temperature on q), writes
+ * q_out [tokens, n_heads, head_dim] bf16, and k and v into row slots[t] (int64) of
+ * k_cache / v_cache [cache_slots, n_kv_heads, head_dim] bf16. slots[t] == -1 skips the token's k/v (padding).
+ * A slot outside [-1, cache_slots) is never written; when bad_slots (one device uint32) is not NULL, the
+ * number of such tokens is added to it. A paged cache is a block table over slots
+ * (slot = block * block_size + offset). */
+l4k_status l4k_rope_qkv(const void* qkv, const int32_t* pos, const int64_t* slots, int64_t tokens,
+                        const l4k_rope_layer* layer, void* q_out, void* k_cache, void* v_cache,
+                        int64_t cache_slots, uint32_t* bad_slots, l4k_stream_t stream);
+
+/* ---- swiglu -------------------------------------------------------------------------------------------
+ * gate_up: [tokens, 2 * inter] bf16, gate in the first inter columns, up in the rest.
+ * h = bf16(bf16(silu(gate)) * up), silu in f32. */
+l4k_status l4k_swiglu(const void* gate_up, void* out /* [tokens, inter] bf16 */, int64_t tokens, int64_t inter,
+                      l4k_stream_t stream);
+
+/* h as above, quantized per row to FP8 E4M3 as l4k_quant_fp8 does: q [tokens, inter], scales [tokens] f32. */
+l4k_status l4k_swiglu_fp8(const void* gate_up, void* q, float* scales, int64_t tokens, int64_t inter,
+                          l4k_stream_t stream);
+
+/* ---- quant ----------------------------------------------------------------------------------------------
+ * Rowwise FP8 E4M3: scales[r] = max(amax(x[r]), 1e-12) / 448, q = e4m3(x / scales[r]) with saturation to
+ * +-448 and round-to-nearest-even (NaN -> 0x7F). x: [rows, cols] bf16; q: [rows, cols]; scales: [rows] f32. */
+l4k_status l4k_quant_fp8(const void* x, void* q, float* scales, int64_t rows, int64_t cols, l4k_stream_t stream);
+
+/* out = e4m3_to_f32(q) * scales[row]; q: [rows, cols] E4M3, out: [rows, cols] f32. For tests and debugging. */
+l4k_status l4k_dequant_fp8(const void* q, const float* scales, float* out, int64_t rows, int64_t cols,
+                           l4k_stream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LLAMA4_KERNELS_H */

@@ -1,0 +1,20 @@
+// Small host-side services of the kernel library: error strings and the parameter-struct sizes the Rust side
+// checks its #[repr(C)] mirrors against.
+#include <cuda_runtime.h>
+#include <stddef.h>
+
+#include "params.h"
+
+extern "C" const char* l4k_internal_cuda_error_string(int code) {
+  return cudaGetErrorString(static_cast<cudaError_t>(code));
+}
+
+extern "C" size_t l4k_internal_params_size(int which) {
+  switch (which) {
+    case L4K_PARAMS_RMSNORM: return sizeof(L4kRmsnormParams);
+    case L4K_PARAMS_ROPE: return sizeof(L4kRopeParams);
+    case L4K_PARAMS_SWIGLU: return sizeof(L4kSwigluParams);
+    case L4K_PARAMS_QUANT: return sizeof(L4kQuantParams);
+    default: return 0;
+  }
+}

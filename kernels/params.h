@@ -1,0 +1,87 @@
+// Launch parameters shared by the CUDA launchers and the Rust side (ops/ffi.rs mirrors each struct with
+// #[repr(C)]; a CPU test compares sizeof here with size_of there through l4k_internal_params_size).
+//
+// Pointers are device pointers. bf16 is passed as its 16-bit pattern, FP8 E4M3 as one byte. Every launcher
+// assumes its arguments were validated by the Rust layer (ops/*.rs), which both the safe API and the C ABI
+// go through: shapes positive and consistent, pointers non-null, counts within int32 grid limits.
+#pragma once
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// y = rmsnorm(x) * w, optionally after residual_out = residual + x (fused add).
+typedef struct L4kRmsnormParams {
+  const void* x;          // [rows, cols] bf16
+  const void* residual;   // [rows, cols] bf16, or NULL for the plain norm
+  void* residual_out;     // [rows, cols] bf16, may alias residual; NULL iff residual is NULL
+  const void* weight;     // [cols] bf16
+  void* y;                // [rows, cols] bf16
+  int64_t rows;
+  int64_t cols;
+  float eps;
+  int32_t _pad;
+} L4kRmsnormParams;
+
+enum { L4K_MAX_HEAD_DIM = 256 };
+
+// Attention pre-processing of one layer: split q/k/v out of the fused projection, RoPE (adjacent pairs) and
+// per-head QK RMS norm on RoPE layers, temperature scaling of q on NoPE layers; q goes to a dense [T, Hq, D]
+// buffer, k and v into the slot-addressed KV cache [slots, Hkv, D] (a paged cache is a block table over slots).
+typedef struct L4kRopeParams {
+  const void* qkv;        // [tokens, (n_heads + 2 n_kv_heads) * head_dim] bf16: q heads, k heads, v heads
+  const int32_t* pos;     // [tokens] absolute positions
+  const int64_t* slots;   // [tokens] cache row per token; -1 = do not write (padding)
+  void* q_out;            // [tokens, n_heads, head_dim] bf16
+  void* k_cache;          // [cache_slots, n_kv_heads, head_dim] bf16
+  void* v_cache;          // [cache_slots, n_kv_heads, head_dim] bf16
+  uint32_t* bad_slots;    // optional counter of slots outside [-1, cache_slots): those tokens are not written
+  int64_t tokens;
+  int64_t cache_slots;
+  int32_t n_heads;
+  int32_t n_kv_heads;
+  int32_t head_dim;       // even, <= L4K_MAX_HEAD_DIM
+  int32_t rope;           // 1: RoPE layer (rotate q, k); 0: NoPE layer
+  int32_t qk_norm;        // RoPE layers: RMS-normalise q and k heads after rotation
+  int32_t temperature;    // NoPE layers: scale q by log(floor((p + 1) / floor_scale) + 1) * attn_scale + 1
+  float eps;
+  float floor_scale;
+  float attn_scale;
+  int32_t _pad;
+  float inv_freq[L4K_MAX_HEAD_DIM / 2];  // RoPE frequencies, computed once on the host (ops/rope.rs)
+} L4kRopeParams;
+
+typedef enum L4kSwigluOut { L4K_SWIGLU_BF16 = 0, L4K_SWIGLU_FP8 = 1 } L4kSwigluOut;
+
+// h = silu(gate) * up over gate_up [tokens, 2 * inter] (gate first), written as bf16 or as rowwise FP8 + scales.
+typedef struct L4kSwigluParams {
+  const void* gate_up;    // [tokens, 2 * inter] bf16
+  void* out;              // [tokens, inter] bf16 or FP8 E4M3
+  float* scales;          // [tokens] f32 when out is FP8, else NULL
+  int64_t tokens;
+  int64_t inter;
+  int32_t out_kind;       // L4kSwigluOut
+  int32_t _pad;
+} L4kSwigluParams;
+
+// Rowwise FP8 quantization (bf16 -> E4M3 + per-row f32 scale) and the inverse (E4M3 * scale -> f32).
+typedef struct L4kQuantParams {
+  const void* x;          // quantize: [rows, cols] bf16; dequantize: [rows, cols] E4M3
+  void* out;              // quantize: [rows, cols] E4M3; dequantize: [rows, cols] f32
+  float* scales;          // [rows]: written by quantize, read by dequantize
+  int64_t rows;
+  int64_t cols;
+} L4kQuantParams;
+
+// Which struct l4k_internal_params_size reports.
+typedef enum L4kParamsId {
+  L4K_PARAMS_RMSNORM = 0,
+  L4K_PARAMS_ROPE = 1,
+  L4K_PARAMS_SWIGLU = 2,
+  L4K_PARAMS_QUANT = 3,
+} L4kParamsId;
+
+#ifdef __cplusplus
+}
+#endif

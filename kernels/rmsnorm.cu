@@ -1,0 +1,78 @@
+// RMSNorm over rows of bf16, optionally fused with the residual add in front of it.
+//
+// Rounding follows the model contract: n = x * rsqrt(mean(x^2) + eps) in f32, n rounded to bf16, then the bf16
+// product n * w rounded again; with the add, residual + x is rounded to bf16 before it is squared, because that
+// rounded sum is what the next layer reads.
+//
+// One CTA per row; the row lives in registers (VPT x VEC values per thread) between the sum-of-squares
+// reduction and the write, so each byte is read once. Aliasing is allowed (y == x, residual_out == residual):
+// every element is read and written by the same thread, and all reads precede the reduction's barrier.
+#include "common.cuh"
+
+namespace l4k {
+
+template <int VEC, int VPT, bool ADD>
+__global__ void __launch_bounds__(row_threads_cap<VEC>()) rmsnorm_kernel(const L4kRmsnormParams p) {
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * p.cols;
+  const bf16* x = static_cast<const bf16*>(p.x) + base;
+  bf16* y = static_cast<bf16*>(p.y) + base;
+
+  float v[VPT][VEC];
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < p.cols) {  // VEC divides cols, so a vector is either wholly inside the row or wholly outside
+      load_bf16<VEC>(x + c, v[i]);
+      if constexpr (ADD) {
+        float r[VEC];
+        load_bf16<VEC>(static_cast<const bf16*>(p.residual) + base + c, r);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) v[i][j] = round_bf16(r[j] + v[i][j]);
+        store_bf16<VEC>(static_cast<bf16*>(p.residual_out) + base + c, v[i]);
+      }
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) ss += v[i][j] * v[i][j];
+    }
+  }
+  const float inv = rsqrtf(block_reduce(ss, SumOp{}, 0.f) / static_cast<float>(p.cols) + p.eps);
+
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < p.cols) {
+      float w[VEC];
+      load_bf16<VEC>(static_cast<const bf16*>(p.weight) + c, w);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[i][j] = round_bf16(v[i][j] * inv) * w[j];
+      store_bf16<VEC>(y + c, v[i]);
+    }
+  }
+}
+
+template <int VEC, bool ADD>
+int launch(const L4kRmsnormParams& p, cudaStream_t stream) {
+  RowShape s;
+  if (!row_shape<VEC>(p.cols / VEC, &s)) return L4K_STATUS_TOO_LONG;
+  const dim3 grid(static_cast<unsigned>(p.rows)), block(s.threads);
+  switch (s.vpt) {
+    case 1: rmsnorm_kernel<VEC, 1, ADD><<<grid, block, 0, stream>>>(p); break;
+    case 2: rmsnorm_kernel<VEC, 2, ADD><<<grid, block, 0, stream>>>(p); break;
+    case 4: rmsnorm_kernel<VEC, 4, ADD><<<grid, block, 0, stream>>>(p); break;
+    case 8: rmsnorm_kernel<VEC, 8, ADD><<<grid, block, 0, stream>>>(p); break;
+    default: rmsnorm_kernel<VEC, 16, ADD><<<grid, block, 0, stream>>>(p); break;
+  }
+  return launch_status();
+}
+
+}  // namespace l4k
+
+extern "C" int l4k_launch_rmsnorm(const L4kRmsnormParams* p, cudaStream_t stream) {
+  using namespace l4k;
+  const bool add = p->residual != nullptr;
+  // 16-byte accesses need every row start aligned: cols a multiple of 8 and 16-byte base pointers.
+  const bool vec = p->cols % 8 == 0 && aligned16(p->x) && aligned16(p->y) && aligned16(p->weight) &&
+                   (!add || (aligned16(p->residual) && aligned16(p->residual_out)));
+  if (vec) return add ? launch<8, true>(*p, stream) : launch<8, false>(*p, stream);
+  return add ? launch<1, true>(*p, stream) : launch<1, false>(*p, stream);
+}

@@ -1,0 +1,172 @@
+// Attention pre-processing for one layer, fused: split q/k/v from the fused projection, rotate q and k (RoPE
+// on adjacent pairs), RMS-normalise each q/k head (QK norm), scale q by the position temperature (NoPE layers),
+// and write q densely and k/v into the slot-addressed KV cache.
+//
+// Layout. One CTA per token, one warp per head (q heads, then k heads, then v heads, as in the projection).
+// Lane l holds pairs [l * PPL, l * PPL + PPL) of its head, so a head is one coalesced access per lane (8 bytes
+// for head_dim 128) and the QK norm is a warp reduction. cos/sin depend only on (token, pair): computed once
+// per CTA into shared memory, not once per head.
+//
+// Rounding as the model contract: rotate in f32, round to bf16; normalise the rounded values in f32, round.
+#include "common.cuh"
+
+namespace l4k {
+
+constexpr int kRopeWarps = 8;
+
+template <int PPL>
+struct Head {
+  float v[2 * PPL];
+};
+
+// Lane's pairs of one head: vector access when VECTOR (the caller checked alignment), else element by element
+// with the pairs past head_dim / 2 left untouched (their lanes hold zeros and never store).
+template <int PPL, bool VECTOR>
+__device__ __forceinline__ void load_head(const bf16* src, int pairs, int lane, Head<PPL>& h) {
+  const int first = lane * PPL;
+  if constexpr (VECTOR) {
+    if (first < pairs) {
+      if constexpr (PPL == 4) {
+        load_bf16<8>(src + 2 * first, h.v);
+      } else {
+        const __nv_bfloat162* s = reinterpret_cast<const __nv_bfloat162*>(src) + first;
+        if constexpr (PPL == 2) {
+          uint2 raw = *reinterpret_cast<const uint2*>(s);
+          const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&raw);
+          float2 a = __bfloat1622float2(b[0]), c = __bfloat1622float2(b[1]);
+          h.v[0] = a.x, h.v[1] = a.y, h.v[2] = c.x, h.v[3] = c.y;
+        } else {
+          float2 a = __bfloat1622float2(*s);
+          h.v[0] = a.x, h.v[1] = a.y;
+        }
+      }
+      return;
+    }
+#pragma unroll
+    for (int i = 0; i < 2 * PPL; ++i) h.v[i] = 0.f;
+  } else {
+#pragma unroll
+    for (int k = 0; k < PPL; ++k) {
+      const bool in = first + k < pairs;
+      h.v[2 * k] = in ? __bfloat162float(src[2 * (first + k)]) : 0.f;
+      h.v[2 * k + 1] = in ? __bfloat162float(src[2 * (first + k) + 1]) : 0.f;
+    }
+  }
+}
+
+template <int PPL, bool VECTOR>
+__device__ __forceinline__ void store_head(bf16* dst, int pairs, int lane, const Head<PPL>& h) {
+  const int first = lane * PPL;
+  if constexpr (VECTOR) {
+    if (first >= pairs) return;
+    if constexpr (PPL == 4) {
+      store_bf16<8>(dst + 2 * first, h.v);
+    } else if constexpr (PPL == 2) {
+      uint2 raw;
+      __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&raw);
+      b[0] = __floats2bfloat162_rn(h.v[0], h.v[1]);
+      b[1] = __floats2bfloat162_rn(h.v[2], h.v[3]);
+      *reinterpret_cast<uint2*>(reinterpret_cast<__nv_bfloat162*>(dst) + first) = raw;
+    } else {
+      reinterpret_cast<__nv_bfloat162*>(dst)[first] = __floats2bfloat162_rn(h.v[0], h.v[1]);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < PPL; ++k) {
+      if (first + k < pairs) {
+        dst[2 * (first + k)] = __float2bfloat16_rn(h.v[2 * k]);
+        dst[2 * (first + k) + 1] = __float2bfloat16_rn(h.v[2 * k + 1]);
+      }
+    }
+  }
+}
+
+template <int PPL, bool VECTOR>
+__global__ void __launch_bounds__(kRopeWarps * 32) rope_kernel(const L4kRopeParams p) {
+  __shared__ float cos_s[L4K_MAX_HEAD_DIM / 2], sin_s[L4K_MAX_HEAD_DIM / 2];
+  const int64_t t = blockIdx.x;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int pairs = p.head_dim / 2;
+  const int heads = p.n_heads + 2 * p.n_kv_heads;
+  const int32_t pos = p.pos[t];
+
+  if (p.rope) {
+    // angle = pos * inv_freq in f32 (as the reference and transformers form it), then an accurate sincosf:
+    // angles reach ~1e5 rad at long contexts, where the fast intrinsics lose all precision.
+    for (int j = threadIdx.x; j < pairs; j += blockDim.x) sincosf(static_cast<float>(pos) * p.inv_freq[j], &sin_s[j], &cos_s[j]);
+    __syncthreads();
+  }
+  const float temperature =
+      p.temperature ? logf(floorf((static_cast<float>(pos) + 1.f) / p.floor_scale) + 1.f) * p.attn_scale + 1.f : 1.f;
+  const int64_t slot = p.slots[t];
+  const bool slot_ok = slot >= 0 && slot < p.cache_slots;
+  if (slot >= p.cache_slots && p.bad_slots != nullptr && threadIdx.x == 0) atomicAdd(p.bad_slots, 1u);
+
+  const bf16* row = static_cast<const bf16*>(p.qkv) + t * heads * p.head_dim;
+  for (int h = warp; h < heads; h += kRopeWarps) {
+    const bool is_q = h < p.n_heads, is_v = h >= p.n_heads + p.n_kv_heads;
+    bf16* dst;
+    if (is_q) {
+      dst = static_cast<bf16*>(p.q_out) + (t * p.n_heads + h) * p.head_dim;
+    } else {
+      if (!slot_ok) continue;  // padding token, or a slot outside the cache (counted above)
+      const int kvh = h - p.n_heads - (is_v ? p.n_kv_heads : 0);
+      dst = static_cast<bf16*>(is_v ? p.v_cache : p.k_cache) + (slot * p.n_kv_heads + kvh) * p.head_dim;
+    }
+    Head<PPL> x;
+    load_head<PPL, VECTOR>(row + static_cast<int64_t>(h) * p.head_dim, pairs, lane, x);
+
+    if (!is_v && p.rope) {
+      float ss = 0.f;
+#pragma unroll
+      for (int k = 0; k < PPL; ++k) {
+        const int j = lane * PPL + k;
+        if (j < pairs) {
+          const float c = cos_s[j], s = sin_s[j], x0 = x.v[2 * k], x1 = x.v[2 * k + 1];
+          x.v[2 * k] = round_bf16(x0 * c - x1 * s);
+          x.v[2 * k + 1] = round_bf16(x0 * s + x1 * c);
+          ss += x.v[2 * k] * x.v[2 * k] + x.v[2 * k + 1] * x.v[2 * k + 1];
+        }
+      }
+      if (p.qk_norm) {
+        const float inv = rsqrtf(warp_reduce(ss, SumOp{}) / static_cast<float>(p.head_dim) + p.eps);
+#pragma unroll
+        for (int i = 0; i < 2 * PPL; ++i) x.v[i] = round_bf16(x.v[i] * inv);
+      }
+    } else if (is_q && p.temperature) {
+#pragma unroll
+      for (int i = 0; i < 2 * PPL; ++i) x.v[i] = round_bf16(x.v[i] * temperature);
+    }
+    store_head<PPL, VECTOR>(dst, pairs, lane, x);
+  }
+}
+
+template <int PPL>
+int launch(const L4kRopeParams& p, bool vector, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(p.tokens)), block(kRopeWarps * 32);
+  if (vector) {
+    rope_kernel<PPL, true><<<grid, block, 0, stream>>>(p);
+  } else {
+    rope_kernel<PPL, false><<<grid, block, 0, stream>>>(p);
+  }
+  return launch_status();
+}
+
+}  // namespace l4k
+
+extern "C" int l4k_launch_rope(const L4kRopeParams* p, cudaStream_t stream) {
+  using namespace l4k;
+  const int pairs = p->head_dim / 2;
+  const int ppl = pairs <= 32 ? 1 : pairs <= 64 ? 2 : 4;
+  // A lane's PPL pairs are 4 * PPL bytes; every head starts on such a boundary when head_dim is a multiple of
+  // 2 * PPL and the three base pointers are aligned to it.
+  const uintptr_t mask = 4u * ppl - 1;
+  const bool vector = pairs % ppl == 0 && ((reinterpret_cast<uintptr_t>(p->qkv) | reinterpret_cast<uintptr_t>(p->q_out) |
+                                            reinterpret_cast<uintptr_t>(p->k_cache) |
+                                            reinterpret_cast<uintptr_t>(p->v_cache)) & mask) == 0;
+  switch (ppl) {
+    case 1: return launch<1>(*p, vector, stream);
+    case 2: return launch<2>(*p, vector, stream);
+    default: return launch<4>(*p, vector, stream);
+  }
+}

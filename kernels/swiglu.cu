@@ -1,0 +1,84 @@
+// SwiGLU over the gate/up halves of the gate_up projection, written as bf16 (shared expert, dense MLP) or
+// fused with rowwise FP8 quantization (the routed experts' down-projection input).
+//
+// Rounding as the PyTorch bf16 model: s = bf16(silu(g)) with silu in f32 and a true division, h = bf16(s * u).
+// The FP8 path then quantizes h exactly as quant.cu does; h never leaves registers.
+#include "common.cuh"
+
+namespace l4k {
+
+__device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
+
+template <int VEC, int VPT, bool FP8>
+__global__ void __launch_bounds__(row_threads_cap<VEC>()) swiglu_kernel(const L4kSwigluParams p) {
+  const int64_t row = blockIdx.x;
+  const bf16* gate = static_cast<const bf16*>(p.gate_up) + row * 2 * p.inter;
+  const bf16* up = gate + p.inter;
+
+  float h[VPT][VEC];
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < p.inter) {
+      float u[VEC];
+      load_bf16<VEC>(gate + c, h[i]);
+      load_bf16<VEC>(up + c, u);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        h[i][j] = round_bf16(round_bf16(silu(h[i][j])) * u[j]);
+        amax = fmaxf(amax, fabsf(h[i][j]));
+      }
+    }
+  }
+
+  if constexpr (FP8) {
+    const float scale = fmaxf(block_reduce(amax, MaxOp{}, 0.f), kMinAmax) / kE4m3Max;
+    if (threadIdx.x == 0) p.scales[row] = scale;
+    uint8_t* q = static_cast<uint8_t*>(p.out) + row * p.inter;
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+      if (c < p.inter) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) h[i][j] = h[i][j] / scale;
+        store_e4m3<VEC>(q + c, h[i]);
+      }
+    }
+  } else {
+    bf16* out = static_cast<bf16*>(p.out) + row * p.inter;
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+      if (c < p.inter) store_bf16<VEC>(out + c, h[i]);
+    }
+  }
+}
+
+template <int VEC, bool FP8>
+int launch(const L4kSwigluParams& p, cudaStream_t stream) {
+  RowShape s;
+  if (!row_shape<VEC>(p.inter / VEC, &s)) return L4K_STATUS_TOO_LONG;
+  const dim3 grid(static_cast<unsigned>(p.tokens)), block(s.threads);
+  switch (s.vpt) {
+    case 1: swiglu_kernel<VEC, 1, FP8><<<grid, block, 0, stream>>>(p); break;
+    case 2: swiglu_kernel<VEC, 2, FP8><<<grid, block, 0, stream>>>(p); break;
+    case 4: swiglu_kernel<VEC, 4, FP8><<<grid, block, 0, stream>>>(p); break;
+    case 8: swiglu_kernel<VEC, 8, FP8><<<grid, block, 0, stream>>>(p); break;
+    default: swiglu_kernel<VEC, 16, FP8><<<grid, block, 0, stream>>>(p); break;
+  }
+  return launch_status();
+}
+
+}  // namespace l4k
+
+extern "C" int l4k_launch_swiglu(const L4kSwigluParams* p, cudaStream_t stream) {
+  using namespace l4k;
+  const bool fp8 = p->out_kind == L4K_SWIGLU_FP8;
+  // Vector path: rows of both halves and of the output start on 16-byte (bf16) / 8-byte (FP8) boundaries.
+  const uintptr_t out_align = fp8 ? 7u : 15u;
+  const bool vec = p->inter % 8 == 0 && aligned16(p->gate_up) &&
+                   (reinterpret_cast<uintptr_t>(p->out) & out_align) == 0;
+  if (vec) return fp8 ? launch<8, true>(*p, stream) : launch<8, false>(*p, stream);
+  return fp8 ? launch<1, true>(*p, stream) : launch<1, false>(*p, stream);
+}

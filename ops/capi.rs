@@ -1,0 +1,226 @@
+//! The C ABI (include/llama4_kernels.h): every op over raw device pointers, sizes and a stream, returning a
+//! status code; `l4k_last_error` tells why the last call on this thread failed. Each entry point validates
+//! through the same `launch` functions as the safe API, so both reject the same inputs with the same message.
+//! Panics never cross the boundary: they become `L4K_ERROR_INVALID_ARGUMENT` with the panic message.
+
+use crate::error::{Error, Result, Status};
+use crate::ffi::{QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8};
+use crate::rope::{self, HeadLayout, LayerKind, Llama3Scaling, Temperature};
+use crate::{quant, rmsnorm, swiglu};
+use cudarc::driver::sys::CUstream;
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CString};
+use std::ptr;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(msg: &str) {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// Runs an entry point: records its error (or clears the last one) and turns panics into errors.
+fn guard(f: impl FnOnce() -> Result<()>) -> Status {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::InvalidArgument(format!("internal panic: {msg}")))
+    });
+    match outcome {
+        Ok(()) => {
+            set_last_error("");
+            Status::Ok
+        }
+        Err(e) => {
+            set_last_error(&e.to_string());
+            e.status()
+        }
+    }
+}
+
+/// The message of the last call on this thread that failed; "" after a call that succeeded. The pointer stays
+/// valid until the next l4k_* call on this thread.
+#[no_mangle]
+pub extern "C" fn l4k_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+#[no_mangle]
+pub extern "C" fn l4k_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
+}
+
+#[no_mangle]
+pub extern "C" fn l4k_rmsnorm(
+    x: *const c_void,
+    weight: *const c_void,
+    y: *mut c_void,
+    rows: i64,
+    cols: i64,
+    eps: f32,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let p = RmsnormParams { x, residual: ptr::null(), residual_out: ptr::null_mut(), weight, y, rows, cols, eps, _pad: 0 };
+        rmsnorm::launch(&p, stream)
+    })
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_add_rmsnorm(
+    x: *const c_void,
+    residual: *mut c_void,
+    weight: *const c_void,
+    y: *mut c_void,
+    rows: i64,
+    cols: i64,
+    eps: f32,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        if residual.is_null() {
+            return Err(Error::InvalidArgument("rmsnorm: residual is null".into()));
+        }
+        let p = RmsnormParams { x, residual, residual_out: residual, weight, y, rows, cols, eps, _pad: 0 };
+        rmsnorm::launch(&p, stream)
+    })
+}
+
+/// Host-side: fills `inv_freq[0 .. head_dim / 2]`; `scaling` may be NULL (no llama3 scaling).
+///
+/// # Safety
+/// `inv_freq` must point to head_dim / 2 writable floats; `scaling` is NULL or points to a valid struct.
+#[no_mangle]
+pub unsafe extern "C" fn l4k_rope_inv_freq(
+    theta: f32,
+    head_dim: i32,
+    scaling: *const Llama3Scaling,
+    inv_freq: *mut f32,
+) -> Status {
+    guard(|| {
+        if inv_freq.is_null() {
+            return Err(Error::InvalidArgument("rope: inv_freq is null".into()));
+        }
+        let head_dim = usize::try_from(head_dim).map_err(|_| Error::InvalidArgument(format!("rope: head_dim {head_dim} < 0")))?;
+        // SAFETY: the caller passes NULL or a valid struct.
+        let scaling = unsafe { scaling.as_ref() }.copied();
+        let f = rope::inv_freq(theta, head_dim, scaling)?;
+        // SAFETY: the caller provides head_dim / 2 floats.
+        unsafe { ptr::copy_nonoverlapping(f.as_ptr(), inv_freq, f.len()) };
+        Ok(())
+    })
+}
+
+pub const LAYER_ROPE: i32 = 0;
+pub const LAYER_NOPE: i32 = 1;
+
+/// `l4k_rope_layer`: one layer's attention shape and pre-processing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RopeLayer {
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    pub head_dim: i32,
+    pub kind: i32,
+    pub inv_freq: *const f32,
+    pub qk_norm: i32,
+    pub qk_norm_eps: f32,
+    pub temperature: i32,
+    pub floor_scale: f32,
+    pub attn_scale: f32,
+}
+
+fn layer_kind(l: &RopeLayer) -> Result<(HeadLayout, LayerKind)> {
+    let dim = |v: i32, what: &str| usize::try_from(v).map_err(|_| Error::InvalidArgument(format!("rope: {what} = {v} < 0")));
+    let layout = HeadLayout { n_heads: dim(l.n_heads, "n_heads")?, n_kv_heads: dim(l.n_kv_heads, "n_kv_heads")?, head_dim: dim(l.head_dim, "head_dim")? };
+    let kind = match l.kind {
+        LAYER_ROPE => {
+            if l.inv_freq.is_null() {
+                return Err(Error::InvalidArgument("rope: a RoPE layer needs inv_freq".into()));
+            }
+            // SAFETY: the caller provides head_dim / 2 host floats (checked against MAX_HEAD_DIM in params()).
+            let n = layout.head_dim.min(crate::ffi::MAX_HEAD_DIM) / 2;
+            let f = unsafe { std::slice::from_raw_parts(l.inv_freq, n) }.to_vec();
+            LayerKind::Rope { inv_freq: f, qk_norm: (l.qk_norm != 0).then_some(l.qk_norm_eps) }
+        }
+        LAYER_NOPE => LayerKind::NoPe {
+            temperature: (l.temperature != 0).then_some(Temperature { floor_scale: l.floor_scale, attn_scale: l.attn_scale }),
+        },
+        k => return Err(Error::InvalidArgument(format!("rope: unknown layer kind {k}"))),
+    };
+    Ok((layout, kind))
+}
+
+/// # Safety
+/// `layer` must be NULL or point to a valid `l4k_rope_layer` whose `inv_freq` (RoPE layers) holds
+/// head_dim / 2 host floats; device pointers must cover the sizes the header documents.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_rope_qkv(
+    qkv: *const c_void,
+    pos: *const i32,
+    slots: *const i64,
+    tokens: i64,
+    layer: *const RopeLayer,
+    q_out: *mut c_void,
+    k_cache: *mut c_void,
+    v_cache: *mut c_void,
+    cache_slots: i64,
+    bad_slots: *mut u32,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        // SAFETY: NULL or valid, per the contract.
+        let l = unsafe { layer.as_ref() }.ok_or_else(|| Error::InvalidArgument("rope: layer is null".into()))?;
+        let (layout, kind) = layer_kind(l)?;
+        let mut p = rope::params(&kind, layout, tokens, cache_slots)?;
+        (p.qkv, p.pos, p.slots, p.q_out, p.k_cache, p.v_cache, p.bad_slots) = (qkv, pos, slots, q_out, k_cache, v_cache, bad_slots);
+        rope::launch(&p, stream)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn l4k_swiglu(gate_up: *const c_void, out: *mut c_void, tokens: i64, inter: i64, stream: CUstream) -> Status {
+    guard(|| {
+        let p = SwigluParams { gate_up, out, scales: ptr::null_mut(), tokens, inter, out_kind: SWIGLU_BF16, _pad: 0 };
+        swiglu::launch(&p, stream)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn l4k_swiglu_fp8(
+    gate_up: *const c_void,
+    q: *mut c_void,
+    scales: *mut f32,
+    tokens: i64,
+    inter: i64,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let p = SwigluParams { gate_up, out: q, scales, tokens, inter, out_kind: SWIGLU_FP8, _pad: 0 };
+        swiglu::launch(&p, stream)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn l4k_quant_fp8(x: *const c_void, q: *mut c_void, scales: *mut f32, rows: i64, cols: i64, stream: CUstream) -> Status {
+    guard(|| quant::launch_quant(&QuantParams { x, out: q, scales, rows, cols }, stream))
+}
+
+#[no_mangle]
+pub extern "C" fn l4k_dequant_fp8(
+    q: *const c_void,
+    scales: *const f32,
+    out: *mut f32,
+    rows: i64,
+    cols: i64,
+    stream: CUstream,
+) -> Status {
+    guard(|| quant::launch_dequant(&QuantParams { x: q, out: out as _, scales: scales as _, rows, cols }, stream))
+}

@@ -1,0 +1,118 @@
+//! A checkpoint directory: config.json plus one or more safetensors files (`model.safetensors`, or the shards
+//! a `model.safetensors.index.json` names, or every `*.safetensors` there). Tensor names are looked up after
+//! stripping the multimodal `language_model.` prefix; the vision tower's tensors are never read.
+
+use crate::config::TextConfig;
+use crate::error::{Error, Result};
+use crate::safetensors_file::SafeFile;
+use ndarray::ArrayD;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The prefix multimodal (`Llama4ForConditionalGeneration`) checkpoints put on every text-model tensor.
+pub const MULTIMODAL_PREFIX: &str = "language_model.";
+
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: TextConfig,
+    files: Vec<SafeFile>,
+    /// Stripped name → (file index, name as stored).
+    names: BTreeMap<String, (usize, String)>,
+}
+
+impl Checkpoint {
+    /// Opens `dir/config.json` and the weight files, validating every header.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let config = TextConfig::parse(&text)?;
+        let files = weight_files(dir)?.iter().map(|p| SafeFile::open(p)).collect::<Result<Vec<_>>>()?;
+        let mut names = BTreeMap::new();
+        for (fi, f) in files.iter().enumerate() {
+            for stored in f.header.tensors.keys() {
+                let name = stored.strip_prefix(MULTIMODAL_PREFIX).unwrap_or(stored);
+                if let Some((fj, other)) = names.insert(name.to_string(), (fi, stored.clone())) {
+                    return Err(Error::Weight(format!(
+                        "tensor `{name}` is stored twice: as `{other}` in {} and as `{stored}` in {}",
+                        files[fj].path.display(),
+                        f.path.display()
+                    )));
+                }
+            }
+        }
+        Ok(Checkpoint { dir: dir.to_path_buf(), config, files, names })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// Reads `name` (prefix already stripped) as f32 and checks its shape against `want`.
+    pub fn read(&self, name: &str, want: &[usize]) -> Result<ArrayD<f32>> {
+        let Some((fi, stored)) = self.names.get(name) else {
+            return Err(Error::Weight(format!(
+                "missing tensor `{name}` (looked in {} with and without the `{MULTIMODAL_PREFIX}` prefix)",
+                self.file_list()
+            )));
+        };
+        let file = &self.files[*fi];
+        let info = &file.header.tensors[stored];
+        if info.shape != want {
+            return Err(Error::Weight(format!(
+                "tensor `{name}` in {} has shape {:?}; config.json implies {want:?}",
+                file.path.display(),
+                info.shape
+            )));
+        }
+        file.read_f32(stored)
+    }
+
+    fn file_list(&self) -> String {
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .map(|f| f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            .collect();
+        names.join(", ")
+    }
+}
+
+/// The safetensors files of `dir`, in a fixed order.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::Format(format!("{}: not JSON: {e}", index.display())))?;
+        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+            Error::Format(format!("{}: no `weight_map` object", index.display()))
+        })?;
+        let mut files: Vec<PathBuf> = Vec::new();
+        for f in map.values() {
+            let f = f.as_str().ok_or_else(|| Error::Format(format!("{}: non-string shard name", index.display())))?;
+            // A shard name is a file in this directory, never a path out of it.
+            if f.contains('/') || f.contains('\\') || f == ".." {
+                return Err(Error::Format(format!("{}: shard `{f}` is not a plain file name", index.display())));
+            }
+            if !files.iter().any(|p| p.ends_with(f)) {
+                files.push(dir.join(f));
+            }
+        }
+        files.sort();
+        return Ok(files);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Io(format!("{}: no model.safetensors, index or *.safetensors file", dir.display())));
+    }
+    Ok(files)
+}

@@ -1,0 +1,264 @@
+//! config.json → [`TextConfig`], following `Llama4TextConfig` of transformers 5.x and the model contract.
+//!
+//! Accepted layouts: a text config at the top level, or a multimodal one with the text config under
+//! `text_config`; RoPE as `rope_theta` + `rope_scaling` (published checkpoints) or `rope_parameters`
+//! (transformers 5.x `save_pretrained`). Unknown keys are ignored.
+//!
+//! Required: vocab_size, hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, a RoPE theta,
+//! num_local_experts and intermediate_size when a layer is MoE, intermediate_size_mlp when a layer is dense,
+//! attention_chunk_size when a layer is chunked. Everything else takes transformers' default, listed in
+//! [`TextConfig::from_json`], because the checkpoint was produced against those defaults.
+
+use crate::error::{Error, Result};
+use crate::json::Obj;
+use llama4_reference::rope::{inv_freq, LayerKind, Llama3Scaling};
+use serde_json::Value;
+
+/// Which attention mask a layer uses (`layer_types` in transformers 5.x).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mask {
+    /// Causal within chunks of `attention_chunk_size` absolute positions.
+    Chunked,
+    /// Plain causal over everything before.
+    Full,
+}
+
+/// The feed-forward block of a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ffn {
+    Moe,
+    Dense,
+}
+
+/// Everything the text model needs from config.json, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    /// Expert and shared-expert width; 0 when no layer is MoE.
+    pub intermediate_size: usize,
+    /// Dense FFN width; 0 when every layer is MoE.
+    pub intermediate_size_mlp: usize,
+    /// Routed experts; 0 when no layer is MoE.
+    pub num_local_experts: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub rope_scaling: Option<Llama3Scaling>,
+    pub use_qk_norm: bool,
+    pub attn_temperature_tuning: bool,
+    pub floor_scale: f32,
+    pub attn_scale: f32,
+    /// None when no layer is chunked.
+    pub attention_chunk_size: Option<usize>,
+    pub tie_word_embeddings: bool,
+    /// Per layer: does it use RoPE (`no_rope_layers[i] == 1`)?
+    pub uses_rope: Vec<bool>,
+    pub masks: Vec<Mask>,
+    pub ffn: Vec<Ffn>,
+}
+
+impl TextConfig {
+    /// Parses config.json text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json is not JSON: {e}")))?;
+        Self::from_json(&v)
+    }
+
+    /// Reads a parsed config.json. Defaults where a key is absent (transformers' own): head_dim 128 (null:
+    /// hidden_size / num_attention_heads), rms_norm_eps 1e-5, interleave_moe_layer_step 1,
+    /// no_rope_layer_interval 4, use_qk_norm true, attn_temperature_tuning true, floor_scale 8192,
+    /// attn_scale 0.1, num_experts_per_tok 1, tie_word_embeddings false, hidden_act "silu", attention_bias false.
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let top = Obj::new(v, "config.json")?;
+        // Multimodal checkpoints nest the text model; their top level has no text sizes of its own.
+        let c = match top.get("text_config") {
+            Some(t) => Obj::new(t, "text_config")?,
+            None => top,
+        };
+        let req = |k: &str| c.usize_req(k).and_then(|n| positive(&c, k, n));
+        let vocab_size = req("vocab_size")?;
+        let hidden_size = req("hidden_size")?;
+        let layers = req("num_hidden_layers")?;
+        let heads = req("num_attention_heads")?;
+        let kv_heads = req("num_key_value_heads")?;
+        if heads % kv_heads != 0 {
+            return Err(c.err(format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")));
+        }
+        let head_dim = match c.get("head_dim") {
+            None => 128,
+            Some(Value::Null) => hidden_size / heads,
+            Some(_) => c.usize_req("head_dim")?,
+        };
+        positive(&c, "head_dim", head_dim)?;
+        if c.str_or("hidden_act", "silu")? != "silu" {
+            return Err(c.err("hidden_act must be \"silu\" (the only activation Llama 4 uses)".into()));
+        }
+        if c.bool_or("attention_bias", false)? {
+            return Err(c.err("attention_bias true is not supported (Llama 4 has no attention biases)".into()));
+        }
+        let top_k = c.usize_or("num_experts_per_tok", 1)?;
+        if top_k != 1 {
+            return Err(c.err(format!("num_experts_per_tok {top_k} is not supported (Llama 4 routes top-1)")));
+        }
+
+        let ffn = moe_layers(&c, layers)?;
+        let uses_rope = rope_layers(&c, layers)?;
+        let masks = layer_masks(&c, &uses_rope)?;
+        let any_moe = ffn.contains(&Ffn::Moe);
+        let any_dense = ffn.contains(&Ffn::Dense);
+        let cond = |k: &str, needed: bool| if needed { req(k) } else { c.usize_or(k, 0) };
+        let intermediate_size = cond("intermediate_size", any_moe)?;
+        let intermediate_size_mlp = cond("intermediate_size_mlp", any_dense)?;
+        let num_local_experts = cond("num_local_experts", any_moe)?;
+        let attention_chunk_size = match masks.contains(&Mask::Chunked) {
+            // Not capped: a chunk size allocates nothing.
+            true => Some(c.usize_req("attention_chunk_size").and_then(|n| match n {
+                0 => Err(c.err("`attention_chunk_size` is 0".into())),
+                n => Ok(n),
+            })?),
+            false => None,
+        };
+        let (rope_theta, rope_scaling) = crate::config_rope::rope(&c)?;
+        if uses_rope.contains(&true) && head_dim % 2 != 0 {
+            return Err(c.err(format!("head_dim {head_dim} is odd: RoPE rotates pairs")));
+        }
+        let floor_scale = c.f32_or("floor_scale", 8192.0)?;
+        let attn_temperature_tuning = c.flag_or("attn_temperature_tuning", true)?;
+        if attn_temperature_tuning && uses_rope.contains(&false) && floor_scale <= 0.0 {
+            return Err(c.err(format!("floor_scale {floor_scale} must be positive")));
+        }
+        let rms_norm_eps = c.f32_or("rms_norm_eps", 1e-5)?;
+        if rms_norm_eps < 0.0 {
+            return Err(c.err(format!("rms_norm_eps {rms_norm_eps} is negative")));
+        }
+        Ok(TextConfig {
+            vocab_size,
+            hidden_size,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim,
+            intermediate_size,
+            intermediate_size_mlp,
+            num_local_experts,
+            rms_norm_eps,
+            rope_theta,
+            rope_scaling,
+            use_qk_norm: c.bool_or("use_qk_norm", true)?,
+            attn_temperature_tuning,
+            floor_scale,
+            attn_scale: c.f32_or("attn_scale", 0.1)?,
+            attention_chunk_size,
+            tie_word_embeddings: c.bool_or("tie_word_embeddings", false)?,
+            uses_rope,
+            masks,
+            ffn,
+        })
+    }
+
+    /// What layer `i` does to q and k before attention, in the reference's terms.
+    pub fn layer_kind(&self, i: usize) -> LayerKind {
+        if self.uses_rope[i] {
+            LayerKind::Rope {
+                inv_freq: inv_freq(self.rope_theta, self.head_dim, self.rope_scaling),
+                qk_norm: self.use_qk_norm,
+                eps: self.rms_norm_eps,
+            }
+        } else {
+            let t = self.attn_temperature_tuning.then_some((self.floor_scale, self.attn_scale));
+            LayerKind::NoPe { temperature: t }
+        }
+    }
+}
+
+/// Bounds every size so that a hostile config.json cannot make the parser (or anything sized from the config
+/// before the weights are seen) allocate without limit. Real Llama 4: vocab 202048, hidden 5120, 48 layers.
+const MAX_DIM: usize = 1 << 24;
+const MAX_LAYERS: usize = 1 << 12;
+const MAX_HEAD_DIM: usize = 1 << 12;
+
+fn positive(c: &Obj, key: &str, n: usize) -> Result<usize> {
+    let max = match key {
+        "num_hidden_layers" => MAX_LAYERS,
+        "head_dim" => MAX_HEAD_DIM,
+        _ => MAX_DIM,
+    };
+    if n == 0 || n > max {
+        return Err(c.err(format!("`{key}` is {n}; it must lie in 1..={max}")));
+    }
+    Ok(n)
+}
+
+/// `moe_layers` if given, else `range(step - 1, L, step)`.
+fn moe_layers(c: &Obj, layers: usize) -> Result<Vec<Ffn>> {
+    let list = match c.get("moe_layers") {
+        Some(Value::Null) | None => {
+            let step = c.usize_or("interleave_moe_layer_step", 1)?;
+            if step == 0 {
+                return Err(c.err("interleave_moe_layer_step is 0 and no moe_layers list is given".into()));
+            }
+            (step - 1..layers).step_by(step).collect()
+        }
+        Some(_) => c.usize_list("moe_layers")?,
+    };
+    let mut ffn = vec![Ffn::Dense; layers];
+    for &i in &list {
+        match ffn.get_mut(i) {
+            None => return Err(c.err(format!("moe_layers names layer {i} but num_hidden_layers is {layers}"))),
+            Some(f) if *f == Ffn::Moe => return Err(c.err(format!("moe_layers lists layer {i} twice"))),
+            Some(f) => *f = Ffn::Moe,
+        }
+    }
+    Ok(ffn)
+}
+
+/// `no_rope_layers[i] == 1` means layer i USES RoPE; absent or empty: every `no_rope_layer_interval`-th is NoPE.
+fn rope_layers(c: &Obj, layers: usize) -> Result<Vec<bool>> {
+    let list = match c.get("no_rope_layers") {
+        Some(Value::Null) | None => Vec::new(),
+        Some(_) => c.usize_list("no_rope_layers")?,
+    };
+    if list.is_empty() {
+        let interval = c.usize_or("no_rope_layer_interval", 4)?;
+        if interval == 0 {
+            return Err(c.err("no_rope_layer_interval is 0 and no no_rope_layers list is given".into()));
+        }
+        return Ok((0..layers).map(|i| (i + 1) % interval != 0).collect());
+    }
+    if list.len() != layers {
+        return Err(c.err(format!("no_rope_layers has {} entries for {layers} layers", list.len())));
+    }
+    list.iter()
+        .map(|&f| match f {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(c.err(format!("no_rope_layers holds {f}; entries must be 0 or 1"))),
+        })
+        .collect()
+}
+
+/// transformers picks each layer's mask from `layer_types` when the config has it (5.x writes it), else RoPE
+/// layers are chunked and NoPE layers global. Following the same key keeps us equal to the oracle.
+fn layer_masks(c: &Obj, uses_rope: &[bool]) -> Result<Vec<Mask>> {
+    let derived = || uses_rope.iter().map(|&r| if r { Mask::Chunked } else { Mask::Full }).collect();
+    let items = match c.get("layer_types") {
+        Some(Value::Null) | None => return Ok(derived()),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err(c.err("layer_types is not a list".into())),
+    };
+    if items.len() != uses_rope.len() {
+        return Err(c.err(format!("layer_types has {} entries for {} layers", items.len(), uses_rope.len())));
+    }
+    items
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("chunked_attention") => Ok(Mask::Chunked),
+            Some("full_attention") => Ok(Mask::Full),
+            _ => Err(c.err(format!("layer_types holds {t}; expected \"chunked_attention\" or \"full_attention\""))),
+        })
+        .collect()
+}

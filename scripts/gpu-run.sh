@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from the staged bundle (scripts/stage-gpu.sh copies this file to gpu-bundle/run.sh).
+#   run.sh [tests] [sanitize] [bench] [peers] [nocompile]     (no argument: tests bench peers)
+# Results go to $OUT (the device tool's folder) or gpu-bundle/results: tests.log, sanitizer.log, bench.log,
+# ours.jsonl, peers.jsonl, bench.md, summary.txt. Exit status: non-zero if any test or sanitizer run failed.
+set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${OUT:-$here/results}"
+mkdir -p "$out"
+steps=("$@")
+((${#steps[@]})) || steps=(tests bench peers)
+has() { [[ " ${steps[*]} " == *" $1 "* ]]; }
+summary="$out/summary.txt"
+: >"$summary"
+status=0
+note() { echo "$*" | tee -a "$summary"; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$summary"
+# GPU tests fail, not skip, without a GPU; host tests check that a GPU is found.
+export L4K_EXPECT_GPU=1
+
+if has tests; then
+  for t in "$here"/bin/test-*; do
+    start=$SECONDS
+    "$t" --include-ignored >>"$out/tests.log" 2>&1
+    rc=$?
+    note "test $(basename "$t"): $([[ $rc == 0 ]] && echo PASS || echo "FAIL (exit $rc)") in $((SECONDS - start)) s; $(grep -E '^test result' "$out/tests.log" | tail -1)"
+    ((rc == 0)) || status=1
+  done
+  "$here/bin/abi_smoke" >>"$out/tests.log" 2>&1 && note "abi_smoke: PASS" || { note "abi_smoke: FAIL"; status=1; }
+fi
+
+if has sanitize; then
+  # The tool must catch a planted bug in a binary linked like ours, or its silence below proves nothing.
+  nvcc -gencode=arch=compute_90a,code=sm_90a -cudart static -o /tmp/l4k-probe "$here/sanitizer-probe.cu" \
+    && compute-sanitizer --tool memcheck --error-exitcode 99 /tmp/l4k-probe >/tmp/l4k-probe.log 2>&1
+  if [[ $? == 99 ]] && grep -q "Invalid __global__ write" /tmp/l4k-probe.log; then
+    note "compute-sanitizer probe: planted out-of-bounds write caught"
+  else
+    note "compute-sanitizer probe: planted bug NOT caught"; cat /tmp/l4k-probe.log >>"$out/sanitizer.log"; status=1
+  fi
+  # Fewer property cases: the tools slow kernels down by orders of magnitude.
+  for tool in memcheck racecheck; do
+    start=$SECONDS
+    PROPTEST_CASES=4 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+      "$here/bin/test-gpu" --include-ignored --test-threads=1 >>"$out/sanitizer.log" 2>&1
+    rc=$?
+    note "compute-sanitizer $tool: $([[ $rc == 0 ]] && echo CLEAN || echo "FAILED (exit $rc)") in $((SECONDS - start)) s; $(grep -E 'ERROR SUMMARY' "$out/sanitizer.log" | tail -1)"
+    ((rc == 0)) || status=1
+  done
+fi
+
+if has bench; then
+  for b in "$here"/bin/bench-*; do
+    L4K_BENCH_JSON="$out/ours.jsonl" "$b" --bench >>"$out/bench.log" 2>&1 || { note "bench $(basename "$b"): FAILED"; status=1; }
+  done
+  note "benches done: $(wc -l <"$out/ours.jsonl" 2>/dev/null || echo 0) records"
+fi
+
+if has peers; then
+  flags=()
+  has nocompile && flags+=(--no-compile)
+  PYTHONUNBUFFERED=1 python3 "$here/peers/torch_peers.py" --json "$out/peers.jsonl" "${flags[@]}" >>"$out/bench.log" 2>&1 \
+    || { note "torch peers: FAILED (see bench.log)"; status=1; }
+fi
+
+if has bench; then
+  python3 "$here/peers/report.py" "$out/ours.jsonl" "$out/peers.jsonl" >"$out/bench.md" 2>>"$out/bench.log"
+  cat "$out/bench.md"
+fi
+note "overall: $([[ $status == 0 ]] && echo OK || echo FAILURES)"
+exit $status

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds the release test and bench binaries, strips them, and stages them with the GPU runner under
+# gpu-bundle/ (git-ignored; must stay under the device tool's 64 MiB). Then, on the GPU machine:
+#   gpu-bundle/run.sh [tests] [sanitize] [bench] [peers]      (results in $OUT, or gpu-bundle/results)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bundle=gpu-bundle
+rm -rf "$bundle"
+mkdir -p "$bundle/bin" "$bundle/peers"
+
+# cargo prints one JSON message per artifact; keep the executables of the crates that run on the GPU.
+executables() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    kind = m["target"]["kind"][0]
+    if m["profile"]["test"] and kind not in ("test", "bench"):
+        kind = "unit"
+    print(kind, m["target"]["name"], m["executable"])'
+}
+
+cargo build --release -p llama4-kernels --lib
+cargo test --release -p llama4-kernels --no-run --message-format=json 2>/dev/null | executables >"$bundle/tests.txt"
+cargo bench -p llama4-kernels --no-run --message-format=json 2>/dev/null | executables >"$bundle/benches.txt"
+while read -r kind name exe; do
+  case "$kind" in
+    unit) dest="test-unit" ;;
+    test) dest="test-$name" ;;
+    *) continue ;;
+  esac
+  strip -o "$bundle/bin/$dest" "$exe"
+done <"$bundle/tests.txt"
+while read -r kind name exe; do
+  [[ "$kind" == bench ]] && strip -o "$bundle/bin/bench-$name" "$exe"
+done <"$bundle/benches.txt"
+rm "$bundle/tests.txt" "$bundle/benches.txt"
+
+# The C header check, built here (the GPU machine has no Rust), run there too.
+cc -std=c99 -Wall -Wextra -Werror -pedantic -Iinclude tests/c/abi_smoke.c target/release/libllama4_kernels.a \
+  -lstdc++ -ldl -lrt -lpthread -lm -o "$bundle/bin/abi_smoke"
+strip "$bundle/bin/abi_smoke"
+
+cp scripts/gpu-run.sh "$bundle/run.sh"
+cp scripts/sanitizer-probe.cu "$bundle/"
+cp bench/peers/*.py bench/report.py "$bundle/peers/"
+size=$(du -sm "$bundle" | cut -f1)
+ls -la "$bundle/bin"
+echo "staged $bundle: ${size} MiB"
+if ((size >= 64)); then
+  echo "error: $bundle is ${size} MiB; the device tool carries at most 64 MiB" >&2
+  exit 1
+fi

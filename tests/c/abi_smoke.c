@@ -1,0 +1,64 @@
+/* Compiled as plain C99 against include/llama4_kernels.h and linked with the static library: the header is
+ * valid C, the symbols it declares exist, and validation answers without a GPU. (The same entry points run
+ * on the device in tests/gpu/capi.rs.) */
+#include <stdio.h>
+#include <string.h>
+
+#include "llama4_kernels.h"
+
+static int failures = 0;
+#define CHECK(cond, ...)                                   \
+  do {                                                     \
+    if (!(cond)) {                                         \
+      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+      fprintf(stderr, __VA_ARGS__);                        \
+      fprintf(stderr, "\n");                               \
+      failures++;                                          \
+    }                                                      \
+  } while (0)
+
+int main(void) {
+  l4k_status s;
+  float inv[64];
+  l4k_llama3_scaling sc = {16.0f, 1.0f, 1.0f, 8192.0f};
+  l4k_rope_layer layer;
+
+  CHECK(strlen(l4k_version()) > 0, "empty version");
+
+  s = l4k_rmsnorm(NULL, NULL, NULL, 4, 64, 1e-5f, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT, "null x: status %d", (int)s);
+  CHECK(strstr(l4k_last_error(), "x is null") != NULL, "message: %s", l4k_last_error());
+
+  s = l4k_rmsnorm((const void*)0x1001, (const void*)0x2000, (void*)0x3000, 4, 64, 1e-5f, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "aligned") != NULL, "misaligned x: %d %s",
+        (int)s, l4k_last_error());
+
+  s = l4k_rmsnorm(NULL, NULL, NULL, 0, 64, 1e-5f, NULL);
+  CHECK(s == L4K_OK && l4k_last_error()[0] == '\0', "zero rows must be a no-op: %d %s", (int)s, l4k_last_error());
+
+  s = l4k_swiglu_fp8((const void*)0x1000, (void*)0x2000, (float*)0x3000, 3, -1, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT, "negative inter: %d", (int)s);
+
+  s = l4k_quant_fp8((const void*)0x1000, (void*)0x2000, NULL, 3, 8, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "scales") != NULL, "null scales: %s",
+        l4k_last_error());
+
+  s = l4k_rope_inv_freq(500000.0f, 128, &sc, inv);
+  CHECK(s == L4K_OK && inv[0] == 1.0f && inv[63] > 0.0f, "inv_freq: %d %s", (int)s, l4k_last_error());
+
+  memset(&layer, 0, sizeof layer);
+  layer.n_heads = 40;
+  layer.n_kv_heads = 8;
+  layer.head_dim = 512;
+  layer.kind = L4K_LAYER_NOPE;
+  s = l4k_rope_qkv((const void*)0x1000, (const int32_t*)0x2000, (const int64_t*)0x3000, 1, &layer, (void*)0x4000,
+                   (void*)0x5000, (void*)0x6000, 16, NULL, NULL);
+  CHECK(s == L4K_ERROR_UNSUPPORTED, "head_dim 512: %d %s", (int)s, l4k_last_error());
+
+  if (failures) {
+    fprintf(stderr, "%d check(s) failed\n", failures);
+    return 1;
+  }
+  printf("abi_smoke: all checks passed\n");
+  return 0;
+}

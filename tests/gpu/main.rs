@@ -1,0 +1,11 @@
+//! GPU tests: every kernel against the reference on random inputs of random, odd shapes, outputs poisoned
+//! before each run. They need an sm_90 GPU and are ignored on CPU-only machines; run them with
+//! `cargo test --release --test gpu -- --include-ignored` (the staged runner does). Without a GPU they fail.
+
+mod common;
+
+mod capi;
+mod quant;
+mod rmsnorm;
+mod rope;
+mod swiglu;
