@@ -15,7 +15,7 @@ def load(path):
 
 ours = load(sys.argv[1])
 peers = load(sys.argv[2]) if len(sys.argv) > 2 else []
-copy = [r for r in ours if r["family"] == "copy"]
+copy = [r for r in ours + peers if r["family"] == "copy"]
 ceiling = max((r["bytes"] / r["us"] / 1e3 for r in copy), default=float("nan"))
 device = ours[0]["device"] if ours else "?"
 print(f"Device: {device}. Copy ceiling measured in the same run: {ceiling:.0f} GB/s (bytes read + written).\n")
@@ -30,7 +30,7 @@ for r in ours:
         continue
     seen.add(key)
     gbps = r["bytes"] / r["us"] / 1e3
-    cands = [p for p in peers if (p["family"], p["variant"], p["shape"]) == key]
+    cands = [p for p in peers if (p["family"], p["variant"], p["shape"]) == key and p["family"] != "copy"]
     best = min(cands, key=lambda p: p["us"]) if cands else None
     peer = f"{best['peer']} | {best['us']:.2f} | {best['us'] / r['us']:.2f}x" if best else "- | - | -"
     print(f"| {r['family']}/{r['variant']} | {r['shape']} | {r['us']:.2f} | {gbps:.0f} | {100 * gbps / ceiling:.0f}% | {peer} |")

@@ -103,7 +103,7 @@ l4k_status l4k_swiglu_fp8(const void* gate_up, void* q, float* scales, int64_t t
                           l4k_stream_t stream);
 
 /* ---- quant ----------------------------------------------------------------------------------------------
- * Rowwise FP8 E4M3: scales[r] = max(amax(x[r]), 1e-12) / 448, q = e4m3(x / scales[r]) with saturation to
+ * Rowwise FP8 E4M3: scales[r] = max(amax(x[r]), 1e-12) / 448, q = e4m3(x * (1 / scales[r])) with saturation to
  * +-448 and round-to-nearest-even (NaN -> 0x7F). x: [rows, cols] bf16; q: [rows, cols]; scales: [rows] f32. */
 l4k_status l4k_quant_fp8(const void* x, void* q, float* scales, int64_t rows, int64_t cols, l4k_stream_t stream);
 

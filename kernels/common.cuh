@@ -12,8 +12,9 @@ namespace l4k {
 
 using bf16 = __nv_bfloat16;
 
-// Same constants as reference/src/fp8.rs: a group's amax is floored at MIN_AMAX so an all-zero row gets a
-// finite scale, and the scale maps the amax onto E4M3's largest finite value.
+// Same constants and recipe as reference/src/fp8.rs: a group's amax is floored at MIN_AMAX so an all-zero row
+// gets a finite scale, the scale maps the amax onto E4M3's largest finite value, and values are multiplied by
+// the correctly rounded 1 / scale (one division per row, not per element).
 constexpr float kE4m3Max = 448.0f;
 constexpr float kMinAmax = 1e-12f;
 
@@ -30,50 +31,39 @@ __device__ __forceinline__ float from_e4m3(uint8_t b) {
   return __half2float(__half(h));
 }
 
-// VEC consecutive bf16 values in f32 registers; VEC = 8 is one 16-byte access, VEC = 1 a scalar one.
+// VEC consecutive bf16 values kept packed in registers: a row held between a reduction and the write costs
+// 2 bytes of register file per element instead of 4, so more rows (and more loads) are in flight per SM.
+// VEC = 8 is one 16-byte access, VEC = 1 a scalar one.
 template <int VEC>
-__device__ __forceinline__ void load_bf16(const bf16* p, float (&v)[VEC]) {
-  if constexpr (VEC == 8) {
-    uint4 raw = *reinterpret_cast<const uint4*>(p);
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float2 f = __bfloat1622float2(h[i]);
-      v[2 * i] = f.x;
-      v[2 * i + 1] = f.y;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) v[i] = __bfloat162float(p[i]);
-  }
+struct alignas(VEC == 8 ? 16 : 2) Pack {
+  bf16 h[VEC];
+  __device__ __forceinline__ float operator[](int j) const { return __bfloat162float(h[j]); }
+  // Rounds to nearest even: storing into a Pack is a bf16 rounding point.
+  __device__ __forceinline__ void set(int j, float f) { h[j] = __float2bfloat16_rn(f); }
+};
+
+template <int VEC>
+__device__ __forceinline__ Pack<VEC> load_pack(const bf16* p) {
+  return *reinterpret_cast<const Pack<VEC>*>(p);
 }
 
 template <int VEC>
-__device__ __forceinline__ void store_bf16(bf16* p, const float (&v)[VEC]) {
-  if constexpr (VEC == 8) {
-    uint4 raw;
-    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
-    *reinterpret_cast<uint4*>(p) = raw;
-  } else {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) p[i] = __float2bfloat16_rn(v[i]);
-  }
+__device__ __forceinline__ void store_pack(bf16* p, const Pack<VEC>& v) {
+  *reinterpret_cast<Pack<VEC>*>(p) = v;
 }
 
-// VEC FP8 bytes: 8 of them are one 8-byte store.
+// VEC FP8 bytes of v * inv_scale: 8 of them are one 8-byte store.
 template <int VEC>
-__device__ __forceinline__ void store_e4m3(uint8_t* p, const float (&v)[VEC]) {
+__device__ __forceinline__ void store_e4m3(uint8_t* p, const Pack<VEC>& v, float inv_scale) {
   if constexpr (VEC == 8) {
     uint2 raw;
     uint8_t* b = reinterpret_cast<uint8_t*>(&raw);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) b[i] = to_e4m3(v[i]);
+    for (int i = 0; i < 8; ++i) b[i] = to_e4m3(v[i] * inv_scale);
     *reinterpret_cast<uint2*>(p) = raw;
   } else {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) p[i] = to_e4m3(v[i]);
+    for (int i = 0; i < VEC; ++i) p[i] = to_e4m3(v[i] * inv_scale);
   }
 }
 

@@ -1,8 +1,8 @@
 // Rowwise FP8 E4M3 quantization of bf16 rows, and the dequantization tests use to read FP8 back.
 //
-// scale = max(amax, kMinAmax) / 448 and q = e4m3(x / scale) with a true division: the same bytes as
-// reference/src/fp8.rs, so tests compare them exactly. One CTA per row with the row in registers between the
-// amax reduction and the write.
+// scale = max(amax, kMinAmax) / 448 and q = e4m3(x * (1 / scale)): the same bytes as reference/src/fp8.rs, so
+// tests compare them exactly. One CTA per row with the row packed in registers between the amax reduction and
+// the write.
 #include "common.cuh"
 
 namespace l4k {
@@ -13,28 +13,25 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) quant_kernel(const L4k
   const bf16* x = static_cast<const bf16*>(p.x) + base;
   uint8_t* q = static_cast<uint8_t*>(p.out) + base;
 
-  float v[VPT][VEC];
+  Pack<VEC> v[VPT];
   float amax = 0.f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
     if (c < p.cols) {
-      load_bf16<VEC>(x + c, v[i]);
+      v[i] = load_pack<VEC>(x + c);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) amax = fmaxf(amax, fabsf(v[i][j]));
     }
   }
   const float scale = fmaxf(block_reduce(amax, MaxOp{}, 0.f), kMinAmax) / kE4m3Max;
   if (threadIdx.x == 0) p.scales[blockIdx.x] = scale;
+  const float inv = 1.f / scale;
 
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
-    if (c < p.cols) {
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) v[i][j] = v[i][j] / scale;
-      store_e4m3<VEC>(q + c, v[i]);
-    }
+    if (c < p.cols) store_e4m3<VEC>(q + c, v[i], inv);
   }
 }
 

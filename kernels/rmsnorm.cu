@@ -4,7 +4,7 @@
 // product n * w rounded again; with the add, residual + x is rounded to bf16 before it is squared, because that
 // rounded sum is what the next layer reads.
 //
-// One CTA per row; the row lives in registers (VPT x VEC values per thread) between the sum-of-squares
+// One CTA per row; the row stays in registers (VPT packs of VEC bf16 per thread) between the sum-of-squares
 // reduction and the write, so each byte is read once. Aliasing is allowed (y == x, residual_out == residual):
 // every element is read and written by the same thread, and all reads precede the reduction's barrier.
 #include "common.cuh"
@@ -15,21 +15,19 @@ template <int VEC, int VPT, bool ADD>
 __global__ void __launch_bounds__(row_threads_cap<VEC>()) rmsnorm_kernel(const L4kRmsnormParams p) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * p.cols;
   const bf16* x = static_cast<const bf16*>(p.x) + base;
-  bf16* y = static_cast<bf16*>(p.y) + base;
 
-  float v[VPT][VEC];
+  Pack<VEC> v[VPT];
   float ss = 0.f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
-    if (c < p.cols) {  // VEC divides cols, so a vector is either wholly inside the row or wholly outside
-      load_bf16<VEC>(x + c, v[i]);
+    if (c < p.cols) {  // VEC divides cols, so a pack is either wholly inside the row or wholly outside
+      v[i] = load_pack<VEC>(x + c);
       if constexpr (ADD) {
-        float r[VEC];
-        load_bf16<VEC>(static_cast<const bf16*>(p.residual) + base + c, r);
+        const Pack<VEC> r = load_pack<VEC>(static_cast<const bf16*>(p.residual) + base + c);
 #pragma unroll
-        for (int j = 0; j < VEC; ++j) v[i][j] = round_bf16(r[j] + v[i][j]);
-        store_bf16<VEC>(static_cast<bf16*>(p.residual_out) + base + c, v[i]);
+        for (int j = 0; j < VEC; ++j) v[i].set(j, r[j] + v[i][j]);
+        store_pack<VEC>(static_cast<bf16*>(p.residual_out) + base + c, v[i]);
       }
 #pragma unroll
       for (int j = 0; j < VEC; ++j) ss += v[i][j] * v[i][j];
@@ -37,15 +35,15 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) rmsnorm_kernel(const L
   }
   const float inv = rsqrtf(block_reduce(ss, SumOp{}, 0.f) / static_cast<float>(p.cols) + p.eps);
 
+  bf16* y = static_cast<bf16*>(p.y) + base;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
     if (c < p.cols) {
-      float w[VEC];
-      load_bf16<VEC>(static_cast<const bf16*>(p.weight) + c, w);
+      const Pack<VEC> w = load_pack<VEC>(static_cast<const bf16*>(p.weight) + c);
 #pragma unroll
-      for (int j = 0; j < VEC; ++j) v[i][j] = round_bf16(v[i][j] * inv) * w[j];
-      store_bf16<VEC>(y + c, v[i]);
+      for (int j = 0; j < VEC; ++j) v[i].set(j, round_bf16(v[i][j] * inv) * w[j]);
+      store_pack<VEC>(y + c, v[i]);
     }
   }
 }

@@ -27,7 +27,9 @@ __device__ __forceinline__ void load_head(const bf16* src, int pairs, int lane, 
   if constexpr (VECTOR) {
     if (first < pairs) {
       if constexpr (PPL == 4) {
-        load_bf16<8>(src + 2 * first, h.v);
+        const Pack<8> pk = load_pack<8>(src + 2 * first);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) h.v[i] = pk[i];
       } else {
         const __nv_bfloat162* s = reinterpret_cast<const __nv_bfloat162*>(src) + first;
         if constexpr (PPL == 2) {
@@ -60,7 +62,10 @@ __device__ __forceinline__ void store_head(bf16* dst, int pairs, int lane, const
   if constexpr (VECTOR) {
     if (first >= pairs) return;
     if constexpr (PPL == 4) {
-      store_bf16<8>(dst + 2 * first, h.v);
+      Pack<8> pk;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) pk.set(i, h.v[i]);
+      store_pack<8>(dst + 2 * first, pk);
     } else if constexpr (PPL == 2) {
       uint2 raw;
       __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&raw);
@@ -81,6 +86,46 @@ __device__ __forceinline__ void store_head(bf16* dst, int pairs, int lane, const
   }
 }
 
+// Everything one warp does to one head after loading it: rotate + normalise (q, k on RoPE layers) or the
+// temperature (q on NoPE layers), then the store to q_out or the cache slot.
+template <int PPL, bool VECTOR>
+__device__ __forceinline__ void finish_head(const L4kRopeParams& p, int64_t t, int h, int lane, Head<PPL>& x,
+                                            const float* cos_s, const float* sin_s, float temperature,
+                                            int64_t slot) {
+  const int pairs = p.head_dim / 2;
+  const bool is_q = h < p.n_heads, is_v = h >= p.n_heads + p.n_kv_heads;
+  if (!is_v && p.rope) {
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < PPL; ++k) {
+      const int j = lane * PPL + k;
+      if (j < pairs) {
+        const float c = cos_s[j], s = sin_s[j], x0 = x.v[2 * k], x1 = x.v[2 * k + 1];
+        x.v[2 * k] = round_bf16(x0 * c - x1 * s);
+        x.v[2 * k + 1] = round_bf16(x0 * s + x1 * c);
+        ss += x.v[2 * k] * x.v[2 * k] + x.v[2 * k + 1] * x.v[2 * k + 1];
+      }
+    }
+    if (p.qk_norm) {
+      const float inv = rsqrtf(warp_reduce(ss, SumOp{}) / static_cast<float>(p.head_dim) + p.eps);
+#pragma unroll
+      for (int i = 0; i < 2 * PPL; ++i) x.v[i] = round_bf16(x.v[i] * inv);
+    }
+  } else if (is_q && p.temperature) {
+#pragma unroll
+    for (int i = 0; i < 2 * PPL; ++i) x.v[i] = round_bf16(x.v[i] * temperature);
+  }
+  bf16* dst;
+  if (is_q) {
+    dst = static_cast<bf16*>(p.q_out) + (t * p.n_heads + h) * p.head_dim;
+  } else {
+    if (slot < 0 || slot >= p.cache_slots) return;  // padding token, or a slot outside the cache (counted)
+    const int kvh = h - p.n_heads - (is_v ? p.n_kv_heads : 0);
+    dst = static_cast<bf16*>(is_v ? p.v_cache : p.k_cache) + (slot * p.n_kv_heads + kvh) * p.head_dim;
+  }
+  store_head<PPL, VECTOR>(dst, pairs, lane, x);
+}
+
 template <int PPL, bool VECTOR>
 __global__ void __launch_bounds__(kRopeWarps * 32) rope_kernel(const L4kRopeParams p) {
   __shared__ float cos_s[L4K_MAX_HEAD_DIM / 2], sin_s[L4K_MAX_HEAD_DIM / 2];
@@ -99,45 +144,17 @@ __global__ void __launch_bounds__(kRopeWarps * 32) rope_kernel(const L4kRopePara
   const float temperature =
       p.temperature ? logf(floorf((static_cast<float>(pos) + 1.f) / p.floor_scale) + 1.f) * p.attn_scale + 1.f : 1.f;
   const int64_t slot = p.slots[t];
-  const bool slot_ok = slot >= 0 && slot < p.cache_slots;
   if (slot >= p.cache_slots && p.bad_slots != nullptr && threadIdx.x == 0) atomicAdd(p.bad_slots, 1u);
 
+  // Two heads per warp per step, both loaded before either is processed: twice the bytes in flight.
   const bf16* row = static_cast<const bf16*>(p.qkv) + t * heads * p.head_dim;
-  for (int h = warp; h < heads; h += kRopeWarps) {
-    const bool is_q = h < p.n_heads, is_v = h >= p.n_heads + p.n_kv_heads;
-    bf16* dst;
-    if (is_q) {
-      dst = static_cast<bf16*>(p.q_out) + (t * p.n_heads + h) * p.head_dim;
-    } else {
-      if (!slot_ok) continue;  // padding token, or a slot outside the cache (counted above)
-      const int kvh = h - p.n_heads - (is_v ? p.n_kv_heads : 0);
-      dst = static_cast<bf16*>(is_v ? p.v_cache : p.k_cache) + (slot * p.n_kv_heads + kvh) * p.head_dim;
-    }
-    Head<PPL> x;
-    load_head<PPL, VECTOR>(row + static_cast<int64_t>(h) * p.head_dim, pairs, lane, x);
-
-    if (!is_v && p.rope) {
-      float ss = 0.f;
-#pragma unroll
-      for (int k = 0; k < PPL; ++k) {
-        const int j = lane * PPL + k;
-        if (j < pairs) {
-          const float c = cos_s[j], s = sin_s[j], x0 = x.v[2 * k], x1 = x.v[2 * k + 1];
-          x.v[2 * k] = round_bf16(x0 * c - x1 * s);
-          x.v[2 * k + 1] = round_bf16(x0 * s + x1 * c);
-          ss += x.v[2 * k] * x.v[2 * k] + x.v[2 * k + 1] * x.v[2 * k + 1];
-        }
-      }
-      if (p.qk_norm) {
-        const float inv = rsqrtf(warp_reduce(ss, SumOp{}) / static_cast<float>(p.head_dim) + p.eps);
-#pragma unroll
-        for (int i = 0; i < 2 * PPL; ++i) x.v[i] = round_bf16(x.v[i] * inv);
-      }
-    } else if (is_q && p.temperature) {
-#pragma unroll
-      for (int i = 0; i < 2 * PPL; ++i) x.v[i] = round_bf16(x.v[i] * temperature);
-    }
-    store_head<PPL, VECTOR>(dst, pairs, lane, x);
+  for (int h = warp; h < heads; h += 2 * kRopeWarps) {
+    const int h2 = h + kRopeWarps;
+    Head<PPL> a, b;
+    load_head<PPL, VECTOR>(row + static_cast<int64_t>(h) * p.head_dim, pairs, lane, a);
+    if (h2 < heads) load_head<PPL, VECTOR>(row + static_cast<int64_t>(h2) * p.head_dim, pairs, lane, b);
+    finish_head<PPL, VECTOR>(p, t, h, lane, a, cos_s, sin_s, temperature, slot);
+    if (h2 < heads) finish_head<PPL, VECTOR>(p, t, h2, lane, b, cos_s, sin_s, temperature, slot);
   }
 }
 

@@ -1,13 +1,15 @@
 // SwiGLU over the gate/up halves of the gate_up projection, written as bf16 (shared expert, dense MLP) or
 // fused with rowwise FP8 quantization (the routed experts' down-projection input).
 //
-// Rounding as the PyTorch bf16 model: s = bf16(silu(g)) with silu in f32 and a true division, h = bf16(s * u).
-// The FP8 path then quantizes h exactly as quant.cu does; h never leaves registers.
+// Rounding as the PyTorch bf16 model: s = bf16(silu(g)) with silu in f32, h = bf16(s * u). The FP8 path then
+// quantizes h as quant.cu does; h never leaves registers (packed as bf16: it is bf16-rounded anyway).
 #include "common.cuh"
 
 namespace l4k {
 
-__device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
+// g * rcp(1 + e^-g): a correctly rounded reciprocal instead of an IEEE division (this kernel is otherwise
+// arithmetic-bound); within an f32 ulp of the reference's g / (1 + e^-g), which bf16 rounding absorbs.
+__device__ __forceinline__ float silu(float g) { return g * __frcp_rn(1.f + expf(-g)); }
 
 template <int VEC, int VPT, bool FP8>
 __global__ void __launch_bounds__(row_threads_cap<VEC>()) swiglu_kernel(const L4kSwigluParams p) {
@@ -15,19 +17,18 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) swiglu_kernel(const L4
   const bf16* gate = static_cast<const bf16*>(p.gate_up) + row * 2 * p.inter;
   const bf16* up = gate + p.inter;
 
-  float h[VPT][VEC];
+  Pack<VEC> h[VPT];
   float amax = 0.f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
     if (c < p.inter) {
-      float u[VEC];
-      load_bf16<VEC>(gate + c, h[i]);
-      load_bf16<VEC>(up + c, u);
+      const Pack<VEC> u = load_pack<VEC>(up + c);
+      h[i] = load_pack<VEC>(gate + c);
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
-        h[i][j] = round_bf16(round_bf16(silu(h[i][j])) * u[j]);
-        amax = fmaxf(amax, fabsf(h[i][j]));
+        h[i].set(j, round_bf16(silu(h[i][j])) * u[j]);
+        if constexpr (FP8) amax = fmaxf(amax, fabsf(h[i][j]));
       }
     }
   }
@@ -35,22 +36,19 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) swiglu_kernel(const L4
   if constexpr (FP8) {
     const float scale = fmaxf(block_reduce(amax, MaxOp{}, 0.f), kMinAmax) / kE4m3Max;
     if (threadIdx.x == 0) p.scales[row] = scale;
+    const float inv = 1.f / scale;
     uint8_t* q = static_cast<uint8_t*>(p.out) + row * p.inter;
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
       const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
-      if (c < p.inter) {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) h[i][j] = h[i][j] / scale;
-        store_e4m3<VEC>(q + c, h[i]);
-      }
+      if (c < p.inter) store_e4m3<VEC>(q + c, h[i], inv);
     }
   } else {
     bf16* out = static_cast<bf16*>(p.out) + row * p.inter;
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
       const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
-      if (c < p.inter) store_bf16<VEC>(out + c, h[i]);
+      if (c < p.inter) store_pack<VEC>(out + c, h[i]);
     }
   }
 }

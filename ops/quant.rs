@@ -1,7 +1,7 @@
 //! Rowwise FP8 E4M3 quantization (bf16 -> E4M3 + one f32 scale per row) and dequantization (for tests and
 //! debugging). Kernel: kernels/quant.cu. Reference: llama4_reference::fp8.
 //!
-//! `scale = max(amax, 1e-12) / 448`, `q = e4m3(x / scale)` with saturation and round-to-nearest-even; bytes
+//! `scale = max(amax, 1e-12) / 448`, `q = e4m3(x * (1 / scale))` with saturation and round-to-nearest-even; bytes
 //! identical to the reference on identical inputs.
 
 use crate::error::{ensure, Result};

@@ -63,8 +63,8 @@ FIXTURES = [
                   num_local_experts=5, moe_layers=[0, 2], no_rope_layers=[1, 0, 1], use_qk_norm=True,
                   attention_chunk_size=3, floor_scale=2, attn_scale=0.2,
                   rope_parameters={"rope_theta": 10000.0, **LLAMA3_BAND})),
-    # Multimodal layout: Llama4Config with text_config, `language_model.` prefixed weights in two shards with
-    # an index, and a few vision-tower tensors that the text model must ignore. Scout's own llama3 setting
+    # Multimodal layout as transformers writes it: Llama4ForConditionalGeneration (tiny vision tower) saved in
+    # shards with an index; text weights under `language_model.`, vision tensors the text model must ignore. Scout's own llama3 setting
     # (low == high: an empty smooth band) at a small original length.
     dict(name="multimodal_tiny", seed=4, seq=14, disk="f32", multimodal=True,
          cfg=dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -140,25 +140,25 @@ def published_layout(config):
     return config
 
 
-def write_multimodal(out, cfg, sd):
-    full = Llama4Config(text_config=cfg.to_dict())
-    config = full.to_dict()
-    config["architectures"] = ["Llama4ForConditionalGeneration"]
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    sd = {f"language_model.{k}": v for k, v in sd.items()}
-    g = torch.Generator().manual_seed(0)
-    sd["vision_model.patch_embedding.linear.weight"] = torch.randn(8, 12, generator=g)
-    sd["multi_modal_projector.linear_1.weight"] = torch.randn(4, 8, generator=g)
-    names = sorted(sd)
-    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
-              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
-    weight_map = {}
-    for file, keys in shards.items():
-        save_file({k: sd[k] for k in keys}, os.path.join(out, file), metadata={"format": "pt"})
-        weight_map.update({k: file for k in keys})
-    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2, sort_keys=True)
+def write_multimodal(out, cfg, text_model, ids, logits):
+    """The text model inside a real Llama4ForConditionalGeneration with a tiny vision tower, saved by
+    transformers in shards (`language_model.` prefixes, vision and projector tensors, an index), then reloaded
+    by transformers, which must give the text model's logits."""
+    from transformers import Llama4ForConditionalGeneration, Llama4VisionConfig
+
+    vision = Llama4VisionConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                                image_size=28, patch_size=14, vision_output_dim=16, projector_input_dim=16,
+                                projector_output_dim=16)
+    full = Llama4Config(text_config=cfg.to_dict(), vision_config=vision.to_dict())
+    torch.manual_seed(0)
+    mm = Llama4ForConditionalGeneration(full).eval()
+    mm.language_model.load_state_dict(text_model.state_dict())
+    mm.save_pretrained(out, max_shard_size="60KB")
+    again = Llama4ForConditionalGeneration.from_pretrained(out, dtype=torch.float32,
+                                                           attn_implementation="eager").eval()
+    diff = (logits_of(again, ids) - logits).abs().max().item()
+    assert diff == 0.0, f"multimodal reload differs by {diff}"
+    assert os.path.isfile(os.path.join(out, "model.safetensors.index.json")), "expected a sharded save"
 
 
 def write_tokenizer(out, vocab_size):
@@ -168,7 +168,9 @@ def write_tokenizer(out, vocab_size):
     words = ("<unk> the a of to and in is it that for on with as was at by an be this from or are not but "
              "llama model token chunk rope expert router shared cache decode prefill attention head key value "
              "query norm layer weight hello world one two three four five six seven eight nine ten").split()
-    vocab = {w: i for i, w in enumerate(words[:vocab_size])}
+    # Fill the rest of the vocabulary so that every id the model can produce decodes to something.
+    words = (words + [f"w{i}" for i in range(len(words), vocab_size)])[:vocab_size]
+    vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.save(os.path.join(out, "tokenizer.json"))
@@ -224,7 +226,7 @@ def make(fx, root):
     logits = logits_of(model, ids)
 
     if fx.get("multimodal"):
-        write_multimodal(out, cfg, dict(model.state_dict()))
+        write_multimodal(out, cfg, model, ids, logits)
     else:
         model.to(DTYPES[fx["disk"]]).save_pretrained(out)
         model.to(torch.float32)

@@ -119,6 +119,12 @@ def main():
             record(family, variant, shape, tokens, nbytes, "torch.compile",
                    time_us(torch.compile(fn, dynamic=False), sets))
 
+    # The copy ceiling as PyTorch sees it (bytes read + written); report.py uses the best copy in the run.
+    src = rand(512 << 20)
+    dst = torch.empty_like(src)
+    record("copy", "torch", "1GiB", 0, 2 * src.numel() * 2, "torch copy_", time_us(lambda a, b: b.copy_(a), [(src, dst)]))
+    del src, dst
+
     inv = 1.0 / (500000.0 ** (torch.arange(0, D, 2, dtype=torch.float32, device=dev) / D))
     with torch.inference_mode():
         for t in TOKENS:

@@ -6,7 +6,8 @@ use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::safetensors_file::SafeFile;
 use ndarray::ArrayD;
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// The prefix multimodal (`Llama4ForConditionalGeneration`) checkpoints put on every text-model tensor.
@@ -18,6 +19,8 @@ pub struct Checkpoint {
     files: Vec<SafeFile>,
     /// Stripped name → (file index, name as stored).
     names: BTreeMap<String, (usize, String)>,
+    /// Stripped names read so far, to find text-model tensors the config leaves no place for.
+    read: RefCell<BTreeSet<String>>,
 }
 
 impl Checkpoint {
@@ -26,7 +29,10 @@ impl Checkpoint {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let config = TextConfig::parse(&text)?;
-        let files = weight_files(dir)?.iter().map(|p| SafeFile::open(p)).collect::<Result<Vec<_>>>()?;
+        let files = weight_files(dir)?
+            .iter()
+            .map(|p| SafeFile::open(p))
+            .collect::<Result<Vec<_>>>()?;
         let mut names = BTreeMap::new();
         for (fi, f) in files.iter().enumerate() {
             for stored in f.header.tensors.keys() {
@@ -40,7 +46,13 @@ impl Checkpoint {
                 }
             }
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), config, files, names })
+        Ok(Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            files,
+            names,
+            read: RefCell::default(),
+        })
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -57,6 +69,7 @@ impl Checkpoint {
         };
         let file = &self.files[*fi];
         let info = &file.header.tensors[stored];
+        self.read.borrow_mut().insert(name.to_string());
         if info.shape != want {
             return Err(Error::Weight(format!(
                 "tensor `{name}` in {} has shape {:?}; config.json implies {want:?}",
@@ -67,11 +80,31 @@ impl Checkpoint {
         file.read_f32(stored)
     }
 
+    /// Text-model tensors (`model.*`, `lm_head.*`) that nothing has read. After loading, one of these means
+    /// the config and the weights disagree (more layers or experts on disk than configured), which would
+    /// otherwise silently drop weights. `lm_head.weight` is exempt under tied embeddings (transformers ignores
+    /// it then too), and so are stale RoPE `inv_freq` buffers that some old exports carry.
+    pub fn unread(&self) -> Vec<String> {
+        let read = self.read.borrow();
+        self.names
+            .keys()
+            .filter(|n| n.starts_with("model.") || n.starts_with("lm_head."))
+            .filter(|n| !read.contains(*n) && !n.ends_with(".inv_freq"))
+            .filter(|n| !(self.config.tie_word_embeddings && *n == "lm_head.weight"))
+            .cloned()
+            .collect()
+    }
+
     fn file_list(&self) -> String {
         let names: Vec<String> = self
             .files
             .iter()
-            .map(|f| f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            .map(|f| {
+                f.path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
             .collect();
         names.join(", ")
     }
@@ -88,15 +121,21 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
         let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::Format(format!("{}: not JSON: {e}", index.display())))?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-            Error::Format(format!("{}: no `weight_map` object", index.display()))
-        })?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::Format(format!("{}: no `weight_map` object", index.display())))?;
         let mut files: Vec<PathBuf> = Vec::new();
         for f in map.values() {
-            let f = f.as_str().ok_or_else(|| Error::Format(format!("{}: non-string shard name", index.display())))?;
+            let f = f.as_str().ok_or_else(|| {
+                Error::Format(format!("{}: non-string shard name", index.display()))
+            })?;
             // A shard name is a file in this directory, never a path out of it.
             if f.contains('/') || f.contains('\\') || f == ".." {
-                return Err(Error::Format(format!("{}: shard `{f}` is not a plain file name", index.display())));
+                return Err(Error::Format(format!(
+                    "{}: shard `{f}` is not a plain file name",
+                    index.display()
+                )));
             }
             if !files.iter().any(|p| p.ends_with(f)) {
                 files.push(dir.join(f));
@@ -112,7 +151,10 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::Io(format!("{}: no model.safetensors, index or *.safetensors file", dir.display())));
+        return Err(Error::Io(format!(
+            "{}: no model.safetensors, index or *.safetensors file",
+            dir.display()
+        )));
     }
     Ok(files)
 }

@@ -7,7 +7,9 @@ use crate::safetensors_file::{parse_header, read_f32};
 
 /// config.json bytes → parse and validate; with a valid config, also derive every layer's RoPE setup.
 pub fn config(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(c) = TextConfig::parse(text) {
         // A few layers cover every code path; all 4096 allowed would only slow the fuzzer down.
         for i in 0..c.num_hidden_layers.min(8) {

@@ -15,7 +15,10 @@ fn load_err(dir: &Path) -> Error {
         Ok(_) => panic!("{} loaded although broken", dir.display()),
         Err(e) => {
             let line = e.to_string();
-            assert!(!line.contains('\n') && !line.is_empty(), "not one line: {line:?}");
+            assert!(
+                !line.contains('\n') && !line.is_empty(),
+                "not one line: {line:?}"
+            );
             e
         }
     }
@@ -33,7 +36,10 @@ fn missing_tensor_is_named() {
     write_entries(&weights_path(&dir), &e);
     let err = load_err(&dir);
     assert!(matches!(err, Error::Weight(_)), "{err}");
-    assert!(err.to_string().contains(&format!("missing tensor `{Q}`")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("missing tensor `{Q}`")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -55,7 +61,10 @@ fn wrong_shape_is_named_with_both_shapes() {
     shape.reverse(); // [64, 48] -> [48, 64]: same bytes, wrong layout
     write_entries(&weights_path(&dir), &e);
     let err = load_err(&dir).to_string();
-    assert!(err.contains(Q) && err.contains("[48, 64]") && err.contains("[64, 48]"), "{err}");
+    assert!(
+        err.contains(Q) && err.contains("[48, 64]") && err.contains("[64, 48]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -67,7 +76,10 @@ fn wrong_dtype_is_named() {
     write_entries(&weights_path(&dir), &e);
     let err = load_err(&dir);
     assert!(matches!(err, Error::Weight(_)), "{err}");
-    assert!(err.to_string().contains("dtype I32") && err.to_string().contains(Q), "{err}");
+    assert!(
+        err.to_string().contains("dtype I32") && err.to_string().contains(Q),
+        "{err}"
+    );
 }
 
 #[test]
@@ -79,7 +91,10 @@ fn truncated_file_is_reported_as_truncated() {
         std::fs::write(&path, &bytes[..keep]).unwrap();
         let err = load_err(&dir);
         assert!(matches!(err, Error::Format(_)), "{keep}: {err}");
-        assert!(err.to_string().contains("truncated") || err.to_string().contains("too short"), "{keep}: {err}");
+        assert!(
+            err.to_string().contains("truncated") || err.to_string().contains("too short"),
+            "{keep}: {err}"
+        );
     }
 }
 
@@ -95,14 +110,24 @@ fn garbage_header_length_is_refused_without_allocating() {
 
 #[test]
 fn missing_config_key_is_named() {
-    for key in ["hidden_size", "num_hidden_layers", "vocab_size", "num_key_value_heads", "attention_chunk_size"] {
+    for key in [
+        "hidden_size",
+        "num_hidden_layers",
+        "vocab_size",
+        "num_key_value_heads",
+        "attention_chunk_size",
+    ] {
         let dir = copy_fixture("one_kv_head", &format!("nokey_{key}"));
         edit_config(&dir, |c| {
             c.remove(key).unwrap();
         });
         let err = load_err(&dir);
         assert!(matches!(err, Error::Config(_)), "{err}");
-        assert!(err.to_string().contains(&format!("missing required key `{key}`")), "{key}: {err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("missing required key `{key}`")),
+            "{key}: {err}"
+        );
     }
 }
 
@@ -120,37 +145,44 @@ fn missing_config_file_is_named() {
     let dir = copy_fixture("scout_tiny", "noconfig");
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let err = load_err(&dir);
-    assert!(matches!(err, Error::Io(_)) && err.to_string().contains("config.json"), "{err}");
+    assert!(
+        matches!(err, Error::Io(_)) && err.to_string().contains("config.json"),
+        "{err}"
+    );
 }
 
 #[test]
 fn contradictory_configs_are_refused() {
     use serde_json::json;
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Map<String, serde_json::Value>)>)> = vec![
-        ("contradicts", Box::new(|c| {
+    type Edit = fn(&mut serde_json::Map<String, serde_json::Value>);
+    let cases: Vec<(&str, Edit)> = vec![
+        ("contradicts", |c| {
             c.insert("rope_theta".into(), json!(20000.0));
-        })),
-        ("not a multiple", Box::new(|c| {
+        }),
+        ("not a multiple", |c| {
             c.insert("num_key_value_heads".into(), json!(3));
-        })),
-        ("entries for 4 layers", Box::new(|c| {
+        }),
+        ("entries for 4 layers", |c| {
             c.insert("no_rope_layers".into(), json!([1, 1, 0]));
-        })),
-        ("num_hidden_layers is 4", Box::new(|c| {
+        }),
+        ("num_hidden_layers is 4", |c| {
             c.insert("moe_layers".into(), json!([0, 4]));
-        })),
-        ("inverted", Box::new(|c| {
+        }),
+        ("inverted", |c| {
             c["rope_parameters"]["low_freq_factor"] = json!(8.0);
-        })),
-        ("twice", Box::new(|c| {
+        }),
+        ("twice", |c| {
             c.insert("moe_layers".into(), json!([1, 1]));
-        })),
+        }),
     ];
     for (i, (want, f)) in cases.into_iter().enumerate() {
         let dir = copy_fixture("scout_tiny", &format!("contra{i}"));
         edit_config(&dir, f);
         let err = load_err(&dir);
-        assert!(matches!(err, Error::Config(_)) && err.to_string().contains(want), "case {i}: {err}");
+        assert!(
+            matches!(err, Error::Config(_)) && err.to_string().contains(want),
+            "case {i}: {err}"
+        );
     }
 }
 
@@ -161,7 +193,10 @@ fn config_sizes_that_disagree_with_the_weights_are_shape_errors() {
         c.insert("intermediate_size_mlp".into(), serde_json::json!(57));
     });
     let err = load_err(&dir).to_string();
-    assert!(err.contains("model.layers.0.feed_forward.gate_proj.weight") && err.contains("[57, 64]"), "{err}");
+    assert!(
+        err.contains("model.layers.0.feed_forward.gate_proj.weight") && err.contains("[57, 64]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -172,4 +207,40 @@ fn a_tensor_stored_with_and_without_the_prefix_is_ambiguous() {
     e.insert(format!("language_model.{Q}"), q);
     write_entries(&weights_path(&dir), &e);
     assert!(load_err(&dir).to_string().contains("stored twice"));
+}
+
+#[test]
+fn weights_the_config_has_no_place_for_are_an_error() {
+    // Fewer layers in the config than on disk would silently drop the last layer.
+    let dir = copy_fixture("scout_tiny", "extra_layer");
+    edit_config(&dir, |c| {
+        c.insert("num_hidden_layers".into(), serde_json::json!(3));
+        c.insert("no_rope_layers".into(), serde_json::json!([]));
+        c.remove("layer_types");
+        c.remove("moe_layers");
+    });
+    let err = load_err(&dir).to_string();
+    assert!(
+        err.contains("model.layers.3.") && err.contains("no place for it"),
+        "{err}"
+    );
+    // Fewer experts in the config than in a per-expert export would silently drop an expert: the fused
+    // layout catches this as a shape error, the per-expert one only through the unread check.
+    let dir = copy_fixture("unfused_f16", "extra_expert");
+    edit_config(&dir, |c| {
+        c.insert("num_local_experts".into(), serde_json::json!(2));
+    });
+    let mut e = read_entries(&weights_path(&dir));
+    // The router must shrink with the config, or its shape check would fire first.
+    let (_, shape, bytes) = e
+        .get_mut("model.layers.1.feed_forward.router.weight")
+        .unwrap();
+    shape[0] = 2;
+    bytes.truncate(2 * shape[1] * 2);
+    write_entries(&weights_path(&dir), &e);
+    let err = load_err(&dir).to_string();
+    assert!(
+        err.contains("experts.2.") && err.contains("no place for it"),
+        "{err}"
+    );
 }

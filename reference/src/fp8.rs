@@ -3,10 +3,12 @@
 //! the CUDA `__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3)` the kernels use. NaN encodes as 0x7F.
 //!
 //! Quantization recipes (model contract, "FP8"):
-//! - rowwise: one f32 scale per row, `scale = max(amax, MIN_AMAX) / 448`, `q = e4m3(x / scale)`;
+//! - rowwise: one f32 scale per row, `scale = max(amax, MIN_AMAX) / 448`, `q = e4m3(x * (1 / scale))`;
 //! - blockwise: one scale per 1 x 128 group along K (activations) or per 128 x 128 block (weights).
 //!
-//! `x / scale` is a true f32 division (not a multiply by 1/scale) so a kernel can match these bytes exactly.
+//! `1 / scale` is one correctly rounded f32 division per group and `x * (1 / scale)` one f32 product per element
+//! (as vLLM's quantizers do), so a kernel reproduces these bytes exactly without a division per element. It
+//! differs from `x / scale` only when the two land on opposite sides of an E4M3 rounding boundary.
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
@@ -77,8 +79,9 @@ pub fn quantize_rowwise(x: ArrayView2<f32>) -> (Array2<u8>, Array1<f32>) {
     for r in 0..rows {
         let s = scale_for(x.row(r).iter().copied());
         scales[r] = s;
+        let inv = 1.0 / s;
         for c in 0..cols {
-            q[[r, c]] = e4m3_from_f32(x[[r, c]] / s);
+            q[[r, c]] = e4m3_from_f32(x[[r, c]] * inv);
         }
     }
     (q, scales)
@@ -96,8 +99,9 @@ pub fn quantize_groups_1x128(x: ArrayView2<f32>) -> (Array2<u8>, Array2<f32>) {
             let span = g * BLOCK..((g + 1) * BLOCK).min(cols);
             let s = scale_for(span.clone().map(|c| x[[r, c]]));
             scales[[r, g]] = s;
+            let inv = 1.0 / s;
             for c in span {
-                q[[r, c]] = e4m3_from_f32(x[[r, c]] / s);
+                q[[r, c]] = e4m3_from_f32(x[[r, c]] * inv);
             }
         }
     }
@@ -117,9 +121,10 @@ pub fn quantize_blocks_128x128(w: ArrayView2<f32>) -> (Array2<u8>, Array2<f32>) 
             let cols = j * BLOCK..((j + 1) * BLOCK).min(k);
             let s = scale_for(rows.clone().flat_map(|r| cols.clone().map(move |c| (r, c))).map(|(r, c)| w[[r, c]]));
             scales[[i, j]] = s;
+            let inv = 1.0 / s;
             for r in rows.clone() {
                 for c in cols.clone() {
-                    q[[r, c]] = e4m3_from_f32(w[[r, c]] / s);
+                    q[[r, c]] = e4m3_from_f32(w[[r, c]] * inv);
                 }
             }
         }

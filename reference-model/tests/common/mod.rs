@@ -20,7 +20,10 @@ pub fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("golden.json").is_file())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 6, "expected the six fixtures of scripts/hf_fixtures.py, found {dirs:?}");
+    assert!(
+        dirs.len() >= 6,
+        "expected the six fixtures of scripts/hf_fixtures.py, found {dirs:?}"
+    );
     dirs
 }
 
@@ -36,9 +39,20 @@ pub struct Golden {
 pub fn golden(dir: &Path) -> Golden {
     let text = std::fs::read_to_string(dir.join("golden.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let list = |k: &str| -> Vec<u32> { v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let list = |k: &str| -> Vec<u32> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
     let logits = logits_file::load(&dir.join("logits.safetensors"), "logits").unwrap();
-    Golden { ids: list("input_ids"), greedy_prompt: list("greedy_prompt"), greedy_tokens: list("greedy_tokens"), logits }
+    Golden {
+        ids: list("input_ids"),
+        greedy_prompt: list("greedy_prompt"),
+        greedy_tokens: list("greedy_tokens"),
+        logits,
+    }
 }
 
 /// `||a - b|| / ||b||`, failing on anything non-finite.
@@ -49,16 +63,32 @@ pub fn rel_l2(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
     llama4_reference::check::rel_l2(&a, &b).unwrap()
 }
 
-/// A scratch directory under the target dir, emptied first.
-pub fn scratch(name: &str) -> PathBuf {
+/// A scratch directory in the system temp dir, removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An empty scratch directory, unique to this test process and `name`.
+pub fn scratch(name: &str) -> Scratch {
     let d = std::env::temp_dir().join(format!("llama4-model-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    Scratch(d)
 }
 
 /// Copies a fixture's files into a fresh scratch directory, to be broken by a test.
-pub fn copy_fixture(name: &str, to: &str) -> PathBuf {
+pub fn copy_fixture(name: &str, to: &str) -> Scratch {
     let src = fixtures_root().join(name);
     let dst = scratch(to);
     for e in std::fs::read_dir(&src).unwrap() {
@@ -84,7 +114,12 @@ pub fn read_entries(path: &Path) -> Entries {
 pub fn write_entries(path: &Path, e: &Entries) {
     let views: Vec<(String, safetensors::tensor::TensorView)> = e
         .iter()
-        .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(n, (d, s, b))| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, &None, path).unwrap();
 }
@@ -92,9 +127,14 @@ pub fn write_entries(path: &Path, e: &Entries) {
 /// Edits `dir/config.json` (the text config, nested or not) in place.
 pub fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let path = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let obj = v.as_object_mut().unwrap();
-    let text = if obj.contains_key("text_config") { obj["text_config"].as_object_mut().unwrap() } else { obj };
+    let text = if obj.contains_key("text_config") {
+        obj["text_config"].as_object_mut().unwrap()
+    } else {
+        obj
+    };
     f(text);
     std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
