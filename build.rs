@@ -116,9 +116,9 @@ fn find_cuda() -> Option<PathBuf> {
             }
         }
     }
-    let cache = env::var_os("L4K_CUDA_CACHE").map(PathBuf::from).or_else(|| {
-        env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/llama4-kernels/cuda-13.0"))
-    })?;
+    let cache = env::var_os("L4K_CUDA_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/llama4-kernels/cuda-13.0")))?;
     has_nvcc(&cache).then_some(cache)
 }
 
@@ -141,17 +141,15 @@ fn check_version(nvcc: &Path) {
         .output()
         .unwrap_or_else(|e| fail(&format!("running {} --version: {e}", nvcc.display())));
     let text = String::from_utf8_lossy(&out.stdout);
-    let release = text
-        .split("release ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|v| {
-            let mut it = v.trim().split('.').map(|x| x.parse::<u32>().ok());
-            Some((it.next()??, it.next()??))
-        });
+    let release = text.split("release ").nth(1).and_then(|r| r.split(',').next()).and_then(|v| {
+        let mut it = v.trim().split('.').map(|x| x.parse::<u32>().ok());
+        Some((it.next()??, it.next()??))
+    });
     match release {
         Some(v) if v >= (12, 4) => {}
-        Some((a, b)) => fail(&format!("{} is CUDA {a}.{b}; sm_90a kernels need 12.4 or newer: {SETUP_HINT}", nvcc.display())),
+        Some((a, b)) => {
+            fail(&format!("{} is CUDA {a}.{b}; sm_90a kernels need 12.4 or newer: {SETUP_HINT}", nvcc.display()))
+        }
         None => fail(&format!("could not read the CUDA version from `{} --version`", nvcc.display())),
     }
 }

@@ -15,8 +15,13 @@ fn bench(c: &mut Criterion) {
         let mut ss: Vec<_> = (0..k).map(|_| zeros::<f32>(t)).collect();
         run_case(c, "quant", "fp8_rowwise", &format!("{t}x{h}"), t, 2 * n + n + 4 * t, |i| {
             let i = i % k;
-            quant_fp8(stream(), &Tensor::of(&xs[i], [t, h]).unwrap(), &mut TensorMut::of(&mut qs[i], [t, h]).unwrap(),
-                      &mut TensorMut::of(&mut ss[i], [t]).unwrap()).unwrap()
+            quant_fp8(
+                stream(),
+                &Tensor::of(&xs[i], [t, h]).unwrap(),
+                &mut TensorMut::of(&mut qs[i], [t, h]).unwrap(),
+                &mut TensorMut::of(&mut ss[i], [t]).unwrap(),
+            )
+            .unwrap()
         });
     }
 }

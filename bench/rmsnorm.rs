@@ -17,13 +17,26 @@ fn bench(c: &mut Criterion) {
         let shape = format!("{t}x{h}");
         run_case(c, "rmsnorm", "plain", &shape, t, 2 * n * 2 + 2 * h, |i| {
             let i = i % k;
-            rmsnorm(stream(), &Tensor::of(&xs[i], [t, h]).unwrap(), &Tensor::of(&w, [h]).unwrap(), 1e-5,
-                    &mut TensorMut::of(&mut ys[i], [t, h]).unwrap()).unwrap()
+            rmsnorm(
+                stream(),
+                &Tensor::of(&xs[i], [t, h]).unwrap(),
+                &Tensor::of(&w, [h]).unwrap(),
+                1e-5,
+                &mut TensorMut::of(&mut ys[i], [t, h]).unwrap(),
+            )
+            .unwrap()
         });
         run_case(c, "rmsnorm", "add", &shape, t, 4 * n * 2 + 2 * h, |i| {
             let i = i % k;
-            add_rmsnorm(stream(), &Tensor::of(&xs[i], [t, h]).unwrap(), &mut TensorMut::of(&mut res[i], [t, h]).unwrap(),
-                        &Tensor::of(&w, [h]).unwrap(), 1e-5, &mut TensorMut::of(&mut ys[i], [t, h]).unwrap()).unwrap()
+            add_rmsnorm(
+                stream(),
+                &Tensor::of(&xs[i], [t, h]).unwrap(),
+                &mut TensorMut::of(&mut res[i], [t, h]).unwrap(),
+                &Tensor::of(&w, [h]).unwrap(),
+                1e-5,
+                &mut TensorMut::of(&mut ys[i], [t, h]).unwrap(),
+            )
+            .unwrap()
         });
     }
 }

@@ -9,9 +9,17 @@ use llama4_kernels::{Tensor, TensorMut};
 fn bench(c: &mut Criterion) {
     let layout = HeadLayout { n_heads: N_HEADS, n_kv_heads: N_KV_HEADS, head_dim: HEAD_DIM };
     let width = (N_HEADS + 2 * N_KV_HEADS) * HEAD_DIM;
-    let scout = Llama3Scaling { factor: 16.0, low_freq_factor: 1.0, high_freq_factor: 1.0, original_max_position_embeddings: 8192.0 };
+    let scout = Llama3Scaling {
+        factor: 16.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 1.0,
+        original_max_position_embeddings: 8192.0,
+    };
     let kinds = [
-        ("rope_qknorm", LayerKind::Rope { inv_freq: inv_freq(500000.0, HEAD_DIM, Some(scout)).unwrap(), qk_norm: Some(1e-5) }),
+        (
+            "rope_qknorm",
+            LayerKind::Rope { inv_freq: inv_freq(500000.0, HEAD_DIM, Some(scout)).unwrap(), qk_norm: Some(1e-5) },
+        ),
         ("nope_temp", LayerKind::NoPe { temperature: Some(Temperature { floor_scale: 8192.0, attn_scale: 0.1 }) }),
     ];
     for t in TOKENS {
@@ -28,11 +36,19 @@ fn bench(c: &mut Criterion) {
         for (name, kind) in &kinds {
             run_case(c, "rope", name, &format!("{t}x{N_HEADS}x{N_KV_HEADS}x{HEAD_DIM}"), t, bytes, |i| {
                 let i = i % k;
-                rope_qkv(stream(), &Tensor::of(&qkvs[i], [t, width]).unwrap(), &Tensor::of(&dpos, [t]).unwrap(),
-                         &Tensor::of(&dslots, [t]).unwrap(), layout, kind,
-                         &mut TensorMut::of(&mut qs[i], [t, N_HEADS, HEAD_DIM]).unwrap(),
-                         &mut TensorMut::of(&mut kcs[i], [t, N_KV_HEADS, HEAD_DIM]).unwrap(),
-                         &mut TensorMut::of(&mut vcs[i], [t, N_KV_HEADS, HEAD_DIM]).unwrap(), None).unwrap()
+                rope_qkv(
+                    stream(),
+                    &Tensor::of(&qkvs[i], [t, width]).unwrap(),
+                    &Tensor::of(&dpos, [t]).unwrap(),
+                    &Tensor::of(&dslots, [t]).unwrap(),
+                    layout,
+                    kind,
+                    &mut TensorMut::of(&mut qs[i], [t, N_HEADS, HEAD_DIM]).unwrap(),
+                    &mut TensorMut::of(&mut kcs[i], [t, N_KV_HEADS, HEAD_DIM]).unwrap(),
+                    &mut TensorMut::of(&mut vcs[i], [t, N_KV_HEADS, HEAD_DIM]).unwrap(),
+                    None,
+                )
+                .unwrap()
             });
         }
     }

@@ -17,12 +17,22 @@ fn bench(c: &mut Criterion) {
         let shape = format!("{t}x{i_}");
         run_case(c, "swiglu", "bf16", &shape, t, 2 * n * 2 + n * 2, |s| {
             let s = s % k;
-            swiglu(stream(), &Tensor::of(&gus[s], [t, 2 * i_]).unwrap(), &mut TensorMut::of(&mut outs[s], [t, i_]).unwrap()).unwrap()
+            swiglu(
+                stream(),
+                &Tensor::of(&gus[s], [t, 2 * i_]).unwrap(),
+                &mut TensorMut::of(&mut outs[s], [t, i_]).unwrap(),
+            )
+            .unwrap()
         });
         run_case(c, "swiglu", "fp8", &shape, t, 2 * n * 2 + n + 4 * t, |s| {
             let s = s % k;
-            swiglu_fp8(stream(), &Tensor::of(&gus[s], [t, 2 * i_]).unwrap(), &mut TensorMut::of(&mut qs[s], [t, i_]).unwrap(),
-                       &mut TensorMut::of(&mut ss[s], [t]).unwrap()).unwrap()
+            swiglu_fp8(
+                stream(),
+                &Tensor::of(&gus[s], [t, 2 * i_]).unwrap(),
+                &mut TensorMut::of(&mut qs[s], [t, i_]).unwrap(),
+                &mut TensorMut::of(&mut ss[s], [t]).unwrap(),
+            )
+            .unwrap()
         });
     }
 }

@@ -33,7 +33,9 @@ pub fn inv_freq(theta: f32, head_dim: usize, scaling: Option<Llama3Scaling>) -> 
     ensure!(theta.is_finite() && theta > 1.0, "{OP}: rope_theta {theta} must be finite and > 1");
     if let Some(s) = scaling {
         ensure!(
-            s.factor > 0.0 && s.low_freq_factor > 0.0 && s.high_freq_factor >= s.low_freq_factor
+            s.factor > 0.0
+                && s.low_freq_factor > 0.0
+                && s.high_freq_factor >= s.low_freq_factor
                 && s.original_max_position_embeddings > 0.0,
             "{OP}: llama3 scaling needs factor, low_freq_factor > 0, high_freq_factor >= low_freq_factor and a \
              positive original_max_position_embeddings (got {s:?})"
@@ -104,15 +106,29 @@ pub fn rope_qkv(
         "{OP}: qkv has {width} columns; {n_heads} q + 2 x {n_kv_heads} kv heads of {head_dim} need {}",
         (n_heads + 2 * n_kv_heads) * head_dim
     );
-    ensure!(pos.shape() == [t] && slots.shape() == [t], "{OP}: pos {:?} / slots {:?} for {t} tokens", pos.shape(), slots.shape());
-    ensure!(q_out.shape() == [t, n_heads, head_dim], "{OP}: q_out {:?}, want [{t}, {n_heads}, {head_dim}]", q_out.shape());
+    ensure!(
+        pos.shape() == [t] && slots.shape() == [t],
+        "{OP}: pos {:?} / slots {:?} for {t} tokens",
+        pos.shape(),
+        slots.shape()
+    );
+    ensure!(
+        q_out.shape() == [t, n_heads, head_dim],
+        "{OP}: q_out {:?}, want [{t}, {n_heads}, {head_dim}]",
+        q_out.shape()
+    );
     let [cache_slots, kh, kd] = k_cache.shape();
-    ensure!([kh, kd] == [n_kv_heads, head_dim], "{OP}: k_cache {:?}, want [_, {n_kv_heads}, {head_dim}]", k_cache.shape());
+    ensure!(
+        [kh, kd] == [n_kv_heads, head_dim],
+        "{OP}: k_cache {:?}, want [_, {n_kv_heads}, {head_dim}]",
+        k_cache.shape()
+    );
     ensure!(v_cache.shape() == k_cache.shape(), "{OP}: v_cache {:?} != k_cache {:?}", v_cache.shape(), k_cache.shape());
     if let Some(b) = &bad_slots {
         ensure!(b.shape() == [1], "{OP}: bad_slots must hold one counter");
     }
-    let mut streams = vec![qkv.stream(), pos.stream(), slots.stream(), q_out.stream(), k_cache.stream(), v_cache.stream()];
+    let mut streams =
+        vec![qkv.stream(), pos.stream(), slots.stream(), q_out.stream(), k_cache.stream(), v_cache.stream()];
     if let Some(b) = &bad_slots {
         streams.push(b.stream());
     }
@@ -140,7 +156,12 @@ pub fn rope_qkv(
 /// Parameters without pointers: the layer's shape and kind, validated.
 pub(crate) fn params(kind: &LayerKind, l: HeadLayout, tokens: i64, cache_slots: i64) -> Result<RopeParams> {
     ensure!(l.n_heads >= 1 && l.n_kv_heads >= 1, "{OP}: head counts must be positive ({l:?})");
-    ensure!(l.n_heads % l.n_kv_heads == 0, "{OP}: {} query heads are not a multiple of {} kv heads", l.n_heads, l.n_kv_heads);
+    ensure!(
+        l.n_heads % l.n_kv_heads == 0,
+        "{OP}: {} query heads are not a multiple of {} kv heads",
+        l.n_heads,
+        l.n_kv_heads
+    );
     ensure!(l.head_dim >= 2 && l.head_dim % 2 == 0, "{OP}: head_dim {} must be even and positive", l.head_dim);
     if l.head_dim > MAX_HEAD_DIM {
         return Err(Error::Unsupported(format!("{OP}: head_dim {} > {MAX_HEAD_DIM}", l.head_dim)));
@@ -170,7 +191,12 @@ pub(crate) fn params(kind: &LayerKind, l: HeadLayout, tokens: i64, cache_slots: 
     };
     match kind {
         LayerKind::Rope { inv_freq, qk_norm } => {
-            ensure!(inv_freq.len() * 2 == l.head_dim, "{OP}: {} frequencies for head_dim {}", inv_freq.len(), l.head_dim);
+            ensure!(
+                inv_freq.len() * 2 == l.head_dim,
+                "{OP}: {} frequencies for head_dim {}",
+                inv_freq.len(),
+                l.head_dim
+            );
             ensure!(inv_freq.iter().all(|f| f.is_finite()), "{OP}: non-finite RoPE frequency");
             p.rope = 1;
             p.inv_freq[..inv_freq.len()].copy_from_slice(inv_freq);
@@ -182,7 +208,11 @@ pub(crate) fn params(kind: &LayerKind, l: HeadLayout, tokens: i64, cache_slots: 
         }
         LayerKind::NoPe { temperature } => {
             if let Some(t) = temperature {
-                ensure!(t.floor_scale.is_finite() && t.floor_scale > 0.0, "{OP}: floor_scale {} must be > 0", t.floor_scale);
+                ensure!(
+                    t.floor_scale.is_finite() && t.floor_scale > 0.0,
+                    "{OP}: floor_scale {} must be > 0",
+                    t.floor_scale
+                );
                 ensure!(t.attn_scale.is_finite(), "{OP}: attn_scale {} must be finite", t.attn_scale);
                 p.temperature = 1;
                 p.floor_scale = t.floor_scale;
@@ -220,7 +250,12 @@ mod tests {
 
     #[test]
     fn scaling_rejects_bad_bands_and_keeps_low_equal_high_finite() {
-        let s = Llama3Scaling { factor: 16.0, low_freq_factor: 1.0, high_freq_factor: 1.0, original_max_position_embeddings: 8192.0 };
+        let s = Llama3Scaling {
+            factor: 16.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 1.0,
+            original_max_position_embeddings: 8192.0,
+        };
         assert!(inv_freq(500000.0, 128, Some(s)).unwrap().iter().all(|f| f.is_finite() && *f > 0.0));
         let bad = Llama3Scaling { high_freq_factor: 0.5, ..s };
         assert!(matches!(inv_freq(500000.0, 128, Some(bad)), Err(Error::InvalidArgument(_))));

@@ -2,7 +2,10 @@
 //! is made; ops then only check that their operands agree with each other.
 
 use crate::error::{ensure, Result};
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, SyncOnDrop, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, SyncOnDrop,
+    ValidAsZeroBits,
+};
 use std::sync::Arc;
 
 pub use half::bf16;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the staged bundle (scripts/stage-gpu.sh copies this file to gpu-bundle/run.sh).
-#   run.sh [tests] [sanitize] [bench] [peers] [nocompile]     (no argument: tests bench peers)
+#   run.sh [tests] [sanitize] [sweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
 # Results go to $OUT (the device tool's folder) or gpu-bundle/results: tests.log, sanitizer.log, bench.log,
 # ours.jsonl, peers.jsonl, bench.md, summary.txt. Exit status: non-zero if any test or sanitizer run failed.
 set -uo pipefail
@@ -48,6 +48,14 @@ if has sanitize; then
     note "compute-sanitizer $tool: $([[ $rc == 0 ]] && echo CLEAN || echo "FAILED (exit $rc)") in $((SECONDS - start)) s; $(grep -E 'ERROR SUMMARY' "$out/sanitizer.log" | tail -1)"
     ((rc == 0)) || status=1
   done
+fi
+
+if has sweep; then
+  # Row-kernel work-per-thread sweep (bench/experiments/row_vpt_sweep.cu), built here from the working tree.
+  root="$(cd "$here/.." && pwd)"
+  nvcc -std=c++17 -O3 -DNDEBUG -gencode=arch=compute_90a,code=sm_90a -I"$root/kernels" -o /tmp/l4k-sweep \
+    "$root/bench/experiments/row_vpt_sweep.cu" && /tmp/l4k-sweep >"$out/sweep.txt" 2>&1 \
+    && note "row VPT sweep: $(wc -l <"$out/sweep.txt") lines in sweep.txt" || { note "row VPT sweep: FAILED"; status=1; }
 fi
 
 if has bench; then

@@ -97,13 +97,7 @@ pub trait Backend {
     ) -> Result<Self::Act>;
 
     /// Dense SwiGLU FFN with nn.Linear weights gate, up `[I, H]`, down `[H, I]`.
-    fn mlp(
-        &self,
-        y: &Self::Act,
-        gate: &Self::Weight,
-        up: &Self::Weight,
-        down: &Self::Weight,
-    ) -> Result<Self::Act>;
+    fn mlp(&self, y: &Self::Act, gate: &Self::Weight, up: &Self::Weight, down: &Self::Weight) -> Result<Self::Act>;
 
     /// The Llama 4 MoE block (sigmoid top-1 routing on the input, plus the shared expert).
     fn moe(&self, y: &Self::Act, w: MoeRef<'_, Self::Weight>) -> Result<Self::Act>;

@@ -29,10 +29,7 @@ impl Checkpoint {
         let cfg_path = dir.join("config.json");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let config = TextConfig::parse(&text)?;
-        let files = weight_files(dir)?
-            .iter()
-            .map(|p| SafeFile::open(p))
-            .collect::<Result<Vec<_>>>()?;
+        let files = weight_files(dir)?.iter().map(|p| SafeFile::open(p)).collect::<Result<Vec<_>>>()?;
         let mut names = BTreeMap::new();
         for (fi, f) in files.iter().enumerate() {
             for stored in f.header.tensors.keys() {
@@ -46,13 +43,7 @@ impl Checkpoint {
                 }
             }
         }
-        Ok(Checkpoint {
-            dir: dir.to_path_buf(),
-            config,
-            files,
-            names,
-            read: RefCell::default(),
-        })
+        Ok(Checkpoint { dir: dir.to_path_buf(), config, files, names, read: RefCell::default() })
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -99,12 +90,7 @@ impl Checkpoint {
         let names: Vec<String> = self
             .files
             .iter()
-            .map(|f| {
-                f.path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            })
+            .map(|f| f.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
             .collect();
         names.join(", ")
     }
@@ -119,23 +105,18 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Format(format!("{}: not JSON: {e}", index.display())))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::Format(format!("{}: not JSON: {e}", index.display())))?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::Format(format!("{}: no `weight_map` object", index.display())))?;
         let mut files: Vec<PathBuf> = Vec::new();
         for f in map.values() {
-            let f = f.as_str().ok_or_else(|| {
-                Error::Format(format!("{}: non-string shard name", index.display()))
-            })?;
+            let f = f.as_str().ok_or_else(|| Error::Format(format!("{}: non-string shard name", index.display())))?;
             // A shard name is a file in this directory, never a path out of it.
             if f.contains('/') || f.contains('\\') || f == ".." {
-                return Err(Error::Format(format!(
-                    "{}: shard `{f}` is not a plain file name",
-                    index.display()
-                )));
+                return Err(Error::Format(format!("{}: shard `{f}` is not a plain file name", index.display())));
             }
             if !files.iter().any(|p| p.ends_with(f)) {
                 files.push(dir.join(f));
@@ -151,10 +132,7 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::Io(format!(
-            "{}: no model.safetensors, index or *.safetensors file",
-            dir.display()
-        )));
+        return Err(Error::Io(format!("{}: no model.safetensors, index or *.safetensors file", dir.display())));
     }
     Ok(files)
 }

@@ -64,8 +64,8 @@ pub struct TextConfig {
 impl TextConfig {
     /// Parses config.json text.
     pub fn parse(text: &str) -> Result<Self> {
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("config.json is not JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("config.json is not JSON: {e}")))?;
         Self::from_json(&v)
     }
 
@@ -87,9 +87,9 @@ impl TextConfig {
         let heads = req("num_attention_heads")?;
         let kv_heads = req("num_key_value_heads")?;
         if heads % kv_heads != 0 {
-            return Err(c.err(format!(
-                "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
-            )));
+            return Err(
+                c.err(format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"))
+            );
         }
         let head_dim = match c.get("head_dim") {
             None => 128,
@@ -98,20 +98,14 @@ impl TextConfig {
         };
         positive(&c, "head_dim", head_dim)?;
         if c.str_or("hidden_act", "silu")? != "silu" {
-            return Err(
-                c.err("hidden_act must be \"silu\" (the only activation Llama 4 uses)".into())
-            );
+            return Err(c.err("hidden_act must be \"silu\" (the only activation Llama 4 uses)".into()));
         }
         if c.bool_or("attention_bias", false)? {
-            return Err(c.err(
-                "attention_bias true is not supported (Llama 4 has no attention biases)".into(),
-            ));
+            return Err(c.err("attention_bias true is not supported (Llama 4 has no attention biases)".into()));
         }
         let top_k = c.usize_or("num_experts_per_tok", 1)?;
         if top_k != 1 {
-            return Err(c.err(format!(
-                "num_experts_per_tok {top_k} is not supported (Llama 4 routes top-1)"
-            )));
+            return Err(c.err(format!("num_experts_per_tok {top_k} is not supported (Llama 4 routes top-1)")));
         }
 
         let ffn = moe_layers(&c, layers)?;
@@ -178,9 +172,7 @@ impl TextConfig {
                 eps: self.rms_norm_eps,
             }
         } else {
-            let t = self
-                .attn_temperature_tuning
-                .then_some((self.floor_scale, self.attn_scale));
+            let t = self.attn_temperature_tuning.then_some((self.floor_scale, self.attn_scale));
             LayerKind::NoPe { temperature: t }
         }
     }
@@ -210,9 +202,7 @@ fn moe_layers(c: &Obj, layers: usize) -> Result<Vec<Ffn>> {
         Some(Value::Null) | None => {
             let step = c.usize_or("interleave_moe_layer_step", 1)?;
             if step == 0 {
-                return Err(
-                    c.err("interleave_moe_layer_step is 0 and no moe_layers list is given".into())
-                );
+                return Err(c.err("interleave_moe_layer_step is 0 and no moe_layers list is given".into()));
             }
             (step - 1..layers).step_by(step).collect()
         }
@@ -221,14 +211,8 @@ fn moe_layers(c: &Obj, layers: usize) -> Result<Vec<Ffn>> {
     let mut ffn = vec![Ffn::Dense; layers];
     for &i in &list {
         match ffn.get_mut(i) {
-            None => {
-                return Err(c.err(format!(
-                    "moe_layers names layer {i} but num_hidden_layers is {layers}"
-                )))
-            }
-            Some(f) if *f == Ffn::Moe => {
-                return Err(c.err(format!("moe_layers lists layer {i} twice")))
-            }
+            None => return Err(c.err(format!("moe_layers names layer {i} but num_hidden_layers is {layers}"))),
+            Some(f) if *f == Ffn::Moe => return Err(c.err(format!("moe_layers lists layer {i} twice"))),
             Some(f) => *f = Ffn::Moe,
         }
     }
@@ -244,17 +228,12 @@ fn rope_layers(c: &Obj, layers: usize) -> Result<Vec<bool>> {
     if list.is_empty() {
         let interval = c.usize_or("no_rope_layer_interval", 4)?;
         if interval == 0 {
-            return Err(
-                c.err("no_rope_layer_interval is 0 and no no_rope_layers list is given".into())
-            );
+            return Err(c.err("no_rope_layer_interval is 0 and no no_rope_layers list is given".into()));
         }
         return Ok((0..layers).map(|i| (i + 1) % interval != 0).collect());
     }
     if list.len() != layers {
-        return Err(c.err(format!(
-            "no_rope_layers has {} entries for {layers} layers",
-            list.len()
-        )));
+        return Err(c.err(format!("no_rope_layers has {} entries for {layers} layers", list.len())));
     }
     list.iter()
         .map(|&f| match f {
@@ -268,32 +247,21 @@ fn rope_layers(c: &Obj, layers: usize) -> Result<Vec<bool>> {
 /// transformers picks each layer's mask from `layer_types` when the config has it (5.x writes it), else RoPE
 /// layers are chunked and NoPE layers global. Following the same key keeps us equal to the oracle.
 fn layer_masks(c: &Obj, uses_rope: &[bool]) -> Result<Vec<Mask>> {
-    let derived = || {
-        uses_rope
-            .iter()
-            .map(|&r| if r { Mask::Chunked } else { Mask::Full })
-            .collect()
-    };
+    let derived = || uses_rope.iter().map(|&r| if r { Mask::Chunked } else { Mask::Full }).collect();
     let items = match c.get("layer_types") {
         Some(Value::Null) | None => return Ok(derived()),
         Some(Value::Array(a)) => a,
         Some(_) => return Err(c.err("layer_types is not a list".into())),
     };
     if items.len() != uses_rope.len() {
-        return Err(c.err(format!(
-            "layer_types has {} entries for {} layers",
-            items.len(),
-            uses_rope.len()
-        )));
+        return Err(c.err(format!("layer_types has {} entries for {} layers", items.len(), uses_rope.len())));
     }
     items
         .iter()
         .map(|t| match t.as_str() {
             Some("chunked_attention") => Ok(Mask::Chunked),
             Some("full_attention") => Ok(Mask::Full),
-            _ => Err(c.err(format!(
-                "layer_types holds {t}; expected \"chunked_attention\" or \"full_attention\""
-            ))),
+            _ => Err(c.err(format!("layer_types holds {t}; expected \"chunked_attention\" or \"full_attention\""))),
         })
         .collect()
 }

@@ -10,10 +10,7 @@ use llama4_reference::moe::{llama4_moe, mlp, MoeWeights};
 use llama4_reference::rmsnorm::rmsnorm;
 use llama4_reference::rope::{prepare_qkv, LayerKind};
 use llama4_reference::Precision;
-use ndarray::{
-    s, Array2, Array3, ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView3, Dimension, Ix1, Ix2,
-    Ix3,
-};
+use ndarray::{s, Array2, Array3, ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView3, Dimension, Ix1, Ix2, Ix3};
 
 const P: Precision = Precision::F32;
 
@@ -40,9 +37,7 @@ impl CpuKv {
 }
 
 fn view<'a, D: Dimension>(w: &'a ArrayD<f32>, what: &str) -> Result<ArrayView<'a, f32, D>> {
-    w.view()
-        .into_dimensionality::<D>()
-        .map_err(|_| Error::Backend(format!("{what}: weight of shape {:?}", w.shape())))
+    w.view().into_dimensionality::<D>().map_err(|_| Error::Backend(format!("{what}: weight of shape {:?}", w.shape())))
 }
 
 fn v1<'a>(w: &'a ArrayD<f32>, what: &str) -> Result<ArrayView1<'a, f32>> {
@@ -59,21 +54,13 @@ fn v3<'a>(w: &'a ArrayD<f32>, what: &str) -> Result<ArrayView3<'a, f32>> {
 fn heads3(x: &Array2<f32>, h: usize, d: usize) -> Result<ArrayView3<'_, f32>> {
     x.view()
         .into_shape_with_order((x.nrows(), h, d))
-        .map_err(|e| {
-            Error::Backend(format!(
-                "activation {:?} is not [T, {h} x {d}]: {e}",
-                x.dim()
-            ))
-        })
+        .map_err(|e| Error::Backend(format!("activation {:?} is not [T, {h} x {d}]: {e}", x.dim())))
 }
 
 /// `[T, H, D]` flattened to `[T, H D]`.
 fn flat(x: Array3<f32>) -> Result<Array2<f32>> {
     let (t, h, d) = x.dim();
-    x.as_standard_layout()
-        .into_owned()
-        .into_shape_with_order((t, h * d))
-        .map_err(|e| Error::Backend(e.to_string()))
+    x.as_standard_layout().into_owned().into_shape_with_order((t, h * d)).map_err(|e| Error::Backend(e.to_string()))
 }
 
 impl Backend for Cpu {
@@ -103,11 +90,7 @@ impl Backend for Cpu {
 
     fn add_assign(&self, x: &mut Array2<f32>, y: &Array2<f32>) -> Result<()> {
         if x.dim() != y.dim() {
-            return Err(Error::Backend(format!(
-                "add: {:?} + {:?}",
-                x.dim(),
-                y.dim()
-            )));
+            return Err(Error::Backend(format!("add: {:?} + {:?}", x.dim(), y.dim())));
         }
         *x += y;
         Ok(())
@@ -128,34 +111,17 @@ impl Backend for Cpu {
         h: Heads,
         kind: &LayerKind,
     ) -> Result<(Array2<f32>, Array2<f32>, Array2<f32>)> {
-        let (q, k, v) = prepare_qkv(
-            qkv.view(),
-            pos,
-            h.n_heads,
-            h.n_kv_heads,
-            h.head_dim,
-            kind,
-            P,
-        );
+        let (q, k, v) = prepare_qkv(qkv.view(), pos, h.n_heads, h.n_kv_heads, h.head_dim, kind, P);
         Ok((flat(q)?, flat(k)?, flat(v)?))
     }
 
     fn kv_new(&self, h: Heads) -> Result<CpuKv> {
-        Ok(CpuKv {
-            k: Vec::new(),
-            v: Vec::new(),
-            row: h.n_kv_heads * h.head_dim,
-        })
+        Ok(CpuKv { k: Vec::new(), v: Vec::new(), row: h.n_kv_heads * h.head_dim })
     }
 
     fn kv_append(&self, kv: &mut CpuKv, k: &Array2<f32>, v: &Array2<f32>) -> Result<()> {
         if k.ncols() != kv.row || v.dim() != k.dim() {
-            return Err(Error::Backend(format!(
-                "kv_append: k {:?}, v {:?}, rows of {}",
-                k.dim(),
-                v.dim(),
-                kv.row
-            )));
+            return Err(Error::Backend(format!("kv_append: k {:?}, v {:?}, rows of {}", k.dim(), v.dim(), kv.row)));
         }
         kv.k.extend(k.iter());
         kv.v.extend(v.iter());
@@ -198,20 +164,8 @@ impl Backend for Cpu {
         flat(attention(q3, k, v, q_pos, k_pos, mask, P))
     }
 
-    fn mlp(
-        &self,
-        y: &Array2<f32>,
-        gate: &ArrayD<f32>,
-        up: &ArrayD<f32>,
-        down: &ArrayD<f32>,
-    ) -> Result<Array2<f32>> {
-        Ok(mlp(
-            y.view(),
-            v2(gate, "mlp gate")?,
-            v2(up, "mlp up")?,
-            v2(down, "mlp down")?,
-            P,
-        ))
+    fn mlp(&self, y: &Array2<f32>, gate: &ArrayD<f32>, up: &ArrayD<f32>, down: &ArrayD<f32>) -> Result<Array2<f32>> {
+        Ok(mlp(y.view(), v2(gate, "mlp gate")?, v2(up, "mlp up")?, v2(down, "mlp down")?, P))
     }
 
     fn moe(&self, y: &Array2<f32>, w: MoeRef<'_, ArrayD<f32>>) -> Result<Array2<f32>> {

@@ -46,9 +46,7 @@ impl<'a> Obj<'a> {
     }
 
     pub fn usize_req(&self, key: &str) -> Result<usize> {
-        let v = self
-            .present(key)
-            .ok_or_else(|| self.err(format!("missing required key `{key}`")))?;
+        let v = self.present(key).ok_or_else(|| self.err(format!("missing required key `{key}`")))?;
         as_usize(v).ok_or_else(|| self.wrong(key, "a non-negative integer", v))
     }
 
@@ -60,9 +58,7 @@ impl<'a> Obj<'a> {
     }
 
     pub fn f32_req(&self, key: &str) -> Result<f32> {
-        let v = self
-            .present(key)
-            .ok_or_else(|| self.err(format!("missing required key `{key}`")))?;
+        let v = self.present(key).ok_or_else(|| self.err(format!("missing required key `{key}`")))?;
         match v.as_f64() {
             Some(x) if x.is_finite() && x.abs() <= f32::MAX as f64 => Ok(x as f32),
             _ => Err(self.wrong(key, "a finite number", v)),
@@ -108,19 +104,13 @@ impl<'a> Obj<'a> {
 
     /// A list of non-negative integers (bools count as 0/1, as Python would read them).
     pub fn usize_list(&self, key: &str) -> Result<Vec<usize>> {
-        let v = self
-            .present(key)
-            .ok_or_else(|| self.err(format!("missing required key `{key}`")))?;
-        let items = v
-            .as_array()
-            .ok_or_else(|| self.wrong(key, "a list of integers", v))?;
+        let v = self.present(key).ok_or_else(|| self.err(format!("missing required key `{key}`")))?;
+        let items = v.as_array().ok_or_else(|| self.wrong(key, "a list of integers", v))?;
         items
             .iter()
             .map(|x| match x {
                 Value::Bool(b) => Ok(*b as usize),
-                _ => {
-                    as_usize(x).ok_or_else(|| self.wrong(key, "a list of non-negative integers", v))
-                }
+                _ => as_usize(x).ok_or_else(|| self.wrong(key, "a list of non-negative integers", v)),
             })
             .collect()
     }

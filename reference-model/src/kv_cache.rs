@@ -22,18 +22,8 @@ pub struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     pub fn new(layers: Vec<B::Kv>) -> Self {
-        let layers = layers
-            .into_iter()
-            .map(|kv| LayerCache {
-                kv,
-                pos: VecDeque::new(),
-            })
-            .collect();
-        KvCache {
-            layers,
-            next_pos: 0,
-            poisoned: false,
-        }
+        let layers = layers.into_iter().map(|kv| LayerCache { kv, pos: VecDeque::new() }).collect();
+        KvCache { layers, next_pos: 0, poisoned: false }
     }
 
     /// Entries held by layer `i`.
@@ -43,9 +33,7 @@ impl<B: Backend> KvCache<B> {
 
     pub(crate) fn check_usable(&self) -> Result<()> {
         match self.poisoned {
-            true => Err(Error::Input(
-                "the KV cache is unusable after a failed forward pass; start a new one".into(),
-            )),
+            true => Err(Error::Input("the KV cache is unusable after a failed forward pass; start a new one".into())),
             false => Ok(()),
         }
     }
@@ -56,10 +44,7 @@ impl<B: Backend> KvCache<B> {
 pub fn evictable(pos: &VecDeque<usize>, mask: AttnMask, next_pos: usize) -> usize {
     match mask {
         AttnMask::Causal => 0,
-        AttnMask::Chunked(chunk) => pos
-            .iter()
-            .take_while(|&&p| p / chunk < next_pos / chunk)
-            .count(),
+        AttnMask::Chunked(chunk) => pos.iter().take_while(|&&p| p / chunk < next_pos / chunk).count(),
     }
 }
 

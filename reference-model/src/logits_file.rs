@@ -11,10 +11,8 @@ pub const LOGITS: &str = "logits";
 pub fn save(path: &Path, logits: &Array2<f32>) -> Result<()> {
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let shape = vec![logits.nrows(), logits.ncols()];
-    let view = TensorView::new(Dtype::F32, shape, &bytes)
-        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
-    serialize_to_file([(LOGITS, view)], &None, path)
-        .map_err(|e| Error::Io(format!("{}: {e}", path.display())))
+    let view = TensorView::new(Dtype::F32, shape, &bytes).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+    serialize_to_file([(LOGITS, view)], &None, path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))
 }
 
 /// Reads tensor `name` of a safetensors file as a 2-D f32 array (fixtures store logits and ids this way).

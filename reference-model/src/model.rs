@@ -57,18 +57,14 @@ impl<B: Backend> Model<B> {
 
     pub fn new(config: TextConfig, host: HostWeights, backend: B) -> Result<Self> {
         let weights = host.upload(|w| backend.upload(w))?;
-        let kinds = (0..config.num_hidden_layers)
-            .map(|i| config.layer_kind(i))
-            .collect();
+        let kinds = (0..config.num_hidden_layers).map(|i| config.layer_kind(i)).collect();
         let masks = config
             .masks
             .iter()
             .map(|m| match (m, config.attention_chunk_size) {
                 (Mask::Chunked, Some(c)) => Ok(AttnMask::Chunked(c)),
                 (Mask::Full, _) => Ok(AttnMask::Causal),
-                (Mask::Chunked, None) => Err(Error::Config(
-                    "a chunked layer without attention_chunk_size".into(),
-                )),
+                (Mask::Chunked, None) => Err(Error::Config("a chunked layer without attention_chunk_size".into())),
             })
             .collect::<Result<_>>()?;
         let heads = Heads {
@@ -76,14 +72,7 @@ impl<B: Backend> Model<B> {
             n_kv_heads: config.num_key_value_heads,
             head_dim: config.head_dim,
         };
-        Ok(Model {
-            backend,
-            config,
-            weights,
-            kinds,
-            masks,
-            heads,
-        })
+        Ok(Model { backend, config, weights, kinds, masks, heads })
     }
 
     pub fn new_cache(&self) -> Result<KvCache<B>> {
@@ -92,28 +81,18 @@ impl<B: Backend> Model<B> {
     }
 
     /// Runs `ids` at the positions following whatever `cache` already holds; returns logits `[rows, V]`.
-    pub fn forward(
-        &self,
-        cache: &mut KvCache<B>,
-        ids: &[u32],
-        which: Logits,
-    ) -> Result<Array2<f32>> {
+    pub fn forward(&self, cache: &mut KvCache<B>, ids: &[u32], which: Logits) -> Result<Array2<f32>> {
         cache.check_usable()?;
         if ids.is_empty() {
             return Err(Error::Input("no tokens to run".into()));
         }
         let vocab = self.config.vocab_size;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::Input(format!(
-                "token id {bad} is out of range for vocab_size {vocab}"
-            )));
+            return Err(Error::Input(format!("token id {bad} is out of range for vocab_size {vocab}")));
         }
         let start = cache.next_pos;
-        let end = start
-            .checked_add(ids.len())
-            .filter(|&e| e <= u32::MAX as usize);
-        let end =
-            end.ok_or_else(|| Error::Input("positions past 2^32 are not supported".into()))?;
+        let end = start.checked_add(ids.len()).filter(|&e| e <= u32::MAX as usize);
+        let end = end.ok_or_else(|| Error::Input("positions past 2^32 are not supported".into()))?;
         // From here on a failure leaves layers disagreeing about what they hold.
         cache.poisoned = true;
         let logits = self.run(cache, ids, start, end, which)?;
@@ -122,14 +101,7 @@ impl<B: Backend> Model<B> {
         Ok(logits)
     }
 
-    fn run(
-        &self,
-        cache: &mut KvCache<B>,
-        ids: &[u32],
-        start: usize,
-        end: usize,
-        which: Logits,
-    ) -> Result<Array2<f32>> {
+    fn run(&self, cache: &mut KvCache<B>, ids: &[u32], start: usize, end: usize, which: Logits) -> Result<Array2<f32>> {
         let b = &self.backend;
         let eps = self.config.rms_norm_eps;
         let pos32: Vec<u32> = (start as u32..end as u32).collect();
@@ -152,24 +124,9 @@ impl<B: Backend> Model<B> {
             let y = b.rmsnorm(&x, &lw.post_norm, eps)?;
             let f = match &lw.ffn {
                 FfnWeights::Dense { gate, up, down } => b.mlp(&y, gate, up, down)?,
-                FfnWeights::Moe {
-                    router,
-                    gate_up,
-                    down,
-                    shared_gate,
-                    shared_up,
-                    shared_down,
-                } => b.moe(
-                    &y,
-                    MoeRef {
-                        router,
-                        gate_up,
-                        down,
-                        shared_gate,
-                        shared_up,
-                        shared_down,
-                    },
-                )?,
+                FfnWeights::Moe { router, gate_up, down, shared_gate, shared_up, shared_down } => {
+                    b.moe(&y, MoeRef { router, gate_up, down, shared_gate, shared_up, shared_down })?
+                }
             };
             b.add_assign(&mut x, &f)?;
         }
@@ -183,12 +140,7 @@ impl<B: Backend> Model<B> {
     /// Greedy decoding: prefill `prompt`, then `max_new` tokens, each the argmax of the previous logits.
     /// With `keep_logits`, returns the logits of every position run: prompt + max(max_new, 1) - 1 rows
     /// (the last new token is chosen, not run).
-    pub fn generate(
-        &self,
-        prompt: &[u32],
-        max_new: usize,
-        keep_logits: bool,
-    ) -> Result<Generation> {
+    pub fn generate(&self, prompt: &[u32], max_new: usize, keep_logits: bool) -> Result<Generation> {
         self.generate_with(prompt, max_new, keep_logits, |_, _, _| {})
     }
 
@@ -202,11 +154,7 @@ impl<B: Backend> Model<B> {
         mut on_token: impl FnMut(usize, u32, Duration),
     ) -> Result<Generation> {
         let mut cache = self.new_cache()?;
-        let which = if keep_logits {
-            Logits::All
-        } else {
-            Logits::Last
-        };
+        let which = if keep_logits { Logits::All } else { Logits::Last };
         let t0 = Instant::now();
         let mut last = self.forward(&mut cache, prompt, which)?;
         let prefill = t0.elapsed();
@@ -235,19 +183,11 @@ impl<B: Backend> Model<B> {
         let logits = match keep_logits {
             true => {
                 let views: Vec<_> = kept.iter().map(|r| r.view()).collect();
-                Some(
-                    ndarray::concatenate(ndarray::Axis(0), &views)
-                        .map_err(|e| Error::Backend(e.to_string()))?,
-                )
+                Some(ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| Error::Backend(e.to_string()))?)
             }
             false => None,
         };
-        Ok(Generation {
-            tokens,
-            logits,
-            prefill,
-            steps,
-        })
+        Ok(Generation { tokens, logits, prefill, steps })
     }
 }
 
@@ -262,6 +202,5 @@ pub fn argmax(row: ArrayView1<f32>) -> Result<u32> {
             best = Some((i, v));
         }
     }
-    best.map(|(i, _)| i as u32)
-        .ok_or_else(|| Error::Backend("empty logits row".into()))
+    best.map(|(i, _)| i as u32).ok_or_else(|| Error::Backend("empty logits row".into()))
 }

@@ -87,10 +87,7 @@ pub struct Header {
 pub fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
     let err = |m: String| Error::Format(format!("{what}: {m}"));
     let Some(len_bytes) = bytes.get(..8) else {
-        return Err(err(format!(
-            "{} bytes is too short to hold the 8-byte header length",
-            bytes.len()
-        )));
+        return Err(err(format!("{} bytes is too short to hold the 8-byte header length", bytes.len())));
     };
     let n = u64::from_le_bytes(len_bytes.try_into().expect("8 bytes"));
     if n > MAX_HEADER_BYTES as u64 {
@@ -100,22 +97,15 @@ pub fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
     }
     let n = n as usize;
     let Some(text) = bytes.get(8..8 + n) else {
-        return Err(err(format!(
-            "truncated: header needs {n} bytes but only {} follow",
-            bytes.len() - 8
-        )));
+        return Err(err(format!("truncated: header needs {n} bytes but only {} follow", bytes.len() - 8)));
     };
     let data_len = bytes.len() - 8 - n;
-    let v: Value =
-        serde_json::from_slice(text).map_err(|e| err(format!("header is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(text).map_err(|e| err(format!("header is not JSON: {e}")))?;
     let Value::Object(map) = v else {
         return Err(err("header is not a JSON object".into()));
     };
     if map.len() > MAX_TENSORS + 1 {
-        return Err(err(format!(
-            "header declares {} entries, over the limit of {MAX_TENSORS}",
-            map.len()
-        )));
+        return Err(err(format!("header declares {} entries, over the limit of {MAX_TENSORS}", map.len())));
     }
     let mut tensors = BTreeMap::new();
     for (name, entry) in map {
@@ -131,52 +121,29 @@ pub fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
         }
         tensors.insert(name, info);
     }
-    Ok(Header {
-        tensors,
-        data_offset: 8 + n,
-    })
+    Ok(Header { tensors, data_offset: 8 + n })
 }
 
 fn tensor_info(entry: &Value) -> std::result::Result<TensorInfo, String> {
-    let dtype = entry
-        .get("dtype")
-        .and_then(Value::as_str)
-        .ok_or("no string `dtype`")?;
+    let dtype = entry.get("dtype").and_then(Value::as_str).ok_or("no string `dtype`")?;
     let dtype = Dtype::parse(dtype);
-    let shape = entry
-        .get("shape")
-        .and_then(Value::as_array)
-        .ok_or("no list `shape`")?;
+    let shape = entry.get("shape").and_then(Value::as_array).ok_or("no list `shape`")?;
     if shape.len() > MAX_RANK {
         return Err(format!("rank {} exceeds {MAX_RANK}", shape.len()));
     }
     let shape: Vec<usize> = shape
         .iter()
-        .map(|d| {
-            d.as_u64()
-                .and_then(|d| usize::try_from(d).ok())
-                .ok_or("shape holds a non-integer")
-        })
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or("shape holds a non-integer"))
         .collect::<std::result::Result<_, _>>()?;
-    let offs = entry
-        .get("data_offsets")
-        .and_then(Value::as_array)
-        .ok_or("no list `data_offsets`")?;
-    let off = |i: usize| {
-        offs.get(i)
-            .and_then(Value::as_u64)
-            .and_then(|o| usize::try_from(o).ok())
-    };
+    let offs = entry.get("data_offsets").and_then(Value::as_array).ok_or("no list `data_offsets`")?;
+    let off = |i: usize| offs.get(i).and_then(Value::as_u64).and_then(|o| usize::try_from(o).ok());
     let (Some(start), Some(end), 2) = (off(0), off(1), offs.len()) else {
         return Err("`data_offsets` must be two non-negative integers".into());
     };
     if end < start {
         return Err(format!("data_offsets [{start}, {end}] run backwards"));
     }
-    let elems = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or("shape overflows")?;
+    let elems = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
     if let Some(size) = dtype.size() {
         let bytes = elems.checked_mul(size).ok_or("shape overflows")?;
         if bytes != end - start {
@@ -187,49 +154,26 @@ fn tensor_info(entry: &Value) -> std::result::Result<TensorInfo, String> {
             ));
         }
     }
-    Ok(TensorInfo {
-        dtype,
-        shape,
-        start,
-        end,
-    })
+    Ok(TensorInfo { dtype, shape, start, end })
 }
 
 /// Reads a tensor of a validated header out of the file bytes, upcast to f32.
-pub fn read_f32(
-    bytes: &[u8],
-    header: &Header,
-    info: &TensorInfo,
-    name: &str,
-) -> Result<ArrayD<f32>> {
+pub fn read_f32(bytes: &[u8], header: &Header, info: &TensorInfo, name: &str) -> Result<ArrayD<f32>> {
     let range = header.data_offset + info.start..header.data_offset + info.end;
-    let raw = bytes.get(range).ok_or_else(|| {
-        Error::Format(format!(
-            "tensor `{name}` lies outside the file (truncated?)"
-        ))
-    })?;
+    let raw =
+        bytes.get(range).ok_or_else(|| Error::Format(format!("tensor `{name}` lies outside the file (truncated?)")))?;
     let le2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
     let values: Vec<f32> = match info.dtype {
-        Dtype::F32 => raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::Bf16 => raw
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_bits(le2(c)).to_f32())
-            .collect(),
-        Dtype::F16 => raw
-            .chunks_exact(2)
-            .map(|c| half::f16::from_bits(le2(c)).to_f32())
-            .collect(),
+        Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::Bf16 => raw.chunks_exact(2).map(|c| half::bf16::from_bits(le2(c)).to_f32()).collect(),
+        Dtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_bits(le2(c)).to_f32()).collect(),
         Dtype::Other(ref d, _) => {
             return Err(Error::Weight(format!(
                 "tensor `{name}` has dtype {d}; only F32, BF16 and F16 weights are supported"
             )))
         }
     };
-    ArrayD::from_shape_vec(IxDyn(&info.shape), values)
-        .map_err(|e| Error::Format(format!("tensor `{name}`: {e}")))
+    ArrayD::from_shape_vec(IxDyn(&info.shape), values).map_err(|e| Error::Format(format!("tensor `{name}`: {e}")))
 }
 
 /// One memory-mapped safetensors file and its header.
@@ -245,19 +189,13 @@ impl SafeFile {
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let what = path.display().to_string();
         if len < 8 {
-            return Err(Error::Format(format!(
-                "{what}: {len} bytes is too short to hold the 8-byte header length"
-            )));
+            return Err(Error::Format(format!("{what}: {len} bytes is too short to hold the 8-byte header length")));
         }
         // SAFETY: the map is read-only and private to this process; a file truncated by another process while
         // mapped would fault (SIGBUS), which no safe reader of a shared file can rule out.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let header = parse_header(&map, &what)?;
-        Ok(SafeFile {
-            path: path.to_path_buf(),
-            map,
-            header,
-        })
+        Ok(SafeFile { path: path.to_path_buf(), map, header })
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -265,11 +203,7 @@ impl SafeFile {
     }
 
     pub fn read_f32(&self, name: &str) -> Result<ArrayD<f32>> {
-        let info = self
-            .header
-            .tensors
-            .get(name)
-            .ok_or_else(|| Error::Weight(format!("no tensor `{name}`")))?;
+        let info = self.header.tensors.get(name).ok_or_else(|| Error::Weight(format!("no tensor `{name}`")))?;
         read_f32(&self.map, &self.header, info, name)
     }
 }

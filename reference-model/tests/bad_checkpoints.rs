@@ -15,10 +15,7 @@ fn load_err(dir: &Path) -> Error {
         Ok(_) => panic!("{} loaded although broken", dir.display()),
         Err(e) => {
             let line = e.to_string();
-            assert!(
-                !line.contains('\n') && !line.is_empty(),
-                "not one line: {line:?}"
-            );
+            assert!(!line.contains('\n') && !line.is_empty(), "not one line: {line:?}");
             e
         }
     }
@@ -36,10 +33,7 @@ fn missing_tensor_is_named() {
     write_entries(&weights_path(&dir), &e);
     let err = load_err(&dir);
     assert!(matches!(err, Error::Weight(_)), "{err}");
-    assert!(
-        err.to_string().contains(&format!("missing tensor `{Q}`")),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&format!("missing tensor `{Q}`")), "{err}");
 }
 
 #[test]
@@ -61,10 +55,7 @@ fn wrong_shape_is_named_with_both_shapes() {
     shape.reverse(); // [64, 48] -> [48, 64]: same bytes, wrong layout
     write_entries(&weights_path(&dir), &e);
     let err = load_err(&dir).to_string();
-    assert!(
-        err.contains(Q) && err.contains("[48, 64]") && err.contains("[64, 48]"),
-        "{err}"
-    );
+    assert!(err.contains(Q) && err.contains("[48, 64]") && err.contains("[64, 48]"), "{err}");
 }
 
 #[test]
@@ -76,10 +67,7 @@ fn wrong_dtype_is_named() {
     write_entries(&weights_path(&dir), &e);
     let err = load_err(&dir);
     assert!(matches!(err, Error::Weight(_)), "{err}");
-    assert!(
-        err.to_string().contains("dtype I32") && err.to_string().contains(Q),
-        "{err}"
-    );
+    assert!(err.to_string().contains("dtype I32") && err.to_string().contains(Q), "{err}");
 }
 
 #[test]
@@ -91,10 +79,7 @@ fn truncated_file_is_reported_as_truncated() {
         std::fs::write(&path, &bytes[..keep]).unwrap();
         let err = load_err(&dir);
         assert!(matches!(err, Error::Format(_)), "{keep}: {err}");
-        assert!(
-            err.to_string().contains("truncated") || err.to_string().contains("too short"),
-            "{keep}: {err}"
-        );
+        assert!(err.to_string().contains("truncated") || err.to_string().contains("too short"), "{keep}: {err}");
     }
 }
 
@@ -110,24 +95,14 @@ fn garbage_header_length_is_refused_without_allocating() {
 
 #[test]
 fn missing_config_key_is_named() {
-    for key in [
-        "hidden_size",
-        "num_hidden_layers",
-        "vocab_size",
-        "num_key_value_heads",
-        "attention_chunk_size",
-    ] {
+    for key in ["hidden_size", "num_hidden_layers", "vocab_size", "num_key_value_heads", "attention_chunk_size"] {
         let dir = copy_fixture("one_kv_head", &format!("nokey_{key}"));
         edit_config(&dir, |c| {
             c.remove(key).unwrap();
         });
         let err = load_err(&dir);
         assert!(matches!(err, Error::Config(_)), "{err}");
-        assert!(
-            err.to_string()
-                .contains(&format!("missing required key `{key}`")),
-            "{key}: {err}"
-        );
+        assert!(err.to_string().contains(&format!("missing required key `{key}`")), "{key}: {err}");
     }
 }
 
@@ -145,10 +120,7 @@ fn missing_config_file_is_named() {
     let dir = copy_fixture("scout_tiny", "noconfig");
     std::fs::remove_file(dir.join("config.json")).unwrap();
     let err = load_err(&dir);
-    assert!(
-        matches!(err, Error::Io(_)) && err.to_string().contains("config.json"),
-        "{err}"
-    );
+    assert!(matches!(err, Error::Io(_)) && err.to_string().contains("config.json"), "{err}");
 }
 
 #[test]
@@ -179,10 +151,7 @@ fn contradictory_configs_are_refused() {
         let dir = copy_fixture("scout_tiny", &format!("contra{i}"));
         edit_config(&dir, f);
         let err = load_err(&dir);
-        assert!(
-            matches!(err, Error::Config(_)) && err.to_string().contains(want),
-            "case {i}: {err}"
-        );
+        assert!(matches!(err, Error::Config(_)) && err.to_string().contains(want), "case {i}: {err}");
     }
 }
 
@@ -193,10 +162,7 @@ fn config_sizes_that_disagree_with_the_weights_are_shape_errors() {
         c.insert("intermediate_size_mlp".into(), serde_json::json!(57));
     });
     let err = load_err(&dir).to_string();
-    assert!(
-        err.contains("model.layers.0.feed_forward.gate_proj.weight") && err.contains("[57, 64]"),
-        "{err}"
-    );
+    assert!(err.contains("model.layers.0.feed_forward.gate_proj.weight") && err.contains("[57, 64]"), "{err}");
 }
 
 #[test]
@@ -220,10 +186,7 @@ fn weights_the_config_has_no_place_for_are_an_error() {
         c.remove("moe_layers");
     });
     let err = load_err(&dir).to_string();
-    assert!(
-        err.contains("model.layers.3.") && err.contains("no place for it"),
-        "{err}"
-    );
+    assert!(err.contains("model.layers.3.") && err.contains("no place for it"), "{err}");
     // Fewer experts in the config than in a per-expert export would silently drop an expert: the fused
     // layout catches this as a shape error, the per-expert one only through the unread check.
     let dir = copy_fixture("unfused_f16", "extra_expert");
@@ -232,15 +195,10 @@ fn weights_the_config_has_no_place_for_are_an_error() {
     });
     let mut e = read_entries(&weights_path(&dir));
     // The router must shrink with the config, or its shape check would fire first.
-    let (_, shape, bytes) = e
-        .get_mut("model.layers.1.feed_forward.router.weight")
-        .unwrap();
+    let (_, shape, bytes) = e.get_mut("model.layers.1.feed_forward.router.weight").unwrap();
     shape[0] = 2;
     bytes.truncate(2 * shape[1] * 2);
     write_entries(&weights_path(&dir), &e);
     let err = load_err(&dir).to_string();
-    assert!(
-        err.contains("experts.2.") && err.contains("no place for it"),
-        "{err}"
-    );
+    assert!(err.contains("experts.2.") && err.contains("no place for it"), "{err}");
 }

@@ -8,10 +8,7 @@ use llama4_model::model::{Logits, Model};
 use std::process::{Command, Output};
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llama4-run"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_llama4-run")).args(args).output().unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -23,10 +20,7 @@ fn assert_one_error_line(out: &Output, code: i32, want: &str) {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "stderr: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with("llama4-run: error: ") && err.contains(want),
-        "{err}"
-    );
+    assert!(err.starts_with("llama4-run: error: ") && err.contains(want), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -36,17 +30,9 @@ fn readme_command_generates_the_greedy_tokens() {
     let out = run(&[dir.to_str().unwrap(), "--tokens", "1,2,3", "--max-new", "8"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let want = Model::load(&dir, Cpu)
-        .unwrap()
-        .generate(&[1, 2, 3], 8, false)
-        .unwrap()
-        .tokens;
+    let want = Model::load(&dir, Cpu).unwrap().generate(&[1, 2, 3], 8, false).unwrap().tokens;
     assert!(stdout.contains(&format!("generated: {want:?}")), "{stdout}");
-    assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("token ")).count(),
-        8,
-        "{stdout}"
-    );
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("token ")).count(), 8, "{stdout}");
     assert!(stdout.contains("ms/token"), "{stdout}");
 }
 
@@ -55,24 +41,15 @@ fn save_logits_writes_every_position() {
     let dir = fixtures_root().join("maverick_tiny");
     let tmp = common::scratch("cli_logits");
     let file = tmp.join("logits.safetensors");
-    let out = run(&[
-        dir.to_str().unwrap(),
-        "--tokens",
-        "5 6 7 8",
-        "--max-new",
-        "3",
-        "--save-logits",
-        file.to_str().unwrap(),
-    ]);
+    let out =
+        run(&[dir.to_str().unwrap(), "--tokens", "5 6 7 8", "--max-new", "3", "--save-logits", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let saved = llama4_model::logits_file::load(&file, "logits").unwrap();
     // 4 prompt rows and the 2 fed-back tokens; recompute them in one pass.
     let model = Model::load(&dir, Cpu).unwrap();
     let gen = model.generate(&[5, 6, 7, 8], 3, false).unwrap().tokens;
     let mut cache = model.new_cache().unwrap();
-    let full = model
-        .forward(&mut cache, &[5, 6, 7, 8, gen[0], gen[1]], Logits::All)
-        .unwrap();
+    let full = model.forward(&mut cache, &[5, 6, 7, 8, gen[0], gen[1]], Logits::All).unwrap();
     assert_eq!(saved.dim(), (6, 256));
     assert!(common::rel_l2(&saved, &full) <= 1e-6);
 }
@@ -90,43 +67,22 @@ fn bad_checkpoints_give_one_line_and_exit_1() {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
-    assert_one_error_line(
-        &run(&[dir.to_str().unwrap(), "--tokens", "1,2"]),
-        1,
-        "truncated",
-    );
+    assert_one_error_line(&run(&[dir.to_str().unwrap(), "--tokens", "1,2"]), 1, "truncated");
     let missing = dir.join("nope");
-    assert_one_error_line(
-        &run(&[missing.to_str().unwrap(), "--tokens", "1"]),
-        1,
-        "config.json",
-    );
+    assert_one_error_line(&run(&[missing.to_str().unwrap(), "--tokens", "1"]), 1, "config.json");
     let good = fixtures_root().join("scout_tiny");
-    assert_one_error_line(
-        &run(&[good.to_str().unwrap(), "--tokens", "1,160"]),
-        1,
-        "token id 160",
-    );
+    assert_one_error_line(&run(&[good.to_str().unwrap(), "--tokens", "1,160"]), 1, "token id 160");
 }
 
 #[test]
 fn usage_errors_exit_2() {
     let good = fixtures_root().join("scout_tiny");
     let g = good.to_str().unwrap();
-    for args in [
-        vec![],
-        vec![g],
-        vec![g, "--tokens", "1,x"],
-        vec![g, "--tokens", "1", "--max-new", "-1"],
-        vec![g, "--bogus"],
-    ] {
+    for args in
+        [vec![], vec![g], vec![g, "--tokens", "1,x"], vec![g, "--tokens", "1", "--max-new", "-1"], vec![g, "--bogus"]]
+    {
         let out = run(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            text(&out.stderr)
-        );
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
         assert!(!text(&out.stderr).contains("panicked"));
     }
 }
@@ -135,24 +91,14 @@ fn usage_errors_exit_2() {
 #[test]
 fn text_without_the_tokenizer_feature_says_how_to_get_it() {
     let dir = fixtures_root().join("scout_tiny");
-    assert_one_error_line(
-        &run(&[dir.to_str().unwrap(), "--text", "hello world"]),
-        1,
-        "--features tokenizer",
-    );
+    assert_one_error_line(&run(&[dir.to_str().unwrap(), "--text", "hello world"]), 1, "--features tokenizer");
 }
 
 #[cfg(feature = "tokenizer")]
 #[test]
 fn text_prompts_go_through_tokenizer_json() {
     let dir = fixtures_root().join("scout_tiny");
-    let out = run(&[
-        dir.to_str().unwrap(),
-        "--text",
-        "hello world",
-        "--max-new",
-        "2",
-    ]);
+    let out = run(&[dir.to_str().unwrap(), "--text", "hello world", "--max-new", "2"]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // tokenizer.json of scout_tiny is word-level: "hello" and "world" are ids 44 and 45.

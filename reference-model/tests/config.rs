@@ -56,25 +56,14 @@ fn both_rope_layouts_mean_the_same() {
         }
     );
     // Published Maverick: no scaling at all.
-    let plain = with(
-        without(base(), "rope_parameters"),
-        "rope_theta",
-        json!(500000.0),
-    );
+    let plain = with(without(base(), "rope_parameters"), "rope_theta", json!(500000.0));
     let plain = with(plain, "rope_scaling", Value::Null);
     let c = parse(&plain).unwrap();
     assert_eq!((c.rope_theta, c.rope_scaling), (500000.0, None));
-    let default = with(
-        base(),
-        "rope_parameters",
-        json!({"rope_type": "default", "rope_theta": 3.0e5}),
-    );
+    let default = with(base(), "rope_parameters", json!({"rope_type": "default", "rope_theta": 3.0e5}));
     assert_eq!(parse(&default).unwrap().rope_scaling, None);
     // Both layouts at once, agreeing, are fine.
-    assert_eq!(
-        parse(&with(base(), "rope_theta", json!(10000.0))).unwrap(),
-        new
-    );
+    assert_eq!(parse(&with(base(), "rope_theta", json!(10000.0))).unwrap(), new);
 }
 
 #[test]
@@ -88,29 +77,18 @@ fn multimodal_configs_nest_the_text_config() {
 
 #[test]
 fn temperature_flag_is_bool_or_int() {
-    for (v, want) in [
-        (json!(4), true),
-        (json!(0), false),
-        (json!(true), true),
-        (json!(false), false),
-        (json!(1.0), true),
-    ] {
+    for (v, want) in
+        [(json!(4), true), (json!(0), false), (json!(true), true), (json!(false), false), (json!(1.0), true)]
+    {
         assert_eq!(
-            parse(&with(base(), "attn_temperature_tuning", v.clone()))
-                .unwrap()
-                .attn_temperature_tuning,
+            parse(&with(base(), "attn_temperature_tuning", v.clone())).unwrap().attn_temperature_tuning,
             want,
             "{v}"
         );
     }
-    assert!(
-        parse(&base()).unwrap().attn_temperature_tuning,
-        "transformers defaults it on"
-    );
-    assert!(err(&with(base(), "attn_temperature_tuning", json!("yes")))
-        .contains("attn_temperature_tuning"));
-    assert!(err(&with(base(), "attn_temperature_tuning", json!(0.5)))
-        .contains("attn_temperature_tuning"));
+    assert!(parse(&base()).unwrap().attn_temperature_tuning, "transformers defaults it on");
+    assert!(err(&with(base(), "attn_temperature_tuning", json!("yes"))).contains("attn_temperature_tuning"));
+    assert!(err(&with(base(), "attn_temperature_tuning", json!(0.5))).contains("attn_temperature_tuning"));
 }
 
 #[test]
@@ -122,53 +100,27 @@ fn moe_layers_explicit_or_derived() {
     let c = parse(&with(base(), "interleave_moe_layer_step", json!(3))).unwrap();
     assert_eq!(c.ffn, [Ffn::Dense, Ffn::Dense, Ffn::Moe, Ffn::Dense]);
     // An explicit list wins over the step, as in transformers.
-    let v = with(
-        with(base(), "interleave_moe_layer_step", json!(1)),
-        "moe_layers",
-        json!([0, 3]),
-    );
-    assert_eq!(
-        parse(&v).unwrap().ffn,
-        [Ffn::Moe, Ffn::Dense, Ffn::Dense, Ffn::Moe]
-    );
+    let v = with(with(base(), "interleave_moe_layer_step", json!(1)), "moe_layers", json!([0, 3]));
+    assert_eq!(parse(&v).unwrap().ffn, [Ffn::Moe, Ffn::Dense, Ffn::Dense, Ffn::Moe]);
     let none = with(base(), "moe_layers", json!([]));
-    let c = parse(&without(
-        without(none, "intermediate_size"),
-        "num_local_experts",
-    ))
-    .unwrap();
+    let c = parse(&without(without(none, "intermediate_size"), "num_local_experts")).unwrap();
     assert_eq!((c.ffn, c.num_local_experts), (vec![Ffn::Dense; 4], 0));
-    assert!(err(&with(base(), "interleave_moe_layer_step", json!(0)))
-        .contains("interleave_moe_layer_step is 0"));
+    assert!(err(&with(base(), "interleave_moe_layer_step", json!(0))).contains("interleave_moe_layer_step is 0"));
 }
 
 #[test]
 fn no_rope_layers_explicit_or_derived() {
     let c = parse(&base()).unwrap();
-    assert_eq!(
-        c.uses_rope,
-        [true, true, true, false],
-        "interval 4: layer 3 is NoPE"
-    );
-    assert_eq!(
-        c.masks,
-        [Mask::Chunked, Mask::Chunked, Mask::Chunked, Mask::Full]
-    );
+    assert_eq!(c.uses_rope, [true, true, true, false], "interval 4: layer 3 is NoPE");
+    assert_eq!(c.masks, [Mask::Chunked, Mask::Chunked, Mask::Chunked, Mask::Full]);
     let c = parse(&with(base(), "no_rope_layer_interval", json!(2))).unwrap();
     assert_eq!(c.uses_rope, [true, false, true, false]);
     // 1 means "uses RoPE" despite the name.
     let c = parse(&with(base(), "no_rope_layers", json!([0, 1, 1, 0]))).unwrap();
     assert_eq!(c.uses_rope, [false, true, true, false]);
-    assert_eq!(
-        c.masks,
-        [Mask::Full, Mask::Chunked, Mask::Chunked, Mask::Full]
-    );
+    assert_eq!(c.masks, [Mask::Full, Mask::Chunked, Mask::Chunked, Mask::Full]);
     let c = parse(&with(base(), "no_rope_layers", json!([]))).unwrap();
-    assert_eq!(
-        c.uses_rope,
-        [true, true, true, false],
-        "empty list: derived"
-    );
+    assert_eq!(c.uses_rope, [true, true, true, false], "empty list: derived");
     assert!(err(&with(base(), "no_rope_layers", json!([1, 2, 1, 1]))).contains("must be 0 or 1"));
 }
 
@@ -177,52 +129,30 @@ fn layer_types_decide_the_mask_when_present() {
     let v = with(
         base(),
         "layer_types",
-        json!([
-            "full_attention",
-            "chunked_attention",
-            "chunked_attention",
-            "full_attention"
-        ]),
+        json!(["full_attention", "chunked_attention", "chunked_attention", "full_attention"]),
     );
     let c = parse(&v).unwrap();
     assert_eq!(c.masks[0], Mask::Full);
     assert!(c.uses_rope[0], "RoPE still follows no_rope_layers");
-    assert!(err(&with(
-        base(),
-        "layer_types",
-        json!(["sliding", "sliding", "sliding", "sliding"])
-    ))
-    .contains("layer_types"));
-    assert!(err(&with(base(), "layer_types", json!(["full_attention"])))
-        .contains("1 entries for 4 layers"));
+    assert!(
+        err(&with(base(), "layer_types", json!(["sliding", "sliding", "sliding", "sliding"]))).contains("layer_types")
+    );
+    assert!(err(&with(base(), "layer_types", json!(["full_attention"]))).contains("1 entries for 4 layers"));
 }
 
 #[test]
 fn defaults_follow_transformers() {
     let c = parse(&without(base(), "head_dim")).unwrap();
     assert_eq!(c.head_dim, 128, "transformers' default head_dim");
-    assert_eq!(
-        parse(&with(base(), "head_dim", Value::Null))
-            .unwrap()
-            .head_dim,
-        8,
-        "null: hidden / heads"
-    );
+    assert_eq!(parse(&with(base(), "head_dim", Value::Null)).unwrap().head_dim, 8, "null: hidden / heads");
     let c = parse(&base()).unwrap();
-    assert_eq!(
-        (c.rms_norm_eps, c.floor_scale, c.attn_scale),
-        (1e-5, 8192.0, 0.1)
-    );
+    assert_eq!((c.rms_norm_eps, c.floor_scale, c.attn_scale), (1e-5, 8192.0, 0.1));
     assert!(c.use_qk_norm && !c.tie_word_embeddings);
 }
 
 #[test]
 fn unknown_keys_are_ignored() {
-    let v = with(
-        with(base(), "some_future_key", json!({"x": [1, 2]})),
-        "quantization_config",
-        json!({}),
-    );
+    let v = with(with(base(), "some_future_key", json!({"x": [1, 2]})), "quantization_config", json!({}));
     assert_eq!(parse(&v).unwrap(), parse(&base()).unwrap());
 }
 
@@ -238,55 +168,34 @@ fn missing_required_keys_are_named() {
         "num_local_experts",
         "attention_chunk_size",
     ] {
-        assert!(
-            err(&without(base(), key)).contains(&format!("missing required key `{key}`")),
-            "{key}"
-        );
+        assert!(err(&without(base(), key)).contains(&format!("missing required key `{key}`")), "{key}");
     }
     // intermediate_size_mlp only matters once a layer is dense.
     assert!(parse(&without(base(), "intermediate_size_mlp")).is_ok());
-    let dense = with(
-        without(base(), "intermediate_size_mlp"),
-        "interleave_moe_layer_step",
-        json!(2),
-    );
+    let dense = with(without(base(), "intermediate_size_mlp"), "interleave_moe_layer_step", json!(2));
     assert!(err(&dense).contains("missing required key `intermediate_size_mlp`"));
     assert!(err(&without(base(), "rope_parameters")).contains("rope_theta"));
     let e = err(&json!({"text_config": without(base(), "hidden_size")}));
-    assert!(
-        e.contains("text_config: missing required key `hidden_size`"),
-        "{e}"
-    );
+    assert!(e.contains("text_config: missing required key `hidden_size`"), "{e}");
 }
 
 #[test]
 fn wrong_types_and_values_are_named() {
-    assert!(err(&with(base(), "hidden_size", json!("32")))
-        .contains("`hidden_size` must be a non-negative integer"));
+    assert!(err(&with(base(), "hidden_size", json!("32"))).contains("`hidden_size` must be a non-negative integer"));
     assert!(err(&with(base(), "hidden_size", json!(-32))).contains("hidden_size"));
     assert!(err(&with(base(), "hidden_size", json!(0))).contains("`hidden_size` is 0"));
-    assert!(
-        err(&with(base(), "num_hidden_layers", json!(1u64 << 40))).contains("num_hidden_layers")
-    );
+    assert!(err(&with(base(), "num_hidden_layers", json!(1u64 << 40))).contains("num_hidden_layers"));
     assert!(err(&with(base(), "head_dim", json!(7))).contains("odd"));
     assert!(err(&with(base(), "attention_chunk_size", json!(0))).contains("attention_chunk_size"));
     assert!(err(&with(base(), "num_experts_per_tok", json!(2))).contains("num_experts_per_tok"));
     assert!(err(&with(base(), "hidden_act", json!("gelu"))).contains("hidden_act"));
     assert!(err(&with(base(), "attention_bias", json!(true))).contains("attention_bias"));
     assert!(err(&json!([1, 2])).contains("not a JSON object"));
-    assert!(TextConfig::parse("{")
-        .unwrap_err()
-        .to_string()
-        .contains("not JSON"));
-    let yarn = with(
-        base(),
-        "rope_parameters",
-        json!({"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}),
-    );
+    assert!(TextConfig::parse("{").unwrap_err().to_string().contains("not JSON"));
+    let yarn = with(base(), "rope_parameters", json!({"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}));
     assert!(err(&yarn).contains("\"yarn\" is not supported"));
     let partial = json!({"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0});
-    assert!(err(&with(base(), "rope_parameters", partial))
-        .contains("missing required key `low_freq_factor`"));
+    assert!(err(&with(base(), "rope_parameters", partial)).contains("missing required key `low_freq_factor`"));
 }
 
 #[test]
@@ -295,9 +204,7 @@ fn contradictions_are_named() {
     let mut both = base();
     both["rope_scaling"] = json!({"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0,
                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 64});
-    assert!(
-        err(&both).contains("rope_scaling.factor = 16.0 contradicts rope_parameters.factor = 8.0")
-    );
+    assert!(err(&both).contains("rope_scaling.factor = 16.0 contradicts rope_parameters.factor = 8.0"));
     assert!(err(&with(base(), "num_key_value_heads", json!(3))).contains("not a multiple"));
     assert!(err(&with(base(), "moe_layers", json!([5]))).contains("layer 5"));
     assert!(err(&with(base(), "no_rope_layers", json!([1, 1]))).contains("2 entries for 4 layers"));

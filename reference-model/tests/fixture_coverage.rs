@@ -13,22 +13,13 @@ use serde_json::{json, Map, Value};
 type Edit = fn(&mut Map<String, Value>);
 
 fn assert_detected(fixture: &str, what: &str, edit: Edit) {
-    let dir = copy_fixture(
-        fixture,
-        &format!("cov_{fixture}_{}", what.replace(' ', "_")),
-    );
+    let dir = copy_fixture(fixture, &format!("cov_{fixture}_{}", what.replace(' ', "_")));
     edit_config(&dir, edit);
     let g = golden(&dir);
     let model = Model::load(&dir, Cpu).unwrap();
     let mut cache = model.new_cache().unwrap();
-    let err = rel_l2(
-        &model.forward(&mut cache, &g.ids, Logits::All).unwrap(),
-        &g.logits,
-    );
-    assert!(
-        err > 10.0 * TOL,
-        "{fixture}: changing {what} moves the logits by only {err:.2e}"
-    );
+    let err = rel_l2(&model.forward(&mut cache, &g.ids, Logits::All).unwrap(), &g.logits);
+    assert!(err > 10.0 * TOL, "{fixture}: changing {what} moves the logits by only {err:.2e}");
 }
 
 #[test]
@@ -50,10 +41,7 @@ fn scout_fixture_exercises_every_attention_feature() {
             c["rope_parameters"]["high_freq_factor"] = json!(2.0);
         }),
         ("no llama3 scaling", |c| {
-            c.insert(
-                "rope_parameters".into(),
-                json!({"rope_type": "default", "rope_theta": 10000.0}),
-            );
+            c.insert("rope_parameters".into(), json!({"rope_type": "default", "rope_theta": 10000.0}));
         }),
     ];
     for (what, edit) in cases {

@@ -20,22 +20,11 @@ fn full_forward_matches_transformers() {
         let out = model.forward(&mut cache, &g.ids, Logits::All).unwrap();
         let err = rel_l2(&out, &g.logits);
         println!("{}: full forward rel L2 {err:.2e}", dir.display());
-        assert!(
-            err <= TOL,
-            "{}: full forward rel L2 {err:.3e} > {TOL}",
-            dir.display()
-        );
+        assert!(err <= TOL, "{}: full forward rel L2 {err:.3e} > {TOL}", dir.display());
         // Each position too, so one bad row cannot hide in the whole-tensor norm.
         for t in 0..g.ids.len() {
-            let row = rel_l2(
-                &out.slice(s![t..t + 1, ..]).to_owned(),
-                &g.logits.slice(s![t..t + 1, ..]).to_owned(),
-            );
-            assert!(
-                row <= TOL,
-                "{}: position {t} rel L2 {row:.3e}",
-                dir.display()
-            );
+            let row = rel_l2(&out.slice(s![t..t + 1, ..]).to_owned(), &g.logits.slice(s![t..t + 1, ..]).to_owned());
+            assert!(row <= TOL, "{}: position {t} rel L2 {row:.3e}", dir.display());
         }
     }
 }
@@ -49,15 +38,9 @@ fn decode_through_the_cache_matches_transformers() {
         // Prefixes of 1 token and of 3 tokens, then single tokens to the end.
         for prefix in [1, 3] {
             let mut cache = model.new_cache().unwrap();
-            let mut rows = vec![model
-                .forward(&mut cache, &g.ids[..prefix], Logits::All)
-                .unwrap()];
+            let mut rows = vec![model.forward(&mut cache, &g.ids[..prefix], Logits::All).unwrap()];
             for t in prefix..g.ids.len() {
-                rows.push(
-                    model
-                        .forward(&mut cache, &g.ids[t..t + 1], Logits::All)
-                        .unwrap(),
-                );
+                rows.push(model.forward(&mut cache, &g.ids[t..t + 1], Logits::All).unwrap());
                 for (i, m) in model.config.masks.iter().enumerate() {
                     let held = cache.len(i);
                     match (m, chunk) {
@@ -72,15 +55,8 @@ fn decode_through_the_cache_matches_transformers() {
             let views: Vec<_> = rows.iter().map(|r| r.view()).collect();
             let out = concatenate(Axis(0), &views).unwrap();
             let err = rel_l2(&out, &g.logits);
-            println!(
-                "{}: decode after a {prefix}-token prefill rel L2 {err:.2e}",
-                dir.display()
-            );
-            assert!(
-                err <= TOL,
-                "{}: decode rel L2 {err:.3e} > {TOL}",
-                dir.display()
-            );
+            println!("{}: decode after a {prefix}-token prefill rel L2 {err:.2e}", dir.display());
+            assert!(err <= TOL, "{}: decode rel L2 {err:.3e} > {TOL}", dir.display());
         }
     }
 }
@@ -90,9 +66,7 @@ fn greedy_generation_matches_transformers_generate() {
     for dir in fixtures() {
         let g = golden(&dir);
         let model = Model::load(&dir, Cpu).unwrap();
-        let gen = model
-            .generate(&g.greedy_prompt, g.greedy_tokens.len(), false)
-            .unwrap();
+        let gen = model.generate(&g.greedy_prompt, g.greedy_tokens.len(), false).unwrap();
         assert_eq!(gen.tokens, g.greedy_tokens, "{}", dir.display());
     }
 }
@@ -123,11 +97,7 @@ fn greedy_generation_follows_the_argmax_of_the_forward_pass() {
 fn attention_masks_are_as_configured() {
     // The fixtures cover both masks; a config that lost its NoPE layers would pass the logits test only by
     // luck, so check the layer plan the script asked for.
-    let load = |n: &str| {
-        Model::load(&common::fixtures_root().join(n), Cpu)
-            .unwrap()
-            .config
-    };
+    let load = |n: &str| Model::load(&common::fixtures_root().join(n), Cpu).unwrap().config;
     let scout = load("scout_tiny");
     assert_eq!(scout.uses_rope, [true, true, true, false]);
     assert_eq!(scout.attention_chunk_size, Some(4));

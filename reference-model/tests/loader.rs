@@ -25,18 +25,11 @@ fn reader_agrees_with_the_safetensors_crate() {
                 let a = ours.read_f32(name).unwrap();
                 assert_eq!(a.shape(), &shape[..], "{name}");
                 let want: Vec<f32> = match dtype {
-                    StDtype::F32 => bytes
-                        .chunks(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                    StDtype::BF16 => bytes
-                        .chunks(2)
-                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect(),
-                    StDtype::F16 => bytes
-                        .chunks(2)
-                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect(),
+                    StDtype::F32 => bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                    StDtype::BF16 => {
+                        bytes.chunks(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+                    }
+                    StDtype::F16 => bytes.chunks(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
                     d => panic!("unexpected dtype {d:?} in {name}"),
                 };
                 assert_eq!(a.iter().copied().collect::<Vec<_>>(), want, "{name}");
@@ -73,20 +66,9 @@ fn per_expert_and_prefixed_layouts_load_to_the_same_model() {
     let fused = read_entries(&path);
     let mut out = common::Entries::new();
     for (name, (dtype, shape, bytes)) in &fused {
-        let f = |b: &[u8]| -> Vec<f32> {
-            b.chunks(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect()
-        };
+        let f = |b: &[u8]| -> Vec<f32> { b.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect() };
         let put = |out: &mut common::Entries, n: String, rows: usize, cols: usize, v: Vec<f32>| {
-            out.insert(
-                n,
-                (
-                    StDtype::F32,
-                    vec![rows, cols],
-                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                ),
-            );
+            out.insert(n, (StDtype::F32, vec![rows, cols], v.iter().flat_map(|x| x.to_le_bytes()).collect()));
         };
         if let Some(base) = name.strip_suffix("experts.gate_up_proj") {
             let (e, h, i2) = (shape[0], shape[1], shape[2]);
@@ -99,43 +81,20 @@ fn per_expert_and_prefixed_layouts_load_to_the_same_model() {
                         .map(|(r, c)| v[j * h * i2 + c * i2 + off + r])
                         .collect()
                 };
-                put(
-                    &mut out,
-                    format!("{base}experts.{j}.gate_proj.weight"),
-                    i2 / 2,
-                    h,
-                    t(0),
-                );
-                put(
-                    &mut out,
-                    format!("{base}experts.{j}.up_proj.weight"),
-                    i2 / 2,
-                    h,
-                    t(i2 / 2),
-                );
+                put(&mut out, format!("{base}experts.{j}.gate_proj.weight"), i2 / 2, h, t(0));
+                put(&mut out, format!("{base}experts.{j}.up_proj.weight"), i2 / 2, h, t(i2 / 2));
             }
         } else if let Some(base) = name.strip_suffix("experts.down_proj") {
             let (e, i, h) = (shape[0], shape[1], shape[2]);
             let v = f(bytes);
             for j in 0..e {
-                let t: Vec<f32> = (0..h)
-                    .flat_map(|r| (0..i).map(move |c| (r, c)))
-                    .map(|(r, c)| v[j * i * h + c * h + r])
-                    .collect();
-                put(
-                    &mut out,
-                    format!("{base}experts.{j}.down_proj.weight"),
-                    h,
-                    i,
-                    t,
-                );
+                let t: Vec<f32> =
+                    (0..h).flat_map(|r| (0..i).map(move |c| (r, c))).map(|(r, c)| v[j * i * h + c * h + r]).collect();
+                put(&mut out, format!("{base}experts.{j}.down_proj.weight"), h, i, t);
             }
         } else {
             // Everything else goes under the multimodal prefix.
-            out.insert(
-                format!("language_model.{name}"),
-                (*dtype, shape.clone(), bytes.clone()),
-            );
+            out.insert(format!("language_model.{name}"), (*dtype, shape.clone(), bytes.clone()));
         }
     }
     write_entries(&path, &out);
@@ -150,19 +109,14 @@ fn directory_of_shards_without_an_index_loads() {
     let b = Model::load(&fixtures_root().join("multimodal_tiny"), Cpu).unwrap();
     let (mut ca, mut cb) = (a.new_cache().unwrap(), b.new_cache().unwrap());
     let ids = [1u32, 2, 3, 4, 5, 6, 7];
-    assert_eq!(
-        a.forward(&mut ca, &ids, Logits::All).unwrap(),
-        b.forward(&mut cb, &ids, Logits::All).unwrap()
-    );
+    assert_eq!(a.forward(&mut ca, &ids, Logits::All).unwrap(), b.forward(&mut cb, &ids, Logits::All).unwrap());
 }
 
 #[test]
 fn an_index_naming_a_path_outside_the_directory_is_refused() {
     let dir = copy_fixture("multimodal_tiny", "evil_index");
     let p = dir.join("model.safetensors.index.json");
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replacen("\"model-0", "\"../model-0", 1);
+    let text = std::fs::read_to_string(&p).unwrap().replacen("\"model-0", "\"../model-0", 1);
     std::fs::write(&p, text).unwrap();
     let err = Model::load(&dir, Cpu).err().unwrap().to_string();
     assert!(err.contains("not a plain file name"), "{err}");
@@ -191,8 +145,5 @@ fn f64_weights_are_a_dtype_error() {
     *bytes = vec![0u8; n * 8];
     write_entries(&path, &e);
     let err = Model::load(&dir, Cpu).err().unwrap().to_string();
-    assert!(
-        err.contains("model.norm.weight") && err.contains("dtype F64"),
-        "{err}"
-    );
+    assert!(err.contains("model.norm.weight") && err.contains("dtype F64"), "{err}");
 }

@@ -10,23 +10,15 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
     v.sort();
     v
 }
 
 fn corpus(kind: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(kind);
-    let seeds: Vec<Vec<u8>> = files_in(&dir)
-        .iter()
-        .map(|p| std::fs::read(p).unwrap())
-        .collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(kind);
+    let seeds: Vec<Vec<u8>> = files_in(&dir).iter().map(|p| std::fs::read(p).unwrap()).collect();
     assert!(seeds.len() >= 4, "{}: seed corpus missing", dir.display());
     seeds
 }
@@ -34,10 +26,7 @@ fn corpus(kind: &str) -> Vec<Vec<u8>> {
 /// Every prefix for small inputs, ~300 spread-out prefixes for large ones.
 fn truncations(data: &[u8]) -> Vec<usize> {
     let step = (data.len() / 300).max(1);
-    (0..data.len())
-        .step_by(step)
-        .chain([data.len().saturating_sub(1)])
-        .collect()
+    (0..data.len()).step_by(step).chain([data.len().saturating_sub(1)]).collect()
 }
 
 /// Byte-level mutations: flips, interesting bytes, duplicated and deleted spans.
@@ -134,9 +123,7 @@ fn safetensors_reader_survives_seeds_truncations_and_mutations() {
     for dir in common::fixtures() {
         seeds.push(std::fs::read(dir.join("logits.safetensors")).unwrap());
     }
-    seeds.push(
-        std::fs::read(common::fixtures_root().join("unfused_f16/model.safetensors")).unwrap(),
-    );
+    seeds.push(std::fs::read(common::fixtures_root().join("unfused_f16/model.safetensors")).unwrap());
     let mut rng = StdRng::seed_from_u64(5);
     for seed in &seeds {
         fuzz_entry::safetensors(seed);
@@ -144,26 +131,14 @@ fn safetensors_reader_survives_seeds_truncations_and_mutations() {
             fuzz_entry::safetensors(&seed[..n]);
         }
         // Mutations aimed at the header, where all the parsing happens.
-        let header_end = seed
-            .len()
-            .min(8 + u64::from_le_bytes(seed[..8].try_into().unwrap()).min(1 << 20) as usize);
+        let header_end = seed.len().min(8 + u64::from_le_bytes(seed[..8].try_into().unwrap()).min(1 << 20) as usize);
         for _ in 0..300 {
             let mut d = mutate(&seed[..header_end], &mut rng);
             d.extend_from_slice(&seed[header_end..]);
             fuzz_entry::safetensors(&d);
         }
         // Header lengths around and far beyond the real one.
-        for len in [
-            0u64,
-            1,
-            2,
-            7,
-            8,
-            (header_end - 8) as u64 + 1,
-            1 << 24,
-            1 << 40,
-            u64::MAX,
-        ] {
+        for len in [0u64, 1, 2, 7, 8, (header_end - 8) as u64 + 1, 1 << 24, 1 << 40, u64::MAX] {
             let mut d = seed.clone();
             d[..8].copy_from_slice(&len.to_le_bytes());
             fuzz_entry::safetensors(&d);

@@ -68,30 +68,11 @@ pub fn attention(
 ) -> Array3<f32> {
     let (t, n_heads, d) = q.dim();
     let (s, n_kv, dk) = k.dim();
-    assert_eq!(
-        q_pos.len(),
-        t,
-        "attention: {} query positions for {t} queries",
-        q_pos.len()
-    );
-    assert_eq!(
-        k_pos.len(),
-        s,
-        "attention: {} key positions for {s} keys",
-        k_pos.len()
-    );
-    assert_eq!(
-        k.dim(),
-        v.dim(),
-        "attention: k is {:?} but v is {:?}",
-        k.dim(),
-        v.dim()
-    );
+    assert_eq!(q_pos.len(), t, "attention: {} query positions for {t} queries", q_pos.len());
+    assert_eq!(k_pos.len(), s, "attention: {} key positions for {s} keys", k_pos.len());
+    assert_eq!(k.dim(), v.dim(), "attention: k is {:?} but v is {:?}", k.dim(), v.dim());
     assert_eq!(dk, d, "attention: q head_dim {d} but k head_dim {dk}");
-    assert!(
-        n_kv > 0 && n_heads % n_kv == 0,
-        "attention: {n_heads} query heads is not a multiple of {n_kv} KV heads"
-    );
+    assert!(n_kv > 0 && n_heads % n_kv == 0, "attention: {n_heads} query heads is not a multiple of {n_kv} KV heads");
     let group = n_heads / n_kv;
     // head_dim ** -0.5 as a Python float (f64), applied to the f32 scores as an f32 scalar.
     let scaling = (1.0 / (d as f64).sqrt()) as f32;
@@ -102,27 +83,17 @@ pub fn attention(
     for ti in 0..t {
         keys.clear();
         keys.extend((0..s).filter(|&si| visible(mask, q_pos[ti], k_pos[si])));
-        assert!(
-            !keys.is_empty(),
-            "attention: query {ti} at position {} sees no key under {mask:?}",
-            q_pos[ti]
-        );
+        assert!(!keys.is_empty(), "attention: query {ti} at position {} sees no key under {mask:?}", q_pos[ti]);
         for h in 0..n_heads {
             let kv = h / group;
             scores.clear();
             scores.extend(keys.iter().map(|&si| {
-                let dot: f64 = (0..d)
-                    .map(|j| q[[ti, h, j]] as f64 * k[[si, kv, j]] as f64)
-                    .sum();
+                let dot: f64 = (0..d).map(|j| q[[ti, h, j]] as f64 * k[[si, kv, j]] as f64).sum();
                 p.round(p.round(dot as f32) * scaling)
             }));
             let probs = softmax(&scores, p);
             for j in 0..d {
-                let acc: f64 = keys
-                    .iter()
-                    .zip(&probs)
-                    .map(|(&si, &pr)| pr as f64 * v[[si, kv, j]] as f64)
-                    .sum();
+                let acc: f64 = keys.iter().zip(&probs).map(|(&si, &pr)| pr as f64 * v[[si, kv, j]] as f64).sum();
                 out[[ti, h, j]] = p.round(acc as f32);
             }
         }
@@ -136,9 +107,7 @@ fn softmax(scores: &[f32], p: Precision) -> Vec<f32> {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = scores.iter().map(|&x| (x - max).exp()).collect();
     let sum: f64 = exps.iter().map(|&e| e as f64).sum();
-    exps.iter()
-        .map(|&e| p.round((e as f64 / sum) as f32))
-        .collect()
+    exps.iter().map(|&e| p.round((e as f64 / sum) as f32)).collect()
 }
 
 #[cfg(test)]
@@ -149,19 +118,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn filled(shape: (usize, usize, usize), seed: f32) -> Array3<f32> {
-        Array3::from_shape_fn(shape, |(a, b, c)| {
-            round_bf16(((a * 13 + b * 7 + c) as f32 * 0.37 + seed).sin())
-        })
+        Array3::from_shape_fn(shape, |(a, b, c)| round_bf16(((a * 13 + b * 7 + c) as f32 * 0.37 + seed).sin()))
     }
 
     /// The textbook formula in f64: dense scores, -inf on masked entries, softmax, weighted sum.
-    fn dense_f64(
-        q: &Array3<f32>,
-        k: &Array3<f32>,
-        v: &Array3<f32>,
-        pos: &[usize],
-        mask: Mask,
-    ) -> Array3<f64> {
+    fn dense_f64(q: &Array3<f32>, k: &Array3<f32>, v: &Array3<f32>, pos: &[usize], mask: Mask) -> Array3<f64> {
         let (t, hq, d) = q.dim();
         let hkv = k.dim().1;
         Array3::from_shape_fn((t, hq, d), |(ti, h, j)| {
@@ -171,18 +132,14 @@ mod tests {
                     if !visible(mask, pos[ti], pos[si]) {
                         return f64::NEG_INFINITY;
                     }
-                    let dot: f64 = (0..d)
-                        .map(|c| q[[ti, h, c]] as f64 * k[[si, kv, c]] as f64)
-                        .sum();
+                    let dot: f64 = (0..d).map(|c| q[[ti, h, c]] as f64 * k[[si, kv, c]] as f64).sum();
                     dot / (d as f64).sqrt()
                 })
                 .collect();
             let m = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = sc.iter().map(|&x| (x - m).exp()).collect();
             let z: f64 = e.iter().sum();
-            (0..sc.len())
-                .map(|si| e[si] / z * v[[si, kv, j]] as f64)
-                .sum()
+            (0..sc.len()).map(|si| e[si] / z * v[[si, kv, j]] as f64).sum()
         })
     }
 
@@ -201,29 +158,13 @@ mod tests {
     #[test]
     fn matches_the_dense_formula_in_f32() {
         let (t, hq, hkv, d) = (7, 4, 2, 8);
-        let (q, k, v) = (
-            filled((t, hq, d), 0.1),
-            filled((t, hkv, d), 0.2),
-            filled((t, hkv, d), 0.3),
-        );
+        let (q, k, v) = (filled((t, hq, d), 0.1), filled((t, hkv, d), 0.2), filled((t, hkv, d), 0.3));
         let pos: Vec<usize> = (0..t).collect();
         for mask in [Mask::Causal, Mask::Chunked { chunk: 3 }] {
-            let got = attention(
-                q.view(),
-                k.view(),
-                v.view(),
-                &pos,
-                &pos,
-                mask,
-                Precision::F32,
-            );
+            let got = attention(q.view(), k.view(), v.view(), &pos, &pos, mask, Precision::F32);
             let want = dense_f64(&q, &k, &v, &pos, mask);
             for (idx, &w) in want.indexed_iter() {
-                assert!(
-                    (got[idx] as f64 - w).abs() < 1e-5,
-                    "{mask:?} {idx:?}: {} vs {w}",
-                    got[idx]
-                );
+                assert!((got[idx] as f64 - w).abs() < 1e-5, "{mask:?} {idx:?}: {} vs {w}", got[idx]);
             }
         }
     }
@@ -231,24 +172,12 @@ mod tests {
     #[test]
     fn gqa_equals_explicitly_repeated_kv_heads() {
         let (t, hq, hkv, d) = (5, 6, 2, 4);
-        let (q, k, v) = (
-            filled((t, hq, d), 1.0),
-            filled((t, hkv, d), 2.0),
-            filled((t, hkv, d), 3.0),
-        );
+        let (q, k, v) = (filled((t, hq, d), 1.0), filled((t, hkv, d), 2.0), filled((t, hkv, d), 3.0));
         let rep = |x: &Array3<f32>| Array3::from_shape_fn((t, hq, d), |(a, h, c)| x[[a, h / 3, c]]);
         let pos: Vec<usize> = (0..t).collect();
         for p in [Precision::F32, Precision::Bf16] {
             let a = attention(q.view(), k.view(), v.view(), &pos, &pos, Mask::Causal, p);
-            let b = attention(
-                q.view(),
-                rep(&k).view(),
-                rep(&v).view(),
-                &pos,
-                &pos,
-                Mask::Causal,
-                p,
-            );
+            let b = attention(q.view(), rep(&k).view(), rep(&v).view(), &pos, &pos, Mask::Causal, p);
             assert_eq!(a, b);
         }
     }
@@ -256,22 +185,10 @@ mod tests {
     #[test]
     fn lone_visible_key_returns_its_value_exactly() {
         // Position 4 with chunk 4 starts a chunk: probability 1 on itself, so out == v even in bf16.
-        let (q, k, v) = (
-            filled((5, 2, 4), 0.5),
-            filled((5, 1, 4), 0.6),
-            filled((5, 1, 4), 0.7),
-        );
+        let (q, k, v) = (filled((5, 2, 4), 0.5), filled((5, 1, 4), 0.6), filled((5, 1, 4), 0.7));
         let pos: Vec<usize> = (0..5).collect();
         let mask = Mask::Chunked { chunk: 4 };
-        let out = attention(
-            q.view(),
-            k.view(),
-            v.view(),
-            &pos,
-            &pos,
-            mask,
-            Precision::Bf16,
-        );
+        let out = attention(q.view(), k.view(), v.view(), &pos, &pos, mask, Precision::Bf16);
         for h in 0..2 {
             assert_eq!(out.slice(s![4, h, ..]), v.slice(s![4, 0, ..]));
             assert_eq!(out.slice(s![0, h, ..]), v.slice(s![0, 0, ..]));
@@ -281,52 +198,21 @@ mod tests {
     #[test]
     fn decode_row_matches_the_prefill_row() {
         let (t, hq, hkv, d) = (9, 4, 1, 8);
-        let (q, k, v) = (
-            filled((t, hq, d), 0.4),
-            filled((t, hkv, d), 0.8),
-            filled((t, hkv, d), 1.2),
-        );
+        let (q, k, v) = (filled((t, hq, d), 0.4), filled((t, hkv, d), 0.8), filled((t, hkv, d), 1.2));
         let pos: Vec<usize> = (0..t).collect();
         for mask in [Mask::Causal, Mask::Chunked { chunk: 4 }] {
-            let full = attention(
-                q.view(),
-                k.view(),
-                v.view(),
-                &pos,
-                &pos,
-                mask,
-                Precision::Bf16,
-            );
-            let one = attention(
-                q.slice(s![t - 1.., .., ..]),
-                k.view(),
-                v.view(),
-                &pos[t - 1..],
-                &pos,
-                mask,
-                Precision::Bf16,
-            );
+            let full = attention(q.view(), k.view(), v.view(), &pos, &pos, mask, Precision::Bf16);
+            let one =
+                attention(q.slice(s![t - 1.., .., ..]), k.view(), v.view(), &pos[t - 1..], &pos, mask, Precision::Bf16);
             assert_eq!(one.slice(s![0, .., ..]), full.slice(s![t - 1, .., ..]));
         }
     }
 
     #[test]
     fn bf16_output_is_bf16() {
-        let (q, k, v) = (
-            filled((6, 2, 8), 0.9),
-            filled((6, 2, 8), 1.1),
-            filled((6, 2, 8), 1.3),
-        );
+        let (q, k, v) = (filled((6, 2, 8), 0.9), filled((6, 2, 8), 1.1), filled((6, 2, 8), 1.3));
         let pos: Vec<usize> = (0..6).collect();
-        let out = attention(
-            q.view(),
-            k.view(),
-            v.view(),
-            &pos,
-            &pos,
-            Mask::Causal,
-            Precision::Bf16,
-        );
+        let out = attention(q.view(), k.view(), v.view(), &pos, &pos, Mask::Causal, Precision::Bf16);
         assert!(out.iter().all(|&x| round_bf16(x) == x));
     }
 
@@ -334,30 +220,14 @@ mod tests {
     #[should_panic(expected = "sees no key")]
     fn query_without_visible_key_panics() {
         let (q, k) = (filled((1, 1, 2), 0.0), filled((1, 1, 2), 0.0));
-        attention(
-            q.view(),
-            k.view(),
-            k.view(),
-            &[0],
-            &[1],
-            Mask::Causal,
-            Precision::F32,
-        );
+        attention(q.view(), k.view(), k.view(), &[0], &[1], Mask::Causal, Precision::F32);
     }
 
     #[test]
     #[should_panic(expected = "not a multiple")]
     fn bad_head_ratio_panics() {
         let (q, k) = (filled((1, 3, 2), 0.0), filled((1, 2, 2), 0.0));
-        attention(
-            q.view(),
-            k.view(),
-            k.view(),
-            &[0],
-            &[0],
-            Mask::Causal,
-            Precision::F32,
-        );
+        attention(q.view(), k.view(), k.view(), &[0], &[0], Mask::Causal, Precision::F32);
     }
 
     proptest! {

@@ -12,9 +12,7 @@ pub fn embed(table: ArrayView2<f32>, ids: &[u32]) -> Result<Array2<f32>, String>
     let mut out = Array2::zeros((ids.len(), hidden));
     for (t, &id) in ids.iter().enumerate() {
         if id as usize >= vocab {
-            return Err(format!(
-                "embed: token id {id} at position {t} is out of range for vocabulary size {vocab}"
-            ));
+            return Err(format!("embed: token id {id} at position {t} is out of range for vocabulary size {vocab}"));
         }
         out.row_mut(t).assign(&table.row(id as usize));
     }
@@ -43,12 +41,7 @@ mod tests {
     fn out_of_range_id_is_an_error_naming_it() {
         let table = array![[1.0f32], [2.0]];
         let err = embed(table.view(), &[1, 2]).unwrap_err();
-        assert!(
-            err.contains("token id 2") && err.contains("position 1"),
-            "{err}"
-        );
-        assert!(embed(table.view(), &[u32::MAX])
-            .unwrap_err()
-            .contains(&u32::MAX.to_string()));
+        assert!(err.contains("token id 2") && err.contains("position 1"), "{err}");
+        assert!(embed(table.view(), &[u32::MAX]).unwrap_err().contains(&u32::MAX.to_string()));
     }
 }

@@ -98,9 +98,7 @@ fn expect_dim(what: &str, got: &[usize], want: &[usize]) -> Result<(), String> {
     if got == want {
         Ok(())
     } else {
-        Err(format!(
-            "grouped_gemm: {what} has shape {got:?}, want {want:?}"
-        ))
+        Err(format!("grouped_gemm: {what} has shape {got:?}, want {want:?}"))
     }
 }
 
@@ -110,10 +108,7 @@ fn check_shapes(m: usize, k: usize, e: usize, bk: usize, offsets: &[u32]) -> Res
         return Err(format!("grouped_gemm: A has K = {k} but B has K = {bk}"));
     }
     if offsets.len() != e + 1 {
-        return Err(format!(
-            "grouped_gemm: {} offsets for {e} experts (want E + 1)",
-            offsets.len()
-        ));
+        return Err(format!("grouped_gemm: {} offsets for {e} experts (want E + 1)", offsets.len()));
     }
     if let Some(i) = (0..e).find(|&i| offsets[i] > offsets[i + 1]) {
         return Err(format!(
@@ -125,9 +120,7 @@ fn check_shapes(m: usize, k: usize, e: usize, bk: usize, offsets: &[u32]) -> Res
     }
     let end = offsets[e] as usize;
     if end > m {
-        return Err(format!(
-            "grouped_gemm: offsets[E] = {end} exceeds M = {m} rows of A"
-        ));
+        return Err(format!("grouped_gemm: offsets[E] = {end} exceeds M = {m} rows of A"));
     }
     if offsets[0] != 0 || end != m {
         return Err(format!(
@@ -142,16 +135,14 @@ fn check_shapes(m: usize, k: usize, e: usize, bk: usize, offsets: &[u32]) -> Res
 mod tests {
     use super::*;
     use crate::fp8::{
-        dequantize_blocks_128x128, dequantize_groups_1x128, dequantize_rowwise, e4m3_from_f32,
-        quantize_blocks_128x128, quantize_groups_1x128, quantize_rowwise,
+        dequantize_blocks_128x128, dequantize_groups_1x128, dequantize_rowwise, e4m3_from_f32, quantize_blocks_128x128,
+        quantize_groups_1x128, quantize_rowwise,
     };
     use ndarray::{Array1, Array3, Axis};
     use proptest::prelude::*;
 
     fn wave(shape: (usize, usize), seed: f32) -> Array2<f32> {
-        Array2::from_shape_fn(shape, |(a, b)| {
-            ((a * 13 + b * 7) as f32 * 0.29 + seed).sin() * (1 + a % 3) as f32
-        })
+        Array2::from_shape_fn(shape, |(a, b)| ((a * 13 + b * 7) as f32 * 0.29 + seed).sin() * (1 + a % 3) as f32)
     }
 
     /// Dequantize first, then an f64 matmul per group: must agree with the fused formula to f32 rounding.
@@ -160,9 +151,7 @@ mod tests {
         for (g, bg) in b.iter().enumerate() {
             for r in offsets[g] as usize..offsets[g + 1] as usize {
                 for c in 0..bg.nrows() {
-                    out[[r, c]] = (0..a.ncols())
-                        .map(|i| a[[r, i]] as f64 * bg[[c, i]] as f64)
-                        .sum();
+                    out[[r, c]] = (0..a.ncols()).map(|i| a[[r, i]] as f64 * bg[[c, i]] as f64).sum();
                 }
             }
         }
@@ -171,11 +160,7 @@ mod tests {
 
     fn close(got: &Array2<f32>, want: &Array2<f64>) {
         for (idx, &w) in want.indexed_iter() {
-            assert!(
-                (got[idx] as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                "{idx:?}: {} vs {w}",
-                got[idx]
-            );
+            assert!((got[idx] as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "{idx:?}: {} vs {w}", got[idx]);
         }
     }
 
@@ -183,8 +168,7 @@ mod tests {
     fn rowwise_by_hand() {
         // One expert, one row: (1 * 2 + 0.5 * 4) * 0.5 * 3 = 6.
         let a = ndarray::array![[e4m3_from_f32(1.0), e4m3_from_f32(0.5)]];
-        let b = Array3::from_shape_vec((1, 1, 2), vec![e4m3_from_f32(2.0), e4m3_from_f32(4.0)])
-            .unwrap();
+        let b = Array3::from_shape_vec((1, 1, 2), vec![e4m3_from_f32(2.0), e4m3_from_f32(4.0)]).unwrap();
         let out = grouped_gemm_rowwise(
             a.view(),
             ndarray::array![0.5f32].view(),
@@ -211,16 +195,8 @@ mod tests {
             b_q.index_axis_mut(Axis(0), g).assign(&q);
             b_s.row_mut(g).assign(&sc);
         }
-        let got =
-            grouped_gemm_rowwise(a_q.view(), a_s.view(), b_q.view(), b_s.view(), &offsets).unwrap();
-        close(
-            &got,
-            &dequant_reference(
-                &dequantize_rowwise(a_q.view(), a_s.view()),
-                &b_deq,
-                &offsets,
-            ),
-        );
+        let got = grouped_gemm_rowwise(a_q.view(), a_s.view(), b_q.view(), b_s.view(), &offsets).unwrap();
+        close(&got, &dequant_reference(&dequantize_rowwise(a_q.view(), a_s.view()), &b_deq, &offsets));
     }
 
     #[test]
@@ -238,8 +214,7 @@ mod tests {
             b_q.index_axis_mut(Axis(0), g).assign(&q);
             b_s.index_axis_mut(Axis(0), g).assign(&sc);
         }
-        let got = grouped_gemm_blockwise(a_q.view(), a_s.view(), b_q.view(), b_s.view(), &offsets)
-            .unwrap();
+        let got = grouped_gemm_blockwise(a_q.view(), a_s.view(), b_q.view(), b_s.view(), &offsets).unwrap();
         let a_deq = dequantize_groups_1x128(a_q.view(), a_s.view());
         close(&got, &dequant_reference(&a_deq, &b_deq, &offsets));
     }
@@ -254,24 +229,14 @@ mod tests {
         assert!(run(&[0, 2, 4]).is_ok());
         assert!(run(&[0, 3, 2]).unwrap_err().contains("not monotone"));
         assert!(run(&[0, 2, 5]).unwrap_err().contains("exceeds M"));
-        assert!(run(&[0, 2, 3])
-            .unwrap_err()
-            .contains("rows outside every group"));
-        assert!(run(&[1, 2, 4])
-            .unwrap_err()
-            .contains("rows outside every group"));
+        assert!(run(&[0, 2, 3]).unwrap_err().contains("rows outside every group"));
+        assert!(run(&[1, 2, 4]).unwrap_err().contains("rows outside every group"));
         assert!(run(&[0, 4]).unwrap_err().contains("offsets for 2 experts"));
         let bad_k = Array3::<u8>::zeros((2, 3, 7));
         let err = grouped_gemm_rowwise(a.view(), a_s.view(), bad_k.view(), b_s.view(), &[0, 2, 4]);
         assert!(err.unwrap_err().contains("K = 8"));
         let bad_s = Array2::<f32>::ones((4, 2));
-        let err = grouped_gemm_blockwise(
-            a.view(),
-            bad_s.view(),
-            b.view(),
-            Array3::ones((2, 1, 1)).view(),
-            &[0, 2, 4],
-        );
+        let err = grouped_gemm_blockwise(a.view(), bad_s.view(), b.view(), Array3::ones((2, 1, 1)).view(), &[0, 2, 4]);
         assert!(err.unwrap_err().contains("a_scale"));
     }
 
@@ -280,14 +245,9 @@ mod tests {
         let mut a = Array2::<u8>::from_elem((2, 4), e4m3_from_f32(1.0));
         a[[1, 2]] = crate::fp8::E4M3_NAN;
         let b = Array3::<u8>::from_elem((1, 2, 4), e4m3_from_f32(1.0));
-        let out = grouped_gemm_rowwise(
-            a.view(),
-            Array1::ones(2).view(),
-            b.view(),
-            Array2::ones((1, 2)).view(),
-            &[0, 2],
-        )
-        .unwrap();
+        let out =
+            grouped_gemm_rowwise(a.view(), Array1::ones(2).view(), b.view(), Array2::ones((1, 2)).view(), &[0, 2])
+                .unwrap();
         assert_eq!(out.row(0).to_vec(), vec![4.0, 4.0]);
         assert!(out.row(1).iter().all(|v| v.is_nan()));
     }

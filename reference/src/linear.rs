@@ -57,8 +57,7 @@ fn x_times_rows_t(x: ArrayView2<f32>, rows: ArrayView2<f32>, p: Precision) -> Ar
         let end = (start + OUT_BLOCK).min(n_out);
         let block64 = rows.slice(s![start..end, ..]).mapv(f64::from);
         let prod = x64.dot(&block64.t());
-        out.slice_mut(s![.., start..end])
-            .zip_mut_with(&prod, |o, &v| *o = p.round(v as f32));
+        out.slice_mut(s![.., start..end]).zip_mut_with(&prod, |o, &v| *o = p.round(v as f32));
     }
     out
 }
@@ -73,9 +72,7 @@ mod tests {
     /// The definition, one dot product at a time.
     fn naive_linear(x: ArrayView2<f32>, w: ArrayView2<f32>) -> Array2<f64> {
         Array2::from_shape_fn((x.nrows(), w.nrows()), |(t, o)| {
-            (0..x.ncols())
-                .map(|i| x[[t, i]] as f64 * w[[o, i]] as f64)
-                .sum()
+            (0..x.ncols()).map(|i| x[[t, i]] as f64 * w[[o, i]] as f64).sum()
         })
     }
 
@@ -83,14 +80,8 @@ mod tests {
     fn small_known_product() {
         let x = array![[1.0f32, 2.0], [3.0, 4.0]];
         let w = array![[1.0f32, 0.0], [0.0, 1.0], [1.0, 1.0]]; // [out 3, in 2]
-        assert_eq!(
-            linear(x.view(), w.view(), Precision::F32),
-            array![[1.0, 2.0, 3.0], [3.0, 4.0, 7.0]]
-        );
-        assert_eq!(
-            matmul(x.view(), w.t(), Precision::F32),
-            array![[1.0, 2.0, 3.0], [3.0, 4.0, 7.0]]
-        );
+        assert_eq!(linear(x.view(), w.view(), Precision::F32), array![[1.0, 2.0, 3.0], [3.0, 4.0, 7.0]]);
+        assert_eq!(matmul(x.view(), w.t(), Precision::F32), array![[1.0, 2.0, 3.0], [3.0, 4.0, 7.0]]);
     }
 
     #[test]
@@ -101,10 +92,7 @@ mod tests {
         // in == 0: an empty sum is 0.
         let x = Array2::<f32>::zeros((2, 0));
         let w = Array2::<f32>::zeros((3, 0));
-        assert_eq!(
-            linear(x.view(), w.view(), Precision::F32),
-            Array2::zeros((2, 3))
-        );
+        assert_eq!(linear(x.view(), w.view(), Precision::F32), Array2::zeros((2, 3)));
     }
 
     #[test]
@@ -138,11 +126,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "linear: x is [1, 2]")]
     fn inner_dimension_mismatch_panics() {
-        linear(
-            Array2::zeros((1, 2)).view(),
-            Array2::zeros((3, 4)).view(),
-            Precision::F32,
-        );
+        linear(Array2::zeros((1, 2)).view(), Array2::zeros((3, 4)).view(), Precision::F32);
     }
 
     proptest! {

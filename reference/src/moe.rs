@@ -21,12 +21,7 @@ use ndarray::{concatenate, s, Array2, ArrayView2, ArrayView3, Axis};
 
 /// One routed expert: `(silu(x G) * (x U)) D` with `[G | U] = gate_up` [H, 2I] (gate in the first I
 /// columns) and `D = down` [I, H]. `x` is [R, H]; returns [R, H].
-pub fn expert(
-    x: ArrayView2<f32>,
-    gate_up: ArrayView2<f32>,
-    down: ArrayView2<f32>,
-    p: Precision,
-) -> Array2<f32> {
+pub fn expert(x: ArrayView2<f32>, gate_up: ArrayView2<f32>, down: ArrayView2<f32>, p: Precision) -> Array2<f32> {
     assert_eq!(
         gate_up.ncols(),
         2 * down.nrows(),
@@ -47,13 +42,7 @@ pub fn mlp(
     down: ArrayView2<f32>,
     p: Precision,
 ) -> Array2<f32> {
-    assert_eq!(
-        gate.dim(),
-        up.dim(),
-        "mlp: gate is {:?} but up is {:?}",
-        gate.dim(),
-        up.dim()
-    );
+    assert_eq!(gate.dim(), up.dim(), "mlp: gate is {:?} but up is {:?}", gate.dim(), up.dim());
     let g = linear(y, gate, p);
     let u = linear(y, up, p);
     // swiglu reads the fused [gate | up] layout; joining the halves keeps one definition of the rounding.
@@ -88,18 +77,8 @@ pub fn grouped_experts(
     p: Precision,
 ) -> Array2<f32> {
     let n_exp = gate_up.dim().0;
-    assert_eq!(
-        offsets.len(),
-        n_exp + 1,
-        "grouped_experts: {} offsets for {n_exp} experts",
-        offsets.len()
-    );
-    assert_eq!(
-        down.dim().0,
-        n_exp,
-        "grouped_experts: {n_exp} gate_up but {} down experts",
-        down.dim().0
-    );
+    assert_eq!(offsets.len(), n_exp + 1, "grouped_experts: {} offsets for {n_exp} experts", offsets.len());
+    assert_eq!(down.dim().0, n_exp, "grouped_experts: {n_exp} gate_up but {} down experts", down.dim().0);
     assert!(
         offsets.windows(2).all(|w| w[0] <= w[1]) && offsets[n_exp] as usize <= x.nrows(),
         "grouped_experts: offsets {offsets:?} are not monotone within {} rows",
@@ -111,12 +90,7 @@ pub fn grouped_experts(
         if rows.is_empty() {
             continue;
         }
-        let y = expert(
-            x.slice(s![rows.clone(), ..]),
-            gate_up.index_axis(Axis(0), e),
-            down.index_axis(Axis(0), e),
-            p,
-        );
+        let y = expert(x.slice(s![rows.clone(), ..]), gate_up.index_axis(Axis(0), e), down.index_axis(Axis(0), e), p);
         out.slice_mut(s![rows, ..]).assign(&y);
     }
     out
@@ -127,24 +101,9 @@ pub fn grouped_experts(
 /// `routed = expert_{e*}(round(y * score))`; `out = round(shared_expert(y) + routed)`. Returns [T, H].
 pub fn llama4_moe(y: ArrayView2<f32>, w: &MoeWeights, p: Precision) -> Array2<f32> {
     let (n_exp, hidden, two_i) = w.gate_up.dim();
-    assert_eq!(
-        y.ncols(),
-        hidden,
-        "llama4_moe: y has {} columns, experts take H = {hidden}",
-        y.ncols()
-    );
-    assert_eq!(
-        w.router.dim(),
-        (n_exp, hidden),
-        "llama4_moe: router is {:?}",
-        w.router.dim()
-    );
-    assert_eq!(
-        w.down.dim(),
-        (n_exp, two_i / 2, hidden),
-        "llama4_moe: down is {:?}",
-        w.down.dim()
-    );
+    assert_eq!(y.ncols(), hidden, "llama4_moe: y has {} columns, experts take H = {hidden}", y.ncols());
+    assert_eq!(w.router.dim(), (n_exp, hidden), "llama4_moe: router is {:?}", w.router.dim());
+    assert_eq!(w.down.dim(), (n_exp, two_i / 2, hidden), "llama4_moe: down is {:?}", w.down.dim());
 
     let logits = linear(y, w.router, p);
     let routing = route_sigmoid_top1(logits.view(), p);
@@ -174,16 +133,12 @@ mod tests {
     }
 
     fn noise2(shape: (usize, usize), seed: f32, amp: f32) -> Array2<f32> {
-        Array2::from_shape_fn(shape, |(a, b)| {
-            round_bf16(noise(a * shape.1 + b, seed) * amp)
-        })
+        Array2::from_shape_fn(shape, |(a, b)| round_bf16(noise(a * shape.1 + b, seed) * amp))
     }
 
     fn noise3(shape: (usize, usize, usize), seed: f32, amp: f32) -> Array3<f32> {
         let (_, n1, n2) = shape;
-        Array3::from_shape_fn(shape, |(a, b, c)| {
-            round_bf16(noise((a * n1 + b) * n2 + c, seed) * amp)
-        })
+        Array3::from_shape_fn(shape, |(a, b, c)| round_bf16(noise((a * n1 + b) * n2 + c, seed) * amp))
     }
 
     struct Layer {
@@ -233,19 +188,12 @@ mod tests {
                 let score = p.round(sigmoid(if best == e { row[e] } else { f32::NEG_INFINITY }));
                 input.row_mut(ti).mapv_inplace(|v| p.round(v * score));
             }
-            let out = expert(
-                input.view(),
-                l.gate_up.index_axis(Axis(0), e),
-                l.down.index_axis(Axis(0), e),
-                p,
-            );
+            let out = expert(input.view(), l.gate_up.index_axis(Axis(0), e), l.down.index_axis(Axis(0), e), p);
             sum.zip_mut_with(&out, |s, &o| *s += o as f64);
         }
         let routed = sum.mapv(|v| p.round(v as f32));
         let shared = mlp(y.view(), l.sg.view(), l.su.view(), l.sd.view(), p);
-        Zip::from(&shared)
-            .and(&routed)
-            .map_collect(|&a, &b| p.round(a + b))
+        Zip::from(&shared).and(&routed).map_collect(|&a, &b| p.round(a + b))
     }
 
     #[test]
@@ -258,15 +206,8 @@ mod tests {
             assert_eq!(got, hf_dense(&y, &l, p), "{p:?}");
         }
         // The test is only meaningful if several experts are used.
-        let r = route_sigmoid_top1(
-            linear(y.view(), l.router.view(), Precision::Bf16).view(),
-            Precision::Bf16,
-        );
-        assert!(
-            r.counts.iter().filter(|&&c| c > 0).count() >= 2,
-            "{:?}",
-            r.counts
-        );
+        let r = route_sigmoid_top1(linear(y.view(), l.router.view(), Precision::Bf16).view(), Precision::Bf16);
+        assert!(r.counts.iter().filter(|&&c| c > 0).count() >= 2, "{:?}", r.counts);
     }
 
     #[test]
@@ -278,30 +219,16 @@ mod tests {
         assert_eq!(route(Precision::Bf16), route(Precision::F32));
         let a = llama4_moe(y.view(), &l.weights(), Precision::Bf16);
         let b = llama4_moe(y.view(), &l.weights(), Precision::F32);
-        assert_close(
-            "moe bf16 vs f32",
-            a.as_slice().unwrap(),
-            b.as_slice().unwrap(),
-            TOL_BF16,
-        );
+        assert_close("moe bf16 vs f32", a.as_slice().unwrap(), b.as_slice().unwrap(), TOL_BF16);
     }
 
     #[test]
     fn score_scales_the_input_not_the_output() {
         let l = Layer::new(1, 4, 4);
         let y = noise2((1, 4), 1.3, 3.0);
-        let (gu, dn) = (
-            l.gate_up.index_axis(Axis(0), 0),
-            l.down.index_axis(Axis(0), 0),
-        );
+        let (gu, dn) = (l.gate_up.index_axis(Axis(0), 0), l.down.index_axis(Axis(0), 0));
         let s = sigmoid(linear(y.view(), l.router.view(), Precision::F32)[[0, 0]]);
-        let shared = mlp(
-            y.view(),
-            l.sg.view(),
-            l.su.view(),
-            l.sd.view(),
-            Precision::F32,
-        );
+        let shared = mlp(y.view(), l.sg.view(), l.su.view(), l.sd.view(), Precision::F32);
         let on_input = expert(y.mapv(|v| v * s).view(), gu, dn, Precision::F32) + &shared;
         let on_output = expert(y.view(), gu, dn, Precision::F32) * s + &shared;
         let got = llama4_moe(y.view(), &l.weights(), Precision::F32);
@@ -325,12 +252,8 @@ mod tests {
     fn expert_by_hand() {
         // H = 1, I = 1: gate_up = [g | u], down = [d]: out = silu(x g) * (x u) * d.
         let x = ndarray::array![[2.0f32]];
-        let out = expert(
-            x.view(),
-            ndarray::array![[0.5f32, 3.0]].view(),
-            ndarray::array![[0.25f32]].view(),
-            Precision::F32,
-        );
+        let out =
+            expert(x.view(), ndarray::array![[0.5f32, 3.0]].view(), ndarray::array![[0.25f32]].view(), Precision::F32);
         assert!((out[[0, 0]] - silu(1.0) * 6.0 * 0.25).abs() < 1e-6);
     }
 
@@ -338,13 +261,7 @@ mod tests {
     fn grouped_experts_zero_the_padding() {
         let l = Layer::new(2, 4, 2);
         let x = noise2((6, 4), 0.2, 1.0);
-        let out = grouped_experts(
-            x.view(),
-            &[0, 2, 4],
-            l.gate_up.view(),
-            l.down.view(),
-            Precision::F32,
-        );
+        let out = grouped_experts(x.view(), &[0, 2, 4], l.gate_up.view(), l.down.view(), Precision::F32);
         assert!(out.slice(s![4.., ..]).iter().all(|&v| v == 0.0));
         let e1 = expert(
             x.slice(s![2..4, ..]),

@@ -18,19 +18,9 @@ use ndarray::{Array1, Array2, ArrayView2};
 /// `weights[t, c]` rounded by `p` when `scale_by_weight`.
 ///
 /// Panics if `x` does not have one row per routed token.
-pub fn permute(
-    x: ArrayView2<f32>,
-    r: &Routing,
-    scale_by_weight: bool,
-    p: Precision,
-) -> Array2<f32> {
+pub fn permute(x: ArrayView2<f32>, r: &Routing, scale_by_weight: bool, p: Precision) -> Array2<f32> {
     let (t, k) = r.experts.dim();
-    assert_eq!(
-        x.nrows(),
-        t,
-        "permute: x has {} rows but the routing has {t} tokens",
-        x.nrows()
-    );
+    assert_eq!(x.nrows(), t, "permute: x has {} rows but the routing has {t} tokens", x.nrows());
     let mut out = Array2::zeros((t * k, x.ncols()));
     for ((ti, c), &row) in r.dest.indexed_iter() {
         let w = r.weights[[ti, c]];
@@ -46,12 +36,7 @@ pub fn permute(
 }
 
 /// [`permute`], then rowwise FP8 quantization ([`fp8::quantize_rowwise`]): `(q [T * k, H], scales [T * k])`.
-pub fn permute_fp8(
-    x: ArrayView2<f32>,
-    r: &Routing,
-    scale_by_weight: bool,
-    p: Precision,
-) -> (Array2<u8>, Array1<f32>) {
+pub fn permute_fp8(x: ArrayView2<f32>, r: &Routing, scale_by_weight: bool, p: Precision) -> (Array2<u8>, Array1<f32>) {
     fp8::quantize_rowwise(permute(x, r, scale_by_weight, p).view())
 }
 
@@ -66,9 +51,7 @@ pub fn padded_offsets(counts: &[u32], align: u32) -> Vec<u32> {
     let mut at = 0u32;
     for &c in counts {
         let padded = c.div_ceil(align).checked_mul(align);
-        at = padded
-            .and_then(|n| at.checked_add(n))
-            .expect("padded_offsets: padded row count overflows u32");
+        at = padded.and_then(|n| at.checked_add(n)).expect("padded_offsets: padded row count overflows u32");
         offsets.push(at);
     }
     offsets
@@ -96,12 +79,7 @@ pub fn unpermute(
         expert_out.nrows()
     );
     if let Some(s) = &shared {
-        assert_eq!(
-            s.dim(),
-            (t, h),
-            "unpermute: shared is {:?}, want ({t}, {h})",
-            s.dim()
-        );
+        assert_eq!(s.dim(), (t, h), "unpermute: shared is {:?}, want ({t}, {h})", s.dim());
     }
     let mut out = Array2::zeros((t, h));
     for ti in 0..t {
@@ -109,11 +87,7 @@ pub fn unpermute(
             let mut acc = 0.0f32;
             for c in 0..k {
                 let v = expert_out[[r.dest[[ti, c]] as usize, j]];
-                acc += if weight_outputs {
-                    r.weights[[ti, c]] * v
-                } else {
-                    v
-                };
+                acc += if weight_outputs { r.weights[[ti, c]] * v } else { v };
             }
             if let Some(s) = &shared {
                 acc += s[[ti, j]];
@@ -162,21 +136,9 @@ mod tests {
         let r = routing(array![[2, 0], [0, 1]], array![[0.6, 0.4], [0.7, 0.3]], 3);
         // Expert 0: (t0, c1), (t1, c0); expert 1: (t1, c1); expert 2: (t0, c0).
         assert_eq!(r.dest, array![[3, 0], [1, 2]]);
-        assert_eq!(
-            permute(x.view(), &r, false, Precision::F32),
-            array![[1.0], [2.0], [2.0], [1.0]]
-        );
-        let back = unpermute(
-            array![[10.0f32], [20.0], [30.0], [40.0]].view(),
-            &r,
-            true,
-            None,
-            Precision::F32,
-        );
-        assert_eq!(
-            back,
-            array![[0.6 * 40.0 + 0.4 * 10.0], [0.7 * 20.0 + 0.3 * 30.0]]
-        );
+        assert_eq!(permute(x.view(), &r, false, Precision::F32), array![[1.0], [2.0], [2.0], [1.0]]);
+        let back = unpermute(array![[10.0f32], [20.0], [30.0], [40.0]].view(), &r, true, None, Precision::F32);
+        assert_eq!(back, array![[0.6 * 40.0 + 0.4 * 10.0], [0.7 * 20.0 + 0.3 * 30.0]]);
     }
 
     #[test]

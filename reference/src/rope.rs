@@ -168,7 +168,12 @@ mod tests {
 
     #[test]
     fn smooth_band_interpolates() {
-        let sc = Llama3Scaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 64.0 };
+        let sc = Llama3Scaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 64.0,
+        };
         let f = inv_freq(10000.0, 16, Some(sc));
         let plain = inv_freq(10000.0, 16, None);
         let mut saw_band = false;

@@ -55,10 +55,7 @@ impl Routing {
         );
         let mut counts = vec![0u32; num_experts];
         for &e in &experts {
-            assert!(
-                (e as usize) < num_experts,
-                "routing: expert {e} >= {num_experts} experts"
-            );
+            assert!((e as usize) < num_experts, "routing: expert {e} >= {num_experts} experts");
             counts[e as usize] += 1;
         }
         let mut offsets = vec![0u32; num_experts + 1];
@@ -72,13 +69,7 @@ impl Routing {
             next[e as usize] += 1;
             row
         });
-        Routing {
-            experts,
-            weights,
-            counts,
-            offsets,
-            dest,
-        }
+        Routing { experts, weights, counts, offsets, dest }
     }
 
     /// Number of experts E.
@@ -121,9 +112,7 @@ fn top_k(logits: ArrayView1<f32>, key: &[f32], k: usize) -> Vec<u32> {
             if nan_a {
                 Ordering::Equal
             } else {
-                rank(key[b])
-                    .partial_cmp(&rank(key[a]))
-                    .expect("ranks are never NaN")
+                rank(key[b]).partial_cmp(&rank(key[a])).expect("ranks are never NaN")
             }
         })
     });
@@ -156,10 +145,7 @@ pub fn route_sigmoid_top1(logits: ArrayView2<f32>, p: Precision) -> Routing {
 /// Panics if `k` is 0 or larger than E.
 pub fn route_softmax_topk(logits: ArrayView2<f32>, k: usize, renormalize: bool) -> Routing {
     let (t, e) = logits.dim();
-    assert!(
-        k >= 1 && k <= e,
-        "route_softmax_topk: k = {k} with {e} experts"
-    );
+    assert!(k >= 1 && k <= e, "route_softmax_topk: k = {k} with {e} experts");
     let mut experts = Array2::zeros((t, k));
     let mut weights = Array2::zeros((t, k));
     for (ti, row) in logits.rows().into_iter().enumerate() {
@@ -185,10 +171,7 @@ pub fn route_softmax_topk(logits: ArrayView2<f32>, k: usize, renormalize: bool) 
 /// Softmax of one row in f32 with NaN replaced by -inf (probability 0); the denominator is summed in
 /// f64. A row with no finite maximum (all NaN / -inf) comes out NaN, like PyTorch's all -inf softmax.
 fn softmax_nan_as_neg_inf(row: ArrayView1<f32>) -> Vec<f32> {
-    let x: Vec<f32> = row
-        .iter()
-        .map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v })
-        .collect();
+    let x: Vec<f32> = row.iter().map(|&v| if v.is_nan() { f32::NEG_INFINITY } else { v }).collect();
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = x.iter().map(|&v| (v - max).exp()).collect();
     let sum: f64 = exps.iter().map(|&v| v as f64).sum();
@@ -231,11 +214,7 @@ mod tests {
 
     #[test]
     fn nan_is_never_chosen_over_a_number() {
-        let logits = array![
-            [NAN, -1.0, NAN],
-            [NAN, f32::NEG_INFINITY, NAN],
-            [NAN, NAN, NAN]
-        ];
+        let logits = array![[NAN, -1.0, NAN], [NAN, f32::NEG_INFINITY, NAN], [NAN, NAN, NAN]];
         let r = route_sigmoid_top1(logits.view(), Precision::Bf16);
         assert_eq!(r.experts, array![[1], [1], [0]]);
         assert_eq!(r.weights[[1, 0]], 0.0);
@@ -245,20 +224,14 @@ mod tests {
     #[test]
     fn softmax_topk_matches_mixtral() {
         let logits = array![[1.0f32, 3.0, 2.0, 0.0]];
-        let z: f32 = [1.0f32, 3.0, 2.0, 0.0]
-            .iter()
-            .map(|&x| (x - 3.0).exp())
-            .sum();
+        let z: f32 = [1.0f32, 3.0, 2.0, 0.0].iter().map(|&x| (x - 3.0).exp()).sum();
         let r = route_softmax_topk(logits.view(), 2, false);
         assert_eq!(r.experts, array![[1, 2]]);
         assert!((r.weights[[0, 0]] - 1.0 / z).abs() < 1e-7);
         assert!((r.weights[[0, 1]] - (-1.0f32).exp() / z).abs() < 1e-7);
         let rn = route_softmax_topk(logits.view(), 2, true);
         let s = r.weights[[0, 0]] + r.weights[[0, 1]];
-        assert_eq!(
-            rn.weights,
-            array![[r.weights[[0, 0]] / s, r.weights[[0, 1]] / s]]
-        );
+        assert_eq!(rn.weights, array![[r.weights[[0, 0]] / s, r.weights[[0, 1]] / s]]);
         assert_eq!(rn.experts, r.experts);
     }
 
@@ -288,10 +261,7 @@ mod tests {
     #[test]
     fn no_tokens() {
         let r = route_softmax_topk(Array2::<f32>::zeros((0, 4)).view(), 2, true);
-        assert_eq!(
-            (r.counts, r.offsets, r.dest.dim()),
-            (vec![0; 4], vec![0; 5], (0, 2))
-        );
+        assert_eq!((r.counts, r.offsets, r.dest.dim()), (vec![0; 4], vec![0; 5], (0, 2)));
     }
 
     /// Logits without ties, from a seed.

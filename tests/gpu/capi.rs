@@ -14,8 +14,14 @@ fn c_rmsnorm_equals_the_safe_api() {
     let (x, w) = (rand_bf16(&mut r, rows * cols, 2.0), rand_bf16(&mut r, cols, 1.0));
     let (dx, dw) = (upload_bf16(&x), upload_bf16(&w));
     let mut safe = poison_bf16(rows * cols);
-    rmsnorm(stream(), &Tensor::of(&dx, [rows, cols]).unwrap(), &Tensor::of(&dw, [cols]).unwrap(), 1e-5,
-            &mut TensorMut::of(&mut safe, [rows, cols]).unwrap()).unwrap();
+    rmsnorm(
+        stream(),
+        &Tensor::of(&dx, [rows, cols]).unwrap(),
+        &Tensor::of(&dw, [cols]).unwrap(),
+        1e-5,
+        &mut TensorMut::of(&mut safe, [rows, cols]).unwrap(),
+    )
+    .unwrap();
     let c_out = poison_bf16(rows * cols);
     let s = stream();
     let status = {

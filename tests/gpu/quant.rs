@@ -11,8 +11,13 @@ fn device_quant(x: &[f32], rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
     let dx = upload_bf16(x);
     let mut dq = poison_e4m3(rows * cols);
     let mut ds = poison_f32(rows);
-    quant_fp8(stream(), &Tensor::of(&dx, [rows, cols]).unwrap(), &mut TensorMut::of(&mut dq, [rows, cols]).unwrap(),
-              &mut TensorMut::of(&mut ds, [rows]).unwrap()).unwrap();
+    quant_fp8(
+        stream(),
+        &Tensor::of(&dx, [rows, cols]).unwrap(),
+        &mut TensorMut::of(&mut dq, [rows, cols]).unwrap(),
+        &mut TensorMut::of(&mut ds, [rows]).unwrap(),
+    )
+    .unwrap();
     (download(&dq).into_iter().map(|b| b.0).collect(), download(&ds))
 }
 
@@ -68,7 +73,11 @@ fn edge_rows_zero_nan_and_huge() {
     x[cols + 3] = f32::NAN;
     x[3 * cols + 5] = 1.0e-20;
     let (q, s) = device_quant(&x, 4, cols);
-    let (wq, ws) = fp8::quantize_rowwise(Array2::from_shape_vec((4, cols), x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect()).unwrap().view());
+    let (wq, ws) = fp8::quantize_rowwise(
+        Array2::from_shape_vec((4, cols), x.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect())
+            .unwrap()
+            .view(),
+    );
     assert_eq!(s, ws.to_vec());
     assert_eq!(q[cols + 3], fp8::E4M3_NAN);
     assert_bytes_equal("quant edges", &q, wq.as_slice().unwrap(), cols);

@@ -76,19 +76,37 @@ fn bad_shapes_are_clear_errors() {
     let dx = upload_bf16(&[1.0; 64]);
     let dw = upload_bf16(&[1.0; 16]);
     let mut dy = poison_bf16(64);
-    let e = rmsnorm(stream(), &Tensor::of(&dx, [4, 16]).unwrap(), &Tensor::of(&dw, [16]).unwrap(), EPS,
-                    &mut TensorMut::of(&mut dy, [2, 32]).unwrap()).unwrap_err();
+    let e = rmsnorm(
+        stream(),
+        &Tensor::of(&dx, [4, 16]).unwrap(),
+        &Tensor::of(&dw, [16]).unwrap(),
+        EPS,
+        &mut TensorMut::of(&mut dy, [2, 32]).unwrap(),
+    )
+    .unwrap_err();
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("y [2, 32] != x [4, 16]")), "{e}");
     assert!(Tensor::of(&dx, [4, 17]).is_err(), "a view larger than its buffer");
-    let e = rmsnorm(stream(), &Tensor::of(&dx, [4, 16]).unwrap(), &Tensor::of(&dw, [16]).unwrap(), f32::NAN,
-                    &mut TensorMut::of(&mut dy, [4, 16]).unwrap()).unwrap_err();
+    let e = rmsnorm(
+        stream(),
+        &Tensor::of(&dx, [4, 16]).unwrap(),
+        &Tensor::of(&dw, [16]).unwrap(),
+        f32::NAN,
+        &mut TensorMut::of(&mut dy, [4, 16]).unwrap(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("eps"), "{e}");
     // Longer rows than the kernel holds: refused, never mishandled.
     let long = 32768 + 8;
     let dl = upload_bf16(&vec![1.0; long]);
     let dwl = upload_bf16(&vec![1.0; long]);
     let mut dyl = poison_bf16(long);
-    let e = rmsnorm(stream(), &Tensor::of(&dl, [1, long]).unwrap(), &Tensor::of(&dwl, [long]).unwrap(), EPS,
-                    &mut TensorMut::of(&mut dyl, [1, long]).unwrap()).unwrap_err();
+    let e = rmsnorm(
+        stream(),
+        &Tensor::of(&dl, [1, long]).unwrap(),
+        &Tensor::of(&dwl, [long]).unwrap(),
+        EPS,
+        &mut TensorMut::of(&mut dyl, [1, long]).unwrap(),
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Unsupported(_)), "{e}");
 }

@@ -34,7 +34,14 @@ fn case() -> impl Strategy<Value = Case> {
         any::<u64>(),
     )
         .prop_map(|(tokens, n_kv, group, head_dim, kind, scaled, extra_slots, seed)| Case {
-            tokens, n_kv, group, head_dim, kind, scaled, extra_slots, seed,
+            tokens,
+            n_kv,
+            group,
+            head_dim,
+            kind,
+            scaled,
+            extra_slots,
+            seed,
         })
 }
 
@@ -45,7 +52,8 @@ fn check(c: &Case, bad: usize) {
     let width = (hq + 2 * hkv) * d;
     let qkv = rand_bf16(&mut r, t * width, 3.0);
     // Positions up to 2^17: angles past 1e5 rad, where only an accurate sincos survives.
-    let pos: Vec<i32> = (0..t).map(|_| if r.gen_bool(0.3) { r.gen_range(0..16) } else { r.gen_range(0..131072) }).collect();
+    let pos: Vec<i32> =
+        (0..t).map(|_| if r.gen_bool(0.3) { r.gen_range(0..16) } else { r.gen_range(0..131072) }).collect();
     let cache_slots = t + c.extra_slots;
     let mut rows: Vec<i64> = (0..cache_slots as i64).collect();
     rows.shuffle(&mut r);
@@ -96,7 +104,13 @@ fn check(c: &Case, bad: usize) {
 
     let upos: Vec<u32> = pos.iter().map(|&p| p as u32).collect();
     let (wq, wk, wv) = reference::prepare_qkv(
-        Array2::from_shape_vec((t, width), qkv).unwrap().view(), &upos, hq, hkv, d, &ref_kind, Precision::Bf16,
+        Array2::from_shape_vec((t, width), qkv).unwrap().view(),
+        &upos,
+        hq,
+        hkv,
+        d,
+        &ref_kind,
+        Precision::Bf16,
     );
     assert_matches("rope q", &download_bf16(&q), wq.as_slice().unwrap(), TOL_BF16, 0.99);
 
@@ -119,7 +133,10 @@ fn check(c: &Case, bad: usize) {
     assert_matches("rope v (a copy)", &gv, &rv, 0.0, 1.0);
     for (s, w) in written.iter().enumerate() {
         if !w {
-            assert!(kc[s * row..(s + 1) * row].iter().chain(&vc[s * row..(s + 1) * row]).all(|v| v.is_nan()), "cache row {s} was written");
+            assert!(
+                kc[s * row..(s + 1) * row].iter().chain(&vc[s * row..(s + 1) * row]).all(|v| v.is_nan()),
+                "cache row {s} was written"
+            );
         }
     }
     assert_eq!(download(&bad_count)[0] as usize, bad.min(t), "bad slot count");
@@ -146,7 +163,16 @@ fn out_of_range_slots_are_counted_and_not_written() {
 #[ignore = "needs a CUDA GPU"]
 fn scout_layer_shapes() {
     for kind in 0..4 {
-        let c = Case { tokens: 37, n_kv: 8, group: 5, head_dim: 128, kind, scaled: true, extra_slots: 1, seed: 5 + kind as u64 };
+        let c = Case {
+            tokens: 37,
+            n_kv: 8,
+            group: 5,
+            head_dim: 128,
+            kind,
+            scaled: true,
+            extra_slots: 1,
+            seed: 5 + kind as u64,
+        };
         check(&c, 0);
     }
 }

@@ -46,6 +46,7 @@ proptest! {
 fn odd_gate_up_width_is_rejected() {
     let d = upload_bf16(&[1.0; 14]);
     let mut out = poison_bf16(7);
-    let e = swiglu(stream(), &Tensor::of(&d, [2, 7]).unwrap(), &mut TensorMut::of(&mut out, [1, 7]).unwrap()).unwrap_err();
+    let e =
+        swiglu(stream(), &Tensor::of(&d, [2, 7]).unwrap(), &mut TensorMut::of(&mut out, [1, 7]).unwrap()).unwrap_err();
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("even")), "{e}");
 }

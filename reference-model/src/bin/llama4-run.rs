@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-const USAGE: &str =
-    "usage: llama4-run CHECKPOINT_DIR (--tokens ID,ID,... | --text TEXT) [--max-new N] \
+const USAGE: &str = "usage: llama4-run CHECKPOINT_DIR (--tokens ID,ID,... | --text TEXT) [--max-new N] \
 [--device cpu|cuda] [--save-logits FILE]";
 
 #[derive(Debug)]
@@ -35,8 +34,7 @@ struct Args {
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
-    let (mut dir, mut prompt, mut max_new, mut device, mut save) =
-        (None, None, 16, "cpu".to_string(), None);
+    let (mut dir, mut prompt, mut max_new, mut device, mut save) = (None, None, 16, "cpu".to_string(), None);
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
         match a.as_str() {
@@ -44,9 +42,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--text" => prompt = Some(Prompt::Text(value("--text")?)),
             "--max-new" => {
                 let v = value("--max-new")?;
-                max_new = v
-                    .parse()
-                    .map_err(|_| format!("--max-new: `{v}` is not a non-negative integer"))?;
+                max_new = v.parse().map_err(|_| format!("--max-new: `{v}` is not a non-negative integer"))?;
             }
             "--device" => device = value("--device")?,
             "--save-logits" => save = Some(PathBuf::from(value("--save-logits")?)),
@@ -69,10 +65,7 @@ fn parse_ids(s: &str) -> Result<Vec<u32>, String> {
     let ids = s
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.parse::<u32>()
-                .map_err(|_| format!("--tokens: `{t}` is not a token id"))
-        })
+        .map(|t| t.parse::<u32>().map_err(|_| format!("--tokens: `{t}` is not a token id")))
         .collect::<Result<Vec<_>, _>>()?;
     if ids.is_empty() {
         return Err("--tokens: no token ids".into());
@@ -119,10 +112,7 @@ fn run(args: &Args) -> Result<(), Error> {
         args.dir.display(),
         model.backend.name(),
         c.num_hidden_layers,
-        c.ffn
-            .iter()
-            .filter(|f| **f == llama4_model::config::Ffn::Moe)
-            .count(),
+        c.ffn.iter().filter(|f| **f == llama4_model::config::Ffn::Moe).count(),
         c.hidden_size,
         c.vocab_size,
         c.num_local_experts,
@@ -131,35 +121,19 @@ fn run(args: &Args) -> Result<(), Error> {
     let tok = tokenizer::Tok::open(&args.dir, matches!(args.prompt, Prompt::Text(_)))?;
     let prompt = match &args.prompt {
         Prompt::Ids(ids) => ids.clone(),
-        Prompt::Text(text) => tok
-            .as_ref()
-            .map(|t| t.encode(text))
-            .unwrap_or_else(|| Ok(Vec::new()))?,
+        Prompt::Text(text) => tok.as_ref().map(|t| t.encode(text)).unwrap_or_else(|| Ok(Vec::new()))?,
     };
     println!("prompt: {} tokens {:?}", prompt.len(), prompt);
-    let gen = model.generate_with(
-        &prompt,
-        args.max_new,
-        args.save_logits.is_some(),
-        |i, id, took| {
-            let what = if i == 0 {
-                format!("prefill of {} tokens", prompt.len())
-            } else {
-                "decode".into()
-            };
-            println!("token {:>4}: {id:>7}   {} ({what})", i + 1, ms(took));
-        },
-    )?;
+    let gen = model.generate_with(&prompt, args.max_new, args.save_logits.is_some(), |i, id, took| {
+        let what = if i == 0 { format!("prefill of {} tokens", prompt.len()) } else { "decode".into() };
+        println!("token {:>4}: {id:>7}   {} ({what})", i + 1, ms(took));
+    })?;
     println!("generated: {:?}", gen.tokens);
     if let Some(t) = &tok {
         println!("text: {:?}", t.decode(&gen.tokens)?);
     }
     let per_tok = gen.prefill.as_secs_f64() * 1e3 / prompt.len() as f64;
-    println!(
-        "prefill: {} tokens in {} ({per_tok:.3} ms/token)",
-        prompt.len(),
-        ms(gen.prefill)
-    );
+    println!("prefill: {} tokens in {} ({per_tok:.3} ms/token)", prompt.len(), ms(gen.prefill));
     if !gen.steps.is_empty() {
         let total: Duration = gen.steps.iter().sum();
         let mean = total.as_secs_f64() * 1e3 / gen.steps.len() as f64;
@@ -167,12 +141,7 @@ fn run(args: &Args) -> Result<(), Error> {
     }
     if let (Some(path), Some(logits)) = (&args.save_logits, &gen.logits) {
         logits_file::save(path, logits)?;
-        println!(
-            "saved logits [{}, {}] to {}",
-            logits.nrows(),
-            logits.ncols(),
-            path.display()
-        );
+        println!("saved logits [{}, {}] to {}", logits.nrows(), logits.ncols(), path.display());
     }
     Ok(())
 }
@@ -195,10 +164,7 @@ mod tokenizer {
             let path = dir.join("tokenizer.json");
             if !path.is_file() {
                 return match needed {
-                    true => Err(Error::Input(format!(
-                        "--text needs {}, which does not exist",
-                        path.display()
-                    ))),
+                    true => Err(Error::Input(format!("--text needs {}, which does not exist", path.display()))),
                     false => Ok(None),
                 };
             }
@@ -208,17 +174,12 @@ mod tokenizer {
         }
 
         pub fn encode(&self, text: &str) -> Result<Vec<u32>, Error> {
-            let enc = self
-                .0
-                .encode(text, true)
-                .map_err(|e| Error::Input(format!("tokenizing: {e}")))?;
+            let enc = self.0.encode(text, true).map_err(|e| Error::Input(format!("tokenizing: {e}")))?;
             Ok(enc.get_ids().to_vec())
         }
 
         pub fn decode(&self, ids: &[u32]) -> Result<String, Error> {
-            self.0
-                .decode(ids, false)
-                .map_err(|e| Error::Input(format!("detokenizing: {e}")))
+            self.0.decode(ids, false).map_err(|e| Error::Input(format!("detokenizing: {e}")))
         }
     }
 
@@ -230,7 +191,8 @@ mod tokenizer {
         pub fn open(_dir: &Path, needed: bool) -> Result<Option<Tok>, Error> {
             match needed {
                 true => Err(Error::Input(
-                    "--text needs the `tokenizer` feature: rebuild with `--features tokenizer`, or pass --tokens".into(),
+                    "--text needs the `tokenizer` feature: rebuild with `--features tokenizer`, or pass --tokens"
+                        .into(),
                 )),
                 false => Ok(None),
             }

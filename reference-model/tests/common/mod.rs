@@ -20,10 +20,7 @@ pub fn fixtures() -> Vec<PathBuf> {
         .filter(|p| p.join("golden.json").is_file())
         .collect();
     dirs.sort();
-    assert!(
-        dirs.len() >= 6,
-        "expected the six fixtures of scripts/hf_fixtures.py, found {dirs:?}"
-    );
+    assert!(dirs.len() >= 6, "expected the six fixtures of scripts/hf_fixtures.py, found {dirs:?}");
     dirs
 }
 
@@ -39,13 +36,7 @@ pub struct Golden {
 pub fn golden(dir: &Path) -> Golden {
     let text = std::fs::read_to_string(dir.join("golden.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let list = |k: &str| -> Vec<u32> {
-        v[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let list = |k: &str| -> Vec<u32> { v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
     let logits = logits_file::load(&dir.join("logits.safetensors"), "logits").unwrap();
     Golden {
         ids: list("input_ids"),
@@ -105,21 +96,13 @@ pub type Entries = std::collections::BTreeMap<String, (safetensors::Dtype, Vec<u
 pub fn read_entries(path: &Path) -> Entries {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect()
+    st.tensors().into_iter().map(|(n, v)| (n, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect()
 }
 
 pub fn write_entries(path: &Path, e: &Entries) {
     let views: Vec<(String, safetensors::tensor::TensorView)> = e
         .iter()
-        .map(|(n, (d, s, b))| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
-            )
-        })
+        .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
     safetensors::serialize_to_file(views, &None, path).unwrap();
 }
@@ -127,14 +110,9 @@ pub fn write_entries(path: &Path, e: &Entries) {
 /// Edits `dir/config.json` (the text config, nested or not) in place.
 pub fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) {
     let path = dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let obj = v.as_object_mut().unwrap();
-    let text = if obj.contains_key("text_config") {
-        obj["text_config"].as_object_mut().unwrap()
-    } else {
-        obj
-    };
+    let text = if obj.contains_key("text_config") { obj["text_config"].as_object_mut().unwrap() } else { obj };
     f(text);
     std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
