@@ -33,6 +33,12 @@ fn main() {
         .collect();
     sources.sort();
 
+    // An object newer than its source and every project header is reused: the CUTLASS units take minutes, and
+    // a change to one kernel should not rebuild the others. (Flags and toolkit changes rerun via rerun-if-env.)
+    let headers = newest_header();
+    let flags_stamp = out.join("nvcc-flags");
+    let flags = format!("{}|{}|{}", nvcc.display(), cutlass.display(), env::var("L4K_NVCC_FLAGS").unwrap_or_default());
+    let same_flags = std::fs::read_to_string(&flags_stamp).is_ok_and(|f| f == flags);
     // Each translation unit compiles on its own thread: nvcc is single-threaded and the units are independent.
     let objects: Vec<PathBuf> = std::thread::scope(|s| {
         let jobs: Vec<_> = sources
@@ -40,14 +46,19 @@ fn main() {
             .map(|src| {
                 let obj = out.join(src.file_stem().unwrap()).with_extension("o");
                 let (nvcc, cutlass, cuda) = (&nvcc, &cutlass, &cuda);
+                let fresh = same_flags && mtime(&obj).is_some_and(|o| Some(o) > mtime(src) && Some(o) > headers);
                 s.spawn(move || {
-                    compile(nvcc, cuda, cutlass, src, &obj);
+                    if !fresh {
+                        compile(nvcc, cuda, cutlass, src, &obj);
+                    }
                     obj
                 })
             })
             .collect();
         jobs.into_iter().map(|j| j.join().unwrap()).collect()
     });
+
+    std::fs::write(&flags_stamp, flags).expect("writing the nvcc flags stamp");
 
     let lib = out.join("libl4k_kernels.a");
     let _ = std::fs::remove_file(&lib);
@@ -97,6 +108,21 @@ fn compile(nvcc: &Path, cuda: &Path, cutlass: &Path, src: &Path, obj: &Path) {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
         fail(&format!("nvcc failed on {}", src.display()));
     }
+}
+
+fn mtime(p: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// The newest header under kernels/ and include/: any of them may be included by any unit.
+fn newest_header() -> Option<std::time::SystemTime> {
+    ["kernels", "include"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "h" || x == "cuh"))
+        .filter_map(|p| mtime(&p))
+        .max()
 }
 
 fn find_cuda() -> Option<PathBuf> {

@@ -118,6 +118,35 @@ pub fn run_case(
     shape: &str,
     tokens: usize,
     bytes: usize,
+    launch: impl FnMut(usize),
+) {
+    run_case_with_flops(c, family, variant, shape, tokens, bytes, 0, launch)
+}
+
+/// A matrix case: also reports TFLOP/s (`flops` per call).
+#[allow(clippy::too_many_arguments)]
+pub fn run_gemm_case(
+    c: &mut Criterion,
+    family: &str,
+    variant: &str,
+    shape: &str,
+    tokens: usize,
+    bytes: usize,
+    flops: usize,
+    launch: impl FnMut(usize),
+) {
+    run_case_with_flops(c, family, variant, shape, tokens, bytes, flops, launch)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_case_with_flops(
+    c: &mut Criterion,
+    family: &str,
+    variant: &str,
+    shape: &str,
+    tokens: usize,
+    bytes: usize,
+    flops: usize,
     mut launch: impl FnMut(usize),
 ) {
     let ceiling = copy_ceiling_gbps();
@@ -134,17 +163,22 @@ pub fn run_case(
     let us = time_per_call(reps, 30, &mut launch);
     let gbps = bytes as f64 / (us * 1e3);
     println!(
-        "{family}/{variant}/{shape}: {us:.2} us, {gbps:.0} GB/s = {:.0}% of the {ceiling:.0} GB/s copy ceiling",
-        100.0 * gbps / ceiling
+        "{family}/{variant}/{shape}: {us:.2} us, {gbps:.0} GB/s = {:.0}% of the {ceiling:.0} GB/s copy ceiling{}",
+        100.0 * gbps / ceiling,
+        if flops > 0 { format!(", {:.0} TFLOP/s", flops as f64 / (us * 1e6)) } else { String::new() }
     );
-    record(family, variant, shape, bytes, us, tokens);
+    record_flops(family, variant, shape, bytes, flops, us, tokens);
 }
 
 fn record(family: &str, variant: &str, shape: &str, bytes: usize, us: f64, tokens: usize) {
+    record_flops(family, variant, shape, bytes, 0, us, tokens)
+}
+
+fn record_flops(family: &str, variant: &str, shape: &str, bytes: usize, flops: usize, us: f64, tokens: usize) {
     let Some(path) = std::env::var_os("L4K_BENCH_JSON") else { return };
     let line = serde_json::json!({
         "source": "llama4-kernels", "family": family, "variant": variant, "shape": shape, "tokens": tokens,
-        "bytes": bytes, "us": us, "device": gpu().describe(),
+        "bytes": bytes, "flops": flops, "us": us, "device": gpu().describe(),
     });
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
     writeln!(f, "{line}").unwrap();

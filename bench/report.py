@@ -30,10 +30,11 @@ for r in ours:
         continue
     seen.add(key)
     gbps = r["bytes"] / r["us"] / 1e3
+    tflops = f" ({r['flops'] / r['us'] / 1e6:.0f} TFLOP/s)" if r.get("flops") else ""
     cands = [p for p in peers if (p["family"], p["variant"], p["shape"]) == key and p["family"] != "copy"]
     best = min(cands, key=lambda p: p["us"]) if cands else None
     peer = f"{best['peer']} | {best['us']:.2f} | {best['us'] / r['us']:.2f}x" if best else "- | - | -"
-    print(f"| {r['family']}/{r['variant']} | {r['shape']} | {r['us']:.2f} | {gbps:.0f} | {100 * gbps / ceiling:.0f}% | {peer} |")
+    print(f"| {r['family']}/{r['variant']} | {r['shape']} | {r['us']:.2f}{tflops} | {gbps:.0f} | {100 * gbps / ceiling:.0f}% | {peer} |")
 if peers:
     print("\nAll peer figures (us):\n")
     print("| op | shape | peer | us |")

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the staged bundle (scripts/stage-gpu.sh copies this file to gpu-bundle/run.sh).
 #   run.sh [tests] [sanitize] [sweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
+# L4K_ONLY=<family> limits bench and peers to one family (torch_peers.py always runs: it has several families).
 # Results go to $OUT (the device tool's folder) or gpu-bundle/results: tests.log, sanitizer.log, bench.log,
 # ours.jsonl, peers.jsonl, bench.md, summary.txt. Exit status: non-zero if any test or sanitizer run failed.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/results}"
 mkdir -p "$out"
+[[ -d "$here/bin" ]] || tar -C "$here" -xJf "$here/bin.tar.xz" || { echo "cannot unpack $here/bin.tar.xz" >&2; exit 1; }
 steps=("$@")
 ((${#steps[@]})) || steps=(tests bench peers)
 has() { [[ " ${steps[*]} " == *" $1 "* ]]; }
@@ -60,6 +62,7 @@ fi
 
 if has bench; then
   for b in "$here"/bin/bench-*; do
+    [[ -z "${L4K_ONLY:-}" || "$b" == *"$L4K_ONLY"* ]] || continue
     L4K_BENCH_JSON="$out/ours.jsonl" "$b" --bench >>"$out/bench.log" 2>&1 || { note "bench $(basename "$b"): FAILED"; status=1; }
   done
   note "benches done: $(wc -l <"$out/ours.jsonl" 2>/dev/null || echo 0) records"
@@ -68,8 +71,12 @@ fi
 if has peers; then
   flags=()
   has nocompile && flags+=(--no-compile)
-  PYTHONUNBUFFERED=1 python3 "$here/peers/torch_peers.py" --json "$out/peers.jsonl" "${flags[@]}" >>"$out/bench.log" 2>&1 \
-    || { note "torch peers: FAILED (see bench.log)"; status=1; }
+  for script in "$here"/peers/torch_*.py; do
+    [[ -z "${L4K_ONLY:-}" || "$script" == *"$L4K_ONLY"* || "$script" == */torch_peers.py ]] || continue
+    [[ "$script" == */torch_peers.py ]] && args=("${flags[@]}") || args=()
+    PYTHONUNBUFFERED=1 python3 "$script" --json "$out/peers.jsonl" "${args[@]}" >>"$out/bench.log" 2>&1 \
+      || { note "$(basename "$script"): FAILED (see bench.log)"; status=1; }
+  done
 fi
 
 if has bench; then

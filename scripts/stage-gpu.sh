@@ -43,11 +43,15 @@ cc -std=c99 -Wall -Wextra -Werror -pedantic -Iinclude tests/c/abi_smoke.c target
   -lstdc++ -ldl -lrt -lpthread -lm -o "$bundle/bin/abi_smoke"
 strip "$bundle/bin/abi_smoke"
 
+# The binaries travel compressed (each carries every kernel's SASS, CUTLASS's included); run.sh unpacks them.
+tar -C "$bundle" -cf - bin | xz -T0 -6 >"$bundle/bin.tar.xz"
+rm -rf "$bundle/bin"
+
 cp scripts/gpu-run.sh "$bundle/run.sh"
 cp scripts/sanitizer-probe.cu "$bundle/"
 cp bench/peers/*.py bench/report.py "$bundle/peers/"
 size=$(du -sm "$bundle" | cut -f1)
-ls -la "$bundle/bin"
+ls -la "$bundle"
 echo "staged $bundle: ${size} MiB"
 if ((size >= 64)); then
   echo "error: $bundle is ${size} MiB; the device tool carries at most 64 MiB" >&2

@@ -1,0 +1,59 @@
+//! grouped_gemm/<variant>/<proj>_T<tokens>_E16: Llama 4 Scout's routed experts, tokens spread evenly over 16
+//! experts. gate_up: [T, 5120] x [16, 16384, 5120]; down: [T, 8192] x [16, 5120, 8192]. FLOPs = 2 T N K; bytes =
+//! the weights of every expert with rows + A + D. PyTorch's _scaled_grouped_mm runs in bench/peers.
+mod common;
+use common::*;
+use criterion::{criterion_group, criterion_main, Criterion};
+use llama4_kernels::grouped_gemm::{grouped_gemm_fp8, workspace_size, GroupedGemm, Schedule};
+use llama4_kernels::{Tensor, TensorMut, E4M3};
+
+const EXPERTS: usize = 16;
+
+fn bench(c: &mut Criterion) {
+    for (proj, n, k) in [("gate_up", 16384usize, 5120usize), ("down", 5120, 8192)] {
+        let weights = rand_fp8(EXPERTS * n * k, 7);
+        let scale_b = rand_scales(EXPERTS * n, 8);
+        let mut ws = zeros::<u8>(workspace_size(EXPERTS).unwrap());
+        for t in [16384usize, 4096, 512, 128] {
+            let a = rand_fp8(t * k, t as u64);
+            let scale_a = rand_scales(t, 9);
+            let offsets: Vec<i32> = (0..=EXPERTS).map(|e| (e * t / EXPERTS) as i32).collect();
+            let offs = stream().clone_htod(&offsets).unwrap();
+            let mut d = zeros(t * n);
+            let ws_len = ws.len();
+            let flops = 2 * t * n * k;
+            let bytes = EXPERTS * n * k + t * k + 2 * t * n;
+            let mut variants = vec![("auto", Schedule::Auto), ("prefill", Schedule::Prefill), ("decode", Schedule::Decode)];
+            if t >= 4096 {
+                variants.push(("prefill_fast_accum", Schedule::PrefillFastAccum));
+            }
+            for (name, schedule) in variants {
+                let (ta, tsa) = (Tensor::of(&a, [t, k]).unwrap(), Tensor::of(&scale_a, [t]).unwrap());
+                let (tb, tsb) = (Tensor::of(&weights, [EXPERTS, n, k]).unwrap(), Tensor::of(&scale_b, [EXPERTS, n]).unwrap());
+                let to = Tensor::of(&offs, [EXPERTS + 1]).unwrap();
+                let g = GroupedGemm { a: &ta, scale_a: &tsa, b: &tb, scale_b: &tsb, offsets: &to, counts: None };
+                run_gemm_case(c, "grouped_gemm", name, &format!("{proj}_T{t}_E{EXPERTS}"), t, bytes, flops, |_| {
+                    grouped_gemm_fp8(stream(), &g, &mut TensorMut::of(&mut d, [t, n]).unwrap(),
+                                     &mut TensorMut::of(&mut ws, [ws_len]).unwrap(), None, schedule).unwrap()
+                });
+            }
+        }
+    }
+}
+
+fn rand_fp8(n: usize, seed: u64) -> cudarc::driver::CudaSlice<E4M3> {
+    use rand::{Rng, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    // Random finite codes of moderate magnitude (never the NaN codes 0x7F / 0xFF).
+    let host: Vec<E4M3> = (0..n).map(|_| E4M3(r.gen_range(0x20u8..0x50) | if r.gen() { 0x80 } else { 0 })).collect();
+    stream().clone_htod(&host).unwrap()
+}
+
+fn rand_scales(n: usize, seed: u64) -> cudarc::driver::CudaSlice<f32> {
+    use rand::{Rng, SeedableRng};
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    stream().clone_htod(&(0..n).map(|_| r.gen_range(1e-3f32..1e-2)).collect::<Vec<_>>()).unwrap()
+}
+
+criterion_group! { name = benches; config = criterion(); targets = bench }
+criterion_main!(benches);

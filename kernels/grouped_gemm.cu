@@ -1,0 +1,238 @@
+// FP8 (E4M3) grouped GEMM for the routed experts, on CUTLASS 4.x for sm_90a: TMA loads, wgmma, warp-specialized
+// persistent kernels over a pointer-array grouped problem, the rowwise scales applied in the epilogue.
+//
+// Problem descriptors (per-expert M, pointers, strides) are built on the device from the expert offsets by a
+// one-block setup kernel, into the caller's workspace: no host synchronization, capturable in a CUDA graph. An
+// expert with zero rows has M = 0 and the group tile scheduler gives it no tiles.
+//
+// Epilogue: D = bf16(scale_a[m] * (acc * scale_b[n])), an EVT of two broadcasts whose pointers are per group
+// (CUTLASS's array-of-pointers broadcasts): scale_a points at the expert's first row, scale_b at its row of the
+// [experts, n] scales.
+//
+// Configurations (L4kGemmSchedule):
+// - PREFILL: D = A B^T with 128x128x128 cooperative tiles and a 1x2 cluster (the A tile is multicast to both
+//   CTAs of a cluster); tensor-core bound at hundreds of rows per expert. FP8 products are promoted to a
+//   separate f32 accumulator every few k-blocks (accurate at k = 8192).
+// - PREFILL_FAST_ACCUM: 128x256 tiles accumulated in the tensor cores only (CUTLASS example 57's choice).
+// - DECODE: D^T = B A^T. With a handful of rows per expert the GEMM is bound by reading the weights; swapping
+//   puts the weights' n in the 128-wide wgmma M and the few tokens in a 32-wide N, so no MMA work is wasted on
+//   padding rows and every byte of weight is read once.
+#include <cutlass/cutlass.h>
+#include <cute/tensor.hpp>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/sm90_callbacks_tma_warpspecialized.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/group_array_problem_shape.hpp>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+
+#include "grouped_gemm_params.h"
+
+namespace l4k::grouped_gemm {
+
+using namespace cute;
+namespace fu = cutlass::epilogue::fusion;
+
+using ProblemShape = cutlass::gemm::GroupProblemShape<Shape<int, int, int>>;
+using Fp8 = cutlass::float_e4m3_t;
+using Bf16 = cutlass::bfloat16_t;
+using RowMajor = cutlass::layout::RowMajor;
+using ColMajor = cutlass::layout::ColumnMajor;
+constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
+
+// One kernel configuration. Swap = false: GEMM (M, N) = (rows, n), A = activations (row-major), B = weights.
+// Swap = true: GEMM (M, N) = (n, rows), A = weights (row-major [n, k]), B = activations, D column-major.
+template <bool Swap, class Tile, class Cluster, class KernelSchedule, class EpilogueSchedule>
+struct Config {
+  static constexpr bool kSwap = Swap;
+  using ElementA = Fp8;
+  using ElementB = Fp8;
+  using LayoutD = cute::conditional_t<Swap, ColMajor, RowMajor>;
+  // Per-row (GEMM M) scale: a column broadcast; per-column (GEMM N) scale: a row broadcast. Alignment 1: an
+  // expert's scales start at an arbitrary row.
+  using ScaleM = fu::Sm90ColBroadcast<0, Tile, float*, float, Stride<_1, _0, _0>, 1>;
+  using ScaleN = fu::Sm90RowBroadcast<0, Tile, float*, float, Stride<_0, _1, _0>, 1>;
+  using TimesN = fu::Sm90EVT<fu::Sm90Compute<cutlass::multiplies, float, float, kRound>, fu::Sm90AccFetch, ScaleN>;
+  using Fusion = fu::Sm90EVT<fu::Sm90Compute<cutlass::multiplies, Bf16, float, kRound>, ScaleM, TimesN>;
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster, cutlass::epilogue::collective::EpilogueTileAuto,
+      float, float, void, LayoutD*, 8, Bf16, LayoutD*, 8, EpilogueSchedule, Fusion>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Fp8, RowMajor*, 16, Fp8, ColMajor*, 16, float, Tile, Cluster,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      KernelSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using StrideA = typename Kernel::InternalStrideA;
+  using StrideB = typename Kernel::InternalStrideB;
+  using StrideD = typename Kernel::InternalStrideD;
+};
+
+// 128x128: with FP8 promotion (a second set of accumulators, added every few k-blocks) a 128x256 tile needs
+// 256 accumulator registers per thread and spills.
+using Prefill = Config<false, Shape<_128, _128, _128>, Shape<_1, _2, _1>,
+                       cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
+                       cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
+// Accumulation inside the tensor cores only (no promotion): half the registers, so 128x256 tiles fit.
+using PrefillFastAccum = Config<false, Shape<_128, _256, _128>, Shape<_1, _2, _1>,
+                                cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8FastAccum,
+                                cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
+using Decode = Config<true, Shape<_128, _32, _128>, Shape<_1, _1, _1>,
+                      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
+                      cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
+
+// The per-group descriptors, laid out at the front of the workspace; CUTLASS's own workspace follows.
+template <class C>
+struct Descriptors {
+  typename ProblemShape::UnderlyingProblemShape* shapes;
+  const Fp8** ptr_a;
+  const Fp8** ptr_b;
+  Bf16** ptr_d;
+  const float** scale_m;
+  const float** scale_n;
+  typename C::StrideA* stride_a;
+  typename C::StrideB* stride_b;
+  typename C::StrideD* stride_d;
+
+  static constexpr size_t round(size_t b) { return (b + 255) / 256 * 256; }
+  static size_t bytes(int experts) {
+    const size_t e = experts;
+    return round(e * sizeof(*shapes)) + 5 * round(e * sizeof(void*)) + round(e * sizeof(*stride_a)) +
+           round(e * sizeof(*stride_b)) + round(e * sizeof(*stride_d));
+  }
+  Descriptors(void* base, int experts) {
+    char* p = static_cast<char*>(base);
+    auto take = [&](auto*& field, size_t size) {
+      field = reinterpret_cast<std::remove_reference_t<decltype(field)>>(p);
+      p += round(experts * size);
+    };
+    take(shapes, sizeof(*shapes));
+    take(ptr_a, sizeof(void*));
+    take(ptr_b, sizeof(void*));
+    take(ptr_d, sizeof(void*));
+    take(scale_m, sizeof(void*));
+    take(scale_n, sizeof(void*));
+    take(stride_a, sizeof(*stride_a));
+    take(stride_b, sizeof(*stride_b));
+    take(stride_d, sizeof(*stride_d));
+  }
+};
+
+// A packed 2-D stride: its one dynamic entry is the leading dimension (the other is 1, the batch mode unused).
+template <class Stride>
+__device__ __forceinline__ Stride packed(int64_t ld) {
+  static_assert(is_static_v<remove_cvref_t<decltype(get<2>(Stride{}))>>, "grouped operands have no batch stride");
+  Stride s{};
+  if constexpr (is_static_v<remove_cvref_t<decltype(get<0>(s))>>) {
+    get<1>(s) = ld;
+  } else {
+    get<0>(s) = ld;
+  }
+  return s;
+}
+
+// One block: validate every expert's row range, then write its descriptors. Any inconsistency (a range outside
+// [0, rows), an end before its start, more counted rows than the range holds) zeroes every group's M, so the
+// GEMM writes nothing, and raises the caller's flag.
+template <class C>
+__global__ void setup_kernel(const L4kGroupedGemmParams p, Descriptors<C> g) {
+  __shared__ int bad;
+  if (threadIdx.x == 0) bad = 0;
+  __syncthreads();
+  const int n = static_cast<int>(p.n), k = static_cast<int>(p.k);
+  for (int e = threadIdx.x; e < p.experts; e += blockDim.x) {
+    const int64_t start = p.offsets[e], end = p.offsets[e + 1];
+    const int64_t m = p.counts ? p.counts[e] : end - start;
+    if (start < 0 || end < start || end > p.rows || m < 0 || m > end - start) bad = 1;
+    const Fp8* rows_a = static_cast<const Fp8*>(p.a) + start * p.k;
+    const Fp8* weights = static_cast<const Fp8*>(p.b) + static_cast<int64_t>(e) * p.n * p.k;
+    const float* sa = p.scale_a + start;
+    const float* sb = p.scale_b + static_cast<int64_t>(e) * p.n;
+    g.ptr_d[e] = static_cast<Bf16*>(p.d) + start * p.n;
+    // Every operand is packed with k (A, B) or n (D) as its leading dimension, in both orientations.
+    g.stride_a[e] = packed<typename C::StrideA>(p.k);
+    g.stride_b[e] = packed<typename C::StrideB>(p.k);
+    g.stride_d[e] = packed<typename C::StrideD>(p.n);
+    if constexpr (C::kSwap) {
+      g.shapes[e] = {n, static_cast<int>(m), k};
+      g.ptr_a[e] = weights, g.ptr_b[e] = rows_a;
+      g.scale_m[e] = sb, g.scale_n[e] = sa;
+    } else {
+      g.shapes[e] = {static_cast<int>(m), n, k};
+      g.ptr_a[e] = rows_a, g.ptr_b[e] = weights;
+      g.scale_m[e] = sa, g.scale_n[e] = sb;
+    }
+  }
+  __syncthreads();
+  if (bad) {
+    for (int e = threadIdx.x; e < p.experts; e += blockDim.x) get<0>(g.shapes[e]) = get<1>(g.shapes[e]) = 0;
+    if (threadIdx.x == 0 && p.bad_offsets) atomicExch(p.bad_offsets, 1u);
+  }
+}
+
+inline int sm_count() {
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return sms;
+}
+
+template <class C>
+typename C::Gemm::Arguments arguments(const L4kGroupedGemmParams& p, const Descriptors<C>& g, int sms) {
+  cutlass::KernelHardwareInfo hw;
+  cudaGetDevice(&hw.device_id);
+  hw.sm_count = sms;
+  typename C::Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGrouped,
+                                   {p.experts, g.shapes, nullptr},  // shapes live on the device only
+                                   {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b},
+                                   {{}, nullptr, nullptr, g.ptr_d, g.stride_d},
+                                   hw};
+  args.epilogue.thread = {{g.scale_m, 0.f, {}}, {{}, {g.scale_n, 0.f, {}}, {}}, {}};
+  return args;
+}
+
+template <class C>
+size_t workspace_size(int experts) {
+  const int sms = sm_count();
+  Descriptors<C> g(nullptr, experts);
+  L4kGroupedGemmParams p{};
+  p.experts = experts;
+  return Descriptors<C>::bytes(experts) + C::Gemm::get_workspace_size(arguments<C>(p, g, sms));
+}
+
+template <class C>
+int run(const L4kGroupedGemmParams& p, cudaStream_t stream) {
+  static const int sms = sm_count();  // the launch-time SM count of the first device used; persistent grid size
+  Descriptors<C> g(p.workspace, p.experts);
+  const size_t desc = Descriptors<C>::bytes(p.experts);
+  auto args = arguments<C>(p, g, sms);
+  if (static_cast<size_t>(p.workspace_bytes) < desc + C::Gemm::get_workspace_size(args)) return L4K_GEMM_STATUS_WORKSPACE;
+  setup_kernel<C><<<1, 256, 0, stream>>>(p, g);
+  typename C::Gemm gemm;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return L4K_GEMM_STATUS_CANNOT_IMPLEMENT;
+  if (gemm.initialize(args, static_cast<char*>(p.workspace) + desc, stream) != cutlass::Status::kSuccess)
+    return L4K_GEMM_STATUS_CUTLASS;
+  if (gemm.run(stream) != cutlass::Status::kSuccess) return L4K_GEMM_STATUS_CUTLASS;
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace l4k::grouped_gemm
+
+extern "C" size_t l4k_internal_grouped_gemm_workspace_size(int32_t experts) {
+  using namespace l4k::grouped_gemm;
+  size_t most = 0;
+  for (size_t s : {workspace_size<Prefill>(experts), workspace_size<PrefillFastAccum>(experts),
+                   workspace_size<Decode>(experts)})
+    most = s > most ? s : most;
+  return most;
+}
+
+extern "C" int l4k_launch_grouped_gemm(const L4kGroupedGemmParams* p, cudaStream_t stream) {
+  using namespace l4k::grouped_gemm;
+  switch (p->schedule) {
+    case L4K_GEMM_DECODE: return run<Decode>(*p, stream);
+    case L4K_GEMM_PREFILL_FAST_ACCUM: return run<PrefillFastAccum>(*p, stream);
+    default: return run<Prefill>(*p, stream);
+  }
+}

@@ -1,0 +1,44 @@
+// Launch parameters of the FP8 grouped GEMM (grouped_gemm.cu), mirrored in ops/ffi.rs.
+#pragma once
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Which kernel configuration runs; AUTO picks by total rows (ops/grouped_gemm.rs documents the threshold).
+typedef enum L4kGemmSchedule {
+  L4K_GEMM_AUTO = 0,
+  L4K_GEMM_PREFILL = 1,  // cooperative 128x128x128 tiles, cluster 1x2: many rows per expert, tensor-core bound
+  L4K_GEMM_DECODE = 2,   // A/B swapped, 128x32x128 tiles: few rows per expert, bound by reading the weights
+  L4K_GEMM_PREFILL_FAST_ACCUM = 3,  // 128x256 tiles, FP8 accumulation without promotion (faster, less exact)
+} L4kGemmSchedule;
+
+// D[r, :] = bf16((A[r, :] . B[e]^T) * scale_a[r] * scale_b[e, :]) for the rows r of expert e:
+// r in [offsets[e], offsets[e] + m_e) with m_e = counts ? counts[e] : offsets[e + 1] - offsets[e].
+typedef struct L4kGroupedGemmParams {
+  const void* a;           // [rows, k] E4M3, rows sorted by expert (the permute layout)
+  const float* scale_a;    // [rows] per-row scales
+  const void* b;           // [experts, n, k] E4M3, k contiguous (each expert's weight as nn.Linear [out, in])
+  const float* scale_b;    // [experts, n] per-(expert, output column) scales
+  const int32_t* offsets;  // [experts + 1] on the device: first row of each expert
+  const int32_t* counts;   // [experts] on the device, or NULL (see above); rows past m_e are not written
+  void* d;                 // [rows, n] bf16
+  uint32_t* bad_offsets;   // optional: set to 1 if offsets/counts are inconsistent (then no row is written)
+  void* workspace;         // l4k_grouped_gemm_workspace_size bytes
+  int64_t workspace_bytes;
+  int64_t rows;
+  int64_t n;               // multiple of 8
+  int64_t k;               // multiple of 16
+  int32_t experts;
+  int32_t schedule;        // L4kGemmSchedule
+} L4kGroupedGemmParams;
+
+// Launcher statuses beside the cudaError_t codes.
+#define L4K_GEMM_STATUS_WORKSPACE (-10)        // workspace smaller than l4k_grouped_gemm_workspace_size
+#define L4K_GEMM_STATUS_CANNOT_IMPLEMENT (-11) // CUTLASS refused the problem (alignment, sizes)
+#define L4K_GEMM_STATUS_CUTLASS (-12)          // CUTLASS failed to initialize or launch
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,154 @@
+//! FP8 (E4M3) grouped GEMM for the routed experts: `D[r] = bf16((A[r] . B[e]^T) * scale_a[r] * scale_b[e])` for
+//! the rows r of each expert e, on CUTLASS for sm_90a. Kernel: kernels/grouped_gemm.cu. Reference:
+//! llama4_reference::grouped_gemm::grouped_gemm_rowwise.
+//!
+//! Layout (shared with the permute kernels): A [rows, k] is sorted by expert; expert e owns rows
+//! `offsets[e] .. offsets[e] + m_e` with `m_e = counts[e]` when counts are given (a padded layout: the rows
+//! past m_e are neither read nor written) else `offsets[e + 1] - offsets[e]`. Offsets and counts stay on the
+//! device: the per-expert problem descriptors are built there, so nothing synchronizes and the call can be
+//! captured in a CUDA graph. Inconsistent offsets cannot be seen from the host without a sync: the kernel then
+//! computes nothing and raises the optional `bad_offsets` flag.
+
+use crate::error::{ensure, Result};
+use crate::ffi::{self, check_ptr, launched, GroupedGemmParams};
+use crate::tensor::{bf16, same_device, Tensor, TensorMut, E4M3};
+use cudarc::driver::sys::CUstream;
+use cudarc::driver::CudaStream;
+use std::ptr;
+
+const OP: &str = "grouped_gemm";
+
+/// Which kernel configuration runs (kernels/grouped_gemm.cu explains both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// By total rows: `Decode` up to [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average, else `Prefill`.
+    Auto,
+    /// 128x256 cooperative tiles: tensor-core bound shapes.
+    Prefill,
+    /// Swapped A/B with 32-token tiles: weight-bandwidth bound shapes (a few tokens per expert).
+    Decode,
+    /// 128x256 tiles accumulated in the tensor cores without promotion: faster, less exact at large k.
+    PrefillFastAccum,
+}
+
+/// Decode tiles hold 32 tokens of one expert; past that the weights would be read once per 32 tokens.
+pub const DECODE_MAX_ROWS_PER_EXPERT: usize = 32;
+
+impl Schedule {
+    fn resolve(self, rows: usize, experts: usize) -> i32 {
+        match self {
+            Schedule::Prefill => 1,
+            Schedule::Decode => 2,
+            Schedule::PrefillFastAccum => 3,
+            Schedule::Auto if rows <= DECODE_MAX_ROWS_PER_EXPERT * experts => 2,
+            Schedule::Auto => 1,
+        }
+    }
+}
+
+/// Device workspace bytes for `experts` groups on the current device (descriptors + CUTLASS's own).
+pub fn workspace_size(experts: usize) -> Result<usize> {
+    ensure!((1..=MAX_EXPERTS).contains(&experts), "{OP}: experts must be in 1..={MAX_EXPERTS} (got {experts})");
+    // SAFETY: a pure query of the current device's SM count and CUTLASS's sizing.
+    Ok(unsafe { ffi::l4k_internal_grouped_gemm_workspace_size(experts as i32) })
+}
+
+/// The setup kernel is one block; more experts than this are beyond any MoE checkpoint.
+pub const MAX_EXPERTS: usize = 4096;
+
+/// The operands of one grouped GEMM.
+pub struct GroupedGemm<'a, 'b> {
+    pub a: &'b Tensor<'a, E4M3, 2>,
+    pub scale_a: &'b Tensor<'a, f32, 1>,
+    pub b: &'b Tensor<'a, E4M3, 3>,
+    pub scale_b: &'b Tensor<'a, f32, 2>,
+    pub offsets: &'b Tensor<'a, i32, 1>,
+    pub counts: Option<&'b Tensor<'a, i32, 1>>,
+}
+
+/// Runs the grouped GEMM into `d` [rows, n]. `workspace` holds at least [`workspace_size`] bytes.
+pub fn grouped_gemm_fp8(
+    stream: &CudaStream,
+    g: &GroupedGemm,
+    d: &mut TensorMut<bf16, 2>,
+    workspace: &mut TensorMut<u8, 1>,
+    bad_offsets: Option<&mut TensorMut<u32, 1>>,
+    schedule: Schedule,
+) -> Result<()> {
+    let [rows, k] = g.a.shape();
+    let [experts, n, bk] = g.b.shape();
+    ensure!(bk == k, "{OP}: A has k = {k}, B has k = {bk}");
+    ensure!(g.scale_a.shape() == [rows], "{OP}: scale_a {:?} for {rows} rows", g.scale_a.shape());
+    ensure!(g.scale_b.shape() == [experts, n], "{OP}: scale_b {:?}, want [{experts}, {n}]", g.scale_b.shape());
+    ensure!(g.offsets.shape() == [experts + 1], "{OP}: offsets {:?} for {experts} experts", g.offsets.shape());
+    if let Some(c) = g.counts {
+        ensure!(c.shape() == [experts], "{OP}: counts {:?} for {experts} experts", c.shape());
+    }
+    ensure!(d.shape() == [rows, n], "{OP}: d {:?}, want [{rows}, {n}]", d.shape());
+    if let Some(f) = &bad_offsets {
+        ensure!(f.shape() == [1], "{OP}: bad_offsets must hold one flag");
+    }
+    let mut streams = vec![g.a.stream(), g.scale_a.stream(), g.b.stream(), g.scale_b.stream(), g.offsets.stream()];
+    streams.extend(g.counts.map(|c| c.stream()));
+    streams.push(d.stream());
+    streams.push(workspace.stream());
+    same_device(stream, &streams)?;
+
+    let (pa, _ga) = g.a.ptr(stream);
+    let (psa, _gsa) = g.scale_a.ptr(stream);
+    let (pb, _gb) = g.b.ptr(stream);
+    let (psb, _gsb) = g.scale_b.ptr(stream);
+    let (po, _go) = g.offsets.ptr(stream);
+    let counts = g.counts.map(|c| c.ptr(stream));
+    let (pd, _gd) = d.ptr_mut(stream);
+    let ws_bytes = workspace.shape()[0];
+    let (pw, _gw) = workspace.ptr_mut(stream);
+    let flag = bad_offsets.map(|f| f.ptr_mut(stream));
+    let p = GroupedGemmParams {
+        a: pa as _,
+        scale_a: psa as _,
+        b: pb as _,
+        scale_b: psb as _,
+        offsets: po as _,
+        counts: counts.as_ref().map_or(ptr::null(), |c| c.0 as _),
+        d: pd as _,
+        bad_offsets: flag.as_ref().map_or(ptr::null_mut(), |f| f.0 as _),
+        workspace: pw as _,
+        workspace_bytes: ws_bytes as i64,
+        rows: rows as i64,
+        n: n as i64,
+        k: k as i64,
+        experts: experts as i32,
+        schedule: schedule.resolve(rows, experts),
+    };
+    launch(&p, stream.cu_stream())
+}
+
+/// Validates raw parameters (shared with the C ABI) and launches. rows == 0 is a no-op.
+pub(crate) fn launch(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
+    ensure!(p.rows >= 0 && p.rows <= i32::MAX as i64, "{OP}: rows = {} outside 0..=2^31-1", p.rows);
+    ensure!(p.experts >= 1 && p.experts as usize <= MAX_EXPERTS, "{OP}: experts = {} outside 1..={MAX_EXPERTS}", p.experts);
+    ensure!(p.k >= 16 && p.k % 16 == 0 && p.k <= i32::MAX as i64, "{OP}: k = {} must be a positive multiple of 16 (16-byte TMA rows of FP8)", p.k);
+    ensure!(p.n >= 8 && p.n % 8 == 0 && p.n <= i32::MAX as i64, "{OP}: n = {} must be a positive multiple of 8 (16-byte rows of bf16 output)", p.n);
+    ensure!((0..=3).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
+    if p.rows == 0 {
+        return Ok(());
+    }
+    check_ptr(OP, "a", p.a, 16)?;
+    check_ptr(OP, "scale_a", p.scale_a as _, 4)?;
+    check_ptr(OP, "b", p.b, 16)?;
+    check_ptr(OP, "scale_b", p.scale_b as _, 4)?;
+    check_ptr(OP, "offsets", p.offsets as _, 4)?;
+    if !p.counts.is_null() {
+        check_ptr(OP, "counts", p.counts as _, 4)?;
+    }
+    check_ptr(OP, "d", p.d, 16)?;
+    check_ptr(OP, "workspace", p.workspace, 256)?;
+    if !p.bad_offsets.is_null() {
+        check_ptr(OP, "bad_offsets", p.bad_offsets as _, 4)?;
+    }
+    let need = workspace_size(p.experts as usize)?;
+    ensure!(p.workspace_bytes >= need as i64, "{OP}: workspace of {} bytes, {need} needed for {} experts", p.workspace_bytes, p.experts);
+    // SAFETY: validated above; tensor extents are the caller's contract (checked by the safe API's views).
+    launched(OP, unsafe { ffi::l4k_launch_grouped_gemm(p, stream) })
+}
