@@ -13,7 +13,7 @@
 // - PREFILL: D = A B^T with 128x128x128 cooperative tiles and a 1x2 cluster (the A tile is multicast to both
 //   CTAs of a cluster); tensor-core bound at hundreds of rows per expert. FP8 products are promoted to a
 //   separate f32 accumulator every few k-blocks (accurate at k = 8192).
-// - PREFILL_FAST_ACCUM: 128x256 tiles accumulated in the tensor cores only (CUTLASS example 57's choice).
+// - PREFILL_FAST_ACCUM: 256x128 tiles accumulated in the tensor cores only (CUTLASS example 57's choice).
 // - DECODE: D^T = B A^T. With a handful of rows per expert the GEMM is bound by reading the weights; swapping
 //   puts the weights' n in the 128-wide wgmma M and the few tokens in a 32-wide N, so no MMA work is wasted on
 //   padding rows and every byte of weight is read once.
@@ -74,8 +74,9 @@ struct Config {
 using Prefill = Config<false, Shape<_128, _128, _128>, Shape<_1, _2, _1>,
                        cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                        cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
-// Accumulation inside the tensor cores only (no promotion): half the registers, so 128x256 tiles fit.
-using PrefillFastAccum = Config<false, Shape<_128, _256, _128>, Shape<_1, _2, _1>,
+// Accumulation inside the tensor cores only (no promotion): half the registers, so 256x128 tiles fit; the
+// fastest of six candidates measured (kernels/NOTES.md).
+using PrefillFastAccum = Config<false, Shape<_256, _128, _128>, Shape<_1, _2, _1>,
                                 cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8FastAccum,
                                 cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
 using Decode = Config<true, Shape<_128, _32, _128>, Shape<_1, _1, _1>,
@@ -219,6 +220,8 @@ int run(const L4kGroupedGemmParams& p, cudaStream_t stream) {
 
 }  // namespace l4k::grouped_gemm
 
+// Experiments (bench/experiments/grouped_gemm_configs.cu) include this file for its templates only.
+#ifndef L4K_GROUPED_GEMM_TEMPLATES_ONLY
 extern "C" size_t l4k_internal_grouped_gemm_workspace_size(int32_t experts) {
   using namespace l4k::grouped_gemm;
   size_t most = 0;
@@ -236,3 +239,4 @@ extern "C" int l4k_launch_grouped_gemm(const L4kGroupedGemmParams* p, cudaStream
     default: return run<Prefill>(*p, stream);
   }
 }
+#endif  // L4K_GROUPED_GEMM_TEMPLATES_ONLY

@@ -27,7 +27,7 @@ pub enum Schedule {
     Prefill,
     /// Swapped A/B with 32-token tiles: weight-bandwidth bound shapes (a few tokens per expert).
     Decode,
-    /// 128x256 tiles accumulated in the tensor cores without promotion: faster, less exact at large k.
+    /// 256x128 tiles accumulated in the tensor cores without promotion: faster, less exact at large k.
     PrefillFastAccum,
 }
 

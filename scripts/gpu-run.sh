@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the staged bundle (scripts/stage-gpu.sh copies this file to gpu-bundle/run.sh).
-#   run.sh [tests] [sanitize] [sweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
+#   run.sh [tests] [sanitize] [sweep] [gemmsweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
 # L4K_ONLY=<family> limits bench and peers to one family (torch_peers.py always runs: it has several families).
 # Results go to $OUT (the device tool's folder) or gpu-bundle/results: tests.log, sanitizer.log, bench.log,
 # ours.jsonl, peers.jsonl, bench.md, summary.txt. Exit status: non-zero if any test or sanitizer run failed.
@@ -58,6 +58,22 @@ if has sweep; then
   nvcc -std=c++17 -O3 -DNDEBUG -gencode=arch=compute_90a,code=sm_90a -I"$root/kernels" -o /tmp/l4k-sweep \
     "$root/bench/experiments/row_vpt_sweep.cu" && /tmp/l4k-sweep >"$out/sweep.txt" 2>&1 \
     && note "row VPT sweep: $(wc -l <"$out/sweep.txt") lines in sweep.txt" || { note "row VPT sweep: FAILED"; status=1; }
+fi
+
+if has gemmsweep; then
+  # Grouped GEMM tile candidates (bench/experiments/grouped_gemm_configs.cu), compiled in parallel here.
+  root="$(cd "$here/.." && pwd)"
+  mkdir -p /tmp/l4k-cutlass && tar -C /tmp/l4k-cutlass -xJf "$here/cutlass-include.tar.xz"
+  for c in 1 2 3 4 5 6; do
+    nvcc -std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -DCANDIDATE=$c \
+      -I"$root/kernels" -I/tmp/l4k-cutlass/include -o /tmp/l4k-gemm-$c \
+      "$root/bench/experiments/grouped_gemm_configs.cu" >/tmp/l4k-gemm-$c.log 2>&1 &
+  done
+  wait
+  for c in 1 2 3 4 5 6; do
+    { [[ -x /tmp/l4k-gemm-$c ]] && /tmp/l4k-gemm-$c; } >>"$out/sweep.txt" 2>&1 || { echo "candidate $c failed"; tail -5 /tmp/l4k-gemm-$c.log; } >>"$out/sweep.txt"
+  done
+  note "grouped GEMM sweep: $(grep -c TFLOP "$out/sweep.txt") timings in sweep.txt"
 fi
 
 if has bench; then

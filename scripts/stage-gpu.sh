@@ -47,6 +47,10 @@ strip "$bundle/bin/abi_smoke"
 tar -C "$bundle" -cf - bin | xz -T0 -6 >"$bundle/bin.tar.xz"
 rm -rf "$bundle/bin"
 
+# CUTLASS headers for the experiments the runner compiles there (bench/experiments/).
+cutlass="${CUTLASS_DIR:-${L4K_CUDA_CACHE:-$HOME/.cache/llama4-kernels/cuda-13.0}/cutlass}"
+tar -C "$cutlass" -cf - include/cutlass include/cute | xz -T0 -6 >"$bundle/cutlass-include.tar.xz"
+
 cp scripts/gpu-run.sh "$bundle/run.sh"
 cp scripts/sanitizer-probe.cu "$bundle/"
 cp bench/peers/*.py bench/report.py "$bundle/peers/"

@@ -39,11 +39,15 @@ def main():
                 offs = torch.tensor([(e + 1) * t // E for e in range(E)], device=dev, dtype=torch.int32)
                 shape = f"{proj}_T{t}_E{E}"
                 flops, nbytes = 2 * t * n * k, E * n * k + t * k + 2 * t * n
-                grouped = lambda: torch._scaled_grouped_mm(a, w.transpose(-2, -1), sa, sb, offs=offs,
-                                                           out_dtype=torch.bfloat16)
+                def grouped(fast=False):
+                    return torch._scaled_grouped_mm(a, w.transpose(-2, -1), sa, sb, offs=offs,
+                                                    out_dtype=torch.bfloat16, use_fast_accum=fast)
                 try:
                     # Paired with our "auto" dispatch: the figure an engine gets without choosing a kernel.
                     record("auto", shape, t, nbytes, flops, "torch._scaled_grouped_mm", time_us(grouped, [()]))
+                    # Like for like with our fast-accumulation variant.
+                    record("prefill_fast_accum", shape, t, nbytes, flops, "torch._scaled_grouped_mm fast_accum",
+                           time_us(lambda: grouped(True), [()]))
                 except RuntimeError as e:
                     print(f"_scaled_grouped_mm {shape}: {e}", flush=True)
                 bounds = [0] + offs.tolist()
