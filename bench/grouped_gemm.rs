@@ -23,18 +23,27 @@ fn bench(c: &mut Criterion) {
             let ws_len = ws.len();
             let flops = 2 * t * n * k;
             let bytes = EXPERTS * n * k + t * k + 2 * t * n;
-            let mut variants = vec![("auto", Schedule::Auto), ("prefill", Schedule::Prefill), ("decode", Schedule::Decode)];
+            let mut variants =
+                vec![("auto", Schedule::Auto), ("prefill", Schedule::Prefill), ("decode", Schedule::Decode)];
             if t >= 4096 {
                 variants.push(("prefill_fast_accum", Schedule::PrefillFastAccum));
             }
             for (name, schedule) in variants {
                 let (ta, tsa) = (Tensor::of(&a, [t, k]).unwrap(), Tensor::of(&scale_a, [t]).unwrap());
-                let (tb, tsb) = (Tensor::of(&weights, [EXPERTS, n, k]).unwrap(), Tensor::of(&scale_b, [EXPERTS, n]).unwrap());
+                let (tb, tsb) =
+                    (Tensor::of(&weights, [EXPERTS, n, k]).unwrap(), Tensor::of(&scale_b, [EXPERTS, n]).unwrap());
                 let to = Tensor::of(&offs, [EXPERTS + 1]).unwrap();
                 let g = GroupedGemm { a: &ta, scale_a: &tsa, b: &tb, scale_b: &tsb, offsets: &to, counts: None };
                 run_gemm_case(c, "grouped_gemm", name, &format!("{proj}_T{t}_E{EXPERTS}"), t, bytes, flops, |_| {
-                    grouped_gemm_fp8(stream(), &g, &mut TensorMut::of(&mut d, [t, n]).unwrap(),
-                                     &mut TensorMut::of(&mut ws, [ws_len]).unwrap(), None, schedule).unwrap()
+                    grouped_gemm_fp8(
+                        stream(),
+                        &g,
+                        &mut TensorMut::of(&mut d, [t, n]).unwrap(),
+                        &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
+                        None,
+                        schedule,
+                    )
+                    .unwrap()
                 });
             }
         }

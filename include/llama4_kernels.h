@@ -9,7 +9,7 @@
  * - `stream` is a cudaStream_t / CUstream on the current device (NULL: the legacy default stream).
  * - No op synchronizes, allocates or copies to the host: all of them can be captured in a CUDA graph. Ops
  *   that need scratch memory take a caller-provided workspace and report its size through a *_workspace_size
- *   function (none of the ops below needs one).
+ *   function (l4k_router).
  * - Arguments are validated before anything is launched: null or misaligned pointers, bad shapes and
  *   unsupported sizes return an error status and launch nothing. A zero row/token count is a no-op.
  * - On failure, l4k_last_error() describes the failure (thread-local; "" after a successful call).
@@ -110,6 +110,81 @@ l4k_status l4k_quant_fp8(const void* x, void* q, float* scales, int64_t rows, in
 /* out = e4m3_to_f32(q) * scales[row]; q: [rows, cols] E4M3, out: [rows, cols] f32. For tests and debugging. */
 l4k_status l4k_dequant_fp8(const void* q, const float* scales, float* out, int64_t rows, int64_t cols,
                            l4k_stream_t stream);
+
+/* ---- router: MoE routing on the device ----------------------------------------------------------------
+ * Layout (read by l4k_permute*, l4k_unpermute and the grouped GEMM, all int32 on the device):
+ *   expert e owns rows [offsets[e], offsets[e + 1]) of the permuted buffers; the first counts[e] are its
+ *   (token, choice) pairs in token order, then choice order (stable); the rest pad the block to a multiple of
+ *   align. dest[t * k + c] is the row of (token t, choice c); offsets[experts] is the padded total.
+ * Ranking: ties go to the lowest expert index (-0 ties +0); a NaN logit is never chosen over a number; when a
+ * token has fewer than k non-NaN logits, NaN experts fill in lowest index first; an all-NaN token gets
+ * experts 0..k-1 with weight NaN (reference/src/router.rs). */
+enum { L4K_ROUTER_SIGMOID_TOP1 = 0, L4K_ROUTER_SOFTMAX_TOPK = 1 };
+enum { L4K_LOGITS_BF16 = 0, L4K_LOGITS_F32 = 1 };
+
+/* Workspace bytes l4k_router needs for these sizes (depends on tokens, experts and the logits dtype). */
+l4k_status l4k_router_workspace_size(int64_t tokens, int32_t experts, int32_t logits_dtype, size_t* bytes);
+
+/* logits: [tokens, experts] bf16 or f32 (logits_dtype), experts 1..256.
+ * mode L4K_ROUTER_SIGMOID_TOP1 (Llama 4; k must be 1): expert = argmax of the raw logits, weight =
+ *   sigmoid(logit) in f32, rounded to bf16 when the logits are bf16.
+ * mode L4K_ROUTER_SOFTMAX_TOPK: softmax over all experts in f32 (NaN logits as -inf), the k (1..min(8,
+ *   experts)) largest probabilities, best first; renormalize != 0 divides them by their f32 sum.
+ * Outputs: ids, dest [tokens, k] int32; weights [tokens, k] f32; counts [experts]; offsets [experts + 1];
+ * align >= 1 pads each expert's rows (tokens * k + experts * (align - 1) must fit int32).
+ * workspace: l4k_router_workspace_size bytes, 4-byte aligned, contents arbitrary; one call at a time per
+ * workspace. Three graph nodes: a 4-byte memset and two kernels. tokens == 0 writes nothing. */
+l4k_status l4k_router(const void* logits, int32_t logits_dtype, int64_t tokens, int32_t experts, int32_t mode,
+                      int32_t k, int32_t renormalize, int32_t align, int32_t* ids, float* weights, int32_t* counts,
+                      int32_t* offsets, int32_t* dest, void* workspace, size_t workspace_bytes,
+                      l4k_stream_t stream);
+
+/* ---- permute / unpermute ----------------------------------------------------------------------------------
+ * Rows a permuted buffer needs for any routing of tokens x k pairs over experts padded to align:
+ * tokens * k + min(experts, tokens * k) * (align - 1); -1 for invalid sizes. */
+int64_t l4k_permuted_rows(int64_t tokens, int32_t k, int32_t experts, int32_t align);
+
+/* out[dest[t, c]] = bf16(x[t] * weights[t, c]) (weights NULL: x[t] unchanged). x: [tokens, hidden] bf16;
+ * weights: [tokens, k] f32 or NULL; dest: [tokens, k] int32 (l4k_router); out: [rows, hidden] bf16 with
+ * rows >= l4k_permuted_rows(tokens, k, experts, align). align > 1: counts [experts] and offsets
+ * [experts + 1] from l4k_router (same align) are read on the device and padding rows are written as zeros;
+ * align == 1: counts/offsets may be NULL. A dest outside [0, rows) is skipped; rows at and past
+ * offsets[experts] are never written. k <= 8. */
+l4k_status l4k_permute(const void* x, const float* weights, const int32_t* dest, const int32_t* counts,
+                       const int32_t* offsets, void* out, int64_t tokens, int64_t hidden, int32_t k,
+                       int32_t experts, int32_t align, int64_t rows, l4k_stream_t stream);
+
+/* The same rows quantized as l4k_quant_fp8 does (FP8 E4M3 rowwise, one f32 scale per row): q [rows, hidden],
+ * scales [rows]. Padding rows: bytes 0, scale 1e-12 / 448 (the quantization of a zero row). This is the
+ * activation layout of the FP8 grouped GEMM. */
+l4k_status l4k_permute_fp8(const void* x, const float* weights, const int32_t* dest, const int32_t* counts,
+                           const int32_t* offsets, void* q, float* scales, int64_t tokens, int64_t hidden,
+                           int32_t k, int32_t experts, int32_t align, int64_t rows, l4k_stream_t stream);
+
+/* out[t] = bf16(sum_{c < k} (weights[t, c] *) expert_out[dest[t, c]] + shared[t]), summed in f32 in choice
+ * order, shared last, one rounding. expert_out: [rows, hidden] bf16; weights: [tokens, k] f32 or NULL (no
+ * output weighting, Llama 4); shared: [tokens, hidden] bf16 or NULL; out: [tokens, hidden] bf16. A dest
+ * outside [0, rows) contributes nothing. k <= 8. */
+l4k_status l4k_unpermute(const void* expert_out, const float* weights, const int32_t* dest, const void* shared,
+                         void* out, int64_t tokens, int64_t hidden, int32_t k, int64_t rows, l4k_stream_t stream);
+
+/* ---- grouped_gemm: FP8 (E4M3) grouped GEMM for the routed experts ---------------------------------------
+ * d[r, :] = bf16((a[r, :] . b[e]^T) * scale_a[r] * scale_b[e, :]) for the rows of each expert e:
+ * r in [offsets[e], offsets[e] + m_e), m_e = counts ? counts[e] : offsets[e + 1] - offsets[e] (the layout
+ * l4k_permute_fp8 writes; rows past m_e are not written). a: [rows, k] E4M3; scale_a: [rows] f32;
+ * b: [experts, n, k] E4M3 (each expert's weight as nn.Linear [out, in]); scale_b: [experts, n] f32;
+ * offsets: [experts + 1] int32 and counts: [experts] int32 (or NULL), both ON THE DEVICE; d: [rows, n] bf16.
+ * k a multiple of 16, n a multiple of 8; a, b, d 16-byte aligned; workspace 256-byte aligned.
+ * schedule: 0 auto (decode path up to 32 rows per expert on average, else prefill), 1 prefill (promoted FP8
+ * accumulation), 2 decode (A/B swapped, weight-bandwidth bound), 3 prefill with fast accumulation.
+ * Offsets that are inconsistent (outside [0, rows], decreasing, counts past their range) cannot be seen from
+ * the host without a sync: then nothing is computed and *bad_offsets (one device uint32, may be NULL) is set
+ * to 1. No host synchronization: capturable in a CUDA graph. */
+l4k_status l4k_grouped_gemm_workspace_size(int32_t experts, size_t* bytes);
+l4k_status l4k_grouped_gemm_fp8(const void* a, const float* scale_a, const void* b, const float* scale_b,
+                                const int32_t* offsets, const int32_t* counts, void* d, int64_t rows, int64_t n,
+                                int64_t k, int32_t experts, int32_t schedule, void* workspace,
+                                size_t workspace_bytes, uint32_t* bad_offsets, l4k_stream_t stream);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 
+#include "grouped_gemm_params.h"
 #include "params.h"
 
 extern "C" const char* l4k_internal_cuda_error_string(int code) {
@@ -15,6 +16,10 @@ extern "C" size_t l4k_internal_params_size(int which) {
     case L4K_PARAMS_ROPE: return sizeof(L4kRopeParams);
     case L4K_PARAMS_SWIGLU: return sizeof(L4kSwigluParams);
     case L4K_PARAMS_QUANT: return sizeof(L4kQuantParams);
+    case L4K_PARAMS_ROUTER: return sizeof(L4kRouterParams);
+    case L4K_PARAMS_PERMUTE: return sizeof(L4kPermuteParams);
+    case L4K_PARAMS_UNPERMUTE: return sizeof(L4kUnpermuteParams);
+    case L4K_PARAMS_GROUPED_GEMM: return sizeof(L4kGroupedGemmParams);
     default: return 0;
   }
 }

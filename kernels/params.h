@@ -74,12 +74,80 @@ typedef struct L4kQuantParams {
   int64_t cols;
 } L4kQuantParams;
 
+// ---- MoE routing (router.cu, permute.cu) --------------------------------------------------------------------
+// Layout shared with the grouped GEMM: (token, choice) pairs sorted by expert, stable in (token, choice).
+// Expert e owns rows [offsets[e], offsets[e + 1]) of the permuted buffers; its first counts[e] rows are real,
+// the rest (fewer than align) are padding. dest[t * k + c] is the row of (token t, choice c). All int32, on
+// the device, never copied to the host.
+enum { L4K_ROUTER_MAX_EXPERTS = 256, L4K_ROUTER_MAX_TOP_K = 8 };
+typedef enum L4kRouterMode { L4K_ROUTER_SIGMOID_TOP1 = 0, L4K_ROUTER_SOFTMAX_TOPK = 1 } L4kRouterMode;
+typedef enum L4kLogitsDtype { L4K_LOGITS_BF16 = 0, L4K_LOGITS_F32 = 1 } L4kLogitsDtype;
+
+// Launcher status (beside the cudaError_t codes) for a workspace smaller than *_workspace_size asked for.
+#define L4K_STATUS_BAD_WORKSPACE (-2)
+
+typedef struct L4kRouterParams {
+  const void* logits;     // [tokens, experts] bf16 or f32 (logits_dtype)
+  int32_t* ids;           // [tokens, k] chosen experts, best first
+  float* weights;         // [tokens, k] routing weights
+  int32_t* counts;        // [experts] rows per expert (unpadded)
+  int32_t* offsets;       // [experts + 1] padded row starts; offsets[experts] = padded total
+  int32_t* dest;          // [tokens, k] permuted row of each (token, choice)
+  void* workspace;        // l4k_router_workspace_size bytes, contents arbitrary on entry
+  int64_t workspace_bytes;
+  int64_t tokens;
+  int32_t experts;        // 1 ..= L4K_ROUTER_MAX_EXPERTS
+  int32_t k;              // 1 ..= min(experts, L4K_ROUTER_MAX_TOP_K); 1 for L4K_ROUTER_SIGMOID_TOP1
+  int32_t mode;           // L4kRouterMode
+  int32_t logits_dtype;   // L4kLogitsDtype
+  int32_t renormalize;    // softmax mode: divide the k weights by their sum
+  int32_t align;          // >= 1: each expert's rows padded to a multiple of align
+} L4kRouterParams;
+
+typedef enum L4kPermuteOut { L4K_PERMUTE_BF16 = 0, L4K_PERMUTE_FP8 = 1 } L4kPermuteOut;
+
+// Token-order rows -> expert-sorted rows, optionally scaled by the routing weight and quantized (FP8 rowwise).
+typedef struct L4kPermuteParams {
+  const void* x;          // [tokens, hidden] bf16
+  const float* weights;   // [tokens, k] input scaling, or NULL (plain copy)
+  const int32_t* dest;    // [tokens, k]
+  const int32_t* counts;  // [experts], read only when align > 1 (padding rows)
+  const int32_t* offsets; // [experts + 1], read only when align > 1
+  void* out;              // [rows, hidden] bf16 or E4M3 (out_kind)
+  float* scales;          // [rows] f32 when out is FP8, else NULL
+  int64_t tokens;
+  int64_t hidden;
+  int64_t rows;           // rows of out; destinations outside [0, rows) are skipped
+  int32_t k;
+  int32_t experts;
+  int32_t align;
+  int32_t out_kind;       // L4kPermuteOut
+} L4kPermuteParams;
+
+// Expert-sorted rows -> token order: out[t] = bf16(sum_c (w[t, c] *) y[dest[t, c]] (+ shared[t])), f32 sum.
+typedef struct L4kUnpermuteParams {
+  const void* expert_out; // [rows, hidden] bf16
+  const float* weights;   // [tokens, k] output weighting, or NULL
+  const int32_t* dest;    // [tokens, k]; a destination outside [0, rows) contributes nothing
+  const void* shared;     // [tokens, hidden] bf16 shared-expert output, or NULL
+  void* out;              // [tokens, hidden] bf16
+  int64_t tokens;
+  int64_t hidden;
+  int64_t rows;
+  int32_t k;
+  int32_t _pad;
+} L4kUnpermuteParams;
+
 // Which struct l4k_internal_params_size reports.
 typedef enum L4kParamsId {
   L4K_PARAMS_RMSNORM = 0,
   L4K_PARAMS_ROPE = 1,
   L4K_PARAMS_SWIGLU = 2,
   L4K_PARAMS_QUANT = 3,
+  L4K_PARAMS_ROUTER = 4,
+  L4K_PARAMS_PERMUTE = 5,
+  L4K_PARAMS_UNPERMUTE = 6,
+  L4K_PARAMS_GROUPED_GEMM = 7,
 } L4kParamsId;
 
 #ifdef __cplusplus

@@ -4,9 +4,10 @@
 //! Panics never cross the boundary: they become `L4K_ERROR_INVALID_ARGUMENT` with the panic message.
 
 use crate::error::{Error, Result, Status};
-use crate::ffi::{QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8};
+use crate::ffi::{GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8};
+use crate::ffi::{PermuteParams, RouterParams, UnpermuteParams, PERMUTE_BF16, PERMUTE_FP8};
 use crate::rope::{self, HeadLayout, LayerKind, Llama3Scaling, Temperature};
-use crate::{quant, rmsnorm, swiglu};
+use crate::{grouped_gemm, permute, quant, rmsnorm, router, swiglu};
 use cudarc::driver::sys::CUstream;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CString};
@@ -66,7 +67,17 @@ pub extern "C" fn l4k_rmsnorm(
     stream: CUstream,
 ) -> Status {
     guard(|| {
-        let p = RmsnormParams { x, residual: ptr::null(), residual_out: ptr::null_mut(), weight, y, rows, cols, eps, _pad: 0 };
+        let p = RmsnormParams {
+            x,
+            residual: ptr::null(),
+            residual_out: ptr::null_mut(),
+            weight,
+            y,
+            rows,
+            cols,
+            eps,
+            _pad: 0,
+        };
         rmsnorm::launch(&p, stream)
     })
 }
@@ -107,7 +118,8 @@ pub unsafe extern "C" fn l4k_rope_inv_freq(
         if inv_freq.is_null() {
             return Err(Error::InvalidArgument("rope: inv_freq is null".into()));
         }
-        let head_dim = usize::try_from(head_dim).map_err(|_| Error::InvalidArgument(format!("rope: head_dim {head_dim} < 0")))?;
+        let head_dim =
+            usize::try_from(head_dim).map_err(|_| Error::InvalidArgument(format!("rope: head_dim {head_dim} < 0")))?;
         // SAFETY: the caller passes NULL or a valid struct.
         let scaling = unsafe { scaling.as_ref() }.copied();
         let f = rope::inv_freq(theta, head_dim, scaling)?;
@@ -137,8 +149,13 @@ pub struct RopeLayer {
 }
 
 fn layer_kind(l: &RopeLayer) -> Result<(HeadLayout, LayerKind)> {
-    let dim = |v: i32, what: &str| usize::try_from(v).map_err(|_| Error::InvalidArgument(format!("rope: {what} = {v} < 0")));
-    let layout = HeadLayout { n_heads: dim(l.n_heads, "n_heads")?, n_kv_heads: dim(l.n_kv_heads, "n_kv_heads")?, head_dim: dim(l.head_dim, "head_dim")? };
+    let dim =
+        |v: i32, what: &str| usize::try_from(v).map_err(|_| Error::InvalidArgument(format!("rope: {what} = {v} < 0")));
+    let layout = HeadLayout {
+        n_heads: dim(l.n_heads, "n_heads")?,
+        n_kv_heads: dim(l.n_kv_heads, "n_kv_heads")?,
+        head_dim: dim(l.head_dim, "head_dim")?,
+    };
     let kind = match l.kind {
         LAYER_ROPE => {
             if l.inv_freq.is_null() {
@@ -150,7 +167,8 @@ fn layer_kind(l: &RopeLayer) -> Result<(HeadLayout, LayerKind)> {
             LayerKind::Rope { inv_freq: f, qk_norm: (l.qk_norm != 0).then_some(l.qk_norm_eps) }
         }
         LAYER_NOPE => LayerKind::NoPe {
-            temperature: (l.temperature != 0).then_some(Temperature { floor_scale: l.floor_scale, attn_scale: l.attn_scale }),
+            temperature: (l.temperature != 0)
+                .then_some(Temperature { floor_scale: l.floor_scale, attn_scale: l.attn_scale }),
         },
         k => return Err(Error::InvalidArgument(format!("rope: unknown layer kind {k}"))),
     };
@@ -180,13 +198,20 @@ pub unsafe extern "C" fn l4k_rope_qkv(
         let l = unsafe { layer.as_ref() }.ok_or_else(|| Error::InvalidArgument("rope: layer is null".into()))?;
         let (layout, kind) = layer_kind(l)?;
         let mut p = rope::params(&kind, layout, tokens, cache_slots)?;
-        (p.qkv, p.pos, p.slots, p.q_out, p.k_cache, p.v_cache, p.bad_slots) = (qkv, pos, slots, q_out, k_cache, v_cache, bad_slots);
+        (p.qkv, p.pos, p.slots, p.q_out, p.k_cache, p.v_cache, p.bad_slots) =
+            (qkv, pos, slots, q_out, k_cache, v_cache, bad_slots);
         rope::launch(&p, stream)
     })
 }
 
 #[no_mangle]
-pub extern "C" fn l4k_swiglu(gate_up: *const c_void, out: *mut c_void, tokens: i64, inter: i64, stream: CUstream) -> Status {
+pub extern "C" fn l4k_swiglu(
+    gate_up: *const c_void,
+    out: *mut c_void,
+    tokens: i64,
+    inter: i64,
+    stream: CUstream,
+) -> Status {
     guard(|| {
         let p = SwigluParams { gate_up, out, scales: ptr::null_mut(), tokens, inter, out_kind: SWIGLU_BF16, _pad: 0 };
         swiglu::launch(&p, stream)
@@ -209,7 +234,14 @@ pub extern "C" fn l4k_swiglu_fp8(
 }
 
 #[no_mangle]
-pub extern "C" fn l4k_quant_fp8(x: *const c_void, q: *mut c_void, scales: *mut f32, rows: i64, cols: i64, stream: CUstream) -> Status {
+pub extern "C" fn l4k_quant_fp8(
+    x: *const c_void,
+    q: *mut c_void,
+    scales: *mut f32,
+    rows: i64,
+    cols: i64,
+    stream: CUstream,
+) -> Status {
     guard(|| quant::launch_quant(&QuantParams { x, out: q, scales, rows, cols }, stream))
 }
 
@@ -223,4 +255,278 @@ pub extern "C" fn l4k_dequant_fp8(
     stream: CUstream,
 ) -> Status {
     guard(|| quant::launch_dequant(&QuantParams { x: q, out: out as _, scales: scales as _, rows, cols }, stream))
+}
+
+/// Workspace bytes of `l4k_router` for these sizes, written to `*bytes`.
+///
+/// # Safety
+/// `bytes` must be NULL (an error) or point to a writable size_t.
+#[no_mangle]
+pub unsafe extern "C" fn l4k_router_workspace_size(
+    tokens: i64,
+    experts: i32,
+    logits_dtype: i32,
+    bytes: *mut usize,
+) -> Status {
+    guard(|| {
+        if bytes.is_null() {
+            return Err(Error::InvalidArgument("router: bytes is null".into()));
+        }
+        let n = router::workspace_bytes(tokens, experts, logits_dtype)?;
+        // SAFETY: non-null, writable per the contract.
+        unsafe { *bytes = n };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_router(
+    logits: *const c_void,
+    logits_dtype: i32,
+    tokens: i64,
+    experts: i32,
+    mode: i32,
+    k: i32,
+    renormalize: i32,
+    align: i32,
+    ids: *mut i32,
+    weights: *mut f32,
+    counts: *mut i32,
+    offsets: *mut i32,
+    dest: *mut i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let p = RouterParams {
+            logits,
+            ids,
+            weights,
+            counts,
+            offsets,
+            dest,
+            workspace,
+            workspace_bytes: i64::try_from(workspace_bytes).unwrap_or(i64::MAX),
+            tokens,
+            experts,
+            k,
+            mode,
+            logits_dtype,
+            renormalize,
+            align,
+        };
+        router::launch(&p, stream)
+    })
+}
+
+/// Rows a permuted buffer needs (see `permute::permuted_rows`); -1 for negative or overflowing sizes.
+#[no_mangle]
+pub extern "C" fn l4k_permuted_rows(tokens: i64, k: i32, experts: i32, align: i32) -> i64 {
+    if tokens < 0 || k < 0 || experts < 0 || align < 1 || tokens > i32::MAX as i64 {
+        return -1;
+    }
+    let n = permute::permuted_rows(tokens as usize, k as usize, experts as usize, align as usize);
+    i64::try_from(n).unwrap_or(-1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn permute_c(
+    x: *const c_void,
+    weights: *const f32,
+    dest: *const i32,
+    counts: *const i32,
+    offsets: *const i32,
+    out: *mut c_void,
+    scales: *mut f32,
+    tokens: i64,
+    hidden: i64,
+    k: i32,
+    experts: i32,
+    align: i32,
+    rows: i64,
+    out_kind: i32,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let p = PermuteParams {
+            x,
+            weights,
+            dest,
+            counts,
+            offsets,
+            out,
+            scales,
+            tokens,
+            hidden,
+            rows,
+            k,
+            experts,
+            align,
+            out_kind,
+        };
+        permute::launch(&p, stream)
+    })
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_permute(
+    x: *const c_void,
+    weights: *const f32,
+    dest: *const i32,
+    counts: *const i32,
+    offsets: *const i32,
+    out: *mut c_void,
+    tokens: i64,
+    hidden: i64,
+    k: i32,
+    experts: i32,
+    align: i32,
+    rows: i64,
+    stream: CUstream,
+) -> Status {
+    permute_c(
+        x,
+        weights,
+        dest,
+        counts,
+        offsets,
+        out,
+        ptr::null_mut(),
+        tokens,
+        hidden,
+        k,
+        experts,
+        align,
+        rows,
+        PERMUTE_BF16,
+        stream,
+    )
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_permute_fp8(
+    x: *const c_void,
+    weights: *const f32,
+    dest: *const i32,
+    counts: *const i32,
+    offsets: *const i32,
+    q: *mut c_void,
+    scales: *mut f32,
+    tokens: i64,
+    hidden: i64,
+    k: i32,
+    experts: i32,
+    align: i32,
+    rows: i64,
+    stream: CUstream,
+) -> Status {
+    permute_c(
+        x,
+        weights,
+        dest,
+        counts,
+        offsets,
+        q,
+        scales,
+        tokens,
+        hidden,
+        k,
+        experts,
+        align,
+        rows,
+        PERMUTE_FP8,
+        stream,
+    )
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_unpermute(
+    expert_out: *const c_void,
+    weights: *const f32,
+    dest: *const i32,
+    shared: *const c_void,
+    out: *mut c_void,
+    tokens: i64,
+    hidden: i64,
+    k: i32,
+    rows: i64,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let p = UnpermuteParams { expert_out, weights, dest, shared, out, tokens, hidden, rows, k, _pad: 0 };
+        permute::launch_unpermute(&p, stream)
+    })
+}
+
+/// Workspace bytes of `l4k_grouped_gemm_fp8` for `experts` groups on the current device, written to `*bytes`.
+///
+/// # Safety
+/// `bytes` must be NULL (an error) or point to a writable size_t.
+#[no_mangle]
+pub unsafe extern "C" fn l4k_grouped_gemm_workspace_size(experts: i32, bytes: *mut usize) -> Status {
+    guard(|| {
+        if bytes.is_null() {
+            return Err(Error::InvalidArgument("grouped_gemm: bytes is null".into()));
+        }
+        let e = usize::try_from(experts)
+            .map_err(|_| Error::InvalidArgument(format!("grouped_gemm: experts = {experts} < 0")))?;
+        let n = grouped_gemm::workspace_size(e)?;
+        // SAFETY: non-null, writable per the contract.
+        unsafe { *bytes = n };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_grouped_gemm_fp8(
+    a: *const c_void,
+    scale_a: *const f32,
+    b: *const c_void,
+    scale_b: *const f32,
+    offsets: *const i32,
+    counts: *const i32,
+    d: *mut c_void,
+    rows: i64,
+    n: i64,
+    k: i64,
+    experts: i32,
+    schedule: i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    bad_offsets: *mut u32,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let schedule = if schedule == 0 {
+            let r = usize::try_from(rows).unwrap_or(0);
+            let e = usize::try_from(experts).unwrap_or(1).max(1);
+            grouped_gemm::Schedule::Auto.code(r, e)
+        } else {
+            schedule
+        };
+        let p = GroupedGemmParams {
+            a,
+            scale_a,
+            b,
+            scale_b,
+            offsets,
+            counts,
+            d,
+            bad_offsets,
+            workspace,
+            workspace_bytes: i64::try_from(workspace_bytes).unwrap_or(i64::MAX),
+            rows,
+            n,
+            k,
+            experts,
+            schedule,
+        };
+        grouped_gemm::launch(&p, stream)
+    })
 }

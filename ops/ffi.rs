@@ -71,23 +71,124 @@ pub struct QuantParams {
     pub cols: i64,
 }
 
+pub const ROUTER_MAX_EXPERTS: usize = 256;
+pub const ROUTER_MAX_TOP_K: usize = 8;
+pub const ROUTER_SIGMOID_TOP1: i32 = 0;
+pub const ROUTER_SOFTMAX_TOPK: i32 = 1;
+pub const LOGITS_BF16: i32 = 0;
+pub const LOGITS_F32: i32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RouterParams {
+    pub logits: *const c_void,
+    pub ids: *mut i32,
+    pub weights: *mut f32,
+    pub counts: *mut i32,
+    pub offsets: *mut i32,
+    pub dest: *mut i32,
+    pub workspace: *mut c_void,
+    pub workspace_bytes: i64,
+    pub tokens: i64,
+    pub experts: i32,
+    pub k: i32,
+    pub mode: i32,
+    pub logits_dtype: i32,
+    pub renormalize: i32,
+    pub align: i32,
+}
+
+pub const PERMUTE_BF16: i32 = 0;
+pub const PERMUTE_FP8: i32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PermuteParams {
+    pub x: *const c_void,
+    pub weights: *const f32,
+    pub dest: *const i32,
+    pub counts: *const i32,
+    pub offsets: *const i32,
+    pub out: *mut c_void,
+    pub scales: *mut f32,
+    pub tokens: i64,
+    pub hidden: i64,
+    pub rows: i64,
+    pub k: i32,
+    pub experts: i32,
+    pub align: i32,
+    pub out_kind: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnpermuteParams {
+    pub expert_out: *const c_void,
+    pub weights: *const f32,
+    pub dest: *const i32,
+    pub shared: *const c_void,
+    pub out: *mut c_void,
+    pub tokens: i64,
+    pub hidden: i64,
+    pub rows: i64,
+    pub k: i32,
+    pub _pad: i32,
+}
+
 pub const PARAMS_RMSNORM: c_int = 0;
 pub const PARAMS_ROPE: c_int = 1;
 pub const PARAMS_SWIGLU: c_int = 2;
 pub const PARAMS_QUANT: c_int = 3;
+pub const PARAMS_ROUTER: c_int = 4;
+pub const PARAMS_PERMUTE: c_int = 5;
+pub const PARAMS_UNPERMUTE: c_int = 6;
+pub const PARAMS_GROUPED_GEMM: c_int = 7;
+
+/// kernels/grouped_gemm_params.h
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct GroupedGemmParams {
+    pub a: *const c_void,
+    pub scale_a: *const f32,
+    pub b: *const c_void,
+    pub scale_b: *const f32,
+    pub offsets: *const i32,
+    pub counts: *const i32,
+    pub d: *mut c_void,
+    pub bad_offsets: *mut u32,
+    pub workspace: *mut c_void,
+    pub workspace_bytes: i64,
+    pub rows: i64,
+    pub n: i64,
+    pub k: i64,
+    pub experts: i32,
+    pub schedule: i32,
+}
 
 extern "C" {
+    pub fn l4k_launch_grouped_gemm(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
+    pub fn l4k_internal_grouped_gemm_workspace_size(experts: i32) -> usize;
     pub fn l4k_launch_rmsnorm(p: *const RmsnormParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_rope(p: *const RopeParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_swiglu(p: *const SwigluParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_quant_fp8(p: *const QuantParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_dequant_fp8(p: *const QuantParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_router(p: *const RouterParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_permute(p: *const PermuteParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_unpermute(p: *const UnpermuteParams, stream: CUstream) -> c_int;
+    pub fn l4k_internal_router_tile(experts: c_int, logits_dtype: c_int) -> c_int;
     pub fn l4k_internal_cuda_error_string(code: c_int) -> *const c_char;
     pub fn l4k_internal_params_size(which: c_int) -> usize;
 }
 
 /// The launcher status for a row longer than the register-resident row kernels hold (kernels/common.cuh).
 const STATUS_TOO_LONG: c_int = -1;
+/// The launcher status for a workspace smaller than the op's *_workspace_size (kernels/params.h).
+const STATUS_BAD_WORKSPACE: c_int = -2;
+/// The grouped GEMM's launcher statuses (kernels/grouped_gemm_params.h).
+const GEMM_STATUS_WORKSPACE: c_int = -10;
+const GEMM_STATUS_CANNOT_IMPLEMENT: c_int = -11;
+const GEMM_STATUS_CUTLASS: c_int = -12;
 
 /// Maps a launcher's return code to a Result.
 pub fn launched(op: &str, code: c_int) -> Result<()> {
@@ -97,6 +198,13 @@ pub fn launched(op: &str, code: c_int) -> Result<()> {
             "{op}: rows longer than the kernel holds in registers (32768 elements when the row length is a \
              multiple of 8 and pointers are 16-byte aligned, else 16384)"
         ))),
+        STATUS_BAD_WORKSPACE | GEMM_STATUS_WORKSPACE => {
+            Err(Error::InvalidArgument(format!("{op}: workspace smaller than the op needs")))
+        }
+        GEMM_STATUS_CANNOT_IMPLEMENT => {
+            Err(Error::Unsupported(format!("{op}: CUTLASS cannot implement this problem (sizes or alignment)")))
+        }
+        GEMM_STATUS_CUTLASS => Err(Error::Cuda(format!("{op}: CUTLASS failed to initialize or launch the kernel"))),
         c => {
             // SAFETY: cudaGetErrorString returns a static NUL-terminated string for any code.
             let msg = unsafe { CStr::from_ptr(l4k_internal_cuda_error_string(c)) };

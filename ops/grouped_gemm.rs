@@ -35,7 +35,8 @@ pub enum Schedule {
 pub const DECODE_MAX_ROWS_PER_EXPERT: usize = 32;
 
 impl Schedule {
-    fn resolve(self, rows: usize, experts: usize) -> i32 {
+    /// The launcher's code for this schedule (L4kGemmSchedule), AUTO resolved by the total row count.
+    pub(crate) fn code(self, rows: usize, experts: usize) -> i32 {
         match self {
             Schedule::Prefill => 1,
             Schedule::Decode => 2,
@@ -119,7 +120,7 @@ pub fn grouped_gemm_fp8(
         n: n as i64,
         k: k as i64,
         experts: experts as i32,
-        schedule: schedule.resolve(rows, experts),
+        schedule: schedule.code(rows, experts),
     };
     launch(&p, stream.cu_stream())
 }
@@ -127,9 +128,21 @@ pub fn grouped_gemm_fp8(
 /// Validates raw parameters (shared with the C ABI) and launches. rows == 0 is a no-op.
 pub(crate) fn launch(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
     ensure!(p.rows >= 0 && p.rows <= i32::MAX as i64, "{OP}: rows = {} outside 0..=2^31-1", p.rows);
-    ensure!(p.experts >= 1 && p.experts as usize <= MAX_EXPERTS, "{OP}: experts = {} outside 1..={MAX_EXPERTS}", p.experts);
-    ensure!(p.k >= 16 && p.k % 16 == 0 && p.k <= i32::MAX as i64, "{OP}: k = {} must be a positive multiple of 16 (16-byte TMA rows of FP8)", p.k);
-    ensure!(p.n >= 8 && p.n % 8 == 0 && p.n <= i32::MAX as i64, "{OP}: n = {} must be a positive multiple of 8 (16-byte rows of bf16 output)", p.n);
+    ensure!(
+        p.experts >= 1 && p.experts as usize <= MAX_EXPERTS,
+        "{OP}: experts = {} outside 1..={MAX_EXPERTS}",
+        p.experts
+    );
+    ensure!(
+        p.k >= 16 && p.k % 16 == 0 && p.k <= i32::MAX as i64,
+        "{OP}: k = {} must be a positive multiple of 16 (16-byte TMA rows of FP8)",
+        p.k
+    );
+    ensure!(
+        p.n >= 8 && p.n % 8 == 0 && p.n <= i32::MAX as i64,
+        "{OP}: n = {} must be a positive multiple of 8 (16-byte rows of bf16 output)",
+        p.n
+    );
     ensure!((0..=3).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
     if p.rows == 0 {
         return Ok(());
@@ -148,7 +161,12 @@ pub(crate) fn launch(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
         check_ptr(OP, "bad_offsets", p.bad_offsets as _, 4)?;
     }
     let need = workspace_size(p.experts as usize)?;
-    ensure!(p.workspace_bytes >= need as i64, "{OP}: workspace of {} bytes, {need} needed for {} experts", p.workspace_bytes, p.experts);
+    ensure!(
+        p.workspace_bytes >= need as i64,
+        "{OP}: workspace of {} bytes, {need} needed for {} experts",
+        p.workspace_bytes,
+        p.experts
+    );
     // SAFETY: validated above; tensor extents are the caller's contract (checked by the safe API's views).
     launched(OP, unsafe { ffi::l4k_launch_grouped_gemm(p, stream) })
 }

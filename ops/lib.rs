@@ -14,9 +14,12 @@ mod ffi;
 
 pub mod capi;
 pub mod device;
+pub mod grouped_gemm;
+pub mod permute;
 pub mod quant;
 pub mod rmsnorm;
 pub mod rope;
+pub mod router;
 pub mod swiglu;
 pub mod tensor;
 
@@ -27,7 +30,7 @@ pub use tensor::{bf16, Element, Tensor, TensorMut, E4M3};
 
 /// Sizes of the launch parameter structs on the CUDA side, for the ABI test.
 #[doc(hidden)]
-pub fn cuda_params_sizes() -> [(usize, usize); 4] {
+pub fn cuda_params_sizes() -> [(usize, usize); 8] {
     use std::mem::size_of;
     // SAFETY: a pure function of its argument.
     let c = |id| unsafe { ffi::l4k_internal_params_size(id) };
@@ -36,6 +39,10 @@ pub fn cuda_params_sizes() -> [(usize, usize); 4] {
         (c(ffi::PARAMS_ROPE), size_of::<ffi::RopeParams>()),
         (c(ffi::PARAMS_SWIGLU), size_of::<ffi::SwigluParams>()),
         (c(ffi::PARAMS_QUANT), size_of::<ffi::QuantParams>()),
+        (c(ffi::PARAMS_ROUTER), size_of::<ffi::RouterParams>()),
+        (c(ffi::PARAMS_PERMUTE), size_of::<ffi::PermuteParams>()),
+        (c(ffi::PARAMS_UNPERMUTE), size_of::<ffi::UnpermuteParams>()),
+        (c(ffi::PARAMS_GROUPED_GEMM), size_of::<ffi::GroupedGemmParams>()),
     ]
 }
 

@@ -38,6 +38,9 @@ impl Element for i32 {
 impl Element for i64 {
     const NAME: &'static str = "i64";
 }
+impl Element for u8 {
+    const NAME: &'static str = "u8";
+}
 impl Element for u32 {
     const NAME: &'static str = "u32";
 }

@@ -40,13 +40,20 @@ fn c_abi_rejects_bad_arguments_before_launching() {
 fn c_abi_rope_layer_is_validated() {
     let freqs = [1.0f32; 64];
     let mut layer = RopeLayer {
-        n_heads: 40, n_kv_heads: 8, head_dim: 128, kind: LAYER_ROPE, inv_freq: freqs.as_ptr(),
-        qk_norm: 1, qk_norm_eps: 1e-5, temperature: 0, floor_scale: 8192.0, attn_scale: 0.1,
+        n_heads: 40,
+        n_kv_heads: 8,
+        head_dim: 128,
+        kind: LAYER_ROPE,
+        inv_freq: freqs.as_ptr(),
+        qk_norm: 1,
+        qk_norm_eps: 1e-5,
+        temperature: 0,
+        floor_scale: 8192.0,
+        attn_scale: 0.1,
     };
     let d = 0x1000 as *mut std::ffi::c_void;
-    let call = |l: &RopeLayer| unsafe {
-        l4k_rope_qkv(d, d as _, d as _, 3, l, d, d, d, 16, ptr::null_mut(), ptr::null_mut())
-    };
+    let call =
+        |l: &RopeLayer| unsafe { l4k_rope_qkv(d, d as _, d as _, 3, l, d, d, d, 16, ptr::null_mut(), ptr::null_mut()) };
     layer.n_kv_heads = 7;
     assert_eq!(call(&layer), Status::InvalidArgument, "{}", last_error());
     layer.n_kv_heads = 8;
@@ -61,7 +68,10 @@ fn c_abi_rope_layer_is_validated() {
     layer.floor_scale = 0.0;
     assert_eq!(call(&layer), Status::InvalidArgument);
     assert!(last_error().contains("floor_scale"));
-    assert_eq!(unsafe { l4k_rope_qkv(d, d as _, d as _, 3, ptr::null(), d, d, d, 16, ptr::null_mut(), ptr::null_mut()) }, Status::InvalidArgument);
+    assert_eq!(
+        unsafe { l4k_rope_qkv(d, d as _, d as _, 3, ptr::null(), d, d, d, 16, ptr::null_mut(), ptr::null_mut()) },
+        Status::InvalidArgument
+    );
 }
 
 #[test]
@@ -87,4 +97,108 @@ proptest! {
         let want = llama4_reference::rope::inv_freq(theta, d, scaled.then_some(r));
         prop_assert!(ours.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{:?} vs {:?}", ours, want);
     }
+}
+
+#[test]
+fn c_abi_routing_validation() {
+    let d = |a: usize| a as *mut std::ffi::c_void;
+    let mut ws = 0usize;
+    // SAFETY: a valid out-pointer.
+    assert_eq!(unsafe { l4k_router_workspace_size(16384, 128, 0, &mut ws) }, Status::Ok);
+    assert!(ws > 16);
+    assert_eq!(unsafe { l4k_router_workspace_size(16, 257, 0, &mut ws) }, Status::Unsupported);
+    assert!(last_error().contains("257 experts"), "{}", last_error());
+    let route = |e: i32, mode: i32, k: i32, align: i32, logits: usize, ws_bytes: usize| {
+        l4k_router(
+            d(logits),
+            0,
+            100,
+            e,
+            mode,
+            k,
+            0,
+            align,
+            d(0x1000) as _,
+            d(0x2000) as _,
+            d(0x3000) as _,
+            d(0x4000) as _,
+            d(0x5000) as _,
+            d(0x6000),
+            ws_bytes,
+            ptr::null_mut(),
+        )
+    };
+    let big = 1 << 20;
+    assert_eq!(route(300, 0, 1, 1, 0x100, big), Status::Unsupported);
+    assert_eq!(route(4, 1, 5, 1, 0x100, big), Status::InvalidArgument);
+    assert!(last_error().contains("k = 5 > 4 experts"), "{}", last_error());
+    assert_eq!(route(64, 1, 9, 1, 0x100, big), Status::Unsupported);
+    assert!(last_error().contains("at most 8"), "{}", last_error());
+    assert_eq!(route(64, 0, 2, 1, 0x100, big), Status::InvalidArgument);
+    assert!(last_error().contains("k = 1"), "{}", last_error());
+    assert_eq!(route(64, 0, 1, 1, 0x101, big), Status::InvalidArgument);
+    assert!(last_error().contains("logits") && last_error().contains("aligned"), "{}", last_error());
+    assert_eq!(route(64, 0, 1, 1, 0x100, 20), Status::InvalidArgument);
+    assert!(last_error().contains("workspace is 20 bytes"), "{}", last_error());
+    assert_eq!(route(64, 0, 1, 0, 0x100, big), Status::InvalidArgument);
+    assert_eq!(route(64, 7, 1, 1, 0x100, big), Status::InvalidArgument);
+    assert!(last_error().contains("unknown routing mode"), "{}", last_error());
+    // T = 0 is a no-op even with null pointers.
+    let s = l4k_router(
+        ptr::null(),
+        0,
+        0,
+        16,
+        0,
+        1,
+        0,
+        1,
+        ptr::null_mut(),
+        ptr::null_mut(),
+        ptr::null_mut(),
+        ptr::null_mut(),
+        ptr::null_mut(),
+        ptr::null_mut(),
+        0,
+        ptr::null_mut(),
+    );
+    assert_eq!(s, Status::Ok, "{}", last_error());
+}
+
+#[test]
+fn c_abi_permute_validation() {
+    let d = |a: usize| a as *mut std::ffi::c_void;
+    assert_eq!(l4k_permuted_rows(100, 2, 16, 128), 200 + 16 * 127);
+    assert_eq!(l4k_permuted_rows(-1, 1, 1, 1), -1);
+    let perm = |x: usize, k: i32, align: i32, rows: i64, counts: usize| {
+        l4k_permute_fp8(
+            d(x),
+            ptr::null(),
+            d(0x2000) as _,
+            d(counts) as _,
+            d(0x4000) as _,
+            d(0x5000),
+            d(0x6000) as _,
+            10,
+            64,
+            k,
+            16,
+            align,
+            rows,
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(perm(0x1001, 1, 1, 10, 0), Status::InvalidArgument);
+    assert!(last_error().contains("x") && last_error().contains("aligned"), "{}", last_error());
+    assert_eq!(perm(0x1000, 1, 1, 9, 0), Status::InvalidArgument);
+    assert!(last_error().contains("need 10"), "{}", last_error());
+    assert_eq!(perm(0x1000, 9, 1, 1000, 0), Status::Unsupported);
+    assert_eq!(perm(0x1000, 1, 8, 10 + 16 * 7, 0), Status::InvalidArgument);
+    assert!(last_error().contains("counts is null"), "{}", last_error());
+    let un = |k: i32, shared: usize| {
+        l4k_unpermute(d(0x1000), ptr::null(), d(0x2000) as _, d(shared), d(0x3000), 10, 64, k, 10, ptr::null_mut())
+    };
+    assert_eq!(un(9, 0), Status::Unsupported);
+    assert_eq!(un(1, 0x3001), Status::InvalidArgument);
+    assert!(last_error().contains("shared"), "{}", last_error());
 }

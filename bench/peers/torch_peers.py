@@ -95,6 +95,46 @@ def rope_qkv(qkv, freqs_cis, slots, kc, vc, qk_norm, temp):
     return q.contiguous()
 
 
+def route_layout(ids, e):
+    """The part of routing a permutation needs: stable sort by expert, counts, offsets, destinations."""
+    flat = ids.flatten()
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=e)
+    offsets = F.pad(torch.cumsum(counts, 0), (1, 0))
+    dest = torch.empty_like(order)
+    dest[order] = torch.arange(order.numel(), device=order.device)
+    return counts, offsets, dest, order
+
+
+def route_sigmoid_top1(logits):
+    # Llama4Router: top-1 on the raw logits, sigmoid in f32, back to the activation dtype.
+    score, ids = torch.topk(logits, 1, dim=-1)
+    w = torch.sigmoid(score.float()).to(logits.dtype)
+    return (ids, w) + route_layout(ids, logits.shape[1])
+
+
+def route_softmax_top8(logits):
+    probs = torch.softmax(logits.float(), dim=-1)
+    w, ids = torch.topk(probs, 8, dim=-1)
+    w = w / w.sum(-1, keepdim=True)
+    return (ids, w) + route_layout(ids, logits.shape[1])
+
+
+def permute_fp8_scaled(x, order, w_sorted):
+    # index_select into expert order, scale the expert input (bf16), per-token FP8 quantization.
+    xs = (x.index_select(0, order) * w_sorted[:, None]).to(x.dtype)
+    return quant_fp8(xs)
+
+
+def permute_bf16_scaled(x, order, w_sorted):
+    return (x.index_select(0, order) * w_sorted[:, None]).to(x.dtype)
+
+
+def unpermute_shared(y, order, shared):
+    # scatter the expert rows back to their tokens, adding onto the shared expert's output.
+    return shared.index_add(0, order, y)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True)
@@ -159,6 +199,29 @@ def main():
             both("rope", "nope_temp", rshape, t, 4 * t * width + 12 * t,
                  lambda x, kc, vc: rope_qkv(x, None, slots, kc, vc, False, temp), rsets)
             del rsets
+            torch.cuda.empty_cache()
+
+        # Routing (bench/router.rs): same variants and shapes.
+        for t in [1, 64, 512, 4096, 16384]:
+            for e, variant, fn in [(16, "sigmoid_top1", route_sigmoid_top1), (128, "sigmoid_top1", route_sigmoid_top1),
+                                   (128, "softmax_top8", route_softmax_top8)]:
+                k = 8 if variant == "softmax_top8" else 1
+                lsets = [(rand(t, e),) for _ in range(rotation(2 * t * e))]
+                both("router", variant, f"{t}xE{e}", t, 2 * t * e + 4 * t * k * 6 + 4 * (2 * e + 1), fn, lsets)
+                del lsets
+
+            # Permute / unpermute (bench/permute.rs): Scout routing, 16 experts, top-1, H = 5120.
+            n = t * H
+            shape = f"{t}x{H}"
+            ids, w, _, _, _, order = route_sigmoid_top1(rand(t, 16))
+            w_sorted = w.flatten()[order]
+            psets = [(rand(t, H), order, w_sorted) for _ in range(rotation(3 * n))]
+            both("permute", "fp8_scaled", shape, t, 2 * n + n + 12 * t, permute_fp8_scaled, psets)
+            both("permute", "bf16_scaled", shape, t, 4 * n + 8 * t, permute_bf16_scaled, psets)
+            del psets
+            usets = [(rand(t, H), order, rand(t, H)) for _ in range(rotation(6 * n))]
+            both("permute", "unpermute_shared", shape, t, 6 * n + 4 * t, unpermute_shared, usets)
+            del usets
             torch.cuda.empty_cache()
 
 

@@ -160,7 +160,12 @@ fn padded_layout_writes_only_counted_rows() {
 #[ignore = "needs a CUDA GPU"]
 fn model_sized_k_stays_accurate() {
     // k of Scout's gate_up (5120) and down (8192) projections: where accumulation error would show.
-    for (k, schedule) in [(5120, Schedule::Prefill), (8192, Schedule::Prefill), (8192, Schedule::PrefillFastAccum), (8192, Schedule::Decode)] {
+    for (k, schedule) in [
+        (5120, Schedule::Prefill),
+        (8192, Schedule::Prefill),
+        (8192, Schedule::PrefillFastAccum),
+        (8192, Schedule::Decode),
+    ] {
         let mut r = rng(k as u64);
         let p = problem(&mut r, 3, 256, k, vec![130, 0, 67], 0);
         let offsets: Vec<i32> = p.starts.iter().map(|&s| s as i32).collect();
@@ -187,7 +192,7 @@ fn inconsistent_offsets_raise_the_flag_and_write_nothing() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn bad_shapes_are_clear_errors() {
-    let da = upload(&vec![E4M3(0x38); 4 * 24]);
+    let da = upload(&[E4M3(0x38); 4 * 24]);
     let db = upload(&vec![E4M3(0x38); 2 * 8 * 24]);
     let (dsa, dsb, doff) = (upload(&[1.0f32; 4]), upload(&[1.0f32; 16]), upload(&[0i32, 2, 4]));
     let mut d = poison_bf16(4 * 8);
@@ -197,13 +202,27 @@ fn bad_shapes_are_clear_errors() {
     let (b, sb) = (Tensor::of(&db, [2, 8, 24]).unwrap(), Tensor::of(&dsb, [2, 8]).unwrap());
     let off = Tensor::of(&doff, [3]).unwrap();
     let g = GroupedGemm { a: &a, scale_a: &sa, b: &b, scale_b: &sb, offsets: &off, counts: None };
-    let e = grouped_gemm_fp8(stream(), &g, &mut TensorMut::of(&mut d, [4, 8]).unwrap(),
-                             &mut TensorMut::of(&mut ws, [wl]).unwrap(), None, Schedule::Auto).unwrap_err();
+    let e = grouped_gemm_fp8(
+        stream(),
+        &g,
+        &mut TensorMut::of(&mut d, [4, 8]).unwrap(),
+        &mut TensorMut::of(&mut ws, [wl]).unwrap(),
+        None,
+        Schedule::Auto,
+    )
+    .unwrap_err();
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("multiple of 16")), "{e}");
     let off3 = Tensor::of(&doff, [3]).unwrap();
     let b1 = Tensor::new(db.slice(..8 * 24), [1, 8, 24]).unwrap();
     let g = GroupedGemm { b: &b1, offsets: &off3, ..g };
-    let e = grouped_gemm_fp8(stream(), &g, &mut TensorMut::of(&mut d, [4, 8]).unwrap(),
-                             &mut TensorMut::of(&mut ws, [wl]).unwrap(), None, Schedule::Auto).unwrap_err();
+    let e = grouped_gemm_fp8(
+        stream(),
+        &g,
+        &mut TensorMut::of(&mut d, [4, 8]).unwrap(),
+        &mut TensorMut::of(&mut ws, [wl]).unwrap(),
+        None,
+        Schedule::Auto,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("scale_b"), "expert count mismatch: {e}");
 }

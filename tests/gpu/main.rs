@@ -5,7 +5,10 @@
 mod common;
 
 mod capi;
+mod grouped_gemm;
+mod permute;
 mod quant;
 mod rmsnorm;
 mod rope;
+mod router;
 mod swiglu;

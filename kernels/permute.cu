@@ -1,0 +1,191 @@
+// Moving token rows into and out of the expert-sorted layout of kernels/router.cu (reference/src/permute.rs).
+//
+// Layout consumed by the FP8 grouped GEMM: rows [offsets[e], offsets[e + 1]) of the permuted buffer belong to
+// expert e; its first counts[e] rows are (token, choice) pairs in token order, the rest padding up to a
+// multiple of align. Row dest[t * k + c] holds token t's activation for choice c. FP8 rows carry one f32
+// scale each (scales[row], rowwise recipe of kernels/quant.cu). Padding rows are written as the quantization
+// of a zero row: bytes 0 and scale 1e-12 / 448 (bf16 output: zeros), so a GEMM may run over whole tiles and
+// the padded rows contribute exactly zero. Rows at and past offsets[E] are never touched.
+//
+// permute: one CTA per token, the token's row read once into registers (packed bf16) and written k times,
+// each time scaled by its routing weight (bf16(x * w), the model's rounding), then stored as bf16 or quantized
+// with the scale derived from the row's single amax reduction. Reading once per token instead of once per (token, choice) saves
+// (k - 1) row reads for top-k models. Extra CTAs past the tokens zero the padding rows: E * (align - 1) of
+// them, one per possible padding row, each finding its row from counts/offsets on the device.
+//
+// unpermute: one CTA per token: out[t] = bf16(sum_c (w[t, c] *) y[dest[t, c]] (+ shared[t])), summed in f32 in
+// choice order with the shared row last and one rounding (products and sums rounded separately, never fused
+// into an FMA, as the reference computes them).
+//
+// Every destination is bounds-checked against the buffer's row count: a corrupted or -1 destination is
+// skipped (permute) or contributes nothing (unpermute), never an out-of-bounds access. Row offsets are int64.
+#include "common.cuh"
+
+namespace l4k {
+
+template <int VEC>
+__device__ __forceinline__ void store_zero_bf16(bf16* p) {
+  Pack<VEC> z;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) z.h[j] = __float2bfloat16(0.f);
+  store_pack<VEC>(p, z);
+}
+
+// Padding row j of the E * (align - 1) candidates: slot j % (align - 1) past expert e's real rows.
+template <int VEC, bool FP8>
+__device__ void zero_padding_row(const L4kPermuteParams& p, int64_t j) {
+  const int64_t slots = p.align - 1;
+  const int64_t e = j / slots;
+  if (e >= p.experts) return;
+  const int64_t row = static_cast<int64_t>(p.offsets[e]) + p.counts[e] + j % slots;
+  if (row >= p.offsets[e + 1] || row < 0 || row >= p.rows) return;
+  for (int64_t c = static_cast<int64_t>(threadIdx.x) * VEC; c < p.hidden; c += static_cast<int64_t>(blockDim.x) * VEC) {
+    if constexpr (FP8) {
+      uint8_t* q = static_cast<uint8_t*>(p.out) + row * p.hidden + c;
+      if constexpr (VEC == 8) {
+        *reinterpret_cast<uint2*>(q) = make_uint2(0u, 0u);
+      } else {
+        *q = 0;
+      }
+    } else {
+      store_zero_bf16<VEC>(static_cast<bf16*>(p.out) + row * p.hidden + c);
+    }
+  }
+  if (FP8 && threadIdx.x == 0) p.scales[row] = kMinAmax / kE4m3Max;
+}
+
+template <int VEC, int VPT, bool FP8>
+__global__ void __launch_bounds__(row_threads_cap<VEC>()) permute_kernel(const L4kPermuteParams p) {
+  if (blockIdx.x >= p.tokens) {
+    zero_padding_row<VEC, FP8>(p, blockIdx.x - p.tokens);
+    return;
+  }
+  const int64_t t = blockIdx.x;
+  const bf16* x = static_cast<const bf16*>(p.x) + t * p.hidden;
+  Pack<VEC> v[VPT];
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < p.hidden) {
+      v[i] = load_pack<VEC>(x + c);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) amax = fmaxf(amax, fabsf(v[i][j]));
+    }
+  }
+  // One reduction per token, not per choice: rounding is monotone and odd, so the amax of bf16(x * w) over a
+  // row is bf16(amax|x| * |w|) exactly (NaN elements drop out of both; a NaN weight gives the floor scale).
+  if constexpr (FP8) amax = block_reduce(amax, MaxOp{}, 0.f);
+  const bool scaled = p.weights != nullptr;
+  for (int choice = 0; choice < p.k; ++choice) {
+    // The same address for every thread: the skip below is uniform across the CTA.
+    const int64_t row = p.dest[t * p.k + choice];
+    if (row < 0 || row >= p.rows) continue;
+    const float w = scaled ? p.weights[t * p.k + choice] : 1.f;
+    float inv = 1.f;
+    if constexpr (FP8) {
+      const float row_amax = scaled ? round_bf16(__fmul_rn(amax, fabsf(w))) : amax;
+      const float scale = fmaxf(row_amax, kMinAmax) / kE4m3Max;
+      if (threadIdx.x == 0) p.scales[row] = scale;
+      inv = 1.f / scale;
+    }
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+      if (c < p.hidden) {
+        // y = bf16(x * w): the activation the expert sees (the model's rounding), then quantized or stored.
+        Pack<VEC> y;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) y.set(j, scaled ? __fmul_rn(v[i][j], w) : v[i][j]);
+        if constexpr (FP8) {
+          store_e4m3<VEC>(static_cast<uint8_t*>(p.out) + row * p.hidden + c, y, inv);
+        } else {
+          store_pack<VEC>(static_cast<bf16*>(p.out) + row * p.hidden + c, y);
+        }
+      }
+    }
+  }
+}
+
+template <int VEC, bool FP8>
+int launch_permute(const L4kPermuteParams& p, cudaStream_t stream) {
+  RowShape s;
+  if (!row_shape<VEC>(p.hidden / VEC, &s)) return L4K_STATUS_TOO_LONG;
+  const int64_t pad_blocks = p.align > 1 ? static_cast<int64_t>(p.experts) * (p.align - 1) : 0;
+  const dim3 grid(static_cast<unsigned>(p.tokens + pad_blocks)), block(s.threads);
+  switch (s.vpt) {
+    case 1: permute_kernel<VEC, 1, FP8><<<grid, block, 0, stream>>>(p); break;
+    case 2: permute_kernel<VEC, 2, FP8><<<grid, block, 0, stream>>>(p); break;
+    case 4: permute_kernel<VEC, 4, FP8><<<grid, block, 0, stream>>>(p); break;
+    case 8: permute_kernel<VEC, 8, FP8><<<grid, block, 0, stream>>>(p); break;
+    default: permute_kernel<VEC, 16, FP8><<<grid, block, 0, stream>>>(p); break;
+  }
+  return launch_status();
+}
+
+constexpr int kUnpermuteThreads = 256;
+
+template <int VEC>
+__global__ void __launch_bounds__(kUnpermuteThreads) unpermute_kernel(const L4kUnpermuteParams p) {
+  __shared__ int64_t src[L4K_ROUTER_MAX_TOP_K];
+  __shared__ float wt[L4K_ROUTER_MAX_TOP_K];
+  const int64_t t = blockIdx.x;
+  if (threadIdx.x < p.k) {
+    const int64_t d = p.dest[t * p.k + threadIdx.x];
+    src[threadIdx.x] = d >= 0 && d < p.rows ? d : -1;
+    wt[threadIdx.x] = p.weights != nullptr ? p.weights[t * p.k + threadIdx.x] : 1.f;
+  }
+  __syncthreads();
+  const bf16* y = static_cast<const bf16*>(p.expert_out);
+  const bf16* shared = static_cast<const bf16*>(p.shared);
+  bf16* out = static_cast<bf16*>(p.out) + t * p.hidden;
+  for (int64_t c = static_cast<int64_t>(threadIdx.x) * VEC; c < p.hidden; c += static_cast<int64_t>(blockDim.x) * VEC) {
+    // All k rows (and the shared row) are loaded before any is summed: k + 1 loads in flight per thread.
+    Pack<VEC> rows[L4K_ROUTER_MAX_TOP_K];
+#pragma unroll
+    for (int i = 0; i < L4K_ROUTER_MAX_TOP_K; ++i)
+      if (i < p.k && src[i] >= 0) rows[i] = load_pack<VEC>(y + src[i] * p.hidden + c);
+    Pack<VEC> sh;
+    if (shared != nullptr) sh = load_pack<VEC>(shared + t * p.hidden + c);
+    float acc[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) acc[j] = 0.f;
+#pragma unroll
+    for (int i = 0; i < L4K_ROUTER_MAX_TOP_K; ++i) {
+      if (i < p.k && src[i] >= 0) {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j)
+          acc[j] = __fadd_rn(acc[j], p.weights != nullptr ? __fmul_rn(wt[i], rows[i][j]) : rows[i][j]);
+      }
+    }
+    Pack<VEC> o;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) o.set(j, shared != nullptr ? __fadd_rn(acc[j], sh[j]) : acc[j]);
+    store_pack<VEC>(out + c, o);
+  }
+}
+
+}  // namespace l4k
+
+extern "C" int l4k_launch_permute(const L4kPermuteParams* p, cudaStream_t stream) {
+  using namespace l4k;
+  const bool fp8 = p->out_kind == L4K_PERMUTE_FP8;
+  // Vector path: every row starts on a 16-byte (bf16 in and out) or 8-byte (FP8 out) boundary.
+  const uintptr_t out_align = fp8 ? 7u : 15u;
+  const bool vec = p->hidden % 8 == 0 && aligned16(p->x) && (reinterpret_cast<uintptr_t>(p->out) & out_align) == 0;
+  if (vec) return fp8 ? launch_permute<8, true>(*p, stream) : launch_permute<8, false>(*p, stream);
+  return fp8 ? launch_permute<1, true>(*p, stream) : launch_permute<1, false>(*p, stream);
+}
+
+extern "C" int l4k_launch_unpermute(const L4kUnpermuteParams* p, cudaStream_t stream) {
+  using namespace l4k;
+  const bool vec = p->hidden % 8 == 0 && aligned16(p->expert_out) && aligned16(p->out) &&
+                   (p->shared == nullptr || aligned16(p->shared));
+  const dim3 grid(static_cast<unsigned>(p->tokens)), block(kUnpermuteThreads);
+  if (vec) {
+    unpermute_kernel<8><<<grid, block, 0, stream>>>(*p);
+  } else {
+    unpermute_kernel<1><<<grid, block, 0, stream>>>(*p);
+  }
+  return launch_status();
+}

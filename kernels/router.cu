@@ -1,0 +1,405 @@
+// MoE routing on the device: top-k experts and weights per token, per-expert counts, padded offsets and each
+// (token, choice)'s row in the expert-sorted order (stable in (token, choice)), with no host synchronization.
+// Semantics: reference/src/router.rs (ranking, NaN rule, tie rule) and reference/src/permute.rs (padding).
+//
+// Launches (three graph nodes, fixed for any T):
+//   1. a 4-byte memset of the arrival counter in the workspace;
+//   2. router_topk_kernel: one CTA per tile of TPB tokens. Each warp loads its whole share of the tile into
+//      registers first (every load in flight at once: routing is latency-bound, a token-at-a-time loop would
+//      pay one memory latency per token), then ranks each token with G lanes (G * 8 >= E values), writes ids
+//      and weights, and ranks the tile's (token, choice) pairs stably per expert (__match_any_sync in (t, c)
+//      order, warp counts scanned in warp order). The tile's per-expert histogram goes to the workspace and
+//      each pair's rank within the tile into dest. The LAST CTA to finish (arrival counter, threadfence
+//      pattern) scans the [tiles, E] histogram per expert: exclusive column prefixes in place, counts, and the
+//      padded offsets;
+//   3. router_dest_kernel: dest += offsets[e] + prefix[tile][e], element-parallel.
+// Why this and not a decoupled look-back: a destination needs offsets[e], the count of every smaller expert
+// over ALL tokens, so nothing can be final before the last tile is counted; one scan after all tiles plus an
+// element-parallel fix-up is the minimum, and the scan rides on the tail of kernel 2 instead of a launch.
+// Tiles hold 32 to 512 tokens (bigger for small E) so the histogram stays small: 128 x 128 at T = 16384,
+// E = 128 (bf16 logits).
+#include "common.cuh"
+
+namespace l4k {
+
+constexpr int kRouterWarps = 8;
+constexpr int kRouterThreads = kRouterWarps * 32;
+constexpr int kVpl = 8;                 // logits per lane
+constexpr int kMaxK = L4K_ROUTER_MAX_TOP_K;
+constexpr int kMaxE = L4K_ROUTER_MAX_EXPERTS;
+constexpr int kMaxTileEntries = 4096;   // tokens per tile * k: the tile's shared-memory id and rank arrays
+constexpr size_t kCounterBytes = 16;    // workspace: [counter, pad] then the [tiles, E] int32 histogram
+
+// Lanes per token: the smallest power of two with 8 logits per lane covering E, at least 2 (a 1-lane variant
+// for E <= 8 would be one more instantiation for a size no model uses).
+constexpr int router_group(int e) { return e <= 16 ? 2 : e <= 32 ? 4 : e <= 64 ? 8 : e <= 128 ? 16 : 32; }
+// Token groups each lane loads up front: 128 bytes of logits per lane (bf16 x 8 x 8, f32 x 8 x 4), fewer when
+// groups are narrow, so a tile never holds more than 512 tokens (512 * k <= kMaxTileEntries).
+constexpr int router_iters(int g, bool f32) { return (f32 ? 4 : 8) < 2 * g ? (f32 ? 4 : 8) : 2 * g; }
+constexpr int router_tile(int e, bool f32) {
+  return kRouterWarps * router_iters(router_group(e), f32) * (32 / router_group(e));
+}
+static_assert(router_tile(1, false) * kMaxK <= kMaxTileEntries && router_tile(1, true) * kMaxK <= kMaxTileEntries &&
+              router_tile(17, false) * kMaxK <= kMaxTileEntries, "tile entries exceed shared memory");
+
+// 8 consecutive logits of one token as f32, loaded as 16-byte vectors or element by element.
+template <class T>
+struct Logits8;
+template <>
+struct Logits8<bf16> {
+  Pack<8> v;
+  __device__ __forceinline__ float operator[](int j) const { return v[j]; }
+  __device__ __forceinline__ void load_vec(const bf16* p) { v = load_pack<8>(p); }
+  __device__ __forceinline__ void load(const bf16* p, int n) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v.h[j] = j < n ? p[j] : __float2bfloat16(0.f);
+  }
+};
+template <>
+struct Logits8<float> {
+  float f[8];
+  __device__ __forceinline__ float operator[](int j) const { return f[j]; }
+  __device__ __forceinline__ void load_vec(const float* p) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  }
+  __device__ __forceinline__ void load(const float* p, int n) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) f[j] = j < n ? p[j] : 0.f;
+  }
+};
+
+// Total order of candidates as one integer, larger = better: a non-NaN logit beats every NaN logit; then the
+// larger key (a NaN key, the softmax of a +inf logit, ranks as +inf; -0 ties with +0); then the lower index.
+// Unused slots are 0, below every real candidate (a NaN-logit expert still has a nonzero index part).
+__device__ __forceinline__ uint64_t rank_key(float key, bool nan_logit, int idx) {
+  uint32_t hi = 0;
+  if (!nan_logit) {
+    float k = isnan(key) ? INFINITY : key;
+    if (k == 0.f) k = 0.f;
+    const uint32_t b = __float_as_uint(k);
+    hi = (b & 0x80000000u) ? ~b : (b | 0x80000000u);  // >= 0x007FFFFF > 0 for every non-NaN value
+  }
+  return (static_cast<uint64_t>(hi) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(idx));
+}
+
+template <int G, class V>
+__device__ __forceinline__ V group_reduce(V v, bool is_max) {
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) {
+    const V w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? (w > v ? w : v) : v + w;
+  }
+  return v;
+}
+
+// Ranks one token held by G lanes (lane gl holds experts gl * 8 .. gl * 8 + 7) and writes its k choices, best
+// first (every lane of the group computes them; one writes). Shuffles stay inside the aligned group of G lanes.
+// What top_k needs of the parameters, by value: a reference to the kernel's parameter struct would make every
+// thread copy the whole struct to local memory for the call.
+struct Ranking {
+  int experts, k;
+  bool softmax, bf16_weights, renormalize;
+};
+
+// Where one token's choices go: ids/weights (global, `write` lanes only) and the tile's shared id array.
+struct Choices {
+  bool write;         // this lane writes (first lane of the group, token inside the tile)
+  int* ids;           // &ids[token * k]
+  float* weights;     // &weights[token * k]
+  uint8_t* tile_ids;  // &tile_ids[token_in_tile * k]
+};
+
+// Not inlined: one copy per instantiation instead of one per unrolled token group keeps router.o (linked into
+// every test and bench binary) small; the call costs a 32-byte spill of x, noise for a latency-bound kernel.
+template <int G>
+__device__ __noinline__ void top_k(const float (&x)[kVpl], int gl, int lane, Ranking p, Choices out) {
+  const int E = p.experts;
+  const bool softmax = p.softmax;
+  float val[kVpl];  // what a chosen expert's weight is made of: the logit (sigmoid) or its probability
+  int nan_here = 0, in_here = 0;
+#pragma unroll
+  for (int j = 0; j < kVpl; ++j) {
+    const bool in = gl * kVpl + j < E;
+    in_here += in;
+    nan_here += in && isnan(x[j]);
+    val[j] = x[j];
+  }
+  const bool all_nan = group_reduce<G>(nan_here, false) == group_reduce<G>(in_here, false);
+  if (softmax) {
+    // NaN logits count as -inf; exp in f32, denominator and division in f64 as the reference does.
+    float m = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kVpl; ++j)
+      if (gl * kVpl + j < E) m = fmaxf(m, isnan(x[j]) ? -INFINITY : x[j]);
+    m = group_reduce<G>(m, true);
+    double s = 0.0;
+#pragma unroll
+    for (int j = 0; j < kVpl; ++j) {
+      val[j] = gl * kVpl + j < E ? expf((isnan(x[j]) ? -INFINITY : x[j]) - m) : 0.f;
+      s += static_cast<double>(val[j]);
+    }
+    s = group_reduce<G>(s, false);
+#pragma unroll
+    for (int j = 0; j < kVpl; ++j) val[j] = static_cast<float>(static_cast<double>(val[j]) / s);
+  }
+  uint64_t cand[kVpl];
+#pragma unroll
+  for (int j = 0; j < kVpl; ++j) {
+    const int idx = gl * kVpl + j;
+    cand[j] = idx < E ? rank_key(val[j], isnan(x[j]), idx) : 0;
+  }
+  const int group_base = lane - gl;
+  float sum = 0.f;
+  // Rounds are a runtime loop (not unrolled): the kernel is instantiated per group width and dtype, and an
+  // unrolled copy per round made the object (linked into every test and bench binary) several MB.
+#pragma unroll 1
+  for (int c = 0; c < p.k; ++c) {
+    uint64_t best = 0;
+#pragma unroll
+    for (int j = 0; j < kVpl; ++j) best = cand[j] > best ? cand[j] : best;
+    best = group_reduce<G>(best, true);
+    const int idx = static_cast<int>(0xFFFFFFFFu - static_cast<uint32_t>(best));
+    float mine = 0.f;
+#pragma unroll
+    for (int j = 0; j < kVpl; ++j) {
+      if (cand[j] == best) cand[j] = 0;  // keys are unique (they hold the index): removes exactly the winner
+      if (j == (idx & (kVpl - 1))) mine = val[j];
+    }
+    const float v = __shfl_sync(0xffffffffu, mine, group_base + idx / kVpl, 32);
+    float w;
+    if (!softmax) {
+      w = 1.f / (1.f + expf(-v));
+      if (p.bf16_weights) w = round_bf16(w);  // sigmoid rounded to the activation dtype
+    } else {
+      w = all_nan ? __int_as_float(0x7fc00000) : v;
+      sum += v;
+    }
+    if (out.write) {
+      out.ids[c] = idx;
+      out.weights[c] = w;
+      out.tile_ids[c] = static_cast<uint8_t>(idx);
+    }
+  }
+  if (softmax && p.renormalize && !all_nan && out.write) {
+    // Divided once all k are known, in the reference's order: w / (((0 + w0) + w1) + ...).
+#pragma unroll 1
+    for (int c = 0; c < p.k; ++c) out.weights[c] = out.weights[c] / sum;
+  }
+}
+
+// Exclusive prefix sum over the CTA (kRouterThreads values, one per thread); every thread must call it.
+__device__ __forceinline__ int block_exclusive_scan(int v, int* total) {
+  __shared__ int warp_sums[kRouterWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += n;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  int before = 0, all = 0;
+#pragma unroll
+  for (int w = 0; w < kRouterWarps; ++w) {
+    before += w < warp ? warp_sums[w] : 0;
+    all += warp_sums[w];
+  }
+  __syncthreads();
+  *total = all;
+  return before + incl - v;
+}
+
+// The last CTA: per-expert exclusive prefix of the [tiles, E] histogram (in place), counts and padded offsets.
+// Each expert column is cut into chunks so up to 256 threads each sum a run of tiles (independent L2 loads).
+__device__ void scan_histogram(const L4kRouterParams& p, int* hist, int tiles) {
+  __shared__ int chunk_sum[kRouterThreads];
+  const int E = p.experts, tid = threadIdx.x;
+  const int chunks = max(1, min(kRouterThreads / E, (tiles + 7) / 8));
+  const int len = (tiles + chunks - 1) / chunks;
+  const int col = tid % E, ch = tid / E;
+  const bool worker = ch < chunks;
+  const int b0 = ch * len, b1 = min(tiles, b0 + len);
+  if (worker) {
+    int s = 0;
+    for (int b = b0; b < b1; ++b) s += __ldcg(hist + static_cast<int64_t>(b) * E + col);
+    chunk_sum[ch * E + col] = s;
+  }
+  __syncthreads();
+  int padded = 0;
+  if (tid < E) {
+    int run = 0;
+    for (int c = 0; c < chunks; ++c) {
+      const int s = chunk_sum[c * E + tid];
+      chunk_sum[c * E + tid] = run;
+      run += s;
+    }
+    p.counts[tid] = run;
+    padded = (run + p.align - 1) / p.align * p.align;  // fits: the host bounds T * k + E * (align - 1)
+  }
+  int total;
+  const int start = block_exclusive_scan(padded, &total);
+  if (tid < E) p.offsets[tid] = start;
+  if (tid == 0) p.offsets[E] = total;
+  if (worker) {
+    int run = chunk_sum[ch * E + col];
+    for (int b = b0; b < b1; ++b) {
+      int* h = hist + static_cast<int64_t>(b) * E + col;
+      const int c = __ldcg(h);
+      *h = run;
+      run += c;
+    }
+  }
+}
+
+template <class T, int G>
+__global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRouterParams p, bool vec) {
+  constexpr int ITER = router_iters(G, sizeof(T) == 4), TPI = 32 / G, TPW = TPI * ITER, TPB = TPW * kRouterWarps;
+  __shared__ uint8_t tile_ids[kMaxTileEntries];
+  __shared__ uint16_t tile_rank[kMaxTileEntries];
+  __shared__ int warp_count[kRouterWarps][kMaxE];
+  __shared__ int is_last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, gl = lane % G;
+  const int E = p.experts, k = p.k;
+  const int64_t tok0 = static_cast<int64_t>(blockIdx.x) * TPB;
+  const int ntok = static_cast<int>(min(static_cast<int64_t>(TPB), p.tokens - tok0));
+  for (int i = threadIdx.x; i < kRouterWarps * kMaxE; i += kRouterThreads) (&warp_count[0][0])[i] = 0;
+
+  const Ranking rank{E, k, p.mode == L4K_ROUTER_SOFTMAX_TOPK, p.logits_dtype == L4K_LOGITS_BF16, p.renormalize != 0};
+
+  // 1. Every load of the warp's tokens first, then the ranking.
+  const T* logits = static_cast<const T*>(p.logits);
+  Logits8<T> raw[ITER];
+#pragma unroll
+  for (int i = 0; i < ITER; ++i) {
+    const int tl = warp * TPW + i * TPI + lane / G;
+    const T* row = logits + (tok0 + tl) * E + gl * kVpl;
+    const int n = min(kVpl, E - gl * kVpl);
+    if (tl < ntok && n > 0) {
+      if (vec) raw[i].load_vec(row); else raw[i].load(row, n);  // vec: E % 8 == 0, 16-byte aligned rows
+    } else {
+      raw[i].load(row, 0);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < ITER; ++i) {
+    const int tl = warp * TPW + i * TPI + lane / G;
+    float x[kVpl];
+#pragma unroll
+    for (int j = 0; j < kVpl; ++j) x[j] = raw[i][j];
+    const bool in = gl == 0 && tl < ntok;
+    const int64_t at = in ? (tok0 + tl) * k : 0;
+    top_k<G>(x, gl, lane, rank, Choices{in, p.ids + at, p.weights + at, in ? &tile_ids[tl * k] : tile_ids});
+  }
+  __syncthreads();
+
+  // 2. Stable rank of each (t, c) among the tile's pairs of its expert. Warp w ranks a contiguous run of
+  //    pairs, 32 at a time in order: lanes holding the same expert see each other in __match_any_sync, the lower
+  //    lanes come first, and the lowest lane advances the warp's count for that expert.
+  const int n = ntok * k, per = (n + kRouterWarps - 1) / kRouterWarps;
+  const int beg = warp * per, end = min(n, beg + per);
+  for (int base = beg; base < end; base += 32) {
+    const int i = base + lane;
+    const bool in = i < end;
+    const int e = in ? tile_ids[i] : kMaxE + lane;  // idle lanes get unique keys outside [0, kMaxE)
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const int before = __popc(peers & ((1u << lane) - 1));
+    const int seen = in ? warp_count[warp][e] : 0;
+    __syncwarp();
+    if (in && before == 0) warp_count[warp][e] = seen + __popc(peers);
+    __syncwarp();
+    if (in) tile_rank[i] = static_cast<uint16_t>(seen + before);
+  }
+  __syncthreads();
+
+  // 3. Warp counts -> per-warp starts (warp order is pair order); the tile's totals go to the histogram.
+  int* hist = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + kCounterBytes);
+  if (threadIdx.x < E) {
+    int run = 0;
+    for (int w = 0; w < kRouterWarps; ++w) {
+      const int c = warp_count[w][threadIdx.x];
+      warp_count[w][threadIdx.x] = run;
+      run += c;
+    }
+    hist[static_cast<int64_t>(blockIdx.x) * E + threadIdx.x] = run;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += kRouterThreads)
+    p.dest[tok0 * k + i] = warp_count[i / per][tile_ids[i]] + tile_rank[i];
+
+  // 4. The last tile to arrive scans the histogram. Every writer fences before the arrival is counted.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned* counter = static_cast<unsigned*>(p.workspace);
+    is_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  scan_histogram(p, hist, gridDim.x);
+}
+
+// dest = offsets[e] + (pairs of e in earlier tiles) + (rank within the tile). An id outside [0, E) (never
+// produced by kernel 2, but the ids buffer is the caller's memory) gets dest -1, which every consumer skips.
+__global__ void __launch_bounds__(256) router_dest_kernel(const L4kRouterParams p, int tile) {
+  const int64_t n = p.tokens * p.k;
+  const int* prefix = reinterpret_cast<const int*>(static_cast<const char*>(p.workspace) + kCounterBytes);
+  for (int64_t i = blockIdx.x * 256ll + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * 256) {
+    const int e = p.ids[i];
+    if (e < 0 || e >= p.experts) {
+      p.dest[i] = -1;
+      continue;
+    }
+    const int64_t b = i / p.k / tile;
+    p.dest[i] += p.offsets[e] + prefix[b * p.experts + e];
+  }
+}
+
+template <class T, int G>
+void launch_topk(const L4kRouterParams& p, int tiles, bool vec, cudaStream_t s) {
+  router_topk_kernel<T, G><<<tiles, kRouterThreads, 0, s>>>(p, vec);
+}
+
+template <class T>
+void launch_topk(const L4kRouterParams& p, int tiles, bool vec, cudaStream_t s) {
+  switch (router_group(p.experts)) {
+    case 2: launch_topk<T, 2>(p, tiles, vec, s); break;
+    case 4: launch_topk<T, 4>(p, tiles, vec, s); break;
+    case 8: launch_topk<T, 8>(p, tiles, vec, s); break;
+    case 16: launch_topk<T, 16>(p, tiles, vec, s); break;
+    default: launch_topk<T, 32>(p, tiles, vec, s); break;
+  }
+}
+
+}  // namespace l4k
+
+// Tokens per tile for E experts and this logits dtype, 0 if unsupported: sizes the workspace (ops/router.rs).
+extern "C" int l4k_internal_router_tile(int experts, int logits_dtype) {
+  if (experts < 1 || experts > l4k::kMaxE || (logits_dtype != L4K_LOGITS_BF16 && logits_dtype != L4K_LOGITS_F32))
+    return 0;
+  return l4k::router_tile(experts, logits_dtype == L4K_LOGITS_F32);
+}
+
+extern "C" int l4k_launch_router(const L4kRouterParams* p, cudaStream_t stream) {
+  using namespace l4k;
+  const int tile = l4k_internal_router_tile(p->experts, p->logits_dtype);
+  const int64_t tiles = (p->tokens + tile - 1) / tile;
+  // Re-checked here (the Rust layer already did) because an undersized workspace would be written past.
+  if (tile == 0 || p->workspace_bytes < static_cast<int64_t>(kCounterBytes) + tiles * p->experts * 4)
+    return L4K_STATUS_BAD_WORKSPACE;
+  cudaError_t e = cudaMemsetAsync(p->workspace, 0, sizeof(unsigned), stream);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(p->logits);
+  const bool vec = p->experts % kVpl == 0 && (base & 15u) == 0;
+  if (p->logits_dtype == L4K_LOGITS_F32) {
+    launch_topk<float>(*p, static_cast<int>(tiles), vec, stream);
+  } else {
+    launch_topk<bf16>(*p, static_cast<int>(tiles), vec, stream);
+  }
+  const int64_t n = p->tokens * p->k;
+  const int64_t blocks = (n + 255) / 256;
+  router_dest_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, stream>>>(*p, tile);
+  return launch_status();
+}
