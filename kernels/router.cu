@@ -2,7 +2,8 @@
 // (token, choice)'s row in the expert-sorted order (stable in (token, choice)), with no host synchronization.
 // Semantics: reference/src/router.rs (ranking, NaN rule, tie rule) and reference/src/permute.rs (padding).
 //
-// Launches (three graph nodes, fixed for any T):
+// Launches: one when the tokens fit one tile (every decode batch: counts, offsets and destinations are final in
+// the top-k kernel); otherwise three graph nodes, fixed for any T:
 //   1. a 4-byte memset of the arrival counter in the workspace;
 //   2. router_topk_kernel: one CTA per tile of TPB tokens. Each warp loads its whole share of the tile into
 //      registers first (every load in flight at once: routing is latency-bound, a token-at-a-time loop would
@@ -314,7 +315,12 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
   __syncthreads();
 
   // 3. Warp counts -> per-warp starts (warp order is pair order); the tile's totals go to the histogram.
+  //    A single tile (every decode batch) is the whole problem: its totals are the counts, and counts, offsets
+  //    and final destinations are written here, with none of the cross-CTA round trips of step 4 and kernel 3.
+  __shared__ int expert_start[kMaxE];
+  const bool single = gridDim.x == 1;
   int* hist = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + kCounterBytes);
+  int padded = 0;
   if (threadIdx.x < E) {
     int run = 0;
     for (int w = 0; w < kRouterWarps; ++w) {
@@ -322,11 +328,26 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
       warp_count[w][threadIdx.x] = run;
       run += c;
     }
-    hist[static_cast<int64_t>(blockIdx.x) * E + threadIdx.x] = run;
+    if (single) {
+      p.counts[threadIdx.x] = run;
+      padded = (run + p.align - 1) / p.align * p.align;
+    } else {
+      hist[static_cast<int64_t>(blockIdx.x) * E + threadIdx.x] = run;
+    }
+  }
+  if (single) {  // uniform across the CTA: every thread takes part in the scan
+    int total;
+    const int start = block_exclusive_scan(padded, &total);
+    if (threadIdx.x < E) {
+      p.offsets[threadIdx.x] = start;
+      expert_start[threadIdx.x] = start;
+    }
+    if (threadIdx.x == 0) p.offsets[E] = total;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < n; i += kRouterThreads)
-    p.dest[tok0 * k + i] = warp_count[i / per][tile_ids[i]] + tile_rank[i];
+    p.dest[tok0 * k + i] = (single ? expert_start[tile_ids[i]] : 0) + warp_count[i / per][tile_ids[i]] + tile_rank[i];
+  if (single) return;
 
   // 4. The last tile to arrive scans the histogram. Every writer fences before the arrival is counted.
   __threadfence();
@@ -389,8 +410,11 @@ extern "C" int l4k_launch_router(const L4kRouterParams* p, cudaStream_t stream) 
   // Re-checked here (the Rust layer already did) because an undersized workspace would be written past.
   if (tile == 0 || p->workspace_bytes < static_cast<int64_t>(kCounterBytes) + tiles * p->experts * 4)
     return L4K_STATUS_BAD_WORKSPACE;
-  cudaError_t e = cudaMemsetAsync(p->workspace, 0, sizeof(unsigned), stream);
-  if (e != cudaSuccess) return static_cast<int>(e);
+  // One tile finishes everything in one launch (see step 3); more need the arrival counter and the fix-up.
+  if (tiles > 1) {
+    cudaError_t e = cudaMemsetAsync(p->workspace, 0, sizeof(unsigned), stream);
+    if (e != cudaSuccess) return static_cast<int>(e);
+  }
   const uintptr_t base = reinterpret_cast<uintptr_t>(p->logits);
   const bool vec = p->experts % kVpl == 0 && (base & 15u) == 0;
   if (p->logits_dtype == L4K_LOGITS_F32) {
@@ -398,8 +422,10 @@ extern "C" int l4k_launch_router(const L4kRouterParams* p, cudaStream_t stream) 
   } else {
     launch_topk<bf16>(*p, static_cast<int>(tiles), vec, stream);
   }
-  const int64_t n = p->tokens * p->k;
-  const int64_t blocks = (n + 255) / 256;
-  router_dest_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, stream>>>(*p, tile);
+  if (tiles > 1) {
+    const int64_t n = p->tokens * p->k;
+    const int64_t blocks = (n + 255) / 256;
+    router_dest_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, stream>>>(*p, tile);
+  }
   return launch_status();
 }
