@@ -13,7 +13,7 @@
 // (k - 1) row reads for top-k models. Extra CTAs past the tokens zero the padding rows: E * (align - 1) of
 // them, one per possible padding row, each finding its row from counts/offsets on the device.
 //
-// unpermute: one CTA per token: out[t] = bf16(sum_c (w[t, c] *) y[dest[t, c]] (+ shared[t])), summed in f32 in
+// unpermute: one CTA per token, the row in VPT packs per thread: out[t] = bf16(sum_c (w[t, c] *) y[dest[t, c]] (+ shared[t])), summed in f32 in
 // choice order with the shared row last and one rounding (products and sums rounded separately, never fused
 // into an FMA, as the reference computes them).
 //
@@ -61,6 +61,15 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) permute_kernel(const L
     return;
   }
   const int64_t t = blockIdx.x;
+  // Destinations and weights are read before the row, so their latency hides under the row's loads instead
+  // of following the amax reduction's barrier.
+  __shared__ int64_t rows_s[L4K_ROUTER_MAX_TOP_K];
+  __shared__ float w_s[L4K_ROUTER_MAX_TOP_K];
+  const bool scaled = p.weights != nullptr;
+  if (threadIdx.x < p.k) {
+    rows_s[threadIdx.x] = p.dest[t * p.k + threadIdx.x];
+    w_s[threadIdx.x] = scaled ? p.weights[t * p.k + threadIdx.x] : 1.f;
+  }
   const bf16* x = static_cast<const bf16*>(p.x) + t * p.hidden;
   Pack<VEC> v[VPT];
   float amax = 0.f;
@@ -75,13 +84,16 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) permute_kernel(const L
   }
   // One reduction per token, not per choice: rounding is monotone and odd, so the amax of bf16(x * w) over a
   // row is bf16(amax|x| * |w|) exactly (NaN elements drop out of both; a NaN weight gives the floor scale).
-  if constexpr (FP8) amax = block_reduce(amax, MaxOp{}, 0.f);
-  const bool scaled = p.weights != nullptr;
+  if constexpr (FP8) {
+    amax = block_reduce(amax, MaxOp{}, 0.f);  // its barriers also publish rows_s / w_s
+  } else {
+    __syncthreads();
+  }
   for (int choice = 0; choice < p.k; ++choice) {
-    // The same address for every thread: the skip below is uniform across the CTA.
-    const int64_t row = p.dest[t * p.k + choice];
+    // The same value for every thread: the skip below is uniform across the CTA.
+    const int64_t row = rows_s[choice];
     if (row < 0 || row >= p.rows) continue;
-    const float w = scaled ? p.weights[t * p.k + choice] : 1.f;
+    const float w = w_s[choice];
     float inv = 1.f;
     if constexpr (FP8) {
       const float row_amax = scaled ? round_bf16(__fmul_rn(amax, fabsf(w))) : amax;
@@ -123,10 +135,11 @@ int launch_permute(const L4kPermuteParams& p, cudaStream_t stream) {
   return launch_status();
 }
 
-constexpr int kUnpermuteThreads = 256;
-
-template <int VEC>
-__global__ void __launch_bounds__(kUnpermuteThreads) unpermute_kernel(const L4kUnpermuteParams p) {
+// One CTA per token, the row split into VPT packs per thread (row_shape): the shared row and every source's
+// VPT packs are loaded before they are summed, so a thread keeps 2 * VPT loads in flight for top-1 models
+// (a column loop with one pack per source in flight reached 63% of the copy ceiling).
+template <int VEC, int VPT>
+__global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const L4kUnpermuteParams p) {
   __shared__ int64_t src[L4K_ROUTER_MAX_TOP_K];
   __shared__ float wt[L4K_ROUTER_MAX_TOP_K];
   const int64_t t = blockIdx.x;
@@ -135,34 +148,64 @@ __global__ void __launch_bounds__(kUnpermuteThreads) unpermute_kernel(const L4kU
     src[threadIdx.x] = d >= 0 && d < p.rows ? d : -1;
     wt[threadIdx.x] = p.weights != nullptr ? p.weights[t * p.k + threadIdx.x] : 1.f;
   }
-  __syncthreads();
   const bf16* y = static_cast<const bf16*>(p.expert_out);
   const bf16* shared = static_cast<const bf16*>(p.shared);
-  bf16* out = static_cast<bf16*>(p.out) + t * p.hidden;
-  for (int64_t c = static_cast<int64_t>(threadIdx.x) * VEC; c < p.hidden; c += static_cast<int64_t>(blockDim.x) * VEC) {
-    // All k rows (and the shared row) are loaded before any is summed: k + 1 loads in flight per thread.
-    Pack<VEC> rows[L4K_ROUTER_MAX_TOP_K];
+  Pack<VEC> sh[VPT];
+  if (shared != nullptr) {
 #pragma unroll
-    for (int i = 0; i < L4K_ROUTER_MAX_TOP_K; ++i)
-      if (i < p.k && src[i] >= 0) rows[i] = load_pack<VEC>(y + src[i] * p.hidden + c);
-    Pack<VEC> sh;
-    if (shared != nullptr) sh = load_pack<VEC>(shared + t * p.hidden + c);
-    float acc[VEC];
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) acc[j] = 0.f;
-#pragma unroll
-    for (int i = 0; i < L4K_ROUTER_MAX_TOP_K; ++i) {
-      if (i < p.k && src[i] >= 0) {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j)
-          acc[j] = __fadd_rn(acc[j], p.weights != nullptr ? __fmul_rn(wt[i], rows[i][j]) : rows[i][j]);
-      }
+    for (int i = 0; i < VPT; ++i) {
+      const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+      if (c < p.hidden) sh[i] = load_pack<VEC>(shared + t * p.hidden + c);
     }
-    Pack<VEC> o;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) o.set(j, shared != nullptr ? __fadd_rn(acc[j], sh[j]) : acc[j]);
-    store_pack<VEC>(out + c, o);
   }
+  __syncthreads();
+  float acc[VPT][VEC];
+#pragma unroll
+  for (int i = 0; i < VPT; ++i)
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) acc[i][j] = 0.f;
+  for (int s = 0; s < p.k; ++s) {
+    if (src[s] < 0) continue;  // uniform across the CTA
+    const bf16* row = y + src[s] * p.hidden;
+    Pack<VEC> r[VPT];
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+      if (c < p.hidden) r[i] = load_pack<VEC>(row + c);
+    }
+    const float w = wt[s];
+#pragma unroll
+    for (int i = 0; i < VPT; ++i)
+#pragma unroll
+      for (int j = 0; j < VEC; ++j)
+        acc[i][j] = __fadd_rn(acc[i][j], p.weights != nullptr ? __fmul_rn(w, r[i][j]) : r[i][j]);
+  }
+  bf16* out = static_cast<bf16*>(p.out) + t * p.hidden;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < p.hidden) {
+      Pack<VEC> o;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) o.set(j, shared != nullptr ? __fadd_rn(acc[i][j], sh[i][j]) : acc[i][j]);
+      store_pack<VEC>(out + c, o);
+    }
+  }
+}
+
+template <int VEC>
+int launch_unpermute(const L4kUnpermuteParams& p, cudaStream_t stream) {
+  RowShape s;
+  if (!row_shape<VEC>(p.hidden / VEC, &s)) return L4K_STATUS_TOO_LONG;
+  const dim3 grid(static_cast<unsigned>(p.tokens)), block(s.threads);
+  switch (s.vpt) {
+    case 1: unpermute_kernel<VEC, 1><<<grid, block, 0, stream>>>(p); break;
+    case 2: unpermute_kernel<VEC, 2><<<grid, block, 0, stream>>>(p); break;
+    case 4: unpermute_kernel<VEC, 4><<<grid, block, 0, stream>>>(p); break;
+    case 8: unpermute_kernel<VEC, 8><<<grid, block, 0, stream>>>(p); break;
+    default: unpermute_kernel<VEC, 16><<<grid, block, 0, stream>>>(p); break;
+  }
+  return launch_status();
 }
 
 }  // namespace l4k
@@ -181,11 +224,5 @@ extern "C" int l4k_launch_unpermute(const L4kUnpermuteParams* p, cudaStream_t st
   using namespace l4k;
   const bool vec = p->hidden % 8 == 0 && aligned16(p->expert_out) && aligned16(p->out) &&
                    (p->shared == nullptr || aligned16(p->shared));
-  const dim3 grid(static_cast<unsigned>(p->tokens)), block(kUnpermuteThreads);
-  if (vec) {
-    unpermute_kernel<8><<<grid, block, 0, stream>>>(*p);
-  } else {
-    unpermute_kernel<1><<<grid, block, 0, stream>>>(*p);
-  }
-  return launch_status();
+  return vec ? launch_unpermute<8>(*p, stream) : launch_unpermute<1>(*p, stream);
 }
