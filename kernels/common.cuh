@@ -52,14 +52,24 @@ __device__ __forceinline__ void store_pack(bf16* p, const Pack<VEC>& v) {
   *reinterpret_cast<Pack<VEC>*>(p) = v;
 }
 
-// VEC FP8 bytes of v * inv_scale: 8 of them are one 8-byte store.
-template <int VEC>
+// VEC FP8 bytes of v * inv_scale: 8 of them are one 8-byte store. PAIRED converts two at a time (one
+// cvt.rn.satfinite.e4m3x2.f32 per pair, the same rounding as to_e4m3): measured faster in quant and swiglu
+// (89 -> 92% and 86 -> 89% of the copy ceiling) but slower in permute (77 -> 60%), which keeps the scalar form.
+template <int VEC, bool PAIRED = true>
 __device__ __forceinline__ void store_e4m3(uint8_t* p, const Pack<VEC>& v, float inv_scale) {
-  if constexpr (VEC == 8) {
+  if constexpr (VEC == 8 && !PAIRED) {
     uint2 raw;
     uint8_t* b = reinterpret_cast<uint8_t*>(&raw);
 #pragma unroll
     for (int i = 0; i < 8; ++i) b[i] = to_e4m3(v[i] * inv_scale);
+    *reinterpret_cast<uint2*>(p) = raw;
+  } else if constexpr (VEC == 8) {
+    uint2 raw;
+    __nv_fp8x2_storage_t* b = reinterpret_cast<__nv_fp8x2_storage_t*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      b[i] = __nv_cvt_float2_to_fp8x2(make_float2(v[2 * i] * inv_scale, v[2 * i + 1] * inv_scale), __NV_SATFINITE,
+                                      __NV_E4M3);
     *reinterpret_cast<uint2*>(p) = raw;
   } else {
 #pragma unroll

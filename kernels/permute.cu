@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) permute_kernel(const L
 #pragma unroll
         for (int j = 0; j < VEC; ++j) y.set(j, scaled ? __fmul_rn(v[i][j], w) : v[i][j]);
         if constexpr (FP8) {
-          store_e4m3<VEC>(static_cast<uint8_t*>(p.out) + row * p.hidden + c, y, inv);
+          store_e4m3<VEC, false>(static_cast<uint8_t*>(p.out) + row * p.hidden + c, y, inv);
         } else {
           store_pack<VEC>(static_cast<bf16*>(p.out) + row * p.hidden + c, y);
         }
