@@ -120,26 +120,12 @@ pub fn run_case(
     bytes: usize,
     launch: impl FnMut(usize),
 ) {
-    run_case_with_flops(c, family, variant, shape, tokens, bytes, 0, launch)
+    run_gemm_case(c, family, variant, shape, tokens, bytes, 0, launch)
 }
 
 /// A matrix case: also reports TFLOP/s (`flops` per call).
 #[allow(clippy::too_many_arguments)]
 pub fn run_gemm_case(
-    c: &mut Criterion,
-    family: &str,
-    variant: &str,
-    shape: &str,
-    tokens: usize,
-    bytes: usize,
-    flops: usize,
-    launch: impl FnMut(usize),
-) {
-    run_case_with_flops(c, family, variant, shape, tokens, bytes, flops, launch)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_case_with_flops(
     c: &mut Criterion,
     family: &str,
     variant: &str,
