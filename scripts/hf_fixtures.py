@@ -80,6 +80,12 @@ FIXTURES = [
                   use_qk_norm=True, no_rope_layer_interval=3, attention_chunk_size=6, floor_scale=5,
                   attn_scale=0.5, tie_word_embeddings=True,
                   rope_parameters={"rope_theta": 10000.0, **LLAMA3_BAND})),
+    # Two experts per token (num_experts_per_tok = 2): each chosen expert sees y scaled by its own sigmoid.
+    dict(name="top2_tiny", seed=7, seq=13, disk="f32",
+         cfg=dict(vocab_size=112, hidden_size=40, num_hidden_layers=2, num_attention_heads=5,
+                  num_key_value_heads=1, head_dim=8, intermediate_size=12, num_local_experts=5,
+                  num_experts_per_tok=2, use_qk_norm=True, no_rope_layer_interval=2, attention_chunk_size=5,
+                  floor_scale=2, attn_scale=0.3, rope_parameters={"rope_theta": 10000.0, **LLAMA3_BAND})),
     # f16 weights on disk with per-expert unfused experts (`experts.{j}.gate_proj.weight` ...).
     dict(name="unfused_f16", seed=6, seq=16, disk="f16", unfused=True,
          cfg=dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

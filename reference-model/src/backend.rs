@@ -34,6 +34,8 @@ pub struct MoeRef<'a, W> {
     pub shared_gate: &'a W,
     pub shared_up: &'a W,
     pub shared_down: &'a W,
+    /// Experts per token.
+    pub top_k: usize,
 }
 
 pub trait Backend {

@@ -45,6 +45,8 @@ pub struct TextConfig {
     pub intermediate_size_mlp: usize,
     /// Routed experts; 0 when no layer is MoE.
     pub num_local_experts: usize,
+    /// Experts per token (1 in the released models); each chosen expert sees y scaled by its own sigmoid.
+    pub num_experts_per_tok: usize,
     pub rms_norm_eps: f32,
     pub rope_theta: f32,
     pub rope_scaling: Option<Llama3Scaling>,
@@ -103,10 +105,7 @@ impl TextConfig {
         if c.bool_or("attention_bias", false)? {
             return Err(c.err("attention_bias true is not supported (Llama 4 has no attention biases)".into()));
         }
-        let top_k = c.usize_or("num_experts_per_tok", 1)?;
-        if top_k != 1 {
-            return Err(c.err(format!("num_experts_per_tok {top_k} is not supported (Llama 4 routes top-1)")));
-        }
+        let num_experts_per_tok = c.usize_or("num_experts_per_tok", 1)?;
 
         let ffn = moe_layers(&c, layers)?;
         let uses_rope = rope_layers(&c, layers)?;
@@ -117,6 +116,11 @@ impl TextConfig {
         let intermediate_size = cond("intermediate_size", any_moe)?;
         let intermediate_size_mlp = cond("intermediate_size_mlp", any_dense)?;
         let num_local_experts = cond("num_local_experts", any_moe)?;
+        if any_moe && !(1..=num_local_experts).contains(&num_experts_per_tok) {
+            return Err(c.err(format!(
+                "num_experts_per_tok {num_experts_per_tok} must be between 1 and num_local_experts ({num_local_experts})"
+            )));
+        }
         let attention_chunk_size = match masks.contains(&Mask::Chunked) {
             // Not capped: a chunk size allocates nothing.
             true => Some(c.usize_req("attention_chunk_size").and_then(|n| match n {
@@ -148,6 +152,7 @@ impl TextConfig {
             intermediate_size,
             intermediate_size_mlp,
             num_local_experts,
+            num_experts_per_tok,
             rms_norm_eps,
             rope_theta,
             rope_scaling,

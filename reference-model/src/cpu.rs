@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use llama4_reference::attention::{attention, Mask};
 use llama4_reference::embedding::embed;
 use llama4_reference::linear::linear;
-use llama4_reference::moe::{llama4_moe, mlp, MoeWeights};
+use llama4_reference::moe::{llama4_moe_topk, mlp, MoeWeights};
 use llama4_reference::rmsnorm::rmsnorm;
 use llama4_reference::rope::{prepare_qkv, LayerKind};
 use llama4_reference::Precision;
@@ -169,6 +169,7 @@ impl Backend for Cpu {
     }
 
     fn moe(&self, y: &Array2<f32>, w: MoeRef<'_, ArrayD<f32>>) -> Result<Array2<f32>> {
+        let top_k = w.top_k;
         let w = MoeWeights {
             router: v2(w.router, "router")?,
             gate_up: v3(w.gate_up, "experts.gate_up_proj")?,
@@ -177,7 +178,7 @@ impl Backend for Cpu {
             shared_up: v2(w.shared_up, "shared up")?,
             shared_down: v2(w.shared_down, "shared down")?,
         };
-        Ok(llama4_moe(y.view(), &w, P))
+        Ok(llama4_moe_topk(y.view(), &w, top_k, P))
     }
 
     fn to_host(&self, x: &Array2<f32>) -> Result<Array2<f32>> {

@@ -125,7 +125,8 @@ impl<B: Backend> Model<B> {
             let f = match &lw.ffn {
                 FfnWeights::Dense { gate, up, down } => b.mlp(&y, gate, up, down)?,
                 FfnWeights::Moe { router, gate_up, down, shared_gate, shared_up, shared_down } => {
-                    b.moe(&y, MoeRef { router, gate_up, down, shared_gate, shared_up, shared_down })?
+                    let top_k = self.config.num_experts_per_tok;
+                    b.moe(&y, MoeRef { router, gate_up, down, shared_gate, shared_up, shared_down, top_k })?
                 }
             };
             b.add_assign(&mut x, &f)?;

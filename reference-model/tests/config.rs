@@ -187,7 +187,9 @@ fn wrong_types_and_values_are_named() {
     assert!(err(&with(base(), "num_hidden_layers", json!(1u64 << 40))).contains("num_hidden_layers"));
     assert!(err(&with(base(), "head_dim", json!(7))).contains("odd"));
     assert!(err(&with(base(), "attention_chunk_size", json!(0))).contains("attention_chunk_size"));
-    assert!(err(&with(base(), "num_experts_per_tok", json!(2))).contains("num_experts_per_tok"));
+    assert!(err(&with(base(), "num_experts_per_tok", json!(0))).contains("num_experts_per_tok"));
+    assert!(err(&with(base(), "num_experts_per_tok", json!(4))).contains("between 1 and num_local_experts (3)"));
+    assert_eq!(parse(&with(base(), "num_experts_per_tok", json!(2))).unwrap().num_experts_per_tok, 2);
     assert!(err(&with(base(), "hidden_act", json!("gelu"))).contains("hidden_act"));
     assert!(err(&with(base(), "attention_bias", json!(true))).contains("attention_bias"));
     assert!(err(&json!([1, 2])).contains("not a JSON object"));

@@ -15,7 +15,7 @@
 use crate::dtype::Precision;
 use crate::linear::{linear, matmul};
 use crate::permute::{permute, unpermute};
-use crate::router::route_sigmoid_top1;
+use crate::router::route_sigmoid_topk;
 use crate::swiglu::swiglu;
 use ndarray::{concatenate, s, Array2, ArrayView2, ArrayView3, Axis};
 
@@ -100,13 +100,20 @@ pub fn grouped_experts(
 /// `logits = linear(y, router)`; top-1 on raw logits with score `round(sigmoid(logit))`;
 /// `routed = expert_{e*}(round(y * score))`; `out = round(shared_expert(y) + routed)`. Returns [T, H].
 pub fn llama4_moe(y: ArrayView2<f32>, w: &MoeWeights, p: Precision) -> Array2<f32> {
+    llama4_moe_topk(y, w, 1, p)
+}
+
+/// The Llama 4 MoE block with `num_experts_per_tok = k`: every chosen expert sees `y * sigmoid(its logit)`
+/// (rounded) and the k outputs are summed with the shared expert's (f32 sum, one rounding). k = 1 is the
+/// released models.
+pub fn llama4_moe_topk(y: ArrayView2<f32>, w: &MoeWeights, k: usize, p: Precision) -> Array2<f32> {
     let (n_exp, hidden, two_i) = w.gate_up.dim();
     assert_eq!(y.ncols(), hidden, "llama4_moe: y has {} columns, experts take H = {hidden}", y.ncols());
     assert_eq!(w.router.dim(), (n_exp, hidden), "llama4_moe: router is {:?}", w.router.dim());
     assert_eq!(w.down.dim(), (n_exp, two_i / 2, hidden), "llama4_moe: down is {:?}", w.down.dim());
 
     let logits = linear(y, w.router, p);
-    let routing = route_sigmoid_top1(logits.view(), p);
+    let routing = route_sigmoid_topk(logits.view(), k, p);
     // The score scales the expert INPUT (SiLU makes that differ from scaling the output).
     let routed_in = permute(y, &routing, true, p);
     let routed_out = grouped_experts(routed_in.view(), &routing.offsets, w.gate_up, w.down, p);
@@ -120,7 +127,7 @@ mod tests {
     use super::*;
     use crate::check::{assert_close, TOL_BF16};
     use crate::dtype::round_bf16;
-    use crate::router::sigmoid;
+    use crate::router::{route_sigmoid_top1, sigmoid};
     use crate::swiglu::silu;
     use ndarray::{Array3, Zip};
 

@@ -125,15 +125,25 @@ fn top_k(logits: ArrayView1<f32>, key: &[f32], k: usize) -> Vec<u32> {
 ///
 /// Panics if E is 0.
 pub fn route_sigmoid_top1(logits: ArrayView2<f32>, p: Precision) -> Routing {
+    route_sigmoid_topk(logits, 1, p)
+}
+
+/// Llama 4's router with `num_experts_per_tok = k`: the k largest raw logits (ties to the lowest index, NaN
+/// never before a number), each weighted by its own sigmoid, rounded by `p`. transformers computes exactly
+/// this (a -inf score, sigmoid 0, for every expert not chosen).
+///
+/// Panics if `k` is 0 or larger than E.
+pub fn route_sigmoid_topk(logits: ArrayView2<f32>, k: usize, p: Precision) -> Routing {
     let (t, e) = logits.dim();
-    assert!(e > 0, "route_sigmoid_top1: no experts");
-    let mut experts = Array2::zeros((t, 1));
-    let mut weights = Array2::zeros((t, 1));
+    assert!(k >= 1 && k <= e, "route_sigmoid_topk: k = {k} with {e} experts");
+    let mut experts = Array2::zeros((t, k));
+    let mut weights = Array2::zeros((t, k));
     for (ti, row) in logits.rows().into_iter().enumerate() {
-        let best = top_k(row, &row.to_vec(), 1)[0];
-        experts[[ti, 0]] = best;
-        // sigmoid(NaN) is NaN: the all-NaN token gets weight NaN as documented.
-        weights[[ti, 0]] = p.round(sigmoid(row[best as usize]));
+        for (c, best) in top_k(row, &row.to_vec(), k).into_iter().enumerate() {
+            experts[[ti, c]] = best;
+            // sigmoid(NaN) is NaN: the all-NaN token gets weight NaN as documented.
+            weights[[ti, c]] = p.round(sigmoid(row[best as usize]));
+        }
     }
     Routing::from_choices(experts, weights, e)
 }
