@@ -269,12 +269,14 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
 
   const Ranking rank{E, k, p.mode == L4K_ROUTER_SOFTMAX_TOPK, p.logits_dtype == L4K_LOGITS_BF16, p.renormalize != 0};
 
-  // 1. Every load of the warp's tokens first, then the ranking.
+  // 1. Every load of the warp's tokens first, then the ranking. Step i of warp w holds tokens
+  //    (i * warps + w) * TPI ..: a small batch spreads over all warps instead of queueing in the first one
+  //    (which token a warp ranks does not matter to step 2, which reads tile_ids in token order).
   const T* logits = static_cast<const T*>(p.logits);
   Logits8<T> raw[ITER];
 #pragma unroll
   for (int i = 0; i < ITER; ++i) {
-    const int tl = warp * TPW + i * TPI + lane / G;
+    const int tl = (i * kRouterWarps + warp) * TPI + lane / G;
     const T* row = logits + (tok0 + tl) * E + gl * kVpl;
     const int n = min(kVpl, E - gl * kVpl);
     if (tl < ntok && n > 0) {
@@ -285,7 +287,10 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
   }
 #pragma unroll
   for (int i = 0; i < ITER; ++i) {
-    const int tl = warp * TPW + i * TPI + lane / G;
+    const int tl = (i * kRouterWarps + warp) * TPI + lane / G;
+    // tl grows with i: once no lane of the warp has a token left, no later step has one either. The test is
+    // warp-uniform, so the full-mask shuffles inside top_k stay legal (a decode batch ranks 1 step, not ITER).
+    if (!__any_sync(0xffffffffu, tl < ntok)) break;
     float x[kVpl];
 #pragma unroll
     for (int j = 0; j < kVpl; ++j) x[j] = raw[i][j];
