@@ -199,7 +199,7 @@ pub fn launched(op: &str, code: c_int) -> Result<()> {
              multiple of 8 and pointers are 16-byte aligned, else 16384)"
         ))),
         STATUS_BAD_WORKSPACE | GEMM_STATUS_WORKSPACE => {
-            Err(Error::InvalidArgument(format!("{op}: workspace smaller than the op needs")))
+            Err(Error::InvalidArgument(format!("{op}: workspace smaller than the op needs (see its workspace size)")))
         }
         GEMM_STATUS_CANNOT_IMPLEMENT => {
             Err(Error::Unsupported(format!("{op}: CUTLASS cannot implement this problem (sizes or alignment)")))

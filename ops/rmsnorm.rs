@@ -18,25 +18,7 @@ pub fn rmsnorm(
     eps: f32,
     y: &mut TensorMut<bf16, 2>,
 ) -> Result<()> {
-    let [rows, cols] = x.shape();
-    ensure!(weight.shape() == [cols], "{OP}: weight {:?} for rows of {cols}", weight.shape());
-    ensure!(y.shape() == x.shape(), "{OP}: y {:?} != x {:?}", y.shape(), x.shape());
-    same_device(stream, &[x.stream(), weight.stream(), y.stream()])?;
-    let (px, _gx) = x.ptr(stream);
-    let (pw, _gw) = weight.ptr(stream);
-    let (py, _gy) = y.ptr_mut(stream);
-    let p = RmsnormParams {
-        x: px as _,
-        residual: ptr::null(),
-        residual_out: ptr::null_mut(),
-        weight: pw as _,
-        y: py as _,
-        rows: rows as i64,
-        cols: cols as i64,
-        eps,
-        _pad: 0,
-    };
-    launch(&p, stream.cu_stream())
+    run(stream, x, None, weight, eps, y)
 }
 
 /// The residual add and the next norm in one pass: `residual += x` (rounded to bf16), then
@@ -49,19 +31,35 @@ pub fn add_rmsnorm(
     eps: f32,
     y: &mut TensorMut<bf16, 2>,
 ) -> Result<()> {
+    run(stream, x, Some(residual), weight, eps, y)
+}
+
+fn run(
+    stream: &CudaStream,
+    x: &Tensor<bf16, 2>,
+    residual: Option<&mut TensorMut<bf16, 2>>,
+    weight: &Tensor<bf16, 1>,
+    eps: f32,
+    y: &mut TensorMut<bf16, 2>,
+) -> Result<()> {
     let [rows, cols] = x.shape();
-    ensure!(residual.shape() == x.shape(), "{OP}: residual {:?} != x {:?}", residual.shape(), x.shape());
+    if let Some(r) = &residual {
+        ensure!(r.shape() == x.shape(), "{OP}: residual {:?} != x {:?}", r.shape(), x.shape());
+    }
     ensure!(weight.shape() == [cols], "{OP}: weight {:?} for rows of {cols}", weight.shape());
     ensure!(y.shape() == x.shape(), "{OP}: y {:?} != x {:?}", y.shape(), x.shape());
-    same_device(stream, &[x.stream(), residual.stream(), weight.stream(), y.stream()])?;
+    let mut streams = vec![x.stream(), weight.stream(), y.stream()];
+    streams.extend(residual.as_ref().map(|r| r.stream()));
+    same_device(stream, &streams)?;
     let (px, _gx) = x.ptr(stream);
-    let (pr, _gr) = residual.ptr_mut(stream);
+    let res = residual.map(|r| r.ptr_mut(stream));
+    let pr = res.as_ref().map_or(ptr::null_mut(), |r| r.0 as *mut std::ffi::c_void);
     let (pw, _gw) = weight.ptr(stream);
     let (py, _gy) = y.ptr_mut(stream);
     let p = RmsnormParams {
         x: px as _,
-        residual: pr as _,
-        residual_out: pr as _,
+        residual: pr,
+        residual_out: pr,
         weight: pw as _,
         y: py as _,
         rows: rows as i64,

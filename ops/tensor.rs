@@ -23,27 +23,14 @@ unsafe impl ValidAsZeroBits for E4M3 {}
 pub trait Element: DeviceRepr + Copy + 'static {
     const NAME: &'static str;
 }
-impl Element for bf16 {
-    const NAME: &'static str = "bf16";
+macro_rules! elements {
+    ($($t:ty => $name:literal),* $(,)?) => {
+        $(impl Element for $t {
+            const NAME: &'static str = $name;
+        })*
+    };
 }
-impl Element for f32 {
-    const NAME: &'static str = "f32";
-}
-impl Element for E4M3 {
-    const NAME: &'static str = "e4m3";
-}
-impl Element for i32 {
-    const NAME: &'static str = "i32";
-}
-impl Element for i64 {
-    const NAME: &'static str = "i64";
-}
-impl Element for u8 {
-    const NAME: &'static str = "u8";
-}
-impl Element for u32 {
-    const NAME: &'static str = "u32";
-}
+elements!(bf16 => "bf16", f32 => "f32", E4M3 => "e4m3", i32 => "i32", i64 => "i64", u8 => "u8", u32 => "u32");
 
 fn check_len(len: usize, shape: &[usize]) -> Result<()> {
     let want = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
