@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 
+#include "attention_params.h"
 #include "grouped_gemm_params.h"
 #include "params.h"
 
@@ -20,6 +21,7 @@ extern "C" size_t l4k_internal_params_size(int which) {
     case L4K_PARAMS_PERMUTE: return sizeof(L4kPermuteParams);
     case L4K_PARAMS_UNPERMUTE: return sizeof(L4kUnpermuteParams);
     case L4K_PARAMS_GROUPED_GEMM: return sizeof(L4kGroupedGemmParams);
+    case L4K_PARAMS_ATTENTION: return sizeof(L4kAttentionParams);
     default: return 0;
   }
 }

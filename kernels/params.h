@@ -148,6 +148,7 @@ typedef enum L4kParamsId {
   L4K_PARAMS_PERMUTE = 5,
   L4K_PARAMS_UNPERMUTE = 6,
   L4K_PARAMS_GROUPED_GEMM = 7,
+  L4K_PARAMS_ATTENTION = 8,
 } L4kParamsId;
 
 #ifdef __cplusplus

@@ -143,6 +143,7 @@ pub const PARAMS_ROUTER: c_int = 4;
 pub const PARAMS_PERMUTE: c_int = 5;
 pub const PARAMS_UNPERMUTE: c_int = 6;
 pub const PARAMS_GROUPED_GEMM: c_int = 7;
+pub const PARAMS_ATTENTION: c_int = 8;
 
 /// kernels/grouped_gemm_params.h
 #[repr(C)]
@@ -163,6 +164,34 @@ pub struct GroupedGemmParams {
     pub k: i64,
     pub experts: i32,
     pub schedule: i32,
+}
+
+/// kernels/attention_params.h
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams {
+    pub q: *const c_void,
+    pub k_cache: *const c_void,
+    pub v_cache: *const c_void,
+    pub cu_seqlens_q: *const i32,
+    pub seq_lens_k: *const i32,
+    pub block_table: *const i32,
+    pub out: *mut c_void,
+    pub bad_seqs: *mut u32,
+    pub workspace: *mut c_void,
+    pub workspace_bytes: i64,
+    pub total_q: i64,
+    pub slots: i64,
+    pub batch: i32,
+    pub max_blocks: i32,
+    pub block_size: i32,
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    pub head_dim: i32,
+    pub chunk: i32,
+    pub max_q_len: i32,
+    pub softmax_scale: f32,
+    pub _pad: i32,
 }
 
 extern "C" {

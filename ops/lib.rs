@@ -12,6 +12,7 @@
 mod error;
 mod ffi;
 
+pub mod attention;
 pub mod capi;
 pub mod device;
 pub mod grouped_gemm;
@@ -30,7 +31,7 @@ pub use tensor::{bf16, Element, Tensor, TensorMut, E4M3};
 
 /// Sizes of the launch parameter structs on the CUDA side, for the ABI test.
 #[doc(hidden)]
-pub fn cuda_params_sizes() -> [(usize, usize); 8] {
+pub fn cuda_params_sizes() -> [(usize, usize); 9] {
     use std::mem::size_of;
     // SAFETY: a pure function of its argument.
     let c = |id| unsafe { ffi::l4k_internal_params_size(id) };
@@ -43,6 +44,7 @@ pub fn cuda_params_sizes() -> [(usize, usize); 8] {
         (c(ffi::PARAMS_PERMUTE), size_of::<ffi::PermuteParams>()),
         (c(ffi::PARAMS_UNPERMUTE), size_of::<ffi::UnpermuteParams>()),
         (c(ffi::PARAMS_GROUPED_GEMM), size_of::<ffi::GroupedGemmParams>()),
+        (c(ffi::PARAMS_ATTENTION), size_of::<ffi::AttentionParams>()),
     ]
 }
 
