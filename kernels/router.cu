@@ -3,22 +3,28 @@
 // Semantics: reference/src/router.rs (ranking, NaN rule, tie rule) and reference/src/permute.rs (padding).
 //
 // Launches: one when the tokens fit one tile (every decode batch: counts, offsets and destinations are final in
-// the top-k kernel); otherwise three graph nodes, fixed for any T:
+// the top-k kernel). More tiles, while they fit one wave and their histogram is small (T = 16384 at E = 16 and
+// E = 128 do), still take one launch, cooperative:
+//   router_topk_kernel, one CTA per tile of TPB tokens. Each warp loads its whole share of the tile into
+//   registers first (every load in flight at once: routing is latency-bound, a token-at-a-time loop would pay
+//   one memory latency per token), then ranks each token with G lanes (G * 8 >= E values), writes ids and
+//   weights, and ranks the tile's (token, choice) pairs stably per expert (__match_any_sync in (t, c) order,
+//   warp counts scanned in warp order). The tile's per-expert histogram goes to the workspace; after a grid
+//   barrier every CTA reads the whole [tiles, E] histogram itself (all loads in flight, 16-byte when E % 4 == 0)
+//   for the totals and its own tile's prefix, and writes final destinations. No arrival counter, no fix-up.
+// Beyond that (a very long prefill with many experts) three graph nodes, fixed for any T:
 //   1. a 4-byte memset of the arrival counter in the workspace;
-//   2. router_topk_kernel: one CTA per tile of TPB tokens. Each warp loads its whole share of the tile into
-//      registers first (every load in flight at once: routing is latency-bound, a token-at-a-time loop would
-//      pay one memory latency per token), then ranks each token with G lanes (G * 8 >= E values), writes ids
-//      and weights, and ranks the tile's (token, choice) pairs stably per expert (__match_any_sync in (t, c)
-//      order, warp counts scanned in warp order). The tile's per-expert histogram goes to the workspace and
-//      each pair's rank within the tile into dest. The LAST CTA to finish (arrival counter, threadfence
-//      pattern) scans the [tiles, E] histogram per expert: exclusive column prefixes in place, counts, and the
-//      padded offsets;
+//   2. the same kernel, whose LAST CTA to finish (arrival counter, threadfence pattern) scans the histogram:
+//      exclusive column prefixes in place, counts, and the padded offsets; dest holds in-tile ranks;
 //   3. router_dest_kernel: dest += offsets[e] + prefix[tile][e], element-parallel.
-// Why this and not a decoupled look-back: a destination needs offsets[e], the count of every smaller expert
-// over ALL tokens, so nothing can be final before the last tile is counted; one scan after all tiles plus an
-// element-parallel fix-up is the minimum, and the scan rides on the tail of kernel 2 instead of a launch.
+// Why not a decoupled look-back: a destination needs offsets[e], the count of every smaller expert over ALL
+// tokens, so nothing can be final before the last tile is counted; a barrier (or the last CTA) is the minimum.
 // Tiles hold 32 to 512 tokens (bigger for small E) so the histogram stays small: 128 x 128 at T = 16384,
 // E = 128 (bf16 logits).
+#include <cooperative_groups.h>
+
+#include <atomic>
+
 #include "common.cuh"
 
 namespace l4k {
@@ -189,6 +195,49 @@ __device__ __noinline__ void top_k(const float (&x)[kVpl], int gl, int lane, Ran
   }
 }
 
+// Llama 4's sigmoid top-1 for the first S token groups of a lane at once. The ranking key already holds the
+// winner's logit (rank_key is invertible for non-NaN logits), so one max-reduction per token is the whole job,
+// and the S reductions are independent. S is a compile-time count (the warp's busy steps rounded up to a power
+// of two): with a runtime guard around each step the shuffles sat in separate branches and ran one chain after
+// another, about 0.6 us per step at G = 16; unguarded they overlap. Steps past the warp's tokens rank zeros.
+template <int G, int S, int ITER, class T>
+__device__ __forceinline__ void sigmoid_top1(const Logits8<T> (&raw)[ITER], int gl, int E, uint64_t (&best)[ITER]) {
+  const int first = gl * kVpl;
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    // The lane's winner in plain float compares: the first largest number (ties keep the lower index, and
+    // -0 == +0 as in rank_key); NaN never beats a number. A lane with no number offers its first expert as a
+    // NaN candidate, which ranks below every number and, among NaNs, by index.
+    float m = 0.f;
+    int at = -1;
+#pragma unroll
+    for (int j = 0; j < kVpl; ++j) {
+      const float x = raw[i][j];
+      const bool better = first + j < E && !isnan(x) && (at < 0 || x > m);
+      m = better ? x : m;
+      at = better ? first + j : at;
+    }
+    best[i] = at >= 0 ? rank_key(m, false, at) : first < E ? rank_key(0.f, true, first) : 0;
+  }
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) {
+#pragma unroll
+    for (int i = 0; i < S; ++i) {
+      const uint64_t w = __shfl_xor_sync(0xffffffffu, best[i], o);
+      best[i] = w > best[i] ? w : best[i];
+    }
+  }
+}
+
+// The routing weight of a top-1 key: sigmoid of the logit it encodes (NaN for a token whose logits are all NaN).
+__device__ __forceinline__ float top1_weight(uint64_t key, bool bf16_weights) {
+  const uint32_t hi = static_cast<uint32_t>(key >> 32);
+  if (hi == 0) return __int_as_float(0x7fc00000);
+  const float v = __uint_as_float((hi & 0x80000000u) ? (hi & 0x7FFFFFFFu) : ~hi);
+  const float w = 1.f / (1.f + expf(-v));
+  return bf16_weights ? round_bf16(w) : w;
+}
+
 // Exclusive prefix sum over the CTA (kRouterThreads values, one per thread); every thread must call it.
 __device__ __forceinline__ int block_exclusive_scan(int v, int* total) {
   __shared__ int warp_sums[kRouterWarps];
@@ -254,8 +303,58 @@ __device__ void scan_histogram(const L4kRouterParams& p, int* hist, int tiles) {
   }
 }
 
+// After the grid barrier, in every CTA: for expert e (thread e < E), its pairs in all tiles (*total) and in
+// the tiles before this one (*before). All threads read the [tiles, E] histogram with their loads in flight
+// together (W ints per load; W = 4 when rows are 16-byte aligned), partial sums meet in shared memory.
+// __ldcg: the histogram was written by other CTAs during this kernel, so it is read from L2, never from L1.
+template <int W>
+__device__ __forceinline__ void histogram_sums(const int* hist, int tiles, int E, int* part_total, int* part_before,
+                                               int* total, int* before) {
+  const int units = E / W, tid = threadIdx.x, tile = blockIdx.x;
+  const int parts = min(kRouterThreads / units, tiles);
+  const int u = tid % units, part = tid / units;
+  if (part < parts) {
+    int t[W] = {}, b[W] = {};
+#pragma unroll 16
+    for (int r = part; r < tiles; r += parts) {
+      int v[W];
+      const int* at = hist + static_cast<int64_t>(r) * E + u * W;
+      if constexpr (W == 4) {
+        const int4 q = __ldcg(reinterpret_cast<const int4*>(at));
+        v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+      } else {
+        v[0] = __ldcg(at);
+      }
+#pragma unroll
+      for (int w = 0; w < W; ++w) {
+        t[w] += v[w];
+        b[w] += r < tile ? v[w] : 0;
+      }
+    }
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      part_total[part * E + u * W + w] = t[w];
+      part_before[part * E + u * W + w] = b[w];
+    }
+  }
+  __syncthreads();
+  if (tid < E) {
+    int t = 0, b = 0;
+#pragma unroll 8
+    for (int q = 0; q < parts; ++q) {
+      t += part_total[q * E + tid];
+      b += part_before[q * E + tid];
+    }
+    *total = t;
+    *before = b;
+  }
+}
+
+// How the tiles of one launch agree on the expert offsets (see the top of the file).
+enum TileSync : int { kGridBarrier = 0, kLastCta = 1 };
+
 template <class T, int G>
-__global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRouterParams p, bool vec) {
+__global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRouterParams p, bool vec, int sync) {
   constexpr int ITER = router_iters(G, sizeof(T) == 4), TPI = 32 / G, TPW = TPI * ITER, TPB = TPW * kRouterWarps;
   __shared__ uint8_t tile_ids[kMaxTileEntries];
   __shared__ uint16_t tile_rank[kMaxTileEntries];
@@ -285,18 +384,45 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
       raw[i].load(row, 0);
     }
   }
+  // Steps of this warp that hold a token: tl grows with i, so they are a prefix, the same for every lane
+  // (warp-uniform, so the full-mask shuffles stay legal; a decode batch ranks 1 step, not ITER).
+  int steps = 0;
 #pragma unroll
-  for (int i = 0; i < ITER; ++i) {
-    const int tl = (i * kRouterWarps + warp) * TPI + lane / G;
-    // tl grows with i: once no lane of the warp has a token left, no later step has one either. The test is
-    // warp-uniform, so the full-mask shuffles inside top_k stay legal (a decode batch ranks 1 step, not ITER).
-    if (!__any_sync(0xffffffffu, tl < ntok)) break;
-    float x[kVpl];
+  for (int i = 0; i < ITER; ++i) steps += __any_sync(0xffffffffu, (i * kRouterWarps + warp) * TPI + lane / G < ntok);
+  if (k == 1 && !rank.softmax) {
+    uint64_t best[ITER];
+    if (steps <= 1) {
+      sigmoid_top1<G, 1>(raw, gl, E, best);
+    } else if (steps <= 2 || ITER < 4) {
+      sigmoid_top1<G, (ITER < 2 ? ITER : 2)>(raw, gl, E, best);
+    } else if (steps <= 4 || ITER < 8) {
+      sigmoid_top1<G, (ITER < 4 ? ITER : 4)>(raw, gl, E, best);
+    } else {
+      sigmoid_top1<G, ITER>(raw, gl, E, best);
+    }
 #pragma unroll
-    for (int j = 0; j < kVpl; ++j) x[j] = raw[i][j];
-    const bool in = gl == 0 && tl < ntok;
-    const int64_t at = in ? (tok0 + tl) * k : 0;
-    top_k<G>(x, gl, lane, rank, Choices{in, p.ids + at, p.weights + at, in ? &tile_ids[tl * k] : tile_ids});
+    for (int i = 0; i < ITER; ++i) {
+      if (i >= steps) break;
+      const int tl = (i * kRouterWarps + warp) * TPI + lane / G;
+      if (gl == 0 && tl < ntok) {
+        const int idx = static_cast<int>(0xFFFFFFFFu - static_cast<uint32_t>(best[i]));
+        p.ids[tok0 + tl] = idx;
+        p.weights[tok0 + tl] = top1_weight(best[i], rank.bf16_weights);
+        tile_ids[tl] = static_cast<uint8_t>(idx);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < ITER; ++i) {
+      if (i >= steps) break;
+      const int tl = (i * kRouterWarps + warp) * TPI + lane / G;
+      float x[kVpl];
+#pragma unroll
+      for (int j = 0; j < kVpl; ++j) x[j] = raw[i][j];
+      const bool in = gl == 0 && tl < ntok;
+      const int64_t at = in ? (tok0 + tl) * k : 0;
+      top_k<G>(x, gl, lane, rank, Choices{in, p.ids + at, p.weights + at, in ? &tile_ids[tl * k] : tile_ids});
+    }
   }
   __syncthreads();
 
@@ -320,39 +446,48 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
   __syncthreads();
 
   // 3. Warp counts -> per-warp starts (warp order is pair order); the tile's totals go to the histogram.
-  //    A single tile (every decode batch) is the whole problem: its totals are the counts, and counts, offsets
-  //    and final destinations are written here, with none of the cross-CTA round trips of step 4 and kernel 3.
+  //    A single tile (every decode batch) is the whole problem: its totals are the counts. With the grid
+  //    barrier each CTA reads the totals and its prefix from the histogram. Either way counts, offsets and
+  //    final destinations are written here; only kLastCta leaves them to step 4 and router_dest_kernel.
   __shared__ int expert_start[kMaxE];
-  const bool single = gridDim.x == 1;
+  __shared__ int part_total[kRouterThreads * 4], part_before[kRouterThreads * 4];
+  const bool single = gridDim.x == 1, done = single || sync == kGridBarrier;
   int* hist = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + kCounterBytes);
-  int padded = 0;
+  int count = 0, before = 0;  // pairs of expert threadIdx.x: in all tiles, in the tiles before this one
   if (threadIdx.x < E) {
-    int run = 0;
     for (int w = 0; w < kRouterWarps; ++w) {
       const int c = warp_count[w][threadIdx.x];
-      warp_count[w][threadIdx.x] = run;
-      run += c;
+      warp_count[w][threadIdx.x] = count;
+      count += c;
     }
-    if (single) {
-      p.counts[threadIdx.x] = run;
-      padded = (run + p.align - 1) / p.align * p.align;
-    } else {
-      hist[static_cast<int64_t>(blockIdx.x) * E + threadIdx.x] = run;
-    }
+    if (!single) hist[static_cast<int64_t>(blockIdx.x) * E + threadIdx.x] = count;
   }
-  if (single) {  // uniform across the CTA: every thread takes part in the scan
+  if (!single && sync == kGridBarrier) {
+    // The barrier orders every CTA's histogram row before any read of it (grid.sync fences memory).
+    cooperative_groups::this_grid().sync();
+    if (E % 4 == 0 && (reinterpret_cast<uintptr_t>(hist) & 15u) == 0)
+      histogram_sums<4>(hist, gridDim.x, E, part_total, part_before, &count, &before);
+    else
+      histogram_sums<1>(hist, gridDim.x, E, part_total, part_before, &count, &before);
+  }
+  if (done) {  // uniform across the CTA: every thread takes part in the scan
+    int padded = 0;
+    if (threadIdx.x < E) {
+      if (blockIdx.x == 0) p.counts[threadIdx.x] = count;
+      padded = (count + p.align - 1) / p.align * p.align;  // fits: the host bounds T * k + E * (align - 1)
+    }
     int total;
     const int start = block_exclusive_scan(padded, &total);
     if (threadIdx.x < E) {
-      p.offsets[threadIdx.x] = start;
-      expert_start[threadIdx.x] = start;
+      if (blockIdx.x == 0) p.offsets[threadIdx.x] = start;
+      expert_start[threadIdx.x] = start + before;
     }
-    if (threadIdx.x == 0) p.offsets[E] = total;
+    if (threadIdx.x == 0 && blockIdx.x == 0) p.offsets[E] = total;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < n; i += kRouterThreads)
-    p.dest[tok0 * k + i] = (single ? expert_start[tile_ids[i]] : 0) + warp_count[i / per][tile_ids[i]] + tile_rank[i];
-  if (single) return;
+    p.dest[tok0 * k + i] = (done ? expert_start[tile_ids[i]] : 0) + warp_count[i / per][tile_ids[i]] + tile_rank[i];
+  if (done) return;
 
   // 4. The last tile to arrive scans the histogram. Every writer fences before the arrival is counted.
   __threadfence();
@@ -383,19 +518,54 @@ __global__ void __launch_bounds__(256) router_dest_kernel(const L4kRouterParams 
   }
 }
 
+// The cooperative path needs every tile resident at once (the launch fails otherwise, it never hangs), and
+// each CTA reads the whole histogram, so it is taken only while that stays small.
+constexpr int64_t kGridHistogramMax = 32768;  // tiles * E ints: 128 KB of L2 reads per CTA
+
 template <class T, int G>
-void launch_topk(const L4kRouterParams& p, int tiles, bool vec, cudaStream_t s) {
-  router_topk_kernel<T, G><<<tiles, kRouterThreads, 0, s>>>(p, vec);
+int launch_topk(const L4kRouterParams& p, int tile, int tiles, bool vec, cudaStream_t s) {
+  auto kernel = router_topk_kernel<T, G>;
+  if (tiles > 1 && static_cast<int64_t>(tiles) * p.experts <= kGridHistogramMax) {
+    static std::atomic<int> per_sm{-1};  // resident CTAs per SM: a property of the kernel, queried once
+    int fit = per_sm.load(std::memory_order_relaxed);
+    if (fit < 0) {
+      cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, kRouterThreads, 0);
+      if (e != cudaSuccess) return static_cast<int>(e);
+      per_sm.store(fit, std::memory_order_relaxed);
+    }
+    int dev = 0, sms = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    if (tiles <= fit * sms) {
+      L4kRouterParams params = p;
+      int sync = kGridBarrier;
+      void* args[] = {&params, &vec, &sync};
+      return static_cast<int>(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(tiles),
+                                                          dim3(kRouterThreads), args, 0, s));
+    }
+  }
+  if (tiles > 1) {
+    cudaError_t e = cudaMemsetAsync(p.workspace, 0, sizeof(unsigned), s);
+    if (e != cudaSuccess) return static_cast<int>(e);
+  }
+  kernel<<<tiles, kRouterThreads, 0, s>>>(p, vec, kLastCta);
+  if (tiles > 1) {
+    const int64_t n = p.tokens * p.k;
+    const int64_t blocks = (n + 255) / 256;
+    router_dest_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(p, tile);
+  }
+  return launch_status();
 }
 
 template <class T>
-void launch_topk(const L4kRouterParams& p, int tiles, bool vec, cudaStream_t s) {
+int launch_topk(const L4kRouterParams& p, int tile, int tiles, bool vec, cudaStream_t s) {
   switch (router_group(p.experts)) {
-    case 2: launch_topk<T, 2>(p, tiles, vec, s); break;
-    case 4: launch_topk<T, 4>(p, tiles, vec, s); break;
-    case 8: launch_topk<T, 8>(p, tiles, vec, s); break;
-    case 16: launch_topk<T, 16>(p, tiles, vec, s); break;
-    default: launch_topk<T, 32>(p, tiles, vec, s); break;
+    case 2: return launch_topk<T, 2>(p, tile, tiles, vec, s);
+    case 4: return launch_topk<T, 4>(p, tile, tiles, vec, s);
+    case 8: return launch_topk<T, 8>(p, tile, tiles, vec, s);
+    case 16: return launch_topk<T, 16>(p, tile, tiles, vec, s);
+    default: return launch_topk<T, 32>(p, tile, tiles, vec, s);
   }
 }
 
@@ -415,22 +585,8 @@ extern "C" int l4k_launch_router(const L4kRouterParams* p, cudaStream_t stream) 
   // Re-checked here (the Rust layer already did) because an undersized workspace would be written past.
   if (tile == 0 || p->workspace_bytes < static_cast<int64_t>(kCounterBytes) + tiles * p->experts * 4)
     return L4K_STATUS_BAD_WORKSPACE;
-  // One tile finishes everything in one launch (see step 3); more need the arrival counter and the fix-up.
-  if (tiles > 1) {
-    cudaError_t e = cudaMemsetAsync(p->workspace, 0, sizeof(unsigned), stream);
-    if (e != cudaSuccess) return static_cast<int>(e);
-  }
   const uintptr_t base = reinterpret_cast<uintptr_t>(p->logits);
   const bool vec = p->experts % kVpl == 0 && (base & 15u) == 0;
-  if (p->logits_dtype == L4K_LOGITS_F32) {
-    launch_topk<float>(*p, static_cast<int>(tiles), vec, stream);
-  } else {
-    launch_topk<bf16>(*p, static_cast<int>(tiles), vec, stream);
-  }
-  if (tiles > 1) {
-    const int64_t n = p->tokens * p->k;
-    const int64_t blocks = (n + 255) / 256;
-    router_dest_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, stream>>>(*p, tile);
-  }
-  return launch_status();
+  if (p->logits_dtype == L4K_LOGITS_F32) return launch_topk<float>(*p, tile, static_cast<int>(tiles), vec, stream);
+  return launch_topk<bf16>(*p, tile, static_cast<int>(tiles), vec, stream);
 }

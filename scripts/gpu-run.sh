@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the staged bundle (scripts/stage-gpu.sh copies this file to gpu-bundle/run.sh).
 #   run.sh [tests] [sanitize] [sweep] [gemmsweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
-# L4K_ONLY=<family> limits bench and peers to one family (torch_peers.py always runs: it has several families).
+# L4K_ONLY=<family>[,<family>...] limits bench and peers to those families (torch_peers.py gets --only).
 # Results go to $OUT (the device tool's folder) or gpu-bundle/results: tests.log, sanitizer.log, bench.log,
 # ours.jsonl, peers.jsonl, bench.md, summary.txt. Exit status: non-zero if any test or sanitizer run failed.
 set -uo pipefail
@@ -16,6 +16,13 @@ summary="$out/summary.txt"
 : >"$summary"
 status=0
 note() { echo "$*" | tee -a "$summary"; }
+# Whether a bench binary or peer script belongs to one of the L4K_ONLY families (all when unset).
+wanted() {
+  [[ -z "${L4K_ONLY:-}" ]] && return 0
+  local f
+  for f in ${L4K_ONLY//,/ }; do [[ "$1" == *"$f"* ]] && return 0; done
+  return 1
+}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$summary"
 # GPU tests fail, not skip, without a GPU; host tests check that a GPU is found.
@@ -78,7 +85,7 @@ fi
 
 if has bench; then
   for b in "$here"/bin/bench-*; do
-    [[ -z "${L4K_ONLY:-}" || "$b" == *"$L4K_ONLY"* ]] || continue
+    wanted "$b" || continue
     L4K_BENCH_JSON="$out/ours.jsonl" "$b" --bench >>"$out/bench.log" 2>&1 || { note "bench $(basename "$b"): FAILED"; status=1; }
   done
   note "benches done: $(wc -l <"$out/ours.jsonl" 2>/dev/null || echo 0) records"
@@ -88,8 +95,9 @@ if has peers; then
   flags=()
   has nocompile && flags+=(--no-compile)
   for script in "$here"/peers/torch_*.py; do
-    [[ -z "${L4K_ONLY:-}" || "$script" == *"$L4K_ONLY"* || "$script" == */torch_peers.py ]] || continue
+    [[ "$script" == */torch_peers.py ]] || wanted "$script" || continue
     [[ "$script" == */torch_peers.py ]] && args=("${flags[@]}") || args=()
+    [[ "$script" == */torch_peers.py && -n "${L4K_ONLY:-}" ]] && args+=(--only "$L4K_ONLY")
     PYTHONUNBUFFERED=1 python3 "$script" --json "$out/peers.jsonl" "${args[@]}" >>"$out/bench.log" 2>&1 \
       || { note "$(basename "$script"): FAILED (see bench.log)"; status=1; }
   done

@@ -139,7 +139,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", required=True)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated families to run (default: all)")
     args = ap.parse_args()
+    only = {f for f in args.only.split(",") if f}
     name = torch.cuda.get_device_name()
     sink = open(args.json, "a")
 
@@ -151,6 +153,8 @@ def main():
         print(f"{family}/{variant}/{shape} [{peer}]: {us:.2f} us, {nbytes / us / 1e3:.0f} GB/s", flush=True)
 
     def both(family, variant, shape, tokens, nbytes, fn, sets, fused=None):
+        if only and family not in only:
+            return
         record(family, variant, shape, tokens, nbytes, "torch eager", time_us(fn, sets))
         if fused is not None:
             record(family, variant, shape, tokens, nbytes, "torch fused op", time_us(fused, sets))

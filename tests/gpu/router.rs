@@ -174,12 +174,16 @@ proptest! {
 #[ignore = "needs a CUDA GPU"]
 fn large_token_counts() {
     let mut r = rng(7);
-    for (e, kind) in [
-        (16, RouterKind::SigmoidTop1),
-        (128, RouterKind::SigmoidTop1),
-        (256, RouterKind::SoftmaxTopK { k: 8, renormalize: true }),
+    // T = 16384 at E = 16 and 128 takes the cooperative single launch (every tile reads the histogram after a
+    // grid barrier); 65536 tokens at E >= 128 are past its histogram bound and take the last-CTA scan + fix-up.
+    for (t, e, kind) in [
+        (16384, 16, RouterKind::SigmoidTop1),
+        (16384, 128, RouterKind::SigmoidTop1),
+        (16384, 128, RouterKind::SoftmaxTopK { k: 4, renormalize: false }),
+        (65536, 16, RouterKind::SigmoidTop1),
+        (65536, 128, RouterKind::SigmoidTop1),
+        (65536, 256, RouterKind::SoftmaxTopK { k: 8, renormalize: true }),
     ] {
-        let t = 65536;
         let logits = distinct_logits(&mut r, t, e);
         check_both(&logits, t, e, kind, 128);
     }
@@ -230,18 +234,6 @@ fn zero_tokens_write_nothing() {
     let d = upload_bf16(&[]);
     let got = device_route::<bf16>(&d, 0, 16, RouterKind::SigmoidTop1, 1).host;
     assert!(got.counts.iter().all(|&c| c == i32::MIN) && got.ids.is_empty());
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn graph_replay_gives_the_same_routing() {
-    // The arrival counter is reset by the call itself: a second call on the same workspace must agree.
-    let (t, e) = (5000, 128);
-    let logits = distinct_logits(&mut rng(9), t, e);
-    let d = upload_bf16(&logits);
-    let a = device_route::<bf16>(&d, t, e, RouterKind::SigmoidTop1, 8).host;
-    let b = device_route::<bf16>(&d, t, e, RouterKind::SigmoidTop1, 8).host;
-    assert_eq!((a.ids, a.dest, a.offsets), (b.ids, b.dest, b.offsets));
 }
 
 #[test]
