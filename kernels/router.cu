@@ -195,45 +195,77 @@ __device__ __noinline__ void top_k(const float (&x)[kVpl], int gl, int lane, Ran
   }
 }
 
-// Llama 4's sigmoid top-1 for the first S token groups of a lane at once. The ranking key already holds the
-// winner's logit (rank_key is invertible for non-NaN logits), so one max-reduction per token is the whole job,
-// and the S reductions are independent. S is a compile-time count (the warp's busy steps rounded up to a power
-// of two): with a runtime guard around each step the shuffles sat in separate branches and ran one chain after
-// another, about 0.6 us per step at G = 16; unguarded they overlap. Steps past the warp's tokens rank zeros.
+// Llama 4's top-1 ranks by one integer per candidate, larger = better and unique (the expert index sits in the
+// low bits, inverted so ties go to the lower index), in rank_key's order: a number beats every NaN, -0 ties
+// with +0, NaNs rank among themselves by index, slots past E rank below everything (0). The key is
+// invertible, so the winner's logit comes back from it for the weight. For bf16 logits the key is 32 bits
+// built from the value's own bits with integer ops (one max per candidate); f32 logits use rank_key's 64.
+template <class T>
+struct Top1Key;
+template <>
+struct Top1Key<bf16> {
+  using Key = uint32_t;
+  static __device__ __forceinline__ Key make(const Logits8<bf16>& r, int j, int idx, int E) {
+    const uint32_t b = __bfloat16_as_ushort(r.v.h[j]), mag = b & 0x7FFFu;
+    uint32_t ord = (b & 0x8000u) ? (~b & 0xFFFFu) : (b | 0x8000u);  // >= 0x7F for every number
+    ord = mag == 0 ? 0x8000u : ord;
+    ord = mag > 0x7F80u ? 0u : ord;
+    return idx < E ? (ord << 16) | (0xFFFFu - static_cast<uint32_t>(idx)) : 0u;
+  }
+  static __device__ __forceinline__ int index(Key k) { return static_cast<int>(0xFFFFu - (k & 0xFFFFu)); }
+  static __device__ __forceinline__ float logit(Key k) {  // NaN for a NaN winner (all logits NaN)
+    const uint32_t hi = k >> 16;
+    if (hi == 0) return __int_as_float(0x7fc00000);
+    const uint32_t b = (hi & 0x8000u) ? (hi & 0x7FFFu) : (~hi & 0xFFFFu);
+    return __uint_as_float(b << 16);
+  }
+};
+template <>
+struct Top1Key<float> {
+  using Key = uint64_t;
+  static __device__ __forceinline__ Key make(const Logits8<float>& r, int j, int idx, int E) {
+    const float x = r[j];
+    return idx < E ? rank_key(x, isnan(x), idx) : 0;
+  }
+  static __device__ __forceinline__ int index(Key k) {
+    return static_cast<int>(0xFFFFFFFFu - static_cast<uint32_t>(k));
+  }
+  static __device__ __forceinline__ float logit(Key k) {
+    const uint32_t hi = static_cast<uint32_t>(k >> 32);
+    if (hi == 0) return __int_as_float(0x7fc00000);
+    return __uint_as_float((hi & 0x80000000u) ? (hi & 0x7FFFFFFFu) : ~hi);
+  }
+};
+
+// Top-1 for the first S token groups of a lane at once: the S reductions are independent, and S is a
+// compile-time count (the warp's busy steps rounded up to a power of two). With a runtime guard around each
+// step the shuffles sat in separate branches and ran one chain after another, about 0.5 us per step at G = 16;
+// unguarded they overlap. Steps past the warp's tokens rank zeros, harmlessly.
 template <int G, int S, int ITER, class T>
-__device__ __forceinline__ void sigmoid_top1(const Logits8<T> (&raw)[ITER], int gl, int E, uint64_t (&best)[ITER]) {
-  const int first = gl * kVpl;
+__device__ __forceinline__ void sigmoid_top1(const Logits8<T> (&raw)[ITER], int gl, int E,
+                                             typename Top1Key<T>::Key (&best)[ITER]) {
+  using K = Top1Key<T>;
 #pragma unroll
   for (int i = 0; i < S; ++i) {
-    // The lane's winner in plain float compares: the first largest number (ties keep the lower index, and
-    // -0 == +0 as in rank_key); NaN never beats a number. A lane with no number offers its first expert as a
-    // NaN candidate, which ranks below every number and, among NaNs, by index.
-    float m = 0.f;
-    int at = -1;
+    best[i] = 0;
 #pragma unroll
     for (int j = 0; j < kVpl; ++j) {
-      const float x = raw[i][j];
-      const bool better = first + j < E && !isnan(x) && (at < 0 || x > m);
-      m = better ? x : m;
-      at = better ? first + j : at;
+      const typename K::Key c = K::make(raw[i], j, gl * kVpl + j, E);
+      best[i] = c > best[i] ? c : best[i];
     }
-    best[i] = at >= 0 ? rank_key(m, false, at) : first < E ? rank_key(0.f, true, first) : 0;
   }
 #pragma unroll
   for (int o = G / 2; o > 0; o >>= 1) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      const uint64_t w = __shfl_xor_sync(0xffffffffu, best[i], o);
+      const typename K::Key w = __shfl_xor_sync(0xffffffffu, best[i], o);
       best[i] = w > best[i] ? w : best[i];
     }
   }
 }
 
-// The routing weight of a top-1 key: sigmoid of the logit it encodes (NaN for a token whose logits are all NaN).
-__device__ __forceinline__ float top1_weight(uint64_t key, bool bf16_weights) {
-  const uint32_t hi = static_cast<uint32_t>(key >> 32);
-  if (hi == 0) return __int_as_float(0x7fc00000);
-  const float v = __uint_as_float((hi & 0x80000000u) ? (hi & 0x7FFFFFFFu) : ~hi);
+// The routing weight of a top-1 logit: its sigmoid in f32, rounded to bf16 for bf16 logits (NaN stays NaN).
+__device__ __forceinline__ float top1_weight(float v, bool bf16_weights) {
   const float w = 1.f / (1.f + expf(-v));
   return bf16_weights ? round_bf16(w) : w;
 }
@@ -304,24 +336,30 @@ __device__ void scan_histogram(const L4kRouterParams& p, int* hist, int tiles) {
 }
 
 // After the grid barrier, in every CTA: for expert e (thread e < E), its pairs in all tiles (*total) and in
-// the tiles before this one (*before). All threads read the [tiles, E] histogram with their loads in flight
-// together (W ints per load; W = 4 when rows are 16-byte aligned), partial sums meet in shared memory.
+// the tiles before this one (*before). Every CTA reads the whole [tiles, E] histogram, so it is kept small
+// (uint16: a tile holds at most 4096 pairs) and read W counts per load (W = 8 when rows are 16-byte aligned),
+// all loads of a thread in flight together; partial sums meet in shared memory. Each CTA starts at its own
+// row: with all CTAs walking the rows in the same order every SM asked the same L2 lines at once, which made
+// this phase 3.7 us at 128 tiles x 128 experts (bench/experiments/router_probe.cu).
 // __ldcg: the histogram was written by other CTAs during this kernel, so it is read from L2, never from L1.
 template <int W>
-__device__ __forceinline__ void histogram_sums(const int* hist, int tiles, int E, int* part_total, int* part_before,
-                                               int* total, int* before) {
+__device__ __forceinline__ void histogram_sums(const uint16_t* hist, int tiles, int E, int* part_total,
+                                               int* part_before, int* total, int* before) {
   const int units = E / W, tid = threadIdx.x, tile = blockIdx.x;
   const int parts = min(kRouterThreads / units, tiles);
   const int u = tid % units, part = tid / units;
   if (part < parts) {
     int t[W] = {}, b[W] = {};
-#pragma unroll 16
-    for (int r = part; r < tiles; r += parts) {
+#pragma unroll 8
+    for (int i = part; i < tiles; i += parts) {
+      const int r = i + tile < tiles ? i + tile : i + tile - tiles;
       int v[W];
-      const int* at = hist + static_cast<int64_t>(r) * E + u * W;
-      if constexpr (W == 4) {
-        const int4 q = __ldcg(reinterpret_cast<const int4*>(at));
-        v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+      const uint16_t* at = hist + static_cast<int64_t>(r) * E + u * W;
+      if constexpr (W == 8) {
+        const uint4 q = __ldcg(reinterpret_cast<const uint4*>(at));
+        const uint32_t w4[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[2 * j] = w4[j] & 0xFFFFu, v[2 * j + 1] = w4[j] >> 16;
       } else {
         v[0] = __ldcg(at);
       }
@@ -350,11 +388,29 @@ __device__ __forceinline__ void histogram_sums(const int* hist, int tiles, int E
   }
 }
 
+// Phase timestamps for bench/experiments/router_probe.cu (compiled with L4K_ROUTER_PROBE; nothing otherwise).
+#ifdef L4K_ROUTER_PROBE
+__device__ unsigned long long g_router_probe[4096][8];
+#define ROUTER_PROBE(i)                                                  \
+  do {                                                                   \
+    if (threadIdx.x == 0) {                                              \
+      unsigned long long t;                                              \
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));              \
+      g_router_probe[blockIdx.x][i] = t;                                 \
+    }                                                                    \
+  } while (0)
+#else
+#define ROUTER_PROBE(i) \
+  do {                  \
+  } while (0)
+#endif
+
 // How the tiles of one launch agree on the expert offsets (see the top of the file).
 enum TileSync : int { kGridBarrier = 0, kLastCta = 1 };
 
 template <class T, int G>
 __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRouterParams p, bool vec, int sync) {
+  ROUTER_PROBE(0);
   constexpr int ITER = router_iters(G, sizeof(T) == 4), TPI = 32 / G, TPW = TPI * ITER, TPB = TPW * kRouterWarps;
   __shared__ uint8_t tile_ids[kMaxTileEntries];
   __shared__ uint16_t tile_rank[kMaxTileEntries];
@@ -390,7 +446,7 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
 #pragma unroll
   for (int i = 0; i < ITER; ++i) steps += __any_sync(0xffffffffu, (i * kRouterWarps + warp) * TPI + lane / G < ntok);
   if (k == 1 && !rank.softmax) {
-    uint64_t best[ITER];
+    typename Top1Key<T>::Key best[ITER];
     if (steps <= 1) {
       sigmoid_top1<G, 1>(raw, gl, E, best);
     } else if (steps <= 2 || ITER < 4) {
@@ -405,9 +461,9 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
       if (i >= steps) break;
       const int tl = (i * kRouterWarps + warp) * TPI + lane / G;
       if (gl == 0 && tl < ntok) {
-        const int idx = static_cast<int>(0xFFFFFFFFu - static_cast<uint32_t>(best[i]));
+        const int idx = Top1Key<T>::index(best[i]);
         p.ids[tok0 + tl] = idx;
-        p.weights[tok0 + tl] = top1_weight(best[i], rank.bf16_weights);
+        p.weights[tok0 + tl] = top1_weight(Top1Key<T>::logit(best[i]), rank.bf16_weights);
         tile_ids[tl] = static_cast<uint8_t>(idx);
       }
     }
@@ -425,6 +481,7 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
     }
   }
   __syncthreads();
+  ROUTER_PROBE(1);
 
   // 2. Stable rank of each (t, c) among the tile's pairs of its expert. Warp w ranks a contiguous run of
   //    pairs, 32 at a time in order: lanes holding the same expert see each other in __match_any_sync, the lower
@@ -444,13 +501,14 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
     if (in) tile_rank[i] = static_cast<uint16_t>(seen + before);
   }
   __syncthreads();
+  ROUTER_PROBE(2);
 
   // 3. Warp counts -> per-warp starts (warp order is pair order); the tile's totals go to the histogram.
   //    A single tile (every decode batch) is the whole problem: its totals are the counts. With the grid
   //    barrier each CTA reads the totals and its prefix from the histogram. Either way counts, offsets and
   //    final destinations are written here; only kLastCta leaves them to step 4 and router_dest_kernel.
   __shared__ int expert_start[kMaxE];
-  __shared__ int part_total[kRouterThreads * 4], part_before[kRouterThreads * 4];
+  __shared__ int part_total[kRouterThreads * 8], part_before[kRouterThreads * 8];
   const bool single = gridDim.x == 1, done = single || sync == kGridBarrier;
   int* hist = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + kCounterBytes);
   int count = 0, before = 0;  // pairs of expert threadIdx.x: in all tiles, in the tiles before this one
@@ -460,16 +518,22 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
       warp_count[w][threadIdx.x] = count;
       count += c;
     }
-    if (!single) hist[static_cast<int64_t>(blockIdx.x) * E + threadIdx.x] = count;
+    const int64_t at = static_cast<int64_t>(blockIdx.x) * E + threadIdx.x;
+    if (sync == kGridBarrier) reinterpret_cast<uint16_t*>(hist)[at] = static_cast<uint16_t>(count);
+    else if (!single) hist[at] = count;
   }
   if (!single && sync == kGridBarrier) {
     // The barrier orders every CTA's histogram row before any read of it (grid.sync fences memory).
+    ROUTER_PROBE(3);
     cooperative_groups::this_grid().sync();
-    if (E % 4 == 0 && (reinterpret_cast<uintptr_t>(hist) & 15u) == 0)
-      histogram_sums<4>(hist, gridDim.x, E, part_total, part_before, &count, &before);
+    ROUTER_PROBE(4);
+    const uint16_t* hist16 = reinterpret_cast<const uint16_t*>(hist);
+    if (E % 8 == 0 && (reinterpret_cast<uintptr_t>(hist) & 15u) == 0)
+      histogram_sums<8>(hist16, gridDim.x, E, part_total, part_before, &count, &before);
     else
-      histogram_sums<1>(hist, gridDim.x, E, part_total, part_before, &count, &before);
+      histogram_sums<1>(hist16, gridDim.x, E, part_total, part_before, &count, &before);
   }
+  ROUTER_PROBE(5);
   if (done) {  // uniform across the CTA: every thread takes part in the scan
     int padded = 0;
     if (threadIdx.x < E) {
@@ -487,6 +551,7 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
   __syncthreads();
   for (int i = threadIdx.x; i < n; i += kRouterThreads)
     p.dest[tok0 * k + i] = (done ? expert_start[tile_ids[i]] : 0) + warp_count[i / per][tile_ids[i]] + tile_rank[i];
+  ROUTER_PROBE(7);
   if (done) return;
 
   // 4. The last tile to arrive scans the histogram. Every writer fences before the arrival is counted.

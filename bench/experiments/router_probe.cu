@@ -1,0 +1,84 @@
+// Where the router's time goes, phase by phase (kernels/router.cu built with L4K_ROUTER_PROBE): per-CTA
+// %globaltimer stamps at the kernel's phase boundaries, reported as min / median / max over CTAs relative to
+// the earliest CTA start, plus the graph-replayed time per call. Built and run on the GPU machine:
+//   nvcc -std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
+//     -DL4K_ROUTER_PROBE -Ikernels bench/experiments/router_probe.cu -o /tmp/router_probe && /tmp/router_probe
+#include "../../kernels/router.cu"
+
+#include <algorithm>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#define CHECK(x)                                                                   \
+  do {                                                                             \
+    cudaError_t e_ = (x);                                                          \
+    if (e_ != cudaSuccess) {                                                       \
+      std::printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));      \
+      std::exit(1);                                                                \
+    }                                                                              \
+  } while (0)
+
+static void probe(int tokens, int experts) {
+  std::mt19937 rng(tokens * 7 + experts);
+  std::uniform_real_distribution<float> u(-4.f, 4.f);
+  std::vector<__nv_bfloat16> h(static_cast<size_t>(tokens) * experts);
+  for (auto& v : h) v = __float2bfloat16(u(rng));
+  const int tile = l4k_internal_router_tile(experts, L4K_LOGITS_BF16);
+  const int tiles = (tokens + tile - 1) / tile;
+  L4kRouterParams p{};
+  void* logits;
+  CHECK(cudaMalloc(&logits, h.size() * 2));
+  CHECK(cudaMemcpy(logits, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+  p.logits = logits;
+  CHECK(cudaMalloc(&p.ids, tokens * 4));
+  CHECK(cudaMalloc(&p.weights, tokens * 4));
+  CHECK(cudaMalloc(&p.counts, experts * 4));
+  CHECK(cudaMalloc(&p.offsets, (experts + 1) * 4));
+  CHECK(cudaMalloc(&p.dest, tokens * 4));
+  p.workspace_bytes = 16 + static_cast<int64_t>(tiles) * experts * 4;
+  CHECK(cudaMalloc(&p.workspace, p.workspace_bytes));
+  p.tokens = tokens, p.experts = experts, p.k = 1, p.mode = L4K_ROUTER_SIGMOID_TOP1;
+  p.logits_dtype = L4K_LOGITS_BF16, p.align = 1;
+  cudaStream_t s;
+  CHECK(cudaStreamCreate(&s));
+  for (int i = 0; i < 3; ++i) CHECK(static_cast<cudaError_t>(l4k_launch_router(&p, s)));
+  CHECK(cudaStreamSynchronize(s));
+  std::vector<unsigned long long> st(4096 * 8);
+  CHECK(cudaMemcpyFromSymbol(st.data(), l4k::g_router_probe, st.size() * 8));
+  unsigned long long t0 = ~0ull;
+  for (int b = 0; b < tiles; ++b) t0 = std::min(t0, st[b * 8]);
+  std::printf("T=%d E=%d tiles=%d\n", tokens, experts, tiles);
+  const char* names[8] = {"start", "ranked", "step2", "pre-sync", "post-sync", "hist-sums", "-", "dest"};
+  for (int i : {0, 1, 2, 3, 4, 5, 7}) {
+    std::vector<double> v;
+    for (int b = 0; b < tiles; ++b)
+      if (st[b * 8 + i] >= t0) v.push_back((st[b * 8 + i] - t0) * 1e-3);
+    if (v.empty()) continue;
+    std::sort(v.begin(), v.end());
+    std::printf("  %-10s min %6.2f  med %6.2f  max %6.2f us\n", names[i], v.front(), v[v.size() / 2], v.back());
+  }
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < 20; ++i) CHECK(static_cast<cudaError_t>(l4k_launch_router(&p, s)));
+  CHECK(cudaStreamEndCapture(s, &g));
+  CHECK(cudaGraphInstantiate(&ge, g, 0));
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  CHECK(cudaGraphLaunch(ge, s));
+  CHECK(cudaEventRecord(a, s));
+  for (int r = 0; r < 10; ++r) CHECK(cudaGraphLaunch(ge, s));
+  CHECK(cudaEventRecord(b, s));
+  CHECK(cudaEventSynchronize(b));
+  float ms;
+  CHECK(cudaEventElapsedTime(&ms, a, b));
+  std::printf("  graph: %.2f us per call\n", ms * 1e3 / 200);
+}
+
+int main() {
+  for (int e : {16, 128})
+    for (int t : {64, 512, 4096, 16384}) probe(t, e);
+  return 0;
+}
