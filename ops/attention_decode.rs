@@ -146,6 +146,13 @@ pub(crate) fn launch(p: &AttentionParams, stream: CUstream) -> Result<()> {
     }
     ensure!(p.block_size >= 1 && p.max_blocks >= 0 && p.slots >= 0, "{OP}: bad cache geometry");
     ensure!(p.chunk >= 0, "{OP}: chunk {} is negative", p.chunk);
+    // The kernels index a sequence's (query, head) rows with int32.
+    ensure!(
+        p.n_heads as i64 * p.max_q_len as i64 <= i32::MAX as i64,
+        "{OP}: n_heads {} x max_q_len {} rows exceed i32",
+        p.n_heads,
+        p.max_q_len
+    );
     ensure!(
         (p.max_blocks as i64) * (p.block_size as i64) <= i32::MAX as i64,
         "{OP}: max_blocks * block_size exceeds i32"
@@ -235,6 +242,38 @@ mod tests {
         // A chunked layer's range is one chunk however long the cache: fewer splits than the global layer.
         let chunked = DecodeShape { mask: Mask::Chunked { chunk: 256 }, ..long };
         assert_eq!(splits(chunked).unwrap(), 1);
+        // Row counts past int32 are refused before anything is launched.
+        let p = AttentionParams {
+            q: std::ptr::null(),
+            k_cache: std::ptr::null(),
+            v_cache: std::ptr::null(),
+            cu_seqlens_q: std::ptr::null(),
+            seq_lens_k: std::ptr::null(),
+            block_table: std::ptr::null(),
+            out: std::ptr::null_mut(),
+            bad_seqs: std::ptr::null_mut(),
+            workspace: std::ptr::null_mut(),
+            workspace_bytes: 0,
+            total_q: 1,
+            slots: 16,
+            batch: 1,
+            max_blocks: 1,
+            block_size: 16,
+            n_heads: 40,
+            n_kv_heads: 8,
+            head_dim: 128,
+            chunk: 0,
+            max_q_len: i32::MAX / 8,
+            softmax_scale: 0.1,
+            _pad: 0,
+        };
+        assert!(
+            matches!(launch(&p, std::ptr::null_mut()), Err(crate::Error::InvalidArgument(m)) if m.contains("exceed i32"))
+        );
+        assert!(matches!(
+            launch(&AttentionParams { head_dim: 96, ..p }, std::ptr::null_mut()),
+            Err(crate::Error::Unsupported(_))
+        ));
         // Tiny contexts never split.
         assert_eq!(splits(DecodeShape { batch: 1, max_kv_len: 200, ..s }).unwrap(), 1);
     }
