@@ -186,6 +186,31 @@ l4k_status l4k_grouped_gemm_fp8(const void* a, const float* scale_a, const void*
                                 int64_t k, int32_t experts, int32_t schedule, void* workspace,
                                 size_t workspace_bytes, uint32_t* bad_offsets, l4k_stream_t stream);
 
+/* ---- attention_decode: decode attention over the paged KV cache ------------------------------------------
+ * Sequence b (of batch) has seq_lens_k[b] keys in the cache (its new tokens included) and queries rows
+ * cu_seqlens_q[b] .. cu_seqlens_q[b + 1] of q: the LAST q_len(b) positions of the sequence (1 in plain decode,
+ * a few in speculative decoding). Key position p lives in slot block_table[b * max_blocks + p / block_size] *
+ * block_size + p % block_size. q, out: [total_q, n_heads, head_dim] bf16; k_cache, v_cache: [slots,
+ * n_kv_heads, head_dim] bf16 (the layout l4k_rope_qkv writes); cu_seqlens_q [batch + 1], seq_lens_k [batch],
+ * block_table [batch, max_blocks]: int32 ON THE DEVICE. chunk 0: global causal mask; C > 0: chunked causal
+ * (key p visible from query position q iff p <= q and p / C == q / C). head_dim 64 or 128; query head h reads
+ * KV head h / (n_heads / n_kv_heads); f32 softmax of scores * softmax_scale, bf16 out. q, out, caches 16-byte
+ * aligned, workspace 256-byte aligned with at least l4k_attention_decode_workspace_size bytes (max_kv_len =
+ * max_blocks * block_size; contents arbitrary). Every q_len(b) must be <= max_q_len. A sequence whose device
+ * metadata is inconsistent (q_len < 0 or > max_q_len, q_len > seq_len, seq_len > max_blocks * block_size, a
+ * block id outside the cache) writes none of its rows and adds 1 to *bad_seqs (one device uint32, may be
+ * NULL). No host synchronization: capturable in a CUDA graph. */
+l4k_status l4k_attention_decode_workspace_size(int32_t batch, int32_t n_heads, int32_t n_kv_heads,
+                                               int32_t head_dim, int32_t max_q_len, int32_t max_kv_len,
+                                               int32_t chunk, size_t* bytes);
+l4k_status l4k_attention_decode(const void* q, const void* k_cache, const void* v_cache,
+                                const int32_t* cu_seqlens_q, const int32_t* seq_lens_k,
+                                const int32_t* block_table, void* out, int64_t total_q, int32_t batch,
+                                int32_t n_heads, int32_t n_kv_heads, int32_t head_dim, int64_t slots,
+                                int32_t block_size, int32_t max_blocks, int32_t max_q_len, int32_t chunk,
+                                float softmax_scale, void* workspace, size_t workspace_bytes, uint32_t* bad_seqs,
+                                l4k_stream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,10 +4,12 @@
 //! Panics never cross the boundary: they become `L4K_ERROR_INVALID_ARGUMENT` with the panic message.
 
 use crate::error::{Error, Result, Status};
-use crate::ffi::{GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8};
+use crate::ffi::{
+    AttentionParams, GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8,
+};
 use crate::ffi::{PermuteParams, RouterParams, UnpermuteParams, PERMUTE_BF16, PERMUTE_FP8};
 use crate::rope::{self, HeadLayout, LayerKind, Llama3Scaling, Temperature};
-use crate::{grouped_gemm, permute, quant, rmsnorm, router, swiglu};
+use crate::{attention, attention_decode, grouped_gemm, permute, quant, rmsnorm, router, swiglu};
 use cudarc::driver::sys::CUstream;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CString};
@@ -528,5 +530,103 @@ pub extern "C" fn l4k_grouped_gemm_fp8(
             schedule,
         };
         grouped_gemm::launch(&p, stream)
+    })
+}
+
+/// Workspace bytes of `l4k_attention_decode` on the current device, written to `*bytes`.
+///
+/// # Safety
+/// `bytes` must be NULL (an error) or point to a writable size_t.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_attention_decode_workspace_size(
+    batch: i32,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+    max_q_len: i32,
+    max_kv_len: i32,
+    chunk: i32,
+    bytes: *mut usize,
+) -> Status {
+    guard(|| {
+        if bytes.is_null() {
+            return Err(Error::InvalidArgument("attention_decode: bytes is null".into()));
+        }
+        let size = |v: i32, what: &str| {
+            usize::try_from(v).map_err(|_| Error::InvalidArgument(format!("attention_decode: {what} = {v} < 0")))
+        };
+        let mask = if chunk == 0 {
+            attention::Mask::Causal
+        } else {
+            attention::Mask::Chunked { chunk: size(chunk, "chunk")? }
+        };
+        let n = attention_decode::workspace_size(attention_decode::DecodeShape {
+            batch: size(batch, "batch")?,
+            n_heads: size(n_heads, "n_heads")?,
+            n_kv_heads: size(n_kv_heads, "n_kv_heads")?,
+            head_dim: size(head_dim, "head_dim")?,
+            max_q_len: size(max_q_len, "max_q_len")?,
+            max_kv_len: size(max_kv_len, "max_kv_len")?,
+            mask,
+        })?;
+        // SAFETY: non-null, writable per the contract.
+        unsafe { *bytes = n };
+        Ok(())
+    })
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_attention_decode(
+    q: *const c_void,
+    k_cache: *const c_void,
+    v_cache: *const c_void,
+    cu_seqlens_q: *const i32,
+    seq_lens_k: *const i32,
+    block_table: *const i32,
+    out: *mut c_void,
+    total_q: i64,
+    batch: i32,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+    slots: i64,
+    block_size: i32,
+    max_blocks: i32,
+    max_q_len: i32,
+    chunk: i32,
+    softmax_scale: f32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    bad_seqs: *mut u32,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let p = AttentionParams {
+            q,
+            k_cache,
+            v_cache,
+            cu_seqlens_q,
+            seq_lens_k,
+            block_table,
+            out,
+            bad_seqs,
+            workspace,
+            workspace_bytes: i64::try_from(workspace_bytes).unwrap_or(i64::MAX),
+            total_q,
+            slots,
+            batch,
+            max_blocks,
+            block_size,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            chunk,
+            max_q_len,
+            softmax_scale,
+            _pad: 0,
+        };
+        attention_decode::launch(&p, stream)
     })
 }

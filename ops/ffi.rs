@@ -205,6 +205,24 @@ extern "C" {
     pub fn l4k_launch_router(p: *const RouterParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_permute(p: *const PermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_unpermute(p: *const UnpermuteParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_attention_decode(p: *const AttentionParams, stream: CUstream) -> c_int;
+    pub fn l4k_internal_attention_decode_workspace_size(
+        batch: i32,
+        n_heads: i32,
+        n_kv_heads: i32,
+        head_dim: i32,
+        max_q_len: i32,
+        max_kv_len: i32,
+        chunk: i32,
+    ) -> usize;
+    pub fn l4k_internal_attention_decode_splits(
+        batch: i32,
+        n_heads: i32,
+        n_kv_heads: i32,
+        max_q_len: i32,
+        max_kv_len: i32,
+        chunk: i32,
+    ) -> i32;
     pub fn l4k_internal_router_tile(experts: c_int, logits_dtype: c_int) -> c_int;
     pub fn l4k_internal_cuda_error_string(code: c_int) -> *const c_char;
     pub fn l4k_internal_params_size(which: c_int) -> usize;
