@@ -13,6 +13,7 @@ mod error;
 mod ffi;
 
 pub mod attention;
+pub mod attention_prefill;
 pub mod capi;
 pub mod device;
 pub mod grouped_gemm;

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod attention_prefill;
 mod capi;
 mod grouped_gemm;
 mod permute;
