@@ -1,31 +1,35 @@
 // Prefill attention over the paged KV cache (contract: kernels/attention_params.h; op: ops/attention_prefill.rs;
 // reference: reference/src/attention.rs). One kernel serves a fresh prefill (q_len == seq_len_k) and a prefill
 // that continues a cache (q_len < seq_len_k): query i of sequence b sits at position seq_len_k - q_len + i.
-// Two versions side by side, both tested (tests/gpu/attention_prefill.rs) and measured (kernels/NOTES.md):
+// Versions side by side, all tested (tests/gpu/attention_prefill.rs runs every one) and measured (kernels/NOTES.md
+// has the figures); l4k_internal_launch_attention_prefill_version picks one (ops/attention_prefill.rs: Kernel).
 //
-// v2 (l4k_launch_attention_prefill, the op's kernel): Hopper wgmma for both products, cp.async loads.
+// v2 (l4k_launch_attention_prefill, the op's kernel, kWgmma2PerSm): Hopper wgmma for both products, cp.async.
 // - One CTA per (query head, 128-query tile, sequence): two warpgroups of 64 query rows each; at most 128
 //   registers a thread so two CTAs share an SM and one's softmax and loads run under the other's wgmma.
+//   kWgmma1PerSm: the same without the register cap (one CTA per SM).
 // - Q, K, V tiles in shared memory in the 128-byte-swizzled layout wgmma reads (64-element column blocks,
 //   16-byte chunks XOR-ed with the row): S = Q K^T is wgmma m64n64k16 with both operands in shared memory
 //   (K-major); O += P V is wgmma m64n{D}k16 with P from registers (the S accumulator layout is the A fragment
-//   layout) and V read transposed (MN-major descriptor).
-// v1 (l4k_internal_launch_attention_prefill_version, kMmaSync): the FlashAttention-2 structure on mma.sync m16n8k16, 8 warps
-//   of 16 query rows, Q fragments held in registers, K and V through ldmatrix (V transposed by ldmatrix.trans).
+//   layout) and V read transposed (MN-major descriptor). Two-stage K/V ring: tile j + 1 loads during tile j.
+// v3 (kWgmmaOverlap): v2's layouts, Q in registers, FA3's intra-warpgroup overlap (softmax_j under P_{j-1} V_{j-1}),
+//   three-stage ring, one CTA per SM. Slower than v2 today (see NOTES.md).
+// v1 (kMmaSync): the FlashAttention-2 structure on mma.sync m16n8k16, 8 warps of 16 query rows, Q fragments in
+//   registers, K and V through ldmatrix (V transposed by ldmatrix.trans); V_j loads under S_j, K_{j+1} under PV_j.
 //
-// Shared by both:
+// Shared by all:
 // - The grid walks each sequence's tiles last first (the causal tiles with the most keys start first, short
 //   ones fill the tail) and puts the heads of one tile side by side, so the heads of one KV group read the
 //   same K/V tiles from L2.
-// - K and V tiles of 64 keys stream through shared memory with cp.async. v1: V_j loads while S = Q K_j^T and
-//   the softmax run, K_{j+1} while O += P V_j runs. v2: a two-stage ring, tile j + 1 (K and V) loads during
-//   all of tile j.
+// - K and V tiles of 64 keys stream through shared memory with cp.async (16-byte pieces of rows, zero-filled past
+//   the sequence).
 // - f32 online softmax in the log2 domain (scores * scale * log2 e, ex2.approx), P rounded to bf16 for the
 //   second product, O normalised once at the end, bf16 out.
 // - The key-tile loop bounds come from the mask (attention_key_range): a 128-query tile visits keys
 //   [chunk start of its first query, its last query], so a chunked layer costs ~C/S of a causal one. Only the
 //   tiles that straddle the diagonal, a chunk start or the sequence end evaluate the per-element mask.
-// - K/V rows are addressed one by one through the block table: any block_size works.
+// - K/V rows are addressed one by one through the block table: any block_size works (shifts when it is a power
+//   of two). The wgmma versions look a tile's slots up one tile before issuing its loads.
 // - Bad metadata (kernels/attention_params.h): every CTA of a sequence checks the sequence's scalars and every
 //   block id of the positions the sequence reads before loading anything; a bad sequence's CTAs write nothing
 //   and its (head 0, tile 0) CTA bumps *bad_seqs.
@@ -78,6 +82,13 @@ __device__ __forceinline__ float ex2(float x) {
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Cache slot of key position pos through the block table. shift = log2(block_size) when that is a power of two
+// (the usual 16 .. 256: shifts instead of two integer divisions per row per tile), else -1.
+__device__ __forceinline__ int block_shift(int bs) { return (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1; }
+__device__ __forceinline__ int slot_of(const int32_t* table, int pos, int bs, int shift) {
+  return shift >= 0 ? (table[pos >> shift] << shift) + (pos & (bs - 1)) : table[pos / bs] * bs + pos % bs;
 }
 
 // The sequence's scalars and, when they hold, every block id of the positions [lo, seq_len_k) it reads.
@@ -168,6 +179,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const L4kAttention
   const bf16* k_g = static_cast<const bf16*>(p.k_cache);
   const bf16* v_g = static_cast<const bf16*>(p.v_cache);
   const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.max_blocks;
+  const int bs_shift = block_shift(p.block_size);
   const int chunk_col = tid % kChunks;
   const int row_base = tid / kChunks;
 
@@ -187,7 +199,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const L4kAttention
     for (int i = 0; i < kKvPasses; ++i) {
       const int pos = k0 + row_base + i * kRowsPerPass;
       if (pos < seq_len) {
-        const int64_t slot = static_cast<int64_t>(table[pos / p.block_size]) * p.block_size + pos % p.block_size;
+        const int64_t slot = slot_of(table, pos, p.block_size, bs_shift);
         kv_off[i] = (slot * p.n_kv_heads + kvh) * D + chunk_col * 8;
       } else {
         kv_off[i] = -1;
@@ -374,8 +386,12 @@ __device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t da, uint64
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+      "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "l"(da), "l"(db), "r"(accumulate));
 }
 // D (64 x 64 f32, 32 a thread) += A (registers) * B (smem desc, MN-major).
@@ -383,8 +399,12 @@ __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+      "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 // D (64 x 128 f32, 64 a thread) += A (registers) * B (smem desc, MN-major).
@@ -392,8 +412,18 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t (&a
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+      "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, "
+      "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, "
+      "%61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
@@ -435,6 +465,7 @@ __global__ void __launch_bounds__(kThreads, CTAS_PER_SM) prefill_kernel(const L4
   const bf16* k_g = static_cast<const bf16*>(p.k_cache);
   const bf16* v_g = static_cast<const bf16*>(p.v_cache);
   const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.max_blocks;
+  const int bs_shift = block_shift(p.block_size);
   const int chunk_col = tid % kChunks;
   const int row_base = tid / kChunks;
 
@@ -453,7 +484,7 @@ __global__ void __launch_bounds__(kThreads, CTAS_PER_SM) prefill_kernel(const L4
 #pragma unroll
     for (int i = 0; i < kKvPasses; ++i) {
       const int pos = k0 + row_base + i * kRowsPerPass;
-      kv_slot[i] = pos < seq_len ? table[pos / p.block_size] * p.block_size + pos % p.block_size : -1;
+      kv_slot[i] = pos < seq_len ? slot_of(table, pos, p.block_size, bs_shift) : -1;
     }
   };
   auto load_kv = [&](bf16* dst, const bf16* src) {
@@ -469,6 +500,9 @@ __global__ void __launch_bounds__(kThreads, CTAS_PER_SM) prefill_kernel(const L4
   load_kv(sm.k[0], k_g);
   load_kv(sm.v[0], v_g);
   cp_async_commit();
+  // Slots are looked up one tile before their loads are issued, so the block-table reads are off the critical
+  // path.
+  if (n_tiles > 1) locate(keys.lo + kBlockN);
   // Descriptors. S: A = this warpgroup's 64 Q rows, B = the 64 K rows, both K-major: k-step ks (16 dims) starts
   // 32 bytes further in a 128-byte row, the next column block after 4 steps; 8-row groups 1024 bytes apart.
   // O: B = V [keys, D] read transposed (MN-major): column blocks of 64 dims kBlockN * 128 bytes apart (leading
@@ -502,11 +536,11 @@ __global__ void __launch_bounds__(kThreads, CTAS_PER_SM) prefill_kernel(const L4
     // Tile j + 1 goes into the other stage (free: the barrier closing iteration j - 1), then tile j (and Q) must
     // have landed: every group but the newest.
     if (j + 1 < n_tiles) {
-      locate(k0 + kBlockN);
       load_kv(sm.k[(j + 1) % kStages], k_g);
       load_kv(sm.v[(j + 1) % kStages], v_g);
     }
     cp_async_commit();
+    if (j + 2 < n_tiles) locate(k0 + 2 * kBlockN);
     asm volatile("cp.async.wait_group 1;\n" ::: "memory");
     fence_proxy_async();
     __syncthreads();
@@ -702,22 +736,33 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const L4kAttention
     const int64_t row = static_cast<int64_t>(q_begin) + m0 + (in ? r : 0);
     cp_async16(&sm.q[swz<kBlockM>(r, chunk_col)], q_g + (row * p.n_heads + h) * D + chunk_col * 8, in ? 16 : 0);
   }
-  // Tile t (keys keys.lo + 64 t ..) into stage t % kStages; rows past the sequence are zero-filled.
+  const int bs_shift = block_shift(p.block_size);
+  // Cache slots of this thread's rows of the next tile to load (-1: past the sequence, zero-filled), looked up
+  // one tile before the loads are issued so the block-table reads are off the critical path.
+  int32_t kv_slot[kKvPasses];
+  auto locate = [&](int t) {
+#pragma unroll
+    for (int i = 0; i < kKvPasses; ++i) {
+      const int pos = keys.lo + t * kBlockN + row_base + i * kRowsPerPass;
+      kv_slot[i] = pos < seq_len ? slot_of(table, pos, p.block_size, bs_shift) : -1;
+    }
+  };
+  // Tile t (keys keys.lo + 64 t ..) into stage t % kStages.
   auto load_tile = [&](int t) {
-    const int k0 = keys.lo + t * kBlockN, st = t % kStages;
+    const int st = t % kStages;
 #pragma unroll
     for (int i = 0; i < kKvPasses; ++i) {
       const int r = row_base + i * kRowsPerPass;
-      const int pos = k0 + r;
-      const bool in = pos < seq_len;
-      const int slot = in ? table[pos / p.block_size] * p.block_size + pos % p.block_size : 0;
-      const int64_t off = (static_cast<int64_t>(slot) * p.n_kv_heads + kvh) * D + chunk_col * 8;
+      const bool in = kv_slot[i] >= 0;
+      const int64_t off = (static_cast<int64_t>(in ? kv_slot[i] : 0) * p.n_kv_heads + kvh) * D + chunk_col * 8;
       cp_async16(&sm.k[st][swz<kBlockN>(r, chunk_col)], k_g + off, in ? 16 : 0);
       cp_async16(&sm.v[st][swz<kBlockN>(r, chunk_col)], v_g + off, in ? 16 : 0);
     }
   };
+  locate(0);
   load_tile(0);
   cp_async_commit();
+  if (n_tiles > 1) locate(1);
 
   const uint32_t k_base = smem_addr(&sm.k[0][0]) >> 4, v_base = smem_addr(&sm.v[0][0]) >> 4;
   constexpr uint32_t kStageUnits = kBlockN * D * 2 / 16;
@@ -819,6 +864,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const L4kAttention
   }
   if (n_tiles > 1) load_tile(1);
   cp_async_commit();
+  if (n_tiles > 2) locate(2);
   wgmma_v2::wgmma_fence();
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) wgmma_rs_n64_kmajor(s, q_frag[ks], k_desc(0, ks), ks > 0);
@@ -836,6 +882,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const L4kAttention
     __syncthreads();
     if (j + 1 < n_tiles) load_tile(j + 1);
     cp_async_commit();
+    if (j + 2 < n_tiles) locate(j + 2);
 
     wgmma_v2::wgmma_fence();
 #pragma unroll
