@@ -210,6 +210,23 @@ l4k_status l4k_attention_decode(const void* q, const void* k_cache, const void* 
                                 int32_t block_size, int32_t max_blocks, int32_t max_q_len, int32_t chunk,
                                 float softmax_scale, void* workspace, size_t workspace_bytes, uint32_t* bad_seqs,
                                 l4k_stream_t stream);
+/* ---- attention_prefill: prefill attention over the paged KV cache ----------------------------------------
+ * Sequence b has seq_lens_k[b] keys (its new tokens included) in the paged cache k_cache / v_cache
+ * [slots, n_kv_heads, head_dim] bf16: key position p lives in slot block_table[b * max_blocks + p / block_size]
+ * * block_size + p % block_size (any block_size >= 1). Its queries are rows cu_seqlens_q[b] .. cu_seqlens_q[b+1]
+ * of q [total_q, n_heads, head_dim] bf16, the LAST q_len of its positions (fresh prefill: q_len == seq_len;
+ * continued prefill: q_len < seq_len); every q_len <= max_q_len. chunk 0: causal mask; chunk C > 0: key p
+ * visible from query position t iff p <= t and p / C == t / C. head_dim 64 or 128; query head h reads kv head
+ * h / (n_heads / n_kv_heads); softmax of scores * softmax_scale in f32; out [total_q, n_heads, head_dim] bf16.
+ * q, k_cache, v_cache 16-byte aligned. cu_seqlens_q, seq_lens_k, block_table: int32 ON THE DEVICE. A sequence
+ * whose device metadata is inconsistent writes none of its rows and adds 1 to *bad_seqs (device uint32, may be
+ * NULL). No workspace, no host synchronization: capturable in a CUDA graph. */
+l4k_status l4k_attention_prefill(const void* q, const void* k_cache, const void* v_cache,
+                                 const int32_t* cu_seqlens_q, const int32_t* seq_lens_k, const int32_t* block_table,
+                                 void* out, uint32_t* bad_seqs, int64_t total_q, int64_t slots, int32_t batch,
+                                 int32_t max_blocks, int32_t block_size, int32_t n_heads, int32_t n_kv_heads,
+                                 int32_t head_dim, int32_t chunk, int32_t max_q_len, float softmax_scale,
+                                 l4k_stream_t stream);
 
 #ifdef __cplusplus
 }

@@ -9,7 +9,7 @@ use crate::ffi::{
 };
 use crate::ffi::{PermuteParams, RouterParams, UnpermuteParams, PERMUTE_BF16, PERMUTE_FP8};
 use crate::rope::{self, HeadLayout, LayerKind, Llama3Scaling, Temperature};
-use crate::{attention, attention_decode, grouped_gemm, permute, quant, rmsnorm, router, swiglu};
+use crate::{attention, attention_decode, attention_prefill, grouped_gemm, permute, quant, rmsnorm, router, swiglu};
 use cudarc::driver::sys::CUstream;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CString};
@@ -628,5 +628,59 @@ pub extern "C" fn l4k_attention_decode(
             _pad: 0,
         };
         attention_decode::launch(&p, stream)
+    })
+}
+
+/// Prefill attention over the paged KV cache (see `attention_prefill` and include/llama4_kernels.h).
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_attention_prefill(
+    q: *const c_void,
+    k_cache: *const c_void,
+    v_cache: *const c_void,
+    cu_seqlens_q: *const i32,
+    seq_lens_k: *const i32,
+    block_table: *const i32,
+    out: *mut c_void,
+    bad_seqs: *mut u32,
+    total_q: i64,
+    slots: i64,
+    batch: i32,
+    max_blocks: i32,
+    block_size: i32,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+    chunk: i32,
+    max_q_len: i32,
+    softmax_scale: f32,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let p = AttentionParams {
+            q,
+            k_cache,
+            v_cache,
+            cu_seqlens_q,
+            seq_lens_k,
+            block_table,
+            out,
+            bad_seqs,
+            workspace: ptr::null_mut(),
+            workspace_bytes: 0,
+            total_q,
+            slots,
+            batch,
+            max_blocks,
+            block_size,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            chunk,
+            max_q_len,
+            softmax_scale,
+            _pad: 0,
+        };
+        attention_prefill::launch(&p, stream)
     })
 }

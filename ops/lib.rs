@@ -14,6 +14,7 @@ mod ffi;
 
 pub mod attention;
 pub mod attention_decode;
+pub mod attention_prefill;
 pub mod capi;
 pub mod device;
 pub mod grouped_gemm;

@@ -5,6 +5,7 @@
 mod common;
 
 mod attention_decode;
+mod attention_prefill;
 mod capi;
 mod grouped_gemm;
 mod permute;
