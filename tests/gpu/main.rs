@@ -4,6 +4,7 @@
 
 mod common;
 
+mod attention;
 mod attention_decode;
 mod attention_prefill;
 mod capi;
