@@ -135,6 +135,9 @@ pub fn run_gemm_case(
     flops: usize,
     mut launch: impl FnMut(usize),
 ) {
+    if !selected(&format!("{family}/{variant}/{shape}")) {
+        return;
+    }
     let ceiling = copy_ceiling_gbps();
     let reps = if bytes > (64 << 20) { 4 } else { 64 };
     let mut group = c.benchmark_group(format!("{family}/{variant}"));
@@ -154,6 +157,15 @@ pub fn run_gemm_case(
         if flops > 0 { format!(", {:.0} TFLOP/s", flops as f64 / (us * 1e6)) } else { String::new() }
     );
     record_flops(family, variant, shape, bytes, flops, us, tokens);
+}
+
+/// L4K_BENCH_ONLY=<substring>[,<substring>...]: only cases whose family/variant/shape contains one of them run
+/// (criterion's own filter would still run the JSON timing of every case).
+fn selected(case: &str) -> bool {
+    match std::env::var("L4K_BENCH_ONLY") {
+        Ok(only) if !only.is_empty() => only.split(',').any(|f| case.contains(f)),
+        _ => true,
+    }
 }
 
 fn record(family: &str, variant: &str, shape: &str, bytes: usize, us: f64, tokens: usize) {
