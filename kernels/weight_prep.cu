@@ -10,7 +10,8 @@
 // sector; the CTA of the neighbouring strip (the next blockIdx.x, resident at the same time) reads the other
 // half from L2.
 // Generic kernel (any shape, any alignment): 32 columns x 8 row-phases per CTA, reads W twice (amax, then
-// quantize) and writes bytes one at a time. Correct everywhere, a fallback for odd shapes, not fast.
+// quantize) and transposes 64-row tiles through shared memory for coalesced byte stores. Correct everywhere,
+// a fallback for shapes the grouped GEMM cannot take anyway (K % 16 != 0, N % 8 != 0) and K > 8192.
 #include "common.cuh"
 
 namespace l4k {
@@ -20,7 +21,10 @@ constexpr int kRowsPerThread = 16;  // rows per thread: one 16-byte E4M3 store p
 constexpr int kStripThreads = 512;  // so K <= 512 * 16 = 8192 fits one CTA, 64 data registers per thread
 constexpr int64_t kStripMaxK = static_cast<int64_t>(kStripThreads) * kRowsPerThread;
 
-__global__ void __launch_bounds__(kStripThreads) weight_prep_strip_kernel(const L4kWeightPrepParams p) {
+// MAX_THREADS / MIN_BLOCKS: K <= 5120 (320 threads) fits 2 CTAs per SM at 96 registers without spills; larger K
+// gets 512 threads, one CTA per SM. Measured: no faster than one CTA per SM at K = 5120 (kernels/NOTES.md).
+template <int MAX_THREADS, int MIN_BLOCKS>
+__global__ void __launch_bounds__(MAX_THREADS, MIN_BLOCKS) weight_prep_strip_kernel(const L4kWeightPrepParams p) {
   const int64_t e = blockIdx.y, n0 = static_cast<int64_t>(blockIdx.x) * kStripCols;
   const int64_t k0 = static_cast<int64_t>(threadIdx.x) * kRowsPerThread;
   const bf16* w = static_cast<const bf16*>(p.w) + (e * p.k) * p.n + n0;
@@ -46,7 +50,7 @@ __global__ void __launch_bounds__(kStripThreads) weight_prep_strip_kernel(const 
     }
   }
 
-  __shared__ float partial[kStripThreads / 32][kStripCols];
+  __shared__ float partial[MAX_THREADS / 32][kStripCols];
   __shared__ float inv_scale[kStripCols];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
 #pragma unroll
@@ -87,10 +91,13 @@ __global__ void __launch_bounds__(kStripThreads) weight_prep_strip_kernel(const 
   }
 }
 
-constexpr int kGenericCols = 32, kGenericPhases = 8;
+constexpr int kGenericCols = 32, kGenericPhases = 8, kGenericTileK = 64;
 
+// Pass 1: column maxima, each warp reading 64 contiguous bytes of a row. Pass 2, per tile of 64 rows: quantize
+// while reading (coalesced as in pass 1), transpose the bytes through shared memory, write each output row's
+// 64 bytes with consecutive lanes on consecutive bytes (byte stores: K may be odd, rows unaligned).
 __global__ void __launch_bounds__(kGenericCols* kGenericPhases) weight_prep_generic_kernel(const L4kWeightPrepParams p) {
-  const int64_t e = blockIdx.y, n = static_cast<int64_t>(blockIdx.x) * kGenericCols + threadIdx.x;
+  const int64_t e = blockIdx.y, n0 = static_cast<int64_t>(blockIdx.x) * kGenericCols, n = n0 + threadIdx.x;
   const bool col = n < p.n;
   const bf16* w = static_cast<const bf16*>(p.w) + (e * p.k) * p.n + n;
   float amax = 0.f;
@@ -99,6 +106,7 @@ __global__ void __launch_bounds__(kGenericCols* kGenericPhases) weight_prep_gene
 
   __shared__ float partial[kGenericPhases][kGenericCols];
   __shared__ float inv_scale[kGenericCols];
+  __shared__ uint8_t tile[kGenericCols][kGenericTileK + 4];  // [n][k]; odd word stride: no bank conflicts
   partial[threadIdx.y][threadIdx.x] = amax;
   __syncthreads();
   if (threadIdx.y == 0) {
@@ -109,10 +117,23 @@ __global__ void __launch_bounds__(kGenericCols* kGenericPhases) weight_prep_gene
     inv_scale[threadIdx.x] = 1.f / scale;
   }
   __syncthreads();
-  if (!col) return;
   const float inv = inv_scale[threadIdx.x];
-  uint8_t* out = static_cast<uint8_t*>(p.out) + (e * p.n + n) * p.k;
-  for (int64_t k = threadIdx.y; k < p.k; k += kGenericPhases) out[k] = to_e4m3(__bfloat162float(w[k * p.n]) * inv);
+  const int t = threadIdx.y * kGenericCols + threadIdx.x;
+  const int64_t cols = p.n - n0 < kGenericCols ? p.n - n0 : kGenericCols;
+  uint8_t* out = static_cast<uint8_t*>(p.out) + (e * p.n + n0) * p.k;
+  for (int64_t k0 = 0; k0 < p.k; k0 += kGenericTileK) {
+    const int rows = static_cast<int>(p.k - k0 < kGenericTileK ? p.k - k0 : kGenericTileK);
+    if (col)
+      for (int r = threadIdx.y; r < rows; r += kGenericPhases)
+        tile[threadIdx.x][r] = to_e4m3(__bfloat162float(w[(k0 + r) * p.n]) * inv);
+    __syncthreads();
+    // 256 threads over [cols][rows] bytes: thread t writes byte t % 64 of rows t / 64, t / 64 + 4, ...
+    for (int i = t; i < cols * kGenericTileK; i += kGenericCols * kGenericPhases) {
+      const int r = i / kGenericTileK, c = i % kGenericTileK;
+      if (c < rows) out[r * p.k + k0 + c] = tile[r][c];
+    }
+    __syncthreads();
+  }
 }
 
 // Which kernel runs: the strip kernel where its shape and alignment assumptions hold.
@@ -132,7 +153,10 @@ extern "C" int l4k_launch_weight_prep(const L4kWeightPrepParams* p, cudaStream_t
     const int64_t rows = p->k / kRowsPerThread;
     const int threads = static_cast<int>((rows + 31) / 32 * 32);
     const dim3 grid(static_cast<unsigned>(p->n / kStripCols), static_cast<unsigned>(p->experts));
-    weight_prep_strip_kernel<<<grid, threads, 0, stream>>>(*p);
+    if (threads <= 320)
+      weight_prep_strip_kernel<320, 2><<<grid, threads, 0, stream>>>(*p);
+    else
+      weight_prep_strip_kernel<kStripThreads, 1><<<grid, threads, 0, stream>>>(*p);
   } else {
     const dim3 grid(static_cast<unsigned>((p->n + kGenericCols - 1) / kGenericCols),
                     static_cast<unsigned>(p->experts));
