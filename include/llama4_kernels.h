@@ -111,6 +111,15 @@ l4k_status l4k_quant_fp8(const void* x, void* q, float* scales, int64_t rows, in
 l4k_status l4k_dequant_fp8(const void* q, const float* scales, float* out, int64_t rows, int64_t cols,
                            l4k_stream_t stream);
 
+/* ---- weight_prep: checkpoint expert weights -> the grouped GEMM's FP8 layout --------------------------------
+ * w: [experts, k, n] bf16 as used in x @ W (gate_up [E, H, 2I], down [E, I, H]); q: [experts, n, k] E4M3 (the
+ * b operand of l4k_grouped_gemm_fp8); scales: [experts, n] f32. Per (e, n): scales = max(amax_k |w[e, :, n]|,
+ * 1e-12) / 448 (NaN ignored), q = e4m3(w * (1 / scale)) as l4k_quant_fp8 does. Any sizes (experts <= 65535);
+ * k % 16 == 0, k <= 8192, n % 8 == 0 with 16-byte aligned w and q take the fast kernel, others a slower one
+ * with the same bytes. No host synchronization. */
+l4k_status l4k_quantize_expert_weights(const void* w, void* q, float* scales, int64_t experts, int64_t k, int64_t n,
+                                       l4k_stream_t stream);
+
 /* ---- router: MoE routing on the device ----------------------------------------------------------------
  * Layout (read by l4k_permute*, l4k_unpermute and the grouped GEMM, all int32 on the device):
  *   expert e owns rows [offsets[e], offsets[e + 1]) of the permuted buffers; the first counts[e] are its

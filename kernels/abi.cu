@@ -22,6 +22,7 @@ extern "C" size_t l4k_internal_params_size(int which) {
     case L4K_PARAMS_UNPERMUTE: return sizeof(L4kUnpermuteParams);
     case L4K_PARAMS_GROUPED_GEMM: return sizeof(L4kGroupedGemmParams);
     case L4K_PARAMS_ATTENTION: return sizeof(L4kAttentionParams);
+    case L4K_PARAMS_WEIGHT_PREP: return sizeof(L4kWeightPrepParams);
     default: return 0;
   }
 }

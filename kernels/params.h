@@ -138,6 +138,17 @@ typedef struct L4kUnpermuteParams {
   int32_t _pad;
 } L4kUnpermuteParams;
 
+// Expert weight preparation (weight_prep.cu): checkpoint bf16 W [experts, k, n] (used as x @ W, n contiguous)
+// -> the grouped GEMM's B [experts, n, k] E4M3 (k contiguous) + scales [experts, n] f32, rowwise over k.
+typedef struct L4kWeightPrepParams {
+  const void* w;          // [experts, k, n] bf16
+  void* out;              // [experts, n, k] E4M3
+  float* scales;          // [experts, n] f32
+  int64_t experts;
+  int64_t k;
+  int64_t n;
+} L4kWeightPrepParams;
+
 // Which struct l4k_internal_params_size reports.
 typedef enum L4kParamsId {
   L4K_PARAMS_RMSNORM = 0,
@@ -149,6 +160,7 @@ typedef enum L4kParamsId {
   L4K_PARAMS_UNPERMUTE = 6,
   L4K_PARAMS_GROUPED_GEMM = 7,
   L4K_PARAMS_ATTENTION = 8,
+  L4K_PARAMS_WEIGHT_PREP = 9,
 } L4kParamsId;
 
 #ifdef __cplusplus

@@ -7,9 +7,11 @@ use crate::error::{Error, Result, Status};
 use crate::ffi::{
     AttentionParams, GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8,
 };
-use crate::ffi::{PermuteParams, RouterParams, UnpermuteParams, PERMUTE_BF16, PERMUTE_FP8};
+use crate::ffi::{PermuteParams, RouterParams, UnpermuteParams, WeightPrepParams, PERMUTE_BF16, PERMUTE_FP8};
 use crate::rope::{self, HeadLayout, LayerKind, Llama3Scaling, Temperature};
-use crate::{attention, attention_decode, attention_prefill, grouped_gemm, permute, quant, rmsnorm, router, swiglu};
+use crate::{
+    attention, attention_decode, attention_prefill, grouped_gemm, permute, quant, rmsnorm, router, swiglu, weight_prep,
+};
 use cudarc::driver::sys::CUstream;
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CString};
@@ -257,6 +259,19 @@ pub extern "C" fn l4k_dequant_fp8(
     stream: CUstream,
 ) -> Status {
     guard(|| quant::launch_dequant(&QuantParams { x: q, out: out as _, scales: scales as _, rows, cols }, stream))
+}
+
+#[no_mangle]
+pub extern "C" fn l4k_quantize_expert_weights(
+    w: *const c_void,
+    q: *mut c_void,
+    scales: *mut f32,
+    experts: i64,
+    k: i64,
+    n: i64,
+    stream: CUstream,
+) -> Status {
+    guard(|| weight_prep::launch(&WeightPrepParams { w, out: q, scales, experts, k, n }, stream))
 }
 
 /// Workspace bytes of `l4k_router` for these sizes, written to `*bytes`.

@@ -71,6 +71,17 @@ pub struct QuantParams {
     pub cols: i64,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WeightPrepParams {
+    pub w: *const c_void,
+    pub out: *mut c_void,
+    pub scales: *mut f32,
+    pub experts: i64,
+    pub k: i64,
+    pub n: i64,
+}
+
 pub const ROUTER_MAX_EXPERTS: usize = 256;
 pub const ROUTER_MAX_TOP_K: usize = 8;
 pub const ROUTER_SIGMOID_TOP1: i32 = 0;
@@ -144,6 +155,7 @@ pub const PARAMS_PERMUTE: c_int = 5;
 pub const PARAMS_UNPERMUTE: c_int = 6;
 pub const PARAMS_GROUPED_GEMM: c_int = 7;
 pub const PARAMS_ATTENTION: c_int = 8;
+pub const PARAMS_WEIGHT_PREP: c_int = 9;
 
 /// kernels/grouped_gemm_params.h
 #[repr(C)]
@@ -202,6 +214,8 @@ extern "C" {
     pub fn l4k_launch_swiglu(p: *const SwigluParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_quant_fp8(p: *const QuantParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_dequant_fp8(p: *const QuantParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_weight_prep(p: *const WeightPrepParams, stream: CUstream) -> c_int;
+    pub fn l4k_internal_weight_prep_strip_path(p: *const WeightPrepParams) -> c_int;
     pub fn l4k_launch_router(p: *const RouterParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_permute(p: *const PermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_unpermute(p: *const UnpermuteParams, stream: CUstream) -> c_int;

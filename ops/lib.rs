@@ -25,6 +25,7 @@ pub mod rope;
 pub mod router;
 pub mod swiglu;
 pub mod tensor;
+pub mod weight_prep;
 
 pub use cudarc;
 pub use device::Gpu;
@@ -33,7 +34,7 @@ pub use tensor::{bf16, Element, Tensor, TensorMut, E4M3};
 
 /// Sizes of the launch parameter structs on the CUDA side, for the ABI test.
 #[doc(hidden)]
-pub fn cuda_params_sizes() -> [(usize, usize); 9] {
+pub fn cuda_params_sizes() -> [(usize, usize); 10] {
     use std::mem::size_of;
     // SAFETY: a pure function of its argument.
     let c = |id| unsafe { ffi::l4k_internal_params_size(id) };
@@ -47,6 +48,7 @@ pub fn cuda_params_sizes() -> [(usize, usize); 9] {
         (c(ffi::PARAMS_UNPERMUTE), size_of::<ffi::UnpermuteParams>()),
         (c(ffi::PARAMS_GROUPED_GEMM), size_of::<ffi::GroupedGemmParams>()),
         (c(ffi::PARAMS_ATTENTION), size_of::<ffi::AttentionParams>()),
+        (c(ffi::PARAMS_WEIGHT_PREP), size_of::<ffi::WeightPrepParams>()),
     ]
 }
 

@@ -17,5 +17,6 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod router;
 pub mod swiglu;
+pub mod weight_prep;
 
 pub use dtype::Precision;

@@ -43,6 +43,12 @@ int main(void) {
   CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "scales") != NULL, "null scales: %s",
         l4k_last_error());
 
+  s = l4k_quantize_expert_weights((const void*)0x1000, (void*)0x2000, (float*)0x3000, 2, 64, -8, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "negative") != NULL, "negative n: %s",
+        l4k_last_error());
+  s = l4k_quantize_expert_weights(NULL, NULL, NULL, 0, 64, 64, NULL);
+  CHECK(s == L4K_OK, "zero experts must be a no-op: %d %s", (int)s, l4k_last_error());
+
   s = l4k_rope_inv_freq(500000.0f, 128, &sc, inv);
   CHECK(s == L4K_OK && inv[0] == 1.0f && inv[63] > 0.0f, "inv_freq: %d %s", (int)s, l4k_last_error());
 

@@ -15,3 +15,4 @@ mod rmsnorm;
 mod rope;
 mod router;
 mod swiglu;
+mod weight_prep;
