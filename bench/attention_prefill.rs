@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use llama4_kernels::attention::{default_scale, Mask, PagedKv, QueryBatch};
-use llama4_kernels::attention_prefill::{attention_prefill_with, Kernel};
+use llama4_kernels::attention_prefill::{attention_prefill_with, Kernel, DEFAULT_KERNEL};
 use llama4_kernels::{Tensor, TensorMut};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -74,18 +74,14 @@ fn bench(c: &mut Criterion) {
         let flops = seqs.iter().map(|&(s, ql)| pairs(s, ql, mask)).sum::<usize>() * 4 * hq * d;
         let kv_read: usize = seqs.iter().map(|s| s.0).sum::<usize>() * hkv * d * 2 * 2;
         let bytes = 2 * total_q * hq * d * 2 + kv_read;
-        // The other versions on the two judged shapes only, for the version table in kernels/NOTES.md.
-        let judged = shape == "S8192_B1" || shape == "S32768_C8192_B1";
+        // The default (v4 TMA), v2 and v4 ping-pong without TMA on every shape, for the version table in kernels/NOTES.md (the
+        // other versions: runs 1-7 there).
         let kernels = [
-            (Kernel::Wgmma, variant.to_string()),
-            (Kernel::WgmmaOneCtaPerSm, format!("{variant}_v2_one_cta_per_sm")),
-            (Kernel::MmaSync, format!("{variant}_v1_mma")),
-            (Kernel::WgmmaOverlap, format!("{variant}_v3_overlap")),
+            (DEFAULT_KERNEL, variant.to_string()),
+            (Kernel::Wgmma, format!("{variant}_v2")),
+            (Kernel::WarpSpecializedPingPong, format!("{variant}_v4_ws_pingpong")),
         ];
         for (kernel, name) in kernels {
-            if kernel != Kernel::Wgmma && !judged {
-                continue;
-            }
             run_gemm_case(c, "attention_prefill", &name, &shape, total_q, bytes, flops, |_| {
                 attention_prefill_with(
                     kernel,

@@ -4,7 +4,12 @@
 // Versions side by side, all tested (tests/gpu/attention_prefill.rs runs every one) and measured (kernels/NOTES.md
 // has the figures); l4k_internal_launch_attention_prefill_version picks one (ops/attention_prefill.rs: Kernel).
 //
-// v2 (l4k_launch_attention_prefill, the op's kernel, kWgmma2PerSm): Hopper wgmma for both products, cp.async.
+// v4 TMA (l4k_launch_attention_prefill, the op's kernel since run 8, kWarpSpecializedTma; namespace wgmma_ws has
+//   the details): a producer warpgroup and two consumer warpgroups (setmaxnreg), mbarrier rings of 128-key tiles,
+//   FA3's intra-warpgroup overlap and inter-warpgroup ping-pong; whole key tiles by TMA when block_size and the
+//   chunk are multiples of 64, the rest (partial last tiles, other layouts) by the producer's cp.async.
+//   kWarpSpecialized / kWarpSpecializedPingPong / kWarpSpecializedPingPong3: the same without TMA.
+// v2 (kWgmma2PerSm, the op's kernel until run 7): Hopper wgmma for both products, cp.async.
 // - One CTA per (query head, 128-query tile, sequence): two warpgroups of 64 query rows each; at most 128
 //   registers a thread so two CTAs share an SM and one's softmax and loads run under the other's wgmma.
 //   kWgmma1PerSm: the same without the register cap (one CTA per SM).
@@ -21,7 +26,7 @@
 // - The grid walks each sequence's tiles last first (the causal tiles with the most keys start first, short
 //   ones fill the tail) and puts the heads of one tile side by side, so the heads of one KV group read the
 //   same K/V tiles from L2.
-// - K and V tiles of 64 keys stream through shared memory with cp.async (16-byte pieces of rows, zero-filled past
+// - (v1-v3) K and V tiles of 64 keys stream through shared memory with cp.async (16-byte pieces of rows, zero-filled past
 //   the sequence).
 // - f32 online softmax in the log2 domain (scores * scale * log2 e, ex2.approx), P rounded to bf16 for the
 //   second product, O normalised once at the end, bf16 out.
@@ -33,9 +38,12 @@
 // - Bad metadata (kernels/attention_params.h): every CTA of a sequence checks the sequence's scalars and every
 //   block id of the positions the sequence reads before loading anything; a bad sequence's CTAs write nothing
 //   and its (head 0, tile 0) CTA bumps *bad_seqs.
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "attention_params.h"
 #include "common.cuh"
@@ -924,8 +932,477 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const L4kAttention
 
 }  // namespace wgmma_v3
 
+// v4 (kWarpSpecialized*; kWarpSpecializedTma is the op's kernel): FlashAttention-3's warp specialization on v2's
+// layouts.
+// - 384 threads: warpgroup 0 is the producer (setmaxnreg down to 56 registers), warpgroups 1 and 2 the
+//   consumers (setmaxnreg up to 224), 64 query rows each of the CTA's 128-query tile; one CTA per SM.
+// - The producer streams Q once and then K_0, K_1, V_0, K_2, V_1, ... (the consumers' order) through STAGES-deep
+//   rings of 128-key tiles with cp.async (per-row block-table addressing: any block_size), each tile announced on
+//   its stage's "full" mbarrier by cp.async.mbarrier.arrive.noinc (128 arrivals: every producer thread's copies
+//   have landed). Consumers free a stage on its "empty" mbarrier (8 arrivals: one per consumer warp) as soon as
+//   the product reading it has retired. No CTA-wide barrier in the main loop.
+// - Consumers: S = Q K^T is an SS wgmma m64n128k16 (Q and K from shared memory), O += P V an RS wgmma
+//   (P from registers, V MN-major), FA3's intra-warpgroup overlap: iteration j issues S_j and P_{j-1} V_{j-1}
+//   back to back and runs softmax_j while the second product is still on the tensor cores.
+// - PINGPONG: two named barriers order the two consumer warpgroups' issue phases (warpgroup 1 issues its
+//   products, then warpgroup 2, ...), so one warpgroup's softmax runs under the other's products.
+namespace wgmma_ws {
+
+using wgmma_v2::fence_proxy_async;
+using wgmma_v2::gmma_desc_hi;
+using wgmma_v2::swz;
+using wgmma_v2::wgmma_commit;
+using wgmma_v2::wgmma_fence;
+using wgmma_v2::wgmma_wait_all;
+using wgmma_v3::pin;
+using wgmma_v3::wgmma_wait_1;
+
+constexpr int kBlockN = 128;  // keys per tile
+constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
+constexpr int kProducerRegs = 56, kConsumerRegs = 224;  // 128 * 56 + 256 * 224 = 384 * 168
+constexpr int kConsumerWarps = 8;
+
+template <int D, int STAGES>
+struct Smem {
+  alignas(1024) bf16 q[kBlockM * D];
+  alignas(1024) bf16 k[STAGES][kBlockN * D];
+  alignas(1024) bf16 v[STAGES][kBlockN * D];
+  uint64_t q_full;
+  uint64_t k_full[STAGES], v_full[STAGES], k_empty[STAGES], v_empty[STAGES];
+};
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// One arrival on bar once every cp.async this thread issued before has landed (counted in the expected arrivals).
+__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  const uint32_t a = smem_addr(bar);
+  uint32_t done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(a), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+// TMA: box (64 dims, 1 head, 64 slots) of the cache at (dim c0, head c1, slot c2) into dst, bytes counted on bar.
+__device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, int c0, int c1, int c2, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_addr(bar))
+      : "memory");
+}
+
+// D (64 x 128 f32, 64 a thread) = A (smem desc, K-major) * B (smem desc, K-major) + (accumulate ? D : 0).
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+      "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, "
+      "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, "
+      "%61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+
+// TMA: whole key tiles (every row before the sequence end) come by TMA when the launcher says the layout allows it
+// (use_tma: block_size and the chunk multiples of 64, so each 64-key half tile is 64 consecutive cache slots of one
+// block); the sequence's last, partial tile and every tile of other layouts by cp.async (zero-filled rows).
+template <int D, int STAGES, bool PINGPONG, bool TMA>
+__global__ void __launch_bounds__(kThreads, 1)
+    prefill_kernel(const L4kAttentionParams p, const __grid_constant__ CUtensorMap tm_k,
+                   const __grid_constant__ CUtensorMap tm_v, int use_tma) {
+  constexpr int kChunks = D / 8;                  // 16-byte chunks per row
+  constexpr int kRowsPerPass = 128 / kChunks;     // rows one pass of the producer warpgroup covers
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  Smem<D, STAGES>& sm =
+      *reinterpret_cast<Smem<D, STAGES>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+
+  const int h = blockIdx.x;
+  const int tile = gridDim.y - 1 - blockIdx.y;
+  const int b = blockIdx.z;
+  const int q_begin = p.cu_seqlens_q[b];
+  const int q_len = p.cu_seqlens_q[b + 1] - q_begin;
+  const int seq_len = p.seq_lens_k[b];
+  if (sequence_is_bad(p, b, q_begin, q_len, seq_len)) {
+    if (h == 0 && tile == 0 && threadIdx.x == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
+    return;
+  }
+  const int m0 = tile * kBlockM;
+  if (m0 >= q_len) return;
+
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int wg = tid >> 7;
+  const int kvh = h / (p.n_heads / p.n_kv_heads);
+  const int q_off = seq_len - q_len;
+  const int rows = min(kBlockM, q_len - m0);
+  const int q_first = q_off + m0, q_last = q_off + m0 + rows - 1;
+  const KeyRange keys = attention_key_range(q_first, q_last, p.chunk);
+  const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
+
+  if (tid == 0) {
+    mbar_init(&sm.q_full, 128);
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(&sm.k_full[s], 128);
+      mbar_init(&sm.v_full[s], 128);
+      mbar_init(&sm.k_empty[s], kConsumerWarps);
+      mbar_init(&sm.v_empty[s], kConsumerWarps);
+    }
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // Producer.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    const bf16* q_g = static_cast<const bf16*>(p.q);
+    const bf16* k_g = static_cast<const bf16*>(p.k_cache);
+    const bf16* v_g = static_cast<const bf16*>(p.v_cache);
+    const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.max_blocks;
+    const int bs_shift = block_shift(p.block_size);
+    const int chunk_col = tid % kChunks;
+    const int row_base = tid / kChunks;
+#pragma unroll 4
+    for (int r = row_base; r < kBlockM; r += kRowsPerPass) {
+      const bool in = r < rows;
+      const int64_t row = static_cast<int64_t>(q_begin) + m0 + (in ? r : 0);
+      cp_async16(&sm.q[swz<kBlockM>(r, chunk_col)], q_g + (row * p.n_heads + h) * D + chunk_col * 8, in ? 16 : 0);
+    }
+    cp_async_arrive(&sm.q_full);
+    // K/V tiles: warp w copies rows 32 w .. 32 w + 31, lane l looks up the slot of row 32 w + l (one block-table
+    // read a thread per tile, shared by K and V, issued a tile ahead) and the warp's copies take their slots by
+    // shuffle: one instruction copies 32 / kChunks whole rows.
+    constexpr int kRowsPerCopy = 32 / kChunks;
+    const int pwarp = tid >> 5, sub = lane / kChunks, col = lane % kChunks;
+    auto lookup = [&](int t) {
+      const int pos = keys.lo + t * kBlockN + pwarp * 32 + lane;
+      return pos < seq_len ? slot_of(table, pos, p.block_size, bs_shift) : -1;
+    };
+    auto load = [&](bf16* dst, const bf16* src, int my_slot) {
+#pragma unroll
+      for (int i = 0; i < 32 / kRowsPerCopy; ++i) {
+        const int rl = i * kRowsPerCopy + sub;
+        const int slot = __shfl_sync(0xffffffffu, my_slot, rl);
+        const bool in = slot >= 0;
+        const int64_t off = (static_cast<int64_t>(in ? slot : 0) * p.n_kv_heads + kvh) * D + col * 8;
+        cp_async16(&dst[swz<kBlockN>(pwarp * 32 + rl, col)], src + off, in ? 16 : 0);
+      }
+    };
+    const bool tma = TMA && use_tma != 0;
+    // Tile t into dst, announced on full: by TMA (thread 0 issues; the others arrive) when it is whole, else by
+    // every producer thread's cp.async.
+    auto issue = [&](bf16* dst, const bf16* src, const CUtensorMap* map, uint64_t* full, int t, int my_slot) {
+      const int k0 = keys.lo + t * kBlockN;
+      if (tma && k0 + kBlockN <= seq_len) {
+        if (tid == 0) {
+          mbar_arrive_expect_tx(full, kBlockN * D * 2);
+#pragma unroll
+          for (int half = 0; half < kBlockN / 64; ++half) {
+            const int slot = slot_of(table, k0 + 64 * half, p.block_size, bs_shift);
+#pragma unroll
+            for (int cb = 0; cb < D / 64; ++cb) tma_load_3d(dst + cb * kBlockN * 64 + half * 64 * 64, map, cb * 64, kvh, slot, full);
+          }
+        } else {
+          mbar_arrive(full);
+        }
+      } else {
+        load(dst, src, my_slot);
+        cp_async_arrive(full);
+      }
+    };
+    int slot_v = lookup(0);  // rows of tile t (V_t still to issue)
+    mbar_wait(&sm.k_empty[0], 1);
+    issue(sm.k[0], k_g, &tm_k, &sm.k_full[0], 0, slot_v);
+    int slot_k = n_tiles > 1 ? lookup(1) : -1;  // rows of tile t + 1
+    for (int t = 0; t < n_tiles; ++t) {
+      if (t + 1 < n_tiles) {
+        const int st = (t + 1) % STAGES;
+        mbar_wait(&sm.k_empty[st], (((t + 1) / STAGES) & 1) ^ 1);
+        issue(sm.k[st], k_g, &tm_k, &sm.k_full[st], t + 1, slot_k);
+      }
+      const int st = t % STAGES;
+      mbar_wait(&sm.v_empty[st], ((t / STAGES) & 1) ^ 1);
+      issue(sm.v[st], v_g, &tm_v, &sm.v_full[st], t, slot_v);
+      slot_v = slot_k;
+      slot_k = t + 2 < n_tiles ? lookup(t + 2) : -1;
+    }
+    cp_async_wait_all();  // nothing in flight when the producer leaves
+    return;
+  }
+
+  // Consumers.
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  const int cw = wg - 1;              // consumer warpgroup: query rows 64 cw .. 64 cw + 63 of the tile
+  const int wrow = (tid & 127) >> 5;  // warp within the warpgroup
+  const uint32_t q_base = smem_addr(&sm.q[cw * 64 * 64]) >> 4;
+  const uint32_t k_base = smem_addr(&sm.k[0][0]) >> 4, v_base = smem_addr(&sm.v[0][0]) >> 4;
+  constexpr uint32_t kStageUnits = kBlockN * D * 2 / 16;
+  const uint64_t kmajor_hi = gmma_desc_hi(16, 1024), vmajor_hi = gmma_desc_hi(kBlockN * 128, 1024);
+  auto q_desc = [&](int ks) { return kmajor_hi | (q_base + (ks >> 2) * (kBlockM * 8) + (ks & 3) * 2); };
+  auto k_desc = [&](int st, int ks) {
+    return kmajor_hi | (k_base + st * kStageUnits + (ks >> 2) * (kBlockN * 8) + (ks & 3) * 2);
+  };
+  auto v_desc = [&](int st, int kk) { return vmajor_hi | (v_base + st * kStageUnits + kk * 128); };
+  // Ping-pong: named barrier 1 + c gates warpgroup c's issue phase; the other warpgroup opens it after its own.
+  auto pp_sync = [&]() {
+    if constexpr (PINGPONG) named_sync(1 + cw, 256);
+  };
+  auto pp_arrive = [&]() {
+    if constexpr (PINGPONG) named_arrive(2 - cw, 256);
+  };
+  auto release = [&](uint64_t* bar) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar);
+  };
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float l_run[2] = {0.f, 0.f};
+  const float scale_log2 = p.softmax_scale * kLog2e;
+  const int my_row = cw * 64 + wrow * 16 + (lane >> 2);  // tile row of s[4 nt + 0, 1]; + 8 for s[4 nt + 2, 3]
+  const int my_q[2] = {q_off + m0 + my_row, q_off + m0 + my_row + 8};
+  const int my_lo[2] = {chunk_start(my_q[0], p.chunk), chunk_start(my_q[1], p.chunk)};
+  const int last_chunk_start = chunk_start(q_last, p.chunk);
+
+  float s[kBlockN / 2];
+  uint32_t pa[kBlockN / 16][4];
+  float alpha[2];
+  // Masks S_j, turns it into P_j (in s), updates maxima and sums; alpha: the factor O needs.
+  auto softmax = [&](int j) {
+    const int k0 = keys.lo + j * kBlockN;
+    const bool full = k0 + kBlockN - 1 <= q_first && k0 >= last_chunk_start && k0 + kBlockN <= seq_len;
+    if (!full) {
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int kp = k0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+          const int row = e >> 1;
+          if (kp > my_q[row] || kp < my_lo[row] || kp >= seq_len) s[4 * nt + e] = -INFINITY;
+        }
+      }
+    }
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+      float mx = m_run[row];
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * row], s[4 * nt + 2 * row + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
+      alpha[row] = ex2(m_run[row] * scale_log2 - m_scaled);
+      m_run[row] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+        float& x0 = s[4 * nt + 2 * row];
+        float& x1 = s[4 * nt + 2 * row + 1];
+        x0 = ex2(fmaf(x0, scale_log2, -m_scaled));
+        x1 = ex2(fmaf(x1, scale_log2, -m_scaled));
+        sum += x0 + x1;
+      }
+      l_run[row] = l_run[row] * alpha[row] + sum;
+    }
+  };
+  auto rescale_and_pack = [&]() {
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      o[4 * dt + 0] *= alpha[0];
+      o[4 * dt + 1] *= alpha[0];
+      o[4 * dt + 2] *= alpha[1];
+      o[4 * dt + 3] *= alpha[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+  };
+  auto issue_s = [&](int st) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) wgmma_ss_n128(s, q_desc(ks), k_desc(st, ks), ks > 0);
+  };
+  auto issue_pv = [&](int st) {
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      if constexpr (D == 128) {
+        wgmma_v2::wgmma_rs_n128(o, pa[kk], v_desc(st, kk));
+      } else {
+        wgmma_v2::wgmma_rs_n64(o, pa[kk], v_desc(st, kk));
+      }
+    }
+  };
+
+  if constexpr (PINGPONG) {
+    if (cw == 1) named_arrive(1, 256);  // warpgroup 1 issues first
+  }
+  mbar_wait(&sm.q_full, 0);
+  mbar_wait(&sm.k_full[0], 0);
+  fence_proxy_async();
+  pp_sync();
+  wgmma_fence();
+  issue_s(0);
+  wgmma_commit();
+  pp_arrive();
+  wgmma_wait_all();
+  pin(s);
+  release(&sm.k_empty[0]);
+  softmax(0);
+  rescale_and_pack();
+
+  for (int j = 1; j < n_tiles; ++j) {
+    const int st = j % STAGES, pst = (j - 1) % STAGES;
+    mbar_wait(&sm.k_full[st], (j / STAGES) & 1);
+    mbar_wait(&sm.v_full[pst], ((j - 1) / STAGES) & 1);
+    fence_proxy_async();
+    pp_sync();
+    wgmma_fence();
+    issue_s(st);
+    wgmma_commit();
+    issue_pv(pst);
+    wgmma_commit();
+    pp_arrive();
+    wgmma_wait_1();  // S_j done; P_{j-1} V_{j-1} may still run
+    pin(s);
+    release(&sm.k_empty[st]);
+    softmax(j);
+    wgmma_wait_all();
+    pin(o);
+    release(&sm.v_empty[pst]);
+    rescale_and_pack();
+  }
+  {
+    const int pst = (n_tiles - 1) % STAGES;
+    mbar_wait(&sm.v_full[pst], ((n_tiles - 1) / STAGES) & 1);
+    fence_proxy_async();
+    pp_sync();
+    wgmma_fence();
+    issue_pv(pst);
+    wgmma_commit();
+    // The last phase: warpgroup 1 still opens warpgroup 2's, warpgroup 2 has nobody left to open (its first
+    // arrival was the one before the loop).
+    if (cw == 0) pp_arrive();
+    wgmma_wait_all();
+    pin(o);
+    release(&sm.v_empty[pst]);
+  }
+
+  bf16* out = static_cast<bf16*>(p.out);
+#pragma unroll
+  for (int row = 0; row < 2; ++row) {
+    float l = l_run[row];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int r = my_row + row * 8;
+    if (r < rows) {
+      bf16* dst = out + ((static_cast<int64_t>(q_begin) + m0 + r) * p.n_heads + h) * D + 2 * (lane & 3);
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
+            __floats2bfloat162_rn(o[4 * dt + 2 * row] * inv, o[4 * dt + 2 * row + 1] * inv);
+      }
+    }
+  }
+}
+
+}  // namespace wgmma_ws
+
 // Kernel versions behind the launchers (ops/attention_prefill.rs Kernel mirrors them).
-enum Version { kWgmma2PerSm = 0, kWgmma1PerSm = 1, kMmaSync = 2, kWgmmaOverlap = 3 };
+enum Version {
+  kWgmma2PerSm = 0,
+  kWgmma1PerSm = 1,
+  kMmaSync = 2,
+  kWgmmaOverlap = 3,
+  kWarpSpecialized = 4,
+  kWarpSpecializedPingPong = 5,
+  kWarpSpecializedPingPong3 = 6,
+  kWarpSpecializedTma = 7,
+};
+
+template <typename Fn>
+int launch_fn(Fn fn, dim3 grid, int threads, size_t smem, cudaStream_t stream, const L4kAttentionParams& p) {
+  cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (e != cudaSuccess) return static_cast<int>(e);
+  fn<<<grid, threads, smem, stream>>>(p);
+  return launch_status();
+}
+
+// cuTensorMapEncodeTiled from the driver (cudart links statically; the driver API is reached through it).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      ptr = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// TMA map of a [slots, n_kv_heads, D] bf16 cache as (dims, heads, slots), boxes of 64 dims x 1 head x 64 slots in
+// the 128-byte swizzle of the wgmma tiles.
+bool encode_cache_map(CUtensorMap* map, const void* base, const L4kAttentionParams& p) {
+  PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(p.head_dim), static_cast<cuuint64_t>(p.n_kv_heads),
+                              static_cast<cuuint64_t>(p.slots)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(p.head_dim) * 2,
+                                 static_cast<cuuint64_t>(p.head_dim) * p.n_kv_heads * 2};
+  const cuuint32_t box[3] = {64, 1, 64};
+  const cuuint32_t elem[3] = {1, 1, 1};
+  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box, elem,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <typename Fn>
+int launch_ws(Fn fn, dim3 grid, size_t smem_tiles, cudaStream_t stream, const L4kAttentionParams& p, bool want_tma) {
+  const size_t smem = smem_tiles + 1024;
+  cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (e != cudaSuccess) return static_cast<int>(e);
+  CUtensorMap tm_k, tm_v;
+  memset(&tm_k, 0, sizeof(tm_k));
+  memset(&tm_v, 0, sizeof(tm_v));
+  // TMA when every 64-key half tile is 64 consecutive slots of one block: block_size and chunk multiples of 64
+  // (tiles start at a chunk start or 0, in steps of 128). Otherwise (or if the driver refuses the maps) cp.async.
+  bool tma = want_tma && p.block_size % 64 == 0 && p.chunk % 64 == 0 && p.slots > 0 && p.slots <= INT32_MAX &&
+             reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 && reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0;
+  if (tma) tma = encode_cache_map(&tm_k, p.k_cache, p) && encode_cache_map(&tm_v, p.v_cache, p);
+  fn<<<grid, wgmma_ws::kThreads, smem, stream>>>(p, tm_k, tm_v, tma ? 1 : 0);
+  return launch_status();
+}
 
 template <int D>
 int launch(const L4kAttentionParams& p, cudaStream_t stream, int version) {
@@ -933,29 +1410,32 @@ int launch(const L4kAttentionParams& p, cudaStream_t stream, int version) {
   if (tiles > 65535 || p.batch > 65535) return L4K_ATTN_STATUS_UNSUPPORTED;
   const dim3 grid(p.n_heads, tiles, p.batch);
   // 1024 bytes of slack: the wgmma tiles must start on the 128-byte swizzle's 1024-byte period.
-  const size_t smem = version == kMmaSync        ? sizeof(mma_v1::Smem<D>)
-                      : version == kWgmmaOverlap ? sizeof(wgmma_v3::Smem<D>) + 1024
-                                                 : sizeof(wgmma_v2::Smem<D>) + 1024;
-  const void* fn = version == kWgmma2PerSm    ? reinterpret_cast<const void*>(wgmma_v2::prefill_kernel<D, 2>)
-                   : version == kWgmma1PerSm  ? reinterpret_cast<const void*>(wgmma_v2::prefill_kernel<D, 1>)
-                   : version == kWgmmaOverlap ? reinterpret_cast<const void*>(wgmma_v3::prefill_kernel<D>)
-                                              : reinterpret_cast<const void*>(mma_v1::prefill_kernel<D>);
-  cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (e != cudaSuccess) return static_cast<int>(e);
-  if (version == kWgmma2PerSm) {
-    wgmma_v2::prefill_kernel<D, 2><<<grid, kThreads, smem, stream>>>(p);
-  } else if (version == kWgmma1PerSm) {
-    wgmma_v2::prefill_kernel<D, 1><<<grid, kThreads, smem, stream>>>(p);
-  } else if (version == kWgmmaOverlap) {
-    wgmma_v3::prefill_kernel<D><<<grid, kThreads, smem, stream>>>(p);
-  } else {
-    mma_v1::prefill_kernel<D><<<grid, kThreads, smem, stream>>>(p);
+  switch (version) {
+    case kWgmma2PerSm:
+      return launch_fn(wgmma_v2::prefill_kernel<D, 2>, grid, kThreads, sizeof(wgmma_v2::Smem<D>) + 1024, stream, p);
+    case kWgmma1PerSm:
+      return launch_fn(wgmma_v2::prefill_kernel<D, 1>, grid, kThreads, sizeof(wgmma_v2::Smem<D>) + 1024, stream, p);
+    case kMmaSync:
+      return launch_fn(mma_v1::prefill_kernel<D>, grid, kThreads, sizeof(mma_v1::Smem<D>), stream, p);
+    case kWgmmaOverlap:
+      return launch_fn(wgmma_v3::prefill_kernel<D>, grid, kThreads, sizeof(wgmma_v3::Smem<D>) + 1024, stream, p);
+    case kWarpSpecialized:
+      return launch_ws(wgmma_ws::prefill_kernel<D, 2, false, false>, grid, sizeof(wgmma_ws::Smem<D, 2>), stream, p,
+                       false);
+    case kWarpSpecializedPingPong:
+      return launch_ws(wgmma_ws::prefill_kernel<D, 2, true, false>, grid, sizeof(wgmma_ws::Smem<D, 2>), stream, p,
+                       false);
+    case kWarpSpecializedPingPong3:
+      return launch_ws(wgmma_ws::prefill_kernel<D, 3, true, false>, grid, sizeof(wgmma_ws::Smem<D, 3>), stream, p,
+                       false);
+    default:
+      return launch_ws(wgmma_ws::prefill_kernel<D, 2, true, true>, grid, sizeof(wgmma_ws::Smem<D, 2>), stream, p,
+                       true);
   }
-  return launch_status();
 }
 
 int launch_checked(const L4kAttentionParams* p, cudaStream_t stream, int version) {
-  if (p == nullptr || version < kWgmma2PerSm || version > kWgmmaOverlap) return L4K_ATTN_STATUS_BAD_ARGS;
+  if (p == nullptr || version < kWgmma2PerSm || version > kWarpSpecializedTma) return L4K_ATTN_STATUS_BAD_ARGS;
   if (p->batch < 0 || p->n_heads < 1 || p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads != 0 ||
       p->block_size < 1 || p->max_blocks < 0 || p->max_q_len < 0 || p->chunk < 0 || p->total_q < 0 ||
       p->slots < 0 || p->slots % p->block_size != 0)
@@ -973,7 +1453,7 @@ int launch_checked(const L4kAttentionParams* p, cudaStream_t stream, int version
 }  // namespace l4k
 
 extern "C" int l4k_launch_attention_prefill(const L4kAttentionParams* p, cudaStream_t stream) {
-  return l4k::attn_prefill::launch_checked(p, stream, l4k::attn_prefill::kWgmma2PerSm);
+  return l4k::attn_prefill::launch_checked(p, stream, l4k::attn_prefill::kWarpSpecializedTma);
 }
 
 // Every version, kept compiled and tested side by side (ops/attention_prefill.rs: Kernel).

@@ -5,7 +5,7 @@
 use crate::common::*;
 use cudarc::driver::CudaSlice;
 use llama4_kernels::attention::{default_scale, Mask, PagedKv, QueryBatch};
-use llama4_kernels::attention_prefill::{attention_prefill, attention_prefill_with, Kernel};
+use llama4_kernels::attention_prefill::{attention_prefill, attention_prefill_with, Kernel, DEFAULT_KERNEL};
 use llama4_kernels::{bf16, Error, Tensor, TensorMut};
 use llama4_reference::attention as reference;
 use llama4_reference::check::{rel_l2, TOL_BF16};
@@ -100,7 +100,16 @@ fn reference_rows(c: &Case, bt: &Batch, b: usize) -> Vec<f32> {
 }
 
 /// Every kernel of kernels/attention_prefill.cu.
-const KERNELS: [Kernel; 4] = [Kernel::Wgmma, Kernel::WgmmaOneCtaPerSm, Kernel::MmaSync, Kernel::WgmmaOverlap];
+const KERNELS: [Kernel; 8] = [
+    Kernel::Wgmma,
+    Kernel::WgmmaOneCtaPerSm,
+    Kernel::MmaSync,
+    Kernel::WgmmaOverlap,
+    Kernel::WarpSpecialized,
+    Kernel::WarpSpecializedPingPong,
+    Kernel::WarpSpecializedPingPong3,
+    Kernel::WarpSpecializedTma,
+];
 
 /// Runs the op with `kernel`; returns (out, bad_seqs counter).
 fn run_device(
@@ -215,12 +224,16 @@ proptest! {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn longer_sequences_both_masks() {
-    for (mask, d, seqs) in [
-        (Mask::Causal, 128, vec![(700, 700), (333, 120)]),
-        (Mask::Chunked { chunk: 256 }, 128, vec![(700, 700), (600, 300)]),
-        (Mask::Chunked { chunk: 100 }, 64, vec![(517, 517)]),
+    // Block sizes of 64 and 128 with 64-aligned chunks take the TMA path of v4 TMA for their whole key tiles.
+    for (mask, d, seqs, block_size) in [
+        (Mask::Causal, 128, vec![(700, 700), (333, 120)], 16),
+        (Mask::Chunked { chunk: 256 }, 128, vec![(700, 700), (600, 300)], 16),
+        (Mask::Chunked { chunk: 100 }, 64, vec![(517, 517)], 16),
+        (Mask::Causal, 128, vec![(900, 900), (520, 200)], 64),
+        (Mask::Chunked { chunk: 384 }, 128, vec![(1000, 1000), (700, 350)], 128),
+        (Mask::Causal, 64, vec![(640, 640), (300, 77)], 128),
     ] {
-        check(&Case { seqs, n_kv: 2, ratio: 5, d, mask, block_size: 16, seed: 7 });
+        check(&Case { seqs, n_kv: 2, ratio: 5, d, mask, block_size, seed: 7 });
     }
 }
 
@@ -271,7 +284,7 @@ fn bad_metadata_skips_only_that_sequence() {
     // queries 70..199, chunk 64) never reads positions below 64, i.e. block 0..3.
     let mut unread = bt.table.clone();
     unread[2 * bt.max_blocks] = 1_000_000;
-    let (out, bad) = run_device(Kernel::Wgmma, &c, &bt, &good_lens, &unread, 0);
+    let (out, bad) = run_device(DEFAULT_KERNEL, &c, &bt, &good_lens, &unread, 0);
     assert_eq!(bad, 0, "an unread block id counted as bad");
     let q2 = bt.cu[2] as usize;
     let err = rel_l2(&out[q2 * row..(q2 + c.seqs[2].1) * row], &reference_rows(&c, &bt, 2)).unwrap();
