@@ -52,6 +52,7 @@ cutlass="${CUTLASS_DIR:-${L4K_CUDA_CACHE:-$HOME/.cache/llama4-kernels/cuda-13.0}
 tar -C "$cutlass" -cf - include/cutlass include/cute | xz -T0 -6 >"$bundle/cutlass-include.tar.xz"
 
 cp scripts/gpu-run.sh "$bundle/run.sh"
+cp scripts/gpu-final-check.sh "$bundle/final.sh"
 cp scripts/sanitizer-probe.cu "$bundle/"
 cp bench/peers/*.py bench/report.py "$bundle/peers/"
 size=$(du -sm "$bundle" | cut -f1)
