@@ -9,7 +9,8 @@
 
 use crate::error::{ensure, Error, Result};
 use crate::ffi::AttentionParams;
-use crate::tensor::{bf16, Tensor};
+use crate::tensor::{bf16, same_device, Tensor, TensorMut};
+use cudarc::driver::CudaStream;
 use std::ptr;
 
 /// Head dims the kernels are built for.
@@ -127,6 +128,63 @@ pub(crate) fn params(
         softmax_scale,
         _pad: 0,
     })
+}
+
+/// The operands of one call: checks them against each other ([`params`]), checks that they live on `stream`'s
+/// device, fills in their device addresses and the workspace, and runs `launch` on the finished parameters while
+/// cudarc's per-buffer guards are alive (they order the launch after earlier writes and record its use).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bind_and_launch(
+    op: &str,
+    stream: &CudaStream,
+    queries: &QueryBatch,
+    kv: &PagedKv,
+    mask: Mask,
+    softmax_scale: f32,
+    out: &mut TensorMut<bf16, 3>,
+    workspace: Option<&mut TensorMut<u8, 1>>,
+    bad_seqs: Option<&mut TensorMut<u32, 1>>,
+    launch: impl FnOnce(&AttentionParams) -> Result<()>,
+) -> Result<()> {
+    let mut p = params(op, queries, kv, out.shape(), mask, softmax_scale)?;
+    if let Some(c) = &bad_seqs {
+        ensure!(c.shape() == [1], "{op}: bad_seqs must hold one counter (got {:?})", c.shape());
+    }
+    let mut streams = vec![
+        queries.q.stream(),
+        queries.cu_seqlens.stream(),
+        kv.k.stream(),
+        kv.v.stream(),
+        kv.block_table.stream(),
+        kv.seq_lens.stream(),
+        out.stream(),
+    ];
+    streams.extend(workspace.as_ref().map(|w| w.stream()));
+    streams.extend(bad_seqs.as_ref().map(|c| c.stream()));
+    same_device(stream, &streams)?;
+    let (pq, _gq) = queries.q.ptr(stream);
+    let (pcu, _gcu) = queries.cu_seqlens.ptr(stream);
+    let (pk, _gk) = kv.k.ptr(stream);
+    let (pv, _gv) = kv.v.ptr(stream);
+    let (pt, _gt) = kv.block_table.ptr(stream);
+    let (ps, _gs) = kv.seq_lens.ptr(stream);
+    let (po, _go) = out.ptr_mut(stream);
+    let ws_bytes = workspace.as_ref().map_or(0, |w| w.shape()[0]);
+    let mut workspace = workspace;
+    let ws = workspace.as_mut().map(|w| w.ptr_mut(stream));
+    let mut bad_seqs = bad_seqs;
+    let bad = bad_seqs.as_mut().map(|c| c.ptr_mut(stream));
+    p.q = pq as _;
+    p.cu_seqlens_q = pcu as _;
+    p.k_cache = pk as _;
+    p.v_cache = pv as _;
+    p.block_table = pt as _;
+    p.seq_lens_k = ps as _;
+    p.out = po as _;
+    p.workspace = ws.as_ref().map_or(ptr::null_mut(), |w| w.0 as _);
+    p.workspace_bytes = ws_bytes as i64;
+    p.bad_seqs = bad.as_ref().map_or(ptr::null_mut(), |b| b.0 as _);
+    launch(&p)
 }
 
 /// Llama 4's softmax scale, `head_dim ** -0.5` as a Python float, applied in f32.

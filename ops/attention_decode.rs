@@ -8,10 +8,10 @@
 //! range (`max_blocks * block_size`, or one chunk) and the SM count: nothing synchronizes, and the call can be
 //! captured in a CUDA graph. The partial results live in the caller's workspace ([`workspace_size`] bytes).
 
-use crate::attention::{params, Mask, PagedKv, QueryBatch};
+use crate::attention::{bind_and_launch, Mask, PagedKv, QueryBatch};
 use crate::error::{ensure, Result};
 use crate::ffi::{self, check_ptr, launched, AttentionParams};
-use crate::tensor::{bf16, same_device, TensorMut};
+use crate::tensor::{bf16, TensorMut};
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::CudaStream;
 
@@ -91,45 +91,9 @@ pub fn attention_decode(
     workspace: &mut TensorMut<u8, 1>,
     bad_seqs: Option<&mut TensorMut<u32, 1>>,
 ) -> Result<()> {
-    let mut p = params(OP, queries, kv, out.shape(), mask, softmax_scale)?;
-    if let Some(c) = &bad_seqs {
-        ensure!(c.shape() == [1], "{OP}: bad_seqs must hold one counter (got {:?})", c.shape());
-    }
-    let mut streams = vec![
-        queries.q.stream(),
-        queries.cu_seqlens.stream(),
-        kv.k.stream(),
-        kv.v.stream(),
-        kv.block_table.stream(),
-        kv.seq_lens.stream(),
-        out.stream(),
-        workspace.stream(),
-    ];
-    if let Some(c) = &bad_seqs {
-        streams.push(c.stream());
-    }
-    same_device(stream, &streams)?;
-    let (pq, _gq) = queries.q.ptr(stream);
-    let (pcu, _gcu) = queries.cu_seqlens.ptr(stream);
-    let (pk, _gk) = kv.k.ptr(stream);
-    let (pv, _gv) = kv.v.ptr(stream);
-    let (pt, _gt) = kv.block_table.ptr(stream);
-    let (ps, _gs) = kv.seq_lens.ptr(stream);
-    let ws_bytes = workspace.shape()[0];
-    let (pw, _gw) = workspace.ptr_mut(stream);
-    let (po, _go) = out.ptr_mut(stream);
-    let counter = bad_seqs.map(|c| c.ptr_mut(stream));
-    p.q = pq as _;
-    p.cu_seqlens_q = pcu as _;
-    p.k_cache = pk as _;
-    p.v_cache = pv as _;
-    p.block_table = pt as _;
-    p.seq_lens_k = ps as _;
-    p.out = po as _;
-    p.workspace = pw as _;
-    p.workspace_bytes = ws_bytes as i64;
-    p.bad_seqs = counter.as_ref().map_or(std::ptr::null_mut(), |c| c.0 as _);
-    launch(&p, stream.cu_stream())
+    bind_and_launch(OP, stream, queries, kv, mask, softmax_scale, out, Some(workspace), bad_seqs, |p| {
+        launch(p, stream.cu_stream())
+    })
 }
 
 /// Validates raw parameters (shared with the C ABI: sizes and pointers; the shapes' mutual consistency is the

@@ -10,10 +10,10 @@
 //! sequence whose device metadata is inconsistent (see kernels/attention_params.h) leaves its output rows
 //! untouched and bumps `bad_seqs` when given.
 
-use crate::attention::{params, Mask, PagedKv, QueryBatch};
+use crate::attention::{bind_and_launch, Mask, PagedKv, QueryBatch};
 use crate::error::{ensure, Error, Result};
 use crate::ffi::{self, check_ptr, launched, AttentionParams};
-use crate::tensor::{bf16, same_device, TensorMut};
+use crate::tensor::{bf16, TensorMut};
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::CudaStream;
 
@@ -85,39 +85,9 @@ pub fn attention_prefill_with(
     out: &mut TensorMut<bf16, 3>,
     bad_seqs: Option<&mut TensorMut<u32, 1>>,
 ) -> Result<()> {
-    let mut p = params(OP, queries, kv, out.shape(), mask, softmax_scale)?;
-    if let Some(c) = &bad_seqs {
-        ensure!(c.shape() == [1], "{OP}: bad_seqs {:?}, want [1]", c.shape());
-    }
-    let mut streams = vec![
-        queries.q.stream(),
-        queries.cu_seqlens.stream(),
-        kv.k.stream(),
-        kv.v.stream(),
-        kv.block_table.stream(),
-        kv.seq_lens.stream(),
-        out.stream(),
-    ];
-    streams.extend(bad_seqs.as_ref().map(|c| c.stream()));
-    same_device(stream, &streams)?;
-    let (pq, _gq) = queries.q.ptr(stream);
-    let (pk, _gk) = kv.k.ptr(stream);
-    let (pv, _gv) = kv.v.ptr(stream);
-    let (pc, _gc) = queries.cu_seqlens.ptr(stream);
-    let (ps, _gs) = kv.seq_lens.ptr(stream);
-    let (pt, _gt) = kv.block_table.ptr(stream);
-    let (po, _go) = out.ptr_mut(stream);
-    let mut bad_seqs = bad_seqs;
-    let bad = bad_seqs.as_mut().map(|c| c.ptr_mut(stream));
-    p.q = pq as _;
-    p.k_cache = pk as _;
-    p.v_cache = pv as _;
-    p.cu_seqlens_q = pc as _;
-    p.seq_lens_k = ps as _;
-    p.block_table = pt as _;
-    p.out = po as _;
-    p.bad_seqs = bad.as_ref().map_or(std::ptr::null_mut(), |b| b.0 as _);
-    launch_with(kernel, &p, stream.cu_stream())
+    bind_and_launch(OP, stream, queries, kv, mask, softmax_scale, out, None, bad_seqs, |p| {
+        launch_with(kernel, p, stream.cu_stream())
+    })
 }
 
 /// Validates raw parameters (the safe API's come from [`params`]; the C ABI's from the caller) and launches.
