@@ -232,9 +232,9 @@ l4k_status l4k_attention_decode(const void* q, const void* k_cache, const void* 
  * NULL). No workspace, no host synchronization: capturable in a CUDA graph. */
 l4k_status l4k_attention_prefill(const void* q, const void* k_cache, const void* v_cache,
                                  const int32_t* cu_seqlens_q, const int32_t* seq_lens_k, const int32_t* block_table,
-                                 void* out, uint32_t* bad_seqs, int64_t total_q, int64_t slots, int32_t batch,
-                                 int32_t max_blocks, int32_t block_size, int32_t n_heads, int32_t n_kv_heads,
-                                 int32_t head_dim, int32_t chunk, int32_t max_q_len, float softmax_scale,
+                                 void* out, int64_t total_q, int32_t batch, int32_t n_heads, int32_t n_kv_heads,
+                                 int32_t head_dim, int64_t slots, int32_t block_size, int32_t max_blocks,
+                                 int32_t max_q_len, int32_t chunk, float softmax_scale, uint32_t* bad_seqs,
                                  l4k_stream_t stream);
 
 #ifdef __cplusplus

@@ -646,7 +646,8 @@ pub extern "C" fn l4k_attention_decode(
     })
 }
 
-/// Prefill attention over the paged KV cache (see `attention_prefill` and include/llama4_kernels.h).
+/// Prefill attention over the paged KV cache (see `attention_prefill` and include/llama4_kernels.h). Arguments in
+/// `l4k_attention_decode`'s order, less the workspace prefill does not need.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub extern "C" fn l4k_attention_prefill(
@@ -657,18 +658,18 @@ pub extern "C" fn l4k_attention_prefill(
     seq_lens_k: *const i32,
     block_table: *const i32,
     out: *mut c_void,
-    bad_seqs: *mut u32,
     total_q: i64,
-    slots: i64,
     batch: i32,
-    max_blocks: i32,
-    block_size: i32,
     n_heads: i32,
     n_kv_heads: i32,
     head_dim: i32,
-    chunk: i32,
+    slots: i64,
+    block_size: i32,
+    max_blocks: i32,
     max_q_len: i32,
+    chunk: i32,
     softmax_scale: f32,
+    bad_seqs: *mut u32,
     stream: CUstream,
 ) -> Status {
     guard(|| {

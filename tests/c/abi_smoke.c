@@ -62,12 +62,12 @@ int main(void) {
   CHECK(s == L4K_ERROR_UNSUPPORTED, "head_dim 512: %d %s", (int)s, l4k_last_error());
 
   s = l4k_attention_prefill((const void*)0x1000, (const void*)0x2000, (const void*)0x3000, (const int32_t*)0x4000,
-                            (const int32_t*)0x5000, (const int32_t*)0x6000, (void*)0x7000, NULL, 16, 64, 1, 4, 16,
-                            40, 8, 96, 0, 16, 0.125f, NULL);
+                            (const int32_t*)0x5000, (const int32_t*)0x6000, (void*)0x7000, 16, 1, 40, 8,
+                            96, 64, 16, 4, 16, 0, 0.125f, NULL, NULL);
   CHECK(s == L4K_ERROR_UNSUPPORTED, "attention head_dim 96: %d %s", (int)s, l4k_last_error());
   s = l4k_attention_prefill((const void*)0x1000, (const void*)0x2000, (const void*)0x3000, (const int32_t*)0x4000,
-                            (const int32_t*)0x5000, (const int32_t*)0x6000, (void*)0x7000, NULL, 16, 64, 1, 4, 16,
-                            40, 6, 128, 0, 16, 0.125f, NULL);
+                            (const int32_t*)0x5000, (const int32_t*)0x6000, (void*)0x7000, 16, 1, 40, 6,
+                            128, 64, 16, 4, 16, 0, 0.125f, NULL, NULL);
   CHECK(s == L4K_ERROR_INVALID_ARGUMENT, "attention 40 over 6 heads: %d", (int)s);
   CHECK(strstr(l4k_last_error(), "kv heads") != NULL, "message: %s", l4k_last_error());
 
