@@ -2,10 +2,17 @@
 //! experts: Scout (E = 16) and Maverick (E = 128). gate_up: [T, 5120] x [E, 16384, 5120]; down: [T, 8192] x
 //! [E, 5120, 8192]. FLOPs = 2 T N K; bytes = the weights of every expert with rows + A + D. PyTorch's
 //! _scaled_grouped_mm runs in bench/peers.
+//!
+//! grouped_gemm/swiglu_{fused,unfused}[_fast]/gate_up_T<tokens>_E16: Scout's gate_up all the way to the down
+//! projection's FP8 input (q [T, 8192] + row scales): the SwiGLU epilogue + rowwise quant
+//! (grouped_gemm_swiglu_fp8) against the GEMM into bf16 [T, 16384] + swiglu_fp8, same accumulation (`_fast`:
+//! both with fast accumulation; the unfused plain one uses Auto, the decode schedule at T = 512). Bytes: weights
+//! + A + q + scales; FLOPs of the GEMM.
 mod common;
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
-use llama4_kernels::grouped_gemm::{grouped_gemm_fp8, workspace_size, GroupedGemm, Schedule};
+use llama4_kernels::grouped_gemm::{grouped_gemm_fp8, grouped_gemm_swiglu_fp8, workspace_size, GroupedGemm, Schedule};
+use llama4_kernels::swiglu::swiglu_fp8;
 use llama4_kernels::{Tensor, TensorMut, E4M3};
 
 fn bench(c: &mut Criterion) {
@@ -52,6 +59,68 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+fn bench_swiglu(c: &mut Criterion) {
+    let (experts, n, k) = (16usize, 16384usize, 5120usize);
+    let half = n / 2;
+    // Random bytes: the speed does not depend on whether the rows are interleaved.
+    let weights = expert_weights(experts, n * k);
+    let scale_b = rand_scales(experts * n, 8);
+    let mut ws = zeros::<u8>(workspace_size(experts).unwrap());
+    let ws_len = ws.len();
+    for t in [16384usize, 4096, 512] {
+        let a = rand_fp8(t * k, t as u64);
+        let scale_a = rand_scales(t, 9);
+        let offsets: Vec<i32> = (0..=experts).map(|e| (e * t / experts) as i32).collect();
+        let offs = stream().clone_htod(&offsets).unwrap();
+        let (mut d, mut h) = (zeros(t * n), zeros(t * half));
+        let (mut q, mut sq) = (zeros::<E4M3>(t * half), zeros::<f32>(t));
+        let flops = 2 * t * n * k;
+        let bytes = experts * n * k + t * k + t * half + 4 * t;
+        let shape = format!("gate_up_T{t}_E{experts}");
+        let (ta, tsa) = (Tensor::of(&a, [t, k]).unwrap(), Tensor::of(&scale_a, [t]).unwrap());
+        let (tb, tsb) = (Tensor::of(&weights, [experts, n, k]).unwrap(), Tensor::of(&scale_b, [experts, n]).unwrap());
+        let to = Tensor::of(&offs, [experts + 1]).unwrap();
+        let g = GroupedGemm { a: &ta, scale_a: &tsa, b: &tb, scale_b: &tsb, offsets: &to, counts: None };
+        let mut variants = vec![("", Schedule::Auto, Schedule::Prefill)];
+        if t >= 4096 {
+            variants.push(("_fast", Schedule::PrefillFastAccum, Schedule::PrefillFastAccum));
+        }
+        for (suffix, plain, fused) in variants {
+            run_gemm_case(c, "grouped_gemm", &format!("swiglu_unfused{suffix}"), &shape, t, bytes, flops, |_| {
+                grouped_gemm_fp8(
+                    stream(),
+                    &g,
+                    &mut TensorMut::of(&mut d, [t, n]).unwrap(),
+                    &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
+                    None,
+                    plain,
+                )
+                .unwrap();
+                swiglu_fp8(
+                    stream(),
+                    &Tensor::of(&d, [t, n]).unwrap(),
+                    &mut TensorMut::of(&mut q, [t, half]).unwrap(),
+                    &mut TensorMut::of(&mut sq, [t]).unwrap(),
+                )
+                .unwrap()
+            });
+            run_gemm_case(c, "grouped_gemm", &format!("swiglu_fused{suffix}"), &shape, t, bytes, flops, |_| {
+                grouped_gemm_swiglu_fp8(
+                    stream(),
+                    &g,
+                    &mut TensorMut::of(&mut h, [t, half]).unwrap(),
+                    &mut TensorMut::of(&mut q, [t, half]).unwrap(),
+                    &mut TensorMut::of(&mut sq, [t]).unwrap(),
+                    &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
+                    None,
+                    fused,
+                )
+                .unwrap()
+            });
+        }
+    }
+}
+
 /// `experts` copies of one random expert: Maverick's 128 x 16384 x 5120 bytes would take minutes to draw on the
 /// host, and the GEMM's speed does not depend on the values.
 fn expert_weights(experts: usize, per_expert: usize) -> cudarc::driver::CudaSlice<E4M3> {
@@ -77,5 +146,5 @@ fn rand_scales(n: usize, seed: u64) -> cudarc::driver::CudaSlice<f32> {
     stream().clone_htod(&(0..n).map(|_| r.gen_range(1e-3f32..1e-2)).collect::<Vec<_>>()).unwrap()
 }
 
-criterion_group! { name = benches; config = criterion(); targets = bench }
+criterion_group! { name = benches; config = criterion(); targets = bench_swiglu, bench }
 criterion_main!(benches);

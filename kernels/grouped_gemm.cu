@@ -17,6 +17,15 @@
 // - DECODE: D^T = B A^T. With a handful of rows per expert the GEMM is bound by reading the weights; swapping
 //   puts the weights' n in the 128-wide wgmma M and the few tokens in a 32-wide N, so no MMA work is wasted on
 //   padding rows and every byte of weight is read once.
+//
+// SwiGLU epilogue (l4k_launch_grouped_gemm_swiglu, PREFILL and PREFILL_FAST_ACCUM tiles): the weights' gate and
+// up rows are interleaved at preparation (row 2j = gate j, row 2j + 1 = up j: weight_prep.cu), so a thread's
+// accumulator pairs (columns 2j, 2j + 1: adjacent in every wgmma fragment) hold a matching gate and up value. The
+// epilogue rounds both to bf16 (the plain GEMM's output), computes h = bf16(bf16(silu(g)) * u) as swiglu.cu does,
+// and stores h's two bytes in the pair's two columns of a uint8 D [rows, n]: byte-for-byte the bf16 h [rows, n/2]
+// row-major, half the bytes of the [rows, n] bf16 output. The rowwise FP8 quantization of h needs each row's amax
+// over all n/2 columns (64 tiles at Llama 4's widths), so it stays a separate pass (ops/grouped_gemm.rs).
+// Measured 2-8% slower than the plain GEMM + swiglu_fp8 at Scout's gate_up (kernels/NOTES.md): opt-in only.
 #include <cutlass/cutlass.h>
 #include <cute/tensor.hpp>
 #include <cutlass/epilogue/collective/collective_builder.hpp>
@@ -25,6 +34,8 @@
 #include <cutlass/gemm/device/gemm_universal_adapter.h>
 #include <cutlass/gemm/group_array_problem_shape.hpp>
 #include <cutlass/gemm/kernel/gemm_universal.hpp>
+
+#include <cuda_bf16.h>
 
 #include "grouped_gemm_params.h"
 
@@ -40,24 +51,63 @@ using RowMajor = cutlass::layout::RowMajor;
 using ColMajor = cutlass::layout::ColumnMajor;
 constexpr auto kRound = cutlass::FloatRoundStyle::round_to_nearest;
 
+// EVT node: bf16 (gate, up) pairs -> the two bytes of h = bf16(bf16(silu(g)) * u) in the pair's columns.
+// silu as swiglu.cu computes it (g * rcp_rn(1 + e^-g), f32), so fused and unfused h are the same bits.
+struct SwigluPairBytes : fu::Sm90VisitorImpl<> {
+  using fu::Sm90VisitorImpl<>::Sm90VisitorImpl;
+
+  struct ConsumerStoreCallbacks : fu::detail::EmptyConsumerStoreCallbacks {
+    template <class ElementAccumulator, int FragmentSize>
+    CUTLASS_DEVICE cutlass::Array<uint8_t, FragmentSize> visit(cutlass::Array<ElementAccumulator, FragmentSize> const&,
+                                                               int, int, int,
+                                                               cutlass::Array<Bf16, FragmentSize> const& gate_up) {
+      // Elements 2j and 2j + 1 of a fragment are adjacent columns of one row (the wgmma accumulator layout,
+      // kept by the epilogue's stmatrix-shaped partition); fragments start at even columns.
+      static_assert(FragmentSize % 2 == 0, "SwiGLU pairs need an even fragment");
+      cutlass::Array<uint8_t, FragmentSize> bytes;
+      CUTLASS_PRAGMA_UNROLL
+      for (int j = 0; j < FragmentSize / 2; ++j) {
+        const float g = static_cast<float>(gate_up[2 * j]), u = static_cast<float>(gate_up[2 * j + 1]);
+        const float s = __bfloat162float(__float2bfloat16_rn(g * __frcp_rn(1.f + expf(-g))));
+        const uint16_t h = __bfloat16_as_ushort(__float2bfloat16_rn(s * u));
+        bytes[2 * j] = static_cast<uint8_t>(h & 0xFF);  // little-endian: low byte at the lower address
+        bytes[2 * j + 1] = static_cast<uint8_t>(h >> 8);
+      }
+      return bytes;
+    }
+  };
+
+  template <bool ReferenceSrc, class... Args>
+  CUTLASS_DEVICE auto get_consumer_store_callbacks(fu::detail::ConsumerStoreArgs<Args...> const&) {
+    return ConsumerStoreCallbacks{};
+  }
+};
+
+// What the epilogue writes: D = bf16 [rows, n], or the bytes of SwiGLU's h (see SwigluPairBytes).
+enum class Output { kBf16, kSwigluBytes };
+
 // One kernel configuration. Swap = false: GEMM (M, N) = (rows, n), A = activations (row-major), B = weights.
 // Swap = true: GEMM (M, N) = (n, rows), A = weights (row-major [n, k]), B = activations, D column-major.
-template <bool Swap, class Tile, class Cluster, class KernelSchedule, class EpilogueSchedule>
+template <bool Swap, class Tile, class Cluster, class KernelSchedule, class EpilogueSchedule, Output Out = Output::kBf16>
 struct Config {
   static constexpr bool kSwap = Swap;
+  static_assert(!(Swap && Out == Output::kSwigluBytes), "swapped tiles put gate/up pairs in different threads");
   using ElementA = Fp8;
   using ElementB = Fp8;
+  using ElementD = cute::conditional_t<Out == Output::kSwigluBytes, uint8_t, Bf16>;
+  static constexpr int kAlignD = 128 / cute::sizeof_bits_v<ElementD>;  // 16-byte TMA rows
   using LayoutD = cute::conditional_t<Swap, ColMajor, RowMajor>;
   // Per-row (GEMM M) scale: a column broadcast; per-column (GEMM N) scale: a row broadcast. Alignment 1: an
   // expert's scales start at an arbitrary row.
   using ScaleM = fu::Sm90ColBroadcast<0, Tile, float*, float, Stride<_1, _0, _0>, 1>;
   using ScaleN = fu::Sm90RowBroadcast<0, Tile, float*, float, Stride<_0, _1, _0>, 1>;
   using TimesN = fu::Sm90EVT<fu::Sm90Compute<cutlass::multiplies, float, float, kRound>, fu::Sm90AccFetch, ScaleN>;
-  using Fusion = fu::Sm90EVT<fu::Sm90Compute<cutlass::multiplies, Bf16, float, kRound>, ScaleM, TimesN>;
+  using Scaled = fu::Sm90EVT<fu::Sm90Compute<cutlass::multiplies, Bf16, float, kRound>, ScaleM, TimesN>;
+  using Fusion = cute::conditional_t<Out == Output::kSwigluBytes, fu::Sm90EVT<SwigluPairBytes, Scaled>, Scaled>;
 
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster, cutlass::epilogue::collective::EpilogueTileAuto,
-      float, float, void, LayoutD*, 8, Bf16, LayoutD*, 8, EpilogueSchedule, Fusion>::CollectiveOp;
+      float, float, void, LayoutD*, kAlignD, ElementD, LayoutD*, kAlignD, EpilogueSchedule, Fusion>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Fp8, RowMajor*, 16, Fp8, ColMajor*, 16, float, Tile, Cluster,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
@@ -79,6 +129,13 @@ using Prefill = Config<false, Shape<_128, _128, _128>, Shape<_1, _2, _1>,
 using PrefillFastAccum = Config<false, Shape<_256, _128, _128>, Shape<_1, _2, _1>,
                                 cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8FastAccum,
                                 cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
+// The same two prefill configurations with the SwiGLU epilogue (weights' gate/up rows interleaved).
+using PrefillSwiglu = Config<false, Shape<_128, _128, _128>, Shape<_1, _2, _1>,
+                             cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
+                             cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, Output::kSwigluBytes>;
+using PrefillFastAccumSwiglu = Config<false, Shape<_256, _128, _128>, Shape<_1, _2, _1>,
+                                      cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8FastAccum,
+                                      cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, Output::kSwigluBytes>;
 using Decode = Config<true, Shape<_128, _32, _128>, Shape<_1, _1, _1>,
                       cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                       cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
@@ -89,7 +146,7 @@ struct Descriptors {
   typename ProblemShape::UnderlyingProblemShape* shapes;
   const Fp8** ptr_a;
   const Fp8** ptr_b;
-  Bf16** ptr_d;
+  typename C::ElementD** ptr_d;
   const float** scale_m;
   const float** scale_n;
   typename C::StrideA* stride_a;
@@ -150,7 +207,7 @@ __global__ void setup_kernel(const L4kGroupedGemmParams p, Descriptors<C> g) {
     const Fp8* weights = static_cast<const Fp8*>(p.b) + static_cast<int64_t>(e) * p.n * p.k;
     const float* sa = p.scale_a + start;
     const float* sb = p.scale_b + static_cast<int64_t>(e) * p.n;
-    g.ptr_d[e] = static_cast<Bf16*>(p.d) + start * p.n;
+    g.ptr_d[e] = static_cast<typename C::ElementD*>(p.d) + start * p.n;
     // Every operand is packed with k (A, B) or n (D) as its leading dimension, in both orientations.
     g.stride_a[e] = packed<typename C::StrideA>(p.k);
     g.stride_b[e] = packed<typename C::StrideB>(p.k);
@@ -189,7 +246,12 @@ typename C::Gemm::Arguments arguments(const L4kGroupedGemmParams& p, const Descr
                                    {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b},
                                    {{}, nullptr, nullptr, g.ptr_d, g.stride_d},
                                    hw};
-  args.epilogue.thread = {{g.scale_m, 0.f, {}}, {{}, {g.scale_n, 0.f, {}}, {}}, {}};
+  const typename C::Scaled::Arguments scaled{{g.scale_m, 0.f, {}}, {{}, {g.scale_n, 0.f, {}}, {}}, {}};
+  if constexpr (std::is_same_v<typename C::Fusion, typename C::Scaled>) {
+    args.epilogue.thread = scaled;
+  } else {
+    args.epilogue.thread = {scaled, {}};
+  }
   return args;
 }
 
@@ -226,7 +288,8 @@ extern "C" size_t l4k_internal_grouped_gemm_workspace_size(int32_t experts) {
   using namespace l4k::grouped_gemm;
   size_t most = 0;
   for (size_t s : {workspace_size<Prefill>(experts), workspace_size<PrefillFastAccum>(experts),
-                   workspace_size<Decode>(experts)})
+                   workspace_size<Decode>(experts), workspace_size<PrefillSwiglu>(experts),
+                   workspace_size<PrefillFastAccumSwiglu>(experts)})
     most = s > most ? s : most;
   return most;
 }
@@ -238,5 +301,13 @@ extern "C" int l4k_launch_grouped_gemm(const L4kGroupedGemmParams* p, cudaStream
     case L4K_GEMM_PREFILL_FAST_ACCUM: return run<PrefillFastAccum>(*p, stream);
     default: return run<Prefill>(*p, stream);
   }
+}
+
+// The SwiGLU epilogue: d is h [rows, n / 2] bf16 (n % 16 == 0), b's rows interleaved gate/up (see the top).
+// schedule PREFILL_FAST_ACCUM picks the 256x128 fast-accumulation tiles; anything else the promoted 128x128.
+extern "C" int l4k_launch_grouped_gemm_swiglu(const L4kGroupedGemmParams* p, cudaStream_t stream) {
+  using namespace l4k::grouped_gemm;
+  if (p->schedule == L4K_GEMM_PREFILL_FAST_ACCUM) return run<PrefillFastAccumSwiglu>(*p, stream);
+  return run<PrefillSwiglu>(*p, stream);
 }
 #endif  // L4K_GROUPED_GEMM_TEMPLATES_ONLY

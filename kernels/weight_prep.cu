@@ -12,9 +12,27 @@
 // Generic kernel (any shape, any alignment): 32 columns x 8 row-phases per CTA, reads W twice (amax, then
 // quantize) and transposes 64-row tiles through shared memory for coalesced byte stores. Correct everywhere,
 // a fallback for shapes the grouped GEMM cannot take anyway (K % 16 != 0, N % 8 != 0) and K > 8192.
+//
+// Gate/up interleaving (l4k_launch_weight_prep_gate_up_interleaved, for the grouped GEMM's SwiGLU epilogue): the
+// same quantization with output row n of a gate_up weight (gate = columns 0 .. N/2, up = N/2 .. N) moved to row
+// 2n (gate) or 2(n - N/2) + 1 (up), scales alike. Rowwise quantization does not mix rows, so this is exactly
+// the plain result with its rows permuted.
 #include "common.cuh"
 
 namespace l4k {
+
+enum class RowOrder { kPlain, kGateUpInterleaved };
+
+// Where output row n (a column of W) goes.
+template <RowOrder ORDER>
+__device__ __forceinline__ int64_t out_row(int64_t n, int64_t cols) {
+  if constexpr (ORDER == RowOrder::kGateUpInterleaved) {
+    const int64_t half = cols / 2;
+    return n < half ? 2 * n : 2 * (n - half) + 1;
+  } else {
+    return n;
+  }
+}
 
 constexpr int kStripCols = 8;      // columns per CTA: one 16-byte load per row
 constexpr int kRowsPerThread = 16;  // rows per thread: one 16-byte E4M3 store per column
@@ -23,7 +41,7 @@ constexpr int64_t kStripMaxK = static_cast<int64_t>(kStripThreads) * kRowsPerThr
 
 // MAX_THREADS / MIN_BLOCKS: K <= 5120 (320 threads) fits 2 CTAs per SM at 96 registers without spills; larger K
 // gets 512 threads, one CTA per SM. Measured: no faster than one CTA per SM at K = 5120 (kernels/NOTES.md).
-template <int MAX_THREADS, int MIN_BLOCKS>
+template <int MAX_THREADS, int MIN_BLOCKS, RowOrder ORDER>
 __global__ void __launch_bounds__(MAX_THREADS, MIN_BLOCKS) weight_prep_strip_kernel(const L4kWeightPrepParams p) {
   const int64_t e = blockIdx.y, n0 = static_cast<int64_t>(blockIdx.x) * kStripCols;
   const int64_t k0 = static_cast<int64_t>(threadIdx.x) * kRowsPerThread;
@@ -63,13 +81,13 @@ __global__ void __launch_bounds__(MAX_THREADS, MIN_BLOCKS) weight_prep_strip_ker
     float m = 0.f;
     for (int i = 0; i < warps; ++i) m = fmaxf(m, partial[i][threadIdx.x]);
     const float scale = fmaxf(m, kMinAmax) / kE4m3Max;
-    p.scales[e * p.n + n0 + threadIdx.x] = scale;
+    p.scales[e * p.n + out_row<ORDER>(n0 + threadIdx.x, p.n)] = scale;
     inv_scale[threadIdx.x] = 1.f / scale;
   }
   __syncthreads();
   if (!active) return;
 
-  uint8_t* out = static_cast<uint8_t*>(p.out) + (e * p.n + n0) * p.k + k0;
+  uint8_t* out = static_cast<uint8_t*>(p.out) + e * p.n * p.k + k0;
 #pragma unroll
   for (int j = 0; j < kStripCols; ++j) {
     const float inv = inv_scale[j];
@@ -87,7 +105,8 @@ __global__ void __launch_bounds__(MAX_THREADS, MIN_BLOCKS) weight_prep_strip_ker
           __nv_cvt_float2_to_fp8x2(make_float2(f(4 * q + 2) * inv, f(4 * q + 3) * inv), __NV_SATFINITE, __NV_E4M3);
       packed[q] = lo | (hi << 16);
     }
-    *reinterpret_cast<uint4*>(out + j * p.k) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    *reinterpret_cast<uint4*>(out + out_row<ORDER>(n0 + j, p.n) * p.k) =
+        make_uint4(packed[0], packed[1], packed[2], packed[3]);
   }
 }
 
@@ -96,6 +115,7 @@ constexpr int kGenericCols = 32, kGenericPhases = 8, kGenericTileK = 64;
 // Pass 1: column maxima, each warp reading 64 contiguous bytes of a row. Pass 2, per tile of 64 rows: quantize
 // while reading (coalesced as in pass 1), transpose the bytes through shared memory, write each output row's
 // 64 bytes with consecutive lanes on consecutive bytes (byte stores: K may be odd, rows unaligned).
+template <RowOrder ORDER>
 __global__ void __launch_bounds__(kGenericCols* kGenericPhases) weight_prep_generic_kernel(const L4kWeightPrepParams p) {
   const int64_t e = blockIdx.y, n0 = static_cast<int64_t>(blockIdx.x) * kGenericCols, n = n0 + threadIdx.x;
   const bool col = n < p.n;
@@ -113,14 +133,14 @@ __global__ void __launch_bounds__(kGenericCols* kGenericPhases) weight_prep_gene
     float m = 0.f;
     for (int i = 0; i < kGenericPhases; ++i) m = fmaxf(m, partial[i][threadIdx.x]);
     const float scale = fmaxf(m, kMinAmax) / kE4m3Max;
-    if (col) p.scales[e * p.n + n] = scale;
+    if (col) p.scales[e * p.n + out_row<ORDER>(n, p.n)] = scale;
     inv_scale[threadIdx.x] = 1.f / scale;
   }
   __syncthreads();
   const float inv = inv_scale[threadIdx.x];
   const int t = threadIdx.y * kGenericCols + threadIdx.x;
   const int64_t cols = p.n - n0 < kGenericCols ? p.n - n0 : kGenericCols;
-  uint8_t* out = static_cast<uint8_t*>(p.out) + (e * p.n + n0) * p.k;
+  uint8_t* out = static_cast<uint8_t*>(p.out) + e * p.n * p.k;
   for (int64_t k0 = 0; k0 < p.k; k0 += kGenericTileK) {
     const int rows = static_cast<int>(p.k - k0 < kGenericTileK ? p.k - k0 : kGenericTileK);
     if (col)
@@ -130,7 +150,7 @@ __global__ void __launch_bounds__(kGenericCols* kGenericPhases) weight_prep_gene
     // 256 threads over [cols][rows] bytes: thread t writes byte t % 64 of rows t / 64, t / 64 + 4, ...
     for (int i = t; i < cols * kGenericTileK; i += kGenericCols * kGenericPhases) {
       const int r = i / kGenericTileK, c = i % kGenericTileK;
-      if (c < rows) out[r * p.k + k0 + c] = tile[r][c];
+      if (c < rows) out[out_row<ORDER>(n0 + r, p.n) * p.k + k0 + c] = tile[r][c];
     }
     __syncthreads();
   }
@@ -147,20 +167,33 @@ inline bool strip_path(const L4kWeightPrepParams& p) {
 // 1 when the strip kernel runs for these parameters, 0 for the generic one (for tests and benches).
 extern "C" int l4k_internal_weight_prep_strip_path(const L4kWeightPrepParams* p) { return l4k::strip_path(*p); }
 
-extern "C" int l4k_launch_weight_prep(const L4kWeightPrepParams* p, cudaStream_t stream) {
-  using namespace l4k;
+namespace l4k {
+
+template <RowOrder ORDER>
+int launch_weight_prep(const L4kWeightPrepParams* p, cudaStream_t stream) {
   if (strip_path(*p)) {
     const int64_t rows = p->k / kRowsPerThread;
     const int threads = static_cast<int>((rows + 31) / 32 * 32);
     const dim3 grid(static_cast<unsigned>(p->n / kStripCols), static_cast<unsigned>(p->experts));
     if (threads <= 320)
-      weight_prep_strip_kernel<320, 2><<<grid, threads, 0, stream>>>(*p);
+      weight_prep_strip_kernel<320, 2, ORDER><<<grid, threads, 0, stream>>>(*p);
     else
-      weight_prep_strip_kernel<kStripThreads, 1><<<grid, threads, 0, stream>>>(*p);
+      weight_prep_strip_kernel<kStripThreads, 1, ORDER><<<grid, threads, 0, stream>>>(*p);
   } else {
     const dim3 grid(static_cast<unsigned>((p->n + kGenericCols - 1) / kGenericCols),
                     static_cast<unsigned>(p->experts));
-    weight_prep_generic_kernel<<<grid, dim3(kGenericCols, kGenericPhases), 0, stream>>>(*p);
+    weight_prep_generic_kernel<ORDER><<<grid, dim3(kGenericCols, kGenericPhases), 0, stream>>>(*p);
   }
   return launch_status();
+}
+
+}  // namespace l4k
+
+extern "C" int l4k_launch_weight_prep(const L4kWeightPrepParams* p, cudaStream_t stream) {
+  return l4k::launch_weight_prep<l4k::RowOrder::kPlain>(p, stream);
+}
+
+// n even: gate = columns [0, n/2), up = [n/2, n) of W; output rows interleaved (see the top).
+extern "C" int l4k_launch_weight_prep_gate_up_interleaved(const L4kWeightPrepParams* p, cudaStream_t stream) {
+  return l4k::launch_weight_prep<l4k::RowOrder::kGateUpInterleaved>(p, stream);
 }

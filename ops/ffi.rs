@@ -208,6 +208,7 @@ pub struct AttentionParams {
 
 extern "C" {
     pub fn l4k_launch_grouped_gemm(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_grouped_gemm_swiglu(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
     pub fn l4k_internal_grouped_gemm_workspace_size(experts: i32) -> usize;
     pub fn l4k_launch_rmsnorm(p: *const RmsnormParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_rope(p: *const RopeParams, stream: CUstream) -> c_int;
@@ -215,6 +216,7 @@ extern "C" {
     pub fn l4k_launch_quant_fp8(p: *const QuantParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_dequant_fp8(p: *const QuantParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_weight_prep(p: *const WeightPrepParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_weight_prep_gate_up_interleaved(p: *const WeightPrepParams, stream: CUstream) -> c_int;
     pub fn l4k_internal_weight_prep_strip_path(p: *const WeightPrepParams) -> c_int;
     pub fn l4k_launch_router(p: *const RouterParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_permute(p: *const PermuteParams, stream: CUstream) -> c_int;

@@ -10,7 +10,7 @@
 //! computes nothing and raises the optional `bad_offsets` flag.
 
 use crate::error::{ensure, Result};
-use crate::ffi::{self, check_ptr, launched, GroupedGemmParams};
+use crate::ffi::{self, check_ptr, launched, GroupedGemmParams, QuantParams};
 use crate::tensor::{bf16, same_device, Tensor, TensorMut, E4M3};
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::CudaStream;
@@ -76,6 +76,74 @@ pub fn grouped_gemm_fp8(
     bad_offsets: Option<&mut TensorMut<u32, 1>>,
     schedule: Schedule,
 ) -> Result<()> {
+    let ([rows, _], [experts, n, _]) = (g.a.shape(), g.b.shape());
+    ensure!(d.shape() == [rows, n], "{OP}: d {:?}, want [{rows}, {n}]", d.shape());
+    same_device(stream, &[d.stream()])?;
+    let (pd, _gd) = d.ptr_mut(stream);
+    with_params(stream, g, pd, workspace, bad_offsets, schedule.code(rows, experts), launch)
+}
+
+/// gate_up with the SwiGLU epilogue, then rowwise FP8: `q` [rows, n/2] E4M3 and `scales` [rows], the down
+/// projection's input, from A and gate_up weights `g.b` [experts, n, k] whose rows are interleaved gate, up
+/// ([`crate::weight_prep::quantize_gate_up_interleaved`]; the scales interleaved alike).
+///
+/// The GEMM's epilogue writes h = bf16(bf16(silu(g)) * u) of the bf16-rounded GEMM outputs into `h` [rows, n/2]
+/// (caller scratch; half the bytes of the [rows, n] bf16 output), then [`crate::quant::quant_fp8`]'s kernel
+/// quantizes it rowwise: the bytes GEMM + [`crate::swiglu::swiglu_fp8`] give on plain weights with the same
+/// schedule (kernels/grouped_gemm.cu). Rows a padded layout leaves out (past `counts[e]`) get unspecified `h`,
+/// `q` and scales. Schedules: `Prefill` (and `Auto`) or `PrefillFastAccum`; there is no swapped (decode)
+/// variant. n must be a multiple of 16 (16-byte rows of h and of its FP8).
+///
+/// Measured slower than [`grouped_gemm_fp8`] + [`crate::swiglu::swiglu_fp8`] at Scout's gate_up (H100, T = 512
+/// to 16384: by 2.4% to 8.2%, kernels/NOTES.md); kept as an opt-in variant, not used by default.
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_gemm_swiglu_fp8(
+    stream: &CudaStream,
+    g: &GroupedGemm,
+    h: &mut TensorMut<bf16, 2>,
+    q: &mut TensorMut<E4M3, 2>,
+    scales: &mut TensorMut<f32, 1>,
+    workspace: &mut TensorMut<u8, 1>,
+    bad_offsets: Option<&mut TensorMut<u32, 1>>,
+    schedule: Schedule,
+) -> Result<()> {
+    let ([rows, _], [_, n, _]) = (g.a.shape(), g.b.shape());
+    ensure!(n % 16 == 0, "{OP}: SwiGLU needs n = {n} (gate and up interleaved) to be a multiple of 16");
+    let code = match schedule {
+        Schedule::Auto | Schedule::Prefill => 1,
+        Schedule::PrefillFastAccum => 3,
+        Schedule::Decode => {
+            return Err(crate::Error::InvalidArgument(format!(
+                "{OP}: the SwiGLU epilogue has no decode (swapped) schedule"
+            )))
+        }
+    };
+    let half = n / 2;
+    ensure!(h.shape() == [rows, half], "{OP}: h {:?}, want [{rows}, {half}]", h.shape());
+    ensure!(q.shape() == [rows, half], "{OP}: q {:?}, want [{rows}, {half}]", q.shape());
+    ensure!(scales.shape() == [rows], "{OP}: scales {:?} for {rows} rows", scales.shape());
+    same_device(stream, &[h.stream(), q.stream(), scales.stream()])?;
+    {
+        let (ph, _gh) = h.ptr_mut(stream);
+        with_params(stream, g, ph, workspace, bad_offsets, code, launch_swiglu)?;
+    }
+    let (ph, _gh) = h.ptr_mut(stream);
+    let (pq, _gq) = q.ptr_mut(stream);
+    let (ps, _gs) = scales.ptr_mut(stream);
+    let p = QuantParams { x: ph as _, out: pq as _, scales: ps as _, rows: rows as i64, cols: half as i64 };
+    crate::quant::launch_quant(&p, stream.cu_stream())
+}
+
+/// Checks the operands of `g`, binds them and the output pointer `d` into launch parameters, and launches.
+fn with_params(
+    stream: &CudaStream,
+    g: &GroupedGemm,
+    d: u64,
+    workspace: &mut TensorMut<u8, 1>,
+    bad_offsets: Option<&mut TensorMut<u32, 1>>,
+    schedule: i32,
+    launcher: fn(&GroupedGemmParams, CUstream) -> Result<()>,
+) -> Result<()> {
     let [rows, k] = g.a.shape();
     let [experts, n, bk] = g.b.shape();
     ensure!(bk == k, "{OP}: A has k = {k}, B has k = {bk}");
@@ -85,13 +153,11 @@ pub fn grouped_gemm_fp8(
     if let Some(c) = g.counts {
         ensure!(c.shape() == [experts], "{OP}: counts {:?} for {experts} experts", c.shape());
     }
-    ensure!(d.shape() == [rows, n], "{OP}: d {:?}, want [{rows}, {n}]", d.shape());
     if let Some(f) = &bad_offsets {
         ensure!(f.shape() == [1], "{OP}: bad_offsets must hold one flag");
     }
     let mut streams = vec![g.a.stream(), g.scale_a.stream(), g.b.stream(), g.scale_b.stream(), g.offsets.stream()];
     streams.extend(g.counts.map(|c| c.stream()));
-    streams.push(d.stream());
     streams.push(workspace.stream());
     same_device(stream, &streams)?;
 
@@ -101,7 +167,6 @@ pub fn grouped_gemm_fp8(
     let (psb, _gsb) = g.scale_b.ptr(stream);
     let (po, _go) = g.offsets.ptr(stream);
     let counts = g.counts.map(|c| c.ptr(stream));
-    let (pd, _gd) = d.ptr_mut(stream);
     let ws_bytes = workspace.shape()[0];
     let (pw, _gw) = workspace.ptr_mut(stream);
     let flag = bad_offsets.map(|f| f.ptr_mut(stream));
@@ -112,7 +177,7 @@ pub fn grouped_gemm_fp8(
         scale_b: psb as _,
         offsets: po as _,
         counts: counts.as_ref().map_or(ptr::null(), |c| c.0 as _),
-        d: pd as _,
+        d: d as _,
         bad_offsets: flag.as_ref().map_or(ptr::null_mut(), |f| f.0 as _),
         workspace: pw as _,
         workspace_bytes: ws_bytes as i64,
@@ -120,13 +185,33 @@ pub fn grouped_gemm_fp8(
         n: n as i64,
         k: k as i64,
         experts: experts as i32,
-        schedule: schedule.code(rows, experts),
+        schedule,
     };
-    launch(&p, stream.cu_stream())
+    launcher(&p, stream.cu_stream())
 }
 
 /// Validates raw parameters (shared with the C ABI) and launches. rows == 0 is a no-op.
 pub(crate) fn launch(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
+    if !validate(p)? {
+        return Ok(());
+    }
+    // SAFETY: validated; tensor extents are the caller's contract (checked by the safe API's views).
+    launched(OP, unsafe { ffi::l4k_launch_grouped_gemm(p, stream) })
+}
+
+/// The SwiGLU epilogue's GEMM: `p.d` is h [rows, n / 2] bf16; `p.n` a multiple of 16.
+fn launch_swiglu(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
+    ensure!(p.n % 16 == 0, "{OP}: SwiGLU needs n = {} to be a multiple of 16", p.n);
+    ensure!(p.schedule == 1 || p.schedule == 3, "{OP}: SwiGLU runs the prefill schedules only (got {})", p.schedule);
+    if !validate(p)? {
+        return Ok(());
+    }
+    // SAFETY: as in `launch`.
+    launched(OP, unsafe { ffi::l4k_launch_grouped_gemm_swiglu(p, stream) })
+}
+
+/// Checks sizes and pointers; Ok(false) when there is nothing to do (rows == 0).
+fn validate(p: &GroupedGemmParams) -> Result<bool> {
     ensure!(p.rows >= 0 && p.rows <= i32::MAX as i64, "{OP}: rows = {} outside 0..=2^31-1", p.rows);
     ensure!(
         p.experts >= 1 && p.experts as usize <= MAX_EXPERTS,
@@ -145,7 +230,7 @@ pub(crate) fn launch(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
     );
     ensure!((0..=3).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
     if p.rows == 0 {
-        return Ok(());
+        return Ok(false);
     }
     check_ptr(OP, "a", p.a, 16)?;
     check_ptr(OP, "scale_a", p.scale_a as _, 4)?;
@@ -163,6 +248,5 @@ pub(crate) fn launch(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
     // The launcher compares the workspace with the chosen configuration's exact need before launching anything
     // (sizing all three configurations here as well would ask CUTLASS twice per call).
     ensure!(p.workspace_bytes >= 0, "{OP}: workspace_bytes is negative");
-    // SAFETY: validated above; tensor extents are the caller's contract (checked by the safe API's views).
-    launched(OP, unsafe { ffi::l4k_launch_grouped_gemm(p, stream) })
+    Ok(true)
 }

@@ -13,8 +13,10 @@
 //! Every row must belong to exactly one group: `offsets` has E + 1 monotone entries from 0 to M. A padded
 //! layout is expressed by padding rows inside the groups (see [`crate::permute::padded_offsets`]).
 
+use crate::dtype::{round_bf16, Precision};
 use crate::fp8::{e4m3_to_f32, BLOCK};
-use ndarray::{Array2, ArrayView1, ArrayView2, ArrayView3};
+use crate::swiglu::swiglu_quant;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayView3};
 
 /// Rowwise-scaled grouped GEMM: `out[m, n] = (sum_k a[m, k] b[e, n, k]) * a_scale[m] * b_scale[e, n]`.
 /// Shapes: `a_q` [M, K], `a_scale` [M], `b_q` [E, N, K], `b_scale` [E, N], `offsets` [E + 1]; returns
@@ -44,6 +46,31 @@ pub fn grouped_gemm_rowwise(
         }
     }
     Ok(out)
+}
+
+/// gate_up with the SwiGLU epilogue (kernels/grouped_gemm.cu): the rowwise GEMM against gate_up weights whose
+/// rows are interleaved (row 2j = gate j, 2j + 1 = up j, [`crate::weight_prep::quantize_gate_up_interleaved`]),
+/// rounded to bf16 as the plain GEMM's output is, de-interleaved to [g | u], then
+/// [`crate::swiglu::swiglu_quant`] in bf16: `(q [M, N/2], scales [M])`, the down projection's FP8 input. The same
+/// recipe as the unfused GEMM (plain weights) + SwiGLU + rowwise quantization.
+pub fn grouped_gemm_swiglu_rowwise(
+    a_q: ArrayView2<u8>,
+    a_scale: ArrayView1<f32>,
+    b_q_interleaved: ArrayView3<u8>,
+    b_scale_interleaved: ArrayView2<f32>,
+    offsets: &[u32],
+) -> Result<(Array2<u8>, Array1<f32>), String> {
+    let n = b_q_interleaved.dim().1;
+    if n % 2 != 0 {
+        return Err(format!("grouped_gemm: SwiGLU needs an even N (gate and up interleaved), got {n}"));
+    }
+    let d = grouped_gemm_rowwise(a_q, a_scale, b_q_interleaved, b_scale_interleaved, offsets)?;
+    let half = n / 2;
+    let gate_up = Array2::from_shape_fn((d.nrows(), n), |(r, c)| {
+        let col = if c < half { 2 * c } else { 2 * (c - half) + 1 };
+        round_bf16(d[[r, col]])
+    });
+    Ok(swiglu_quant(gate_up.view(), Precision::Bf16))
 }
 
 /// 128 x 128 blockwise-scaled grouped GEMM: `out[m, n] = sum_j (sum_{k in group j} a[m, k] b[e, n, k]) *
@@ -238,6 +265,35 @@ mod tests {
         let bad_s = Array2::<f32>::ones((4, 2));
         let err = grouped_gemm_blockwise(a.view(), bad_s.view(), b.view(), Array3::ones((2, 1, 1)).view(), &[0, 2, 4]);
         assert!(err.unwrap_err().contains("a_scale"));
+    }
+
+    #[test]
+    fn swiglu_epilogue_is_gemm_then_swiglu_quant_on_plain_weights() {
+        let (e, n, k) = (2, 6, 24);
+        let offsets = [0u32, 3, 5];
+        let (a_q, a_s) = quantize_rowwise(wave((5, k), 0.7).view());
+        let (mut b_q, mut b_s) = (Array3::zeros((e, n, k)), Array2::zeros((e, n)));
+        let (mut bi_q, mut bi_s) = (Array3::zeros((e, n, k)), Array2::zeros((e, n)));
+        for g in 0..e {
+            let (q, sc) = quantize_rowwise(wave((n, k), 2.0 + g as f32).view());
+            for r in 0..n {
+                let to = crate::weight_prep::gate_up_interleaved_row(r, n);
+                b_q.index_axis_mut(Axis(0), g).row_mut(r).assign(&q.row(r));
+                bi_q.index_axis_mut(Axis(0), g).row_mut(to).assign(&q.row(r));
+                b_s[[g, r]] = sc[r];
+                bi_s[[g, to]] = sc[r];
+            }
+        }
+        let (q, s) = grouped_gemm_swiglu_rowwise(a_q.view(), a_s.view(), bi_q.view(), bi_s.view(), &offsets).unwrap();
+        let d = grouped_gemm_rowwise(a_q.view(), a_s.view(), b_q.view(), b_s.view(), &offsets).unwrap();
+        let (want_q, want_s) = swiglu_quant(d.mapv(round_bf16).view(), Precision::Bf16);
+        assert_eq!((q.dim(), s.len()), ((5, n / 2), 5));
+        assert_eq!(q, want_q);
+        assert_eq!(s, want_s);
+        let odd = Array3::<u8>::zeros((e, 5, k));
+        let err =
+            grouped_gemm_swiglu_rowwise(a_q.view(), a_s.view(), odd.view(), Array2::ones((e, 5)).view(), &offsets);
+        assert!(err.unwrap_err().contains("even N"));
     }
 
     #[test]

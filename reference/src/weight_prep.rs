@@ -8,6 +8,36 @@
 use crate::fp8::quantize_rowwise;
 use ndarray::{Array2, Array3, ArrayView3, Axis};
 
+/// Where output row `n` of a gate_up weight with `cols` output rows (gate = the first half, up = the second)
+/// goes when gate and up rows are interleaved for the grouped GEMM's SwiGLU epilogue: gate j to row 2j, up j
+/// to row 2j + 1.
+pub fn gate_up_interleaved_row(n: usize, cols: usize) -> usize {
+    let half = cols / 2;
+    if n < half {
+        2 * n
+    } else {
+        2 * (n - half) + 1
+    }
+}
+
+/// [`quantize_expert_weights`] of a gate_up weight w [E, K, N] (N even), output rows interleaved by
+/// [`gate_up_interleaved_row`]: row 2j of expert e is gate column j, row 2j + 1 up column j (scales alike).
+pub fn quantize_gate_up_interleaved(w: ArrayView3<f32>) -> (Array3<u8>, Array2<f32>) {
+    let (e, k, n) = w.dim();
+    assert!(n % 2 == 0, "weight_prep: gate_up interleaving needs an even N (got {n})");
+    let (q, s) = quantize_expert_weights(w);
+    let mut qi = Array3::zeros((e, n, k));
+    let mut si = Array2::zeros((e, n));
+    for g in 0..e {
+        for r in 0..n {
+            let to = gate_up_interleaved_row(r, n);
+            qi.index_axis_mut(Axis(0), g).row_mut(to).assign(&q.index_axis(Axis(0), g).row(r));
+            si[[g, to]] = s[[g, r]];
+        }
+    }
+    (qi, si)
+}
+
 /// Returns (q [E, N, K], scales [E, N]) for w [E, K, N].
 pub fn quantize_expert_weights(w: ArrayView3<f32>) -> (Array3<u8>, Array2<f32>) {
     let (e, k, n) = w.dim();
@@ -50,6 +80,21 @@ mod tests {
         let d =
             dequantize_rowwise(q.index_axis(Axis(0), 1).slice(ndarray::s![1.., ..]), s.row(1).slice(ndarray::s![1..]));
         assert_eq!(d, array![[1.0f32, -0.5], [-1.0, 0.25]]);
+    }
+
+    #[test]
+    fn interleaving_pairs_each_gate_row_with_its_up_row() {
+        // Two experts, K = 2, N = 4: gate columns 0, 1 and up columns 2, 3.
+        let w = Array3::from_shape_fn((2, 2, 4), |(g, k, n)| (1 + g * 100 + k * 10 + n) as f32);
+        let (q, s) = quantize_expert_weights(w.view());
+        let (qi, si) = quantize_gate_up_interleaved(w.view());
+        for (from, to) in [(0, 0), (2, 1), (1, 2), (3, 3)] {
+            assert_eq!(gate_up_interleaved_row(from, 4), to);
+            for g in 0..2 {
+                assert_eq!(qi.index_axis(Axis(0), g).row(to), q.index_axis(Axis(0), g).row(from));
+                assert_eq!(si[[g, to]], s[[g, from]]);
+            }
+        }
     }
 
     #[test]

@@ -10,17 +10,17 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 /// One grouped problem on the host: rows of expert e start at `starts[e]`, `m[e]` of them are real.
-struct Problem {
-    experts: usize,
-    n: usize,
-    k: usize,
-    m: Vec<usize>,
-    starts: Vec<usize>,
-    rows: usize,
-    a: Vec<u8>,
-    sa: Vec<f32>,
-    b: Vec<u8>,
-    sb: Vec<f32>,
+pub struct Problem {
+    pub experts: usize,
+    pub n: usize,
+    pub k: usize,
+    pub m: Vec<usize>,
+    pub starts: Vec<usize>,
+    pub rows: usize,
+    pub a: Vec<u8>,
+    pub sa: Vec<f32>,
+    pub b: Vec<u8>,
+    pub sb: Vec<f32>,
 }
 
 /// FP8 values of a roughly normal spread (as quantized activations and weights are), never NaN.
@@ -29,7 +29,7 @@ fn fp8_values(r: &mut StdRng, n: usize) -> Vec<u8> {
 }
 
 /// `pad`: extra unused rows after each expert's real rows (a padded permute layout).
-fn problem(r: &mut StdRng, experts: usize, n: usize, k: usize, m: Vec<usize>, pad: usize) -> Problem {
+pub fn problem(r: &mut StdRng, experts: usize, n: usize, k: usize, m: Vec<usize>, pad: usize) -> Problem {
     let mut starts = vec![0];
     for &me in &m {
         starts.push(starts.last().unwrap() + me + if me > 0 { pad } else { 0 });

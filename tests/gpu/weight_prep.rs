@@ -1,7 +1,7 @@
 use crate::common::*;
 use llama4_kernels::grouped_gemm::{grouped_gemm_fp8, workspace_size, GroupedGemm, Schedule};
 use llama4_kernels::quant::quant_fp8;
-use llama4_kernels::weight_prep::{quantize_expert_weights, uses_strip_kernel};
+use llama4_kernels::weight_prep::{quantize_expert_weights, quantize_gate_up_interleaved, uses_strip_kernel};
 use llama4_kernels::{bf16, Error, Tensor, TensorMut};
 use llama4_reference::check::{assert_close, TOL_FP8_GEMM};
 use llama4_reference::grouped_gemm::grouped_gemm_rowwise;
@@ -56,6 +56,49 @@ proptest! {
         let (q, s) = device_prep(&w, e, k, n);
         assert_exact(&format!("weight_prep e={e} k={k} n={n} strip={}", uses_strip_kernel(k, n)), &w, e, k, n, &q, &s);
     }
+}
+
+proptest! {
+    #![proptest_config(cases(16))]
+
+    /// Interleaved gate/up rows (the SwiGLU epilogue's layout): the reference's bytes and scales, both kernels.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gate_up_interleaving_is_bit_exact(e in 1usize..4, k in dim(), half in dim(), seed: u64) {
+        let n = 2 * half;
+        let mut r = rng(seed);
+        let w = rand_bf16(&mut r, e * k * n, 0.5);
+        let dw = upload_bf16(&w);
+        let (mut dq, mut ds) = (poison_e4m3(e * n * k), poison_f32(e * n));
+        quantize_gate_up_interleaved(
+            stream(),
+            &Tensor::of(&dw, [e, k, n]).unwrap(),
+            &mut TensorMut::of(&mut dq, [e, n, k]).unwrap(),
+            &mut TensorMut::of(&mut ds, [e, n]).unwrap(),
+        )
+        .unwrap();
+        let (wq, ws) = weight_prep::quantize_gate_up_interleaved(Array3::from_shape_vec((e, k, n), w).unwrap().view());
+        let q: Vec<u8> = download(&dq).into_iter().map(|b| b.0).collect();
+        let s = download(&ds);
+        prop_assert!(s.iter().zip(ws.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "scales e={} k={} n={}", e, k, n);
+        let first = q.iter().zip(wq.iter()).position(|(a, b)| a != b);
+        prop_assert!(first.is_none(), "byte {:?} differs (e={} k={} n={} strip={})", first, e, k, n, uses_strip_kernel(k, n));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gate_up_interleaving_needs_an_even_n() {
+    let dw = upload_bf16(&[1.0; 16 * 7]);
+    let (mut dq, mut ds) = (poison_e4m3(16 * 7), poison_f32(7));
+    let e = quantize_gate_up_interleaved(
+        stream(),
+        &Tensor::of(&dw, [1, 16, 7]).unwrap(),
+        &mut TensorMut::of(&mut dq, [1, 7, 16]).unwrap(),
+        &mut TensorMut::of(&mut ds, [1, 7]).unwrap(),
+    )
+    .unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("even n")), "{e}");
 }
 
 #[test]
