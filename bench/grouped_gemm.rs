@@ -2,13 +2,21 @@
 //! experts: Scout (E = 16) and Maverick (E = 128). gate_up: [T, 5120] x [E, 16384, 5120]; down: [T, 8192] x
 //! [E, 5120, 8192]. FLOPs = 2 T N K; bytes = the weights of every expert with rows + A + D. PyTorch's
 //! _scaled_grouped_mm runs in bench/peers.
+//!
+//! Scout (E = 16) also times the 128x128 blockwise-scaled variant (`blockwise_*`) and, as a peer of `auto`, a
+//! loop of cuBLASLt FP8 GEMMs, one per expert (`cublaslt_per_expert`, bench/peers/cublaslt.rs).
 mod common;
+#[path = "peers/cublaslt.rs"]
+mod cublaslt;
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
-use llama4_kernels::grouped_gemm::{grouped_gemm_fp8, workspace_size, GroupedGemm, Schedule};
+use llama4_kernels::grouped_gemm::{
+    grouped_gemm_fp8, grouped_gemm_fp8_blockwise, workspace_size, GroupedGemm, GroupedGemmBlockwise, Schedule,
+};
 use llama4_kernels::{Tensor, TensorMut, E4M3};
 
 fn bench(c: &mut Criterion) {
+    cublaslt::require();
     for (experts, (proj, n, k)) in [16usize, 128]
         .into_iter()
         .flat_map(|e| [("gate_up", 16384usize, 5120usize), ("down", 5120, 8192)].map(move |p| (e, p)))
@@ -47,6 +55,58 @@ fn bench(c: &mut Criterion) {
                     )
                     .unwrap()
                 });
+            }
+            if experts == 16 {
+                let shape = format!("{proj}_T{t}_E{experts}");
+                let (dsa, dsb) = (rand_scales(1, 10), rand_scales(1, 11));
+                match cublaslt::PerExpert::new(n, k, t / experts) {
+                    Ok(mut per_expert) => run_peer_case(
+                        c,
+                        "grouped_gemm",
+                        "auto",
+                        "cublaslt_per_expert",
+                        "cuBLASLt FP8 per expert (per-tensor scales)",
+                        &shape,
+                        t,
+                        bytes,
+                        flops,
+                        |_| per_expert.run(&a, &weights, &dsa, &dsb, &mut d, experts),
+                    ),
+                    Err(e) => eprintln!("grouped_gemm/cublaslt_per_expert/{shape}: FAILED: {e}"),
+                }
+                // The blockwise variant: 1x128 activation scales, 128x128 weight scales.
+                let (kb, nb) = (k / 128, n / 128);
+                let scale_a = rand_scales(t * kb, 12);
+                let scale_b = rand_scales(experts * nb * kb, 13);
+                for (name, schedule) in [
+                    ("blockwise_auto", Schedule::Auto),
+                    ("blockwise_prefill", Schedule::Prefill),
+                    ("blockwise_decode", Schedule::Decode),
+                ] {
+                    let (ta, tsa) = (Tensor::of(&a, [t, k]).unwrap(), Tensor::of(&scale_a, [t, kb]).unwrap());
+                    let tb = Tensor::of(&weights, [experts, n, k]).unwrap();
+                    let tsb = Tensor::of(&scale_b, [experts, nb, kb]).unwrap();
+                    let to = Tensor::of(&offs, [experts + 1]).unwrap();
+                    let g = GroupedGemmBlockwise {
+                        a: &ta,
+                        scale_a: &tsa,
+                        b: &tb,
+                        scale_b: &tsb,
+                        offsets: &to,
+                        counts: None,
+                    };
+                    run_gemm_case(c, "grouped_gemm", name, &shape, t, bytes, flops, |_| {
+                        grouped_gemm_fp8_blockwise(
+                            stream(),
+                            &g,
+                            &mut TensorMut::of(&mut d, [t, n]).unwrap(),
+                            &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
+                            None,
+                            schedule,
+                        )
+                        .unwrap()
+                    });
+                }
             }
         }
     }
