@@ -9,7 +9,8 @@
 //!
 //! libcublasLt is loaded at run time (cudarc's dynamic loading). It is not part of the CUDA toolchain this
 //! project builds with; on the GPU machine PyTorch's wheels carry it and scripts/gpu-run.sh puts its directory
-//! on LD_LIBRARY_PATH. Without it the bench fails, loudly: a missing peer must not look like a skipped one.
+//! on LD_LIBRARY_PATH. Without it (or when a shape has no algorithm) the bench says so on stderr, times the
+//! rest, and exits non-zero at the end: a missing peer must not look like a skipped one.
 use cudarc::cublaslt::{result, sys};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use llama4_kernels::{bf16, E4M3};
@@ -18,23 +19,25 @@ use std::sync::OnceLock;
 
 const WORKSPACE: usize = 32 << 20;
 
-/// Loads cuBLASLt and makes the handle, or panics saying why (call it before timing anything).
-pub fn require() {
-    handle();
+/// Whether cuBLASLt loaded: Err says why not (the library is missing from LD_LIBRARY_PATH).
+pub fn available() -> Result<(), String> {
+    // SAFETY: only probes whether the library can be opened.
+    if unsafe { sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(format!(
+            "libcublasLt.so could not be loaded (LD_LIBRARY_PATH = {:?}); put the directory holding \
+             libcublasLt.so.* on LD_LIBRARY_PATH (scripts/gpu-run.sh finds PyTorch's copy)",
+            std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
+        ))
+    }
 }
 
-/// The process's cuBLASLt handle (a raw pointer, kept as an address) and its workspace.
+/// The process's cuBLASLt handle (a raw pointer, kept as an address) and its workspace. Call [`available`]
+/// first.
 fn handle() -> (sys::cublasLtHandle_t, u64) {
     static H: OnceLock<(usize, CudaSlice<u8>)> = OnceLock::new();
     let (h, ws) = H.get_or_init(|| {
-        // SAFETY: only probes whether the library can be opened.
-        if !unsafe { sys::is_culib_present() } {
-            panic!(
-                "cuBLASLt peer: libcublasLt.so could not be loaded (LD_LIBRARY_PATH = {:?}); put the directory \
-                 holding libcublasLt.so.* on LD_LIBRARY_PATH (scripts/gpu-run.sh finds PyTorch's copy)",
-                std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
-            );
-        }
         super::gpu().context().bind_to_thread().unwrap();
         let h = result::create_handle().expect("cublasLtCreate");
         (h as usize, super::zeros::<u8>(WORKSPACE))
@@ -110,8 +113,24 @@ impl PerExpert {
         Ok(per_expert)
     }
 
+    /// One untimed pass, synchronized: Err if cuBLASLt refuses or fails (then the case is not timed, which
+    /// would otherwise break the graph capture).
+    pub fn check(
+        &mut self,
+        a: &CudaSlice<E4M3>,
+        w: &CudaSlice<E4M3>,
+        sa: &CudaSlice<f32>,
+        sb: &CudaSlice<f32>,
+        d: &mut CudaSlice<bf16>,
+        experts: usize,
+    ) -> Result<(), String> {
+        self.try_run(a, w, sa, sb, d, experts)?;
+        super::stream().synchronize().map_err(|e| format!("after the cuBLASLt loop: {e}"))
+    }
+
     /// One cuBLASLt GEMM per expert over the evenly spread rows of `a` [experts * m, k] and `w` [experts, n, k]
-    /// into `d` [experts * m, n] bf16; `sa`, `sb` hold one f32 scale each.
+    /// into `d` [experts * m, n] bf16; `sa`, `sb` hold one f32 scale each. Panics on an error ([`Self::check`]
+    /// first).
     pub fn run(
         &mut self,
         a: &CudaSlice<E4M3>,
@@ -121,6 +140,18 @@ impl PerExpert {
         d: &mut CudaSlice<bf16>,
         experts: usize,
     ) {
+        self.try_run(a, w, sa, sb, d, experts).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_run(
+        &mut self,
+        a: &CudaSlice<E4M3>,
+        w: &CudaSlice<E4M3>,
+        sa: &CudaSlice<f32>,
+        sb: &CudaSlice<f32>,
+        d: &mut CudaSlice<bf16>,
+        experts: usize,
+    ) -> Result<(), String> {
         let s = super::stream();
         let (h, ws) = handle();
         let (pa, _ga) = a.device_ptr(s);
@@ -161,8 +192,9 @@ impl PerExpert {
                     s.cu_stream() as sys::cudaStream_t,
                 )
             }
-            .unwrap_or_else(|err| panic!("cublasLtMatmul expert {e}: {err}"));
+            .map_err(|err| format!("cublasLtMatmul expert {e}: {err}"))?;
         }
+        Ok(())
     }
 }
 
