@@ -133,14 +133,49 @@ pub fn run_gemm_case(
     tokens: usize,
     bytes: usize,
     flops: usize,
+    launch: impl FnMut(usize),
+) {
+    measure(c, family, variant, variant, None, shape, tokens, bytes, flops, launch)
+}
+
+/// A peer timed in this process (a vendor library called through cudarc), recorded as a peer of our
+/// `variant` (bench/report.py pairs it with ours like the PyTorch peers); criterion names it
+/// `<family>/<label>/<shape>`.
+#[allow(clippy::too_many_arguments)]
+pub fn run_peer_case(
+    c: &mut Criterion,
+    family: &str,
+    variant: &str,
+    label: &str,
+    peer: &str,
+    shape: &str,
+    tokens: usize,
+    bytes: usize,
+    flops: usize,
+    launch: impl FnMut(usize),
+) {
+    measure(c, family, label, variant, Some(peer), shape, tokens, bytes, flops, launch)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    c: &mut Criterion,
+    family: &str,
+    label: &str,
+    variant: &str,
+    peer: Option<&str>,
+    shape: &str,
+    tokens: usize,
+    bytes: usize,
+    flops: usize,
     mut launch: impl FnMut(usize),
 ) {
-    if !selected(&format!("{family}/{variant}/{shape}")) {
+    if !selected(&format!("{family}/{label}/{shape}")) {
         return;
     }
     let ceiling = copy_ceiling_gbps();
     let reps = if bytes > (64 << 20) { 4 } else { 64 };
-    let mut group = c.benchmark_group(format!("{family}/{variant}"));
+    let mut group = c.benchmark_group(format!("{family}/{label}"));
     group.throughput(Throughput::Bytes(bytes as u64));
     group.bench_function(BenchmarkId::from_parameter(shape), |b| {
         b.iter_custom(|iters| {
@@ -152,11 +187,11 @@ pub fn run_gemm_case(
     let us = time_per_call(reps, 30, &mut launch);
     let gbps = bytes as f64 / (us * 1e3);
     println!(
-        "{family}/{variant}/{shape}: {us:.2} us, {gbps:.0} GB/s = {:.0}% of the {ceiling:.0} GB/s copy ceiling{}",
+        "{family}/{label}/{shape}: {us:.2} us, {gbps:.0} GB/s = {:.0}% of the {ceiling:.0} GB/s copy ceiling{}",
         100.0 * gbps / ceiling,
         if flops > 0 { format!(", {:.0} TFLOP/s", flops as f64 / (us * 1e6)) } else { String::new() }
     );
-    record_flops(family, variant, shape, bytes, flops, us, tokens);
+    write_record(family, variant, peer, shape, bytes, flops, us, tokens);
 }
 
 /// L4K_BENCH_ONLY=<substring>[,<substring>...]: only cases whose family/variant/shape contains one of them run
@@ -169,15 +204,30 @@ fn selected(case: &str) -> bool {
 }
 
 fn record(family: &str, variant: &str, shape: &str, bytes: usize, us: f64, tokens: usize) {
-    record_flops(family, variant, shape, bytes, 0, us, tokens)
+    write_record(family, variant, None, shape, bytes, 0, us, tokens)
 }
 
-fn record_flops(family: &str, variant: &str, shape: &str, bytes: usize, flops: usize, us: f64, tokens: usize) {
+/// One JSON line; a `peer` record carries the peer's name (bench/report.py lists it with the peers).
+#[allow(clippy::too_many_arguments)]
+fn write_record(
+    family: &str,
+    variant: &str,
+    peer: Option<&str>,
+    shape: &str,
+    bytes: usize,
+    flops: usize,
+    us: f64,
+    tokens: usize,
+) {
     let Some(path) = std::env::var_os("L4K_BENCH_JSON") else { return };
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "source": "llama4-kernels", "family": family, "variant": variant, "shape": shape, "tokens": tokens,
         "bytes": bytes, "flops": flops, "us": us, "device": gpu().describe(),
     });
+    if let Some(peer) = peer {
+        line["source"] = "cudarc".into();
+        line["peer"] = peer.into();
+    }
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
     writeln!(f, "{line}").unwrap();
 }

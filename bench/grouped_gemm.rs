@@ -8,14 +8,32 @@
 //! (grouped_gemm_swiglu_fp8) against the GEMM into bf16 [T, 16384] + swiglu_fp8, same accumulation (`_fast`:
 //! both with fast accumulation; the unfused plain one uses Auto, the decode schedule at T = 512). Bytes: weights
 //! + A + q + scales; FLOPs of the GEMM.
+//!
+//! Scout (E = 16) also times the 128x128 blockwise-scaled variant (`blockwise_*`) and, as a peer of `auto`, a
+//! loop of cuBLASLt FP8 GEMMs, one per expert (`cublaslt_per_expert`, bench/peers/cublaslt.rs).
 mod common;
+#[path = "peers/cublaslt.rs"]
+mod cublaslt;
 use common::*;
-use criterion::{criterion_group, criterion_main, Criterion};
-use llama4_kernels::grouped_gemm::{grouped_gemm_fp8, grouped_gemm_swiglu_fp8, workspace_size, GroupedGemm, Schedule};
+use criterion::{criterion_group, Criterion};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set when the cuBLASLt peer could not be timed somewhere: the bench then exits non-zero after the rest.
+static PEER_FAILED: AtomicBool = AtomicBool::new(false);
+
+fn peer_failed(what: &str) {
+    eprintln!("grouped_gemm: cuBLASLt peer FAILED: {what}");
+    PEER_FAILED.store(true, Ordering::Relaxed);
+}
+use llama4_kernels::grouped_gemm::{
+    grouped_gemm_fp8, grouped_gemm_fp8_blockwise, grouped_gemm_swiglu_fp8, workspace_size, GroupedGemm,
+    GroupedGemmBlockwise, Schedule,
+};
 use llama4_kernels::swiglu::swiglu_fp8;
 use llama4_kernels::{Tensor, TensorMut, E4M3};
 
 fn bench(c: &mut Criterion) {
+    let cublaslt = cublaslt::available().map_err(|e| peer_failed(&e)).is_ok();
     for (experts, (proj, n, k)) in [16usize, 128]
         .into_iter()
         .flat_map(|e| [("gate_up", 16384usize, 5120usize), ("down", 5120, 8192)].map(move |p| (e, p)))
@@ -54,6 +72,62 @@ fn bench(c: &mut Criterion) {
                     )
                     .unwrap()
                 });
+            }
+            if experts == 16 {
+                let shape = format!("{proj}_T{t}_E{experts}");
+                let (dsa, dsb) = (rand_scales(1, 10), rand_scales(1, 11));
+                let per_expert = if cublaslt { Some(cublaslt::PerExpert::new(n, k, t / experts)) } else { None };
+                match per_expert
+                    .map(|p| p.and_then(|mut p| p.check(&a, &weights, &dsa, &dsb, &mut d, experts).map(|_| p)))
+                {
+                    None => {}
+                    Some(Ok(mut per_expert)) => run_peer_case(
+                        c,
+                        "grouped_gemm",
+                        "auto",
+                        "cublaslt_per_expert",
+                        "cuBLASLt FP8 per expert (per-tensor scales)",
+                        &shape,
+                        t,
+                        bytes,
+                        flops,
+                        |_| per_expert.run(&a, &weights, &dsa, &dsb, &mut d, experts),
+                    ),
+                    Some(Err(e)) => peer_failed(&format!("{shape}: {e}")),
+                }
+                // The blockwise variant: 1x128 activation scales, 128x128 weight scales.
+                let (kb, nb) = (k / 128, n / 128);
+                let scale_a = rand_scales(t * kb, 12);
+                let scale_b = rand_scales(experts * nb * kb, 13);
+                for (name, schedule) in [
+                    ("blockwise_auto", Schedule::Auto),
+                    ("blockwise_prefill", Schedule::Prefill),
+                    ("blockwise_decode", Schedule::Decode),
+                ] {
+                    let (ta, tsa) = (Tensor::of(&a, [t, k]).unwrap(), Tensor::of(&scale_a, [t, kb]).unwrap());
+                    let tb = Tensor::of(&weights, [experts, n, k]).unwrap();
+                    let tsb = Tensor::of(&scale_b, [experts, nb, kb]).unwrap();
+                    let to = Tensor::of(&offs, [experts + 1]).unwrap();
+                    let g = GroupedGemmBlockwise {
+                        a: &ta,
+                        scale_a: &tsa,
+                        b: &tb,
+                        scale_b: &tsb,
+                        offsets: &to,
+                        counts: None,
+                    };
+                    run_gemm_case(c, "grouped_gemm", name, &shape, t, bytes, flops, |_| {
+                        grouped_gemm_fp8_blockwise(
+                            stream(),
+                            &g,
+                            &mut TensorMut::of(&mut d, [t, n]).unwrap(),
+                            &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
+                            None,
+                            schedule,
+                        )
+                        .unwrap()
+                    });
+                }
             }
         }
     }
@@ -147,4 +221,12 @@ fn rand_scales(n: usize, seed: u64) -> cudarc::driver::CudaSlice<f32> {
 }
 
 criterion_group! { name = benches; config = criterion(); targets = bench_swiglu, bench }
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if PEER_FAILED.load(Ordering::Relaxed) {
+        eprintln!("grouped_gemm: the cuBLASLt peer failed (see above); every other case ran");
+        std::process::exit(1);
+    }
+}

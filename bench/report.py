@@ -15,6 +15,9 @@ def load(path):
 
 ours = load(sys.argv[1])
 peers = load(sys.argv[2]) if len(sys.argv) > 2 else []
+# Peers timed inside our bench binaries (vendor libraries through cudarc) carry a "peer" name.
+peers += [r for r in ours if "peer" in r]
+ours = [r for r in ours if "peer" not in r]
 copy = [r for r in ours + peers if r["family"] == "copy"]
 ceiling = max((r["bytes"] / r["us"] / 1e3 for r in copy), default=float("nan"))
 device = ours[0]["device"] if ours else "?"

@@ -195,6 +195,18 @@ l4k_status l4k_grouped_gemm_fp8(const void* a, const float* scale_a, const void*
                                 int64_t k, int32_t experts, int32_t schedule, void* workspace,
                                 size_t workspace_bytes, uint32_t* bad_offsets, l4k_stream_t stream);
 
+/* ---- grouped_gemm, 128x128 blockwise scales (DeepSeek-V3 style checkpoints) ------------------------------
+ * d[r, c] = bf16(sum_j (a[r, J_j] . b[e, c, J_j]) * scale_a[r, j] * scale_b[e, c / 128, j]) over the K groups
+ * J_j = [128 j, 128 (j + 1)), for the rows r of each expert e (offsets, counts, d, bad_offsets, workspace and
+ * alignment as l4k_grouped_gemm_fp8; the same workspace size). scale_a: [rows, k / 128] f32 (one scale per
+ * row and K group: a 1x128 activation quantizer's output); scale_b: [experts, n / 128, k / 128] f32 (one per
+ * 128x128 weight block). n and k must be multiples of 128. schedule: 0 auto (as l4k_grouped_gemm_fp8),
+ * 1 prefill, 2 decode; 3 (fast accumulation) is L4K_ERROR_UNSUPPORTED here. */
+l4k_status l4k_grouped_gemm_fp8_blockwise(const void* a, const float* scale_a, const void* b, const float* scale_b,
+                                          const int32_t* offsets, const int32_t* counts, void* d, int64_t rows,
+                                          int64_t n, int64_t k, int32_t experts, int32_t schedule, void* workspace,
+                                          size_t workspace_bytes, uint32_t* bad_offsets, l4k_stream_t stream);
+
 /* ---- attention_decode: decode attention over the paged KV cache ------------------------------------------
  * Sequence b (of batch) has seq_lens_k[b] keys in the cache (its new tokens included) and queries rows
  * cu_seqlens_q[b] .. cu_seqlens_q[b + 1] of q: the LAST q_len(b) positions of the sequence (1 in plain decode,

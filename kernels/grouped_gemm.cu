@@ -92,6 +92,7 @@ template <bool Swap, class Tile, class Cluster, class KernelSchedule, class Epil
 struct Config {
   static constexpr bool kSwap = Swap;
   static_assert(!(Swap && Out == Output::kSwigluBytes), "swapped tiles put gate/up pairs in different threads");
+  static constexpr bool kBlockwise = false;  // rowwise scales, applied in the epilogue
   using ElementA = Fp8;
   using ElementB = Fp8;
   using ElementD = cute::conditional_t<Out == Output::kSwigluBytes, uint8_t, Bf16>;
@@ -205,8 +206,16 @@ __global__ void setup_kernel(const L4kGroupedGemmParams p, Descriptors<C> g) {
     if (start < 0 || end < start || end > p.rows || m < 0 || m > end - start) bad = 1;
     const Fp8* rows_a = static_cast<const Fp8*>(p.a) + start * p.k;
     const Fp8* weights = static_cast<const Fp8*>(p.b) + static_cast<int64_t>(e) * p.n * p.k;
-    const float* sa = p.scale_a + start;
-    const float* sb = p.scale_b + static_cast<int64_t>(e) * p.n;
+    const float *sa, *sb;
+    if constexpr (C::kBlockwise) {
+      // [rows, k / 128] and [experts, n / 128, k / 128] (the launcher checks that 128 divides n and k).
+      const int64_t k_groups = p.k / 128;
+      sa = p.scale_a + start * k_groups;
+      sb = p.scale_b + static_cast<int64_t>(e) * (p.n / 128) * k_groups;
+    } else {
+      sa = p.scale_a + start;
+      sb = p.scale_b + static_cast<int64_t>(e) * p.n;
+    }
     g.ptr_d[e] = static_cast<typename C::ElementD*>(p.d) + start * p.n;
     // Every operand is packed with k (A, B) or n (D) as its leading dimension, in both orientations.
     g.stride_a[e] = packed<typename C::StrideA>(p.k);
@@ -241,18 +250,28 @@ typename C::Gemm::Arguments arguments(const L4kGroupedGemmParams& p, const Descr
   cutlass::KernelHardwareInfo hw;
   cudaGetDevice(&hw.device_id);
   hw.sm_count = sms;
-  typename C::Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGrouped,
-                                   {p.experts, g.shapes, nullptr},  // shapes live on the device only
-                                   {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b},
-                                   {{}, nullptr, nullptr, g.ptr_d, g.stride_d},
-                                   hw};
-  const typename C::Scaled::Arguments scaled{{g.scale_m, 0.f, {}}, {{}, {g.scale_n, 0.f, {}}, {}}, {}};
-  if constexpr (std::is_same_v<typename C::Fusion, typename C::Scaled>) {
-    args.epilogue.thread = scaled;
+  if constexpr (C::kBlockwise) {
+    // Scales are applied in the main loop (per K group), the epilogue only converts. The per-group scale
+    // layouts are derived from each group's shape on the device, so no layout arrays are passed.
+    return {cutlass::gemm::GemmUniversalMode::kGrouped,
+            {p.experts, g.shapes, nullptr},
+            {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b, g.scale_m, nullptr, g.scale_n, nullptr},
+            {{}, nullptr, nullptr, g.ptr_d, g.stride_d},
+            hw};
   } else {
-    args.epilogue.thread = {scaled, {}};
+    typename C::Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGrouped,
+                                     {p.experts, g.shapes, nullptr},  // shapes live on the device only
+                                     {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b},
+                                     {{}, nullptr, nullptr, g.ptr_d, g.stride_d},
+                                     hw};
+    const typename C::Scaled::Arguments scaled{{g.scale_m, 0.f, {}}, {{}, {g.scale_n, 0.f, {}}, {}}, {}};
+    if constexpr (std::is_same_v<typename C::Fusion, typename C::Scaled>) {
+      args.epilogue.thread = scaled;
+    } else {
+      args.epilogue.thread = {scaled, {}};
+    }
+    return args;
   }
-  return args;
 }
 
 template <class C>

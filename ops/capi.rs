@@ -548,6 +548,50 @@ pub extern "C" fn l4k_grouped_gemm_fp8(
     })
 }
 
+/// The blockwise-scaled grouped GEMM (include/llama4_kernels.h): scale_a [rows, k / 128], scale_b
+/// [experts, n / 128, k / 128]; schedule 0 auto, 1 prefill, 2 decode. Workspace: l4k_grouped_gemm_workspace_size.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_grouped_gemm_fp8_blockwise(
+    a: *const c_void,
+    scale_a: *const f32,
+    b: *const c_void,
+    scale_b: *const f32,
+    offsets: *const i32,
+    counts: *const i32,
+    d: *mut c_void,
+    rows: i64,
+    n: i64,
+    k: i64,
+    experts: i32,
+    schedule: i32,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    bad_offsets: *mut u32,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let p = GroupedGemmParams {
+            a,
+            scale_a,
+            b,
+            scale_b,
+            offsets,
+            counts,
+            d,
+            bad_offsets,
+            workspace,
+            workspace_bytes: i64::try_from(workspace_bytes).unwrap_or(i64::MAX),
+            rows,
+            n,
+            k,
+            experts,
+            schedule,
+        };
+        grouped_gemm::launch_blockwise(&p, stream)
+    })
+}
+
 /// Workspace bytes of `l4k_attention_decode` on the current device, written to `*bytes`.
 ///
 /// # Safety

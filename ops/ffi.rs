@@ -210,6 +210,8 @@ extern "C" {
     pub fn l4k_launch_grouped_gemm(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_grouped_gemm_swiglu(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
     pub fn l4k_internal_grouped_gemm_workspace_size(experts: i32) -> usize;
+    pub fn l4k_launch_grouped_gemm_blockwise(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
+    pub fn l4k_internal_grouped_gemm_blockwise_workspace_size(experts: i32) -> usize;
     pub fn l4k_launch_rmsnorm(p: *const RmsnormParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_rope(p: *const RopeParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_swiglu(p: *const SwigluParams, stream: CUstream) -> c_int;

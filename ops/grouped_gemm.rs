@@ -8,8 +8,13 @@
 //! device: the per-expert problem descriptors are built there, so nothing synchronizes and the call can be
 //! captured in a CUDA graph. Inconsistent offsets cannot be seen from the host without a sync: the kernel then
 //! computes nothing and raises the optional `bad_offsets` flag.
+//!
+//! [`grouped_gemm_fp8_blockwise`] is the DeepSeek-V3 style variant over the same layout: 1 x 128 activation
+//! scales [rows, k / 128] and 128 x 128 weight scales [experts, n / 128, k / 128], applied per K group in the
+//! main loop (kernels/grouped_gemm_blockwise.cu; reference:
+//! llama4_reference::grouped_gemm::grouped_gemm_blockwise). n and k must be multiples of 128.
 
-use crate::error::{ensure, Result};
+use crate::error::{ensure, Error, Result};
 use crate::ffi::{self, check_ptr, launched, GroupedGemmParams, QuantParams};
 use crate::tensor::{bf16, same_device, Tensor, TensorMut, E4M3};
 use cudarc::driver::sys::CUstream;
@@ -47,11 +52,18 @@ impl Schedule {
     }
 }
 
-/// Device workspace bytes for `experts` groups on the current device (descriptors + CUTLASS's own).
+/// Device workspace bytes for `experts` groups on the current device (descriptors + CUTLASS's own), enough for
+/// every schedule of both [`grouped_gemm_fp8`] and [`grouped_gemm_fp8_blockwise`].
 pub fn workspace_size(experts: usize) -> Result<usize> {
     ensure!((1..=MAX_EXPERTS).contains(&experts), "{OP}: experts must be in 1..={MAX_EXPERTS} (got {experts})");
-    // SAFETY: a pure query of the current device's SM count and CUTLASS's sizing.
-    Ok(unsafe { ffi::l4k_internal_grouped_gemm_workspace_size(experts as i32) })
+    // SAFETY: pure queries of the current device's SM count and CUTLASS's sizing.
+    let (rowwise, blockwise) = unsafe {
+        (
+            ffi::l4k_internal_grouped_gemm_workspace_size(experts as i32),
+            ffi::l4k_internal_grouped_gemm_blockwise_workspace_size(experts as i32),
+        )
+    };
+    Ok(rowwise.max(blockwise))
 }
 
 /// The setup kernel is one block; more experts than this are beyond any MoE checkpoint.
@@ -76,11 +88,18 @@ pub fn grouped_gemm_fp8(
     bad_offsets: Option<&mut TensorMut<u32, 1>>,
     schedule: Schedule,
 ) -> Result<()> {
-    let ([rows, _], [experts, n, _]) = (g.a.shape(), g.b.shape());
+    let [rows, k] = g.a.shape();
+    let [experts, n, bk] = g.b.shape();
+    ensure!(bk == k, "{OP}: A has k = {k}, B has k = {bk}");
+    ensure!(g.scale_a.shape() == [rows], "{OP}: scale_a {:?} for {rows} rows", g.scale_a.shape());
+    ensure!(g.scale_b.shape() == [experts, n], "{OP}: scale_b {:?}, want [{experts}, {n}]", g.scale_b.shape());
+    check_views(g.offsets, g.counts, experts, &bad_offsets)?;
     ensure!(d.shape() == [rows, n], "{OP}: d {:?}, want [{rows}, {n}]", d.shape());
     same_device(stream, &[d.stream()])?;
     let (pd, _gd) = d.ptr_mut(stream);
-    with_params(stream, g, pd, workspace, bad_offsets, schedule.code(rows, experts), launch)
+    let operands =
+        Operands { a: g.a, scale_a: g.scale_a, b: g.b, scale_b: g.scale_b, offsets: g.offsets, counts: g.counts };
+    bind_and_launch(stream, &operands, pd, workspace, bad_offsets, schedule.code(rows, experts), launch)
 }
 
 /// gate_up with the SwiGLU epilogue, then rowwise FP8: `q` [rows, n/2] E4M3 and `scales` [rows], the down
@@ -123,9 +142,16 @@ pub fn grouped_gemm_swiglu_fp8(
     ensure!(q.shape() == [rows, half], "{OP}: q {:?}, want [{rows}, {half}]", q.shape());
     ensure!(scales.shape() == [rows], "{OP}: scales {:?} for {rows} rows", scales.shape());
     same_device(stream, &[h.stream(), q.stream(), scales.stream()])?;
+    let [experts, _, bk] = g.b.shape();
+    ensure!(bk == g.a.shape()[1], "{OP}: A has k = {}, B has k = {bk}", g.a.shape()[1]);
+    ensure!(g.scale_a.shape() == [rows], "{OP}: scale_a {:?} for {rows} rows", g.scale_a.shape());
+    ensure!(g.scale_b.shape() == [experts, n], "{OP}: scale_b {:?}, want [{experts}, {n}]", g.scale_b.shape());
+    check_views(g.offsets, g.counts, experts, &bad_offsets)?;
     {
         let (ph, _gh) = h.ptr_mut(stream);
-        with_params(stream, g, ph, workspace, bad_offsets, code, launch_swiglu)?;
+        let operands =
+            Operands { a: g.a, scale_a: g.scale_a, b: g.b, scale_b: g.scale_b, offsets: g.offsets, counts: g.counts };
+        bind_and_launch(stream, &operands, ph, workspace, bad_offsets, code, launch_swiglu)?;
     }
     let (ph, _gh) = h.ptr_mut(stream);
     let (pq, _gq) = q.ptr_mut(stream);
@@ -134,28 +160,123 @@ pub fn grouped_gemm_swiglu_fp8(
     crate::quant::launch_quant(&p, stream.cu_stream())
 }
 
-/// Checks the operands of `g`, binds them and the output pointer `d` into launch parameters, and launches.
-fn with_params(
+/// The blockwise-scaled operands: `scale_a` [rows, k / 128] (one scale per row and 128-wide K group),
+/// `scale_b` [experts, n / 128, k / 128] (one per 128 x 128 weight block). The rest as [`GroupedGemm`].
+pub struct GroupedGemmBlockwise<'a, 'b> {
+    pub a: &'b Tensor<'a, E4M3, 2>,
+    pub scale_a: &'b Tensor<'a, f32, 2>,
+    pub b: &'b Tensor<'a, E4M3, 3>,
+    pub scale_b: &'b Tensor<'a, f32, 3>,
+    pub offsets: &'b Tensor<'a, i32, 1>,
+    pub counts: Option<&'b Tensor<'a, i32, 1>>,
+}
+
+/// The side of a blockwise scale block, along n and k.
+pub const SCALE_BLOCK: usize = 128;
+
+/// Runs the 128 x 128 blockwise-scaled grouped GEMM into `d` [rows, n]:
+/// `d[r, c] = bf16(sum_j (a[r, J_j] . b[e, c, J_j]) * scale_a[r, j] * scale_b[e, c / 128, j])` over the K groups
+/// `J_j = 128 j .. 128 (j + 1)`. `n` and `k` must be multiples of 128. Schedules: `Auto`, `Prefill`, `Decode`
+/// (as [`grouped_gemm_fp8`]); `PrefillFastAccum` is `Unsupported` (the per-group promotion is what applies the
+/// scales). `workspace` holds at least [`workspace_size`] bytes.
+pub fn grouped_gemm_fp8_blockwise(
     stream: &CudaStream,
-    g: &GroupedGemm,
-    d: u64,
+    g: &GroupedGemmBlockwise,
+    d: &mut TensorMut<bf16, 2>,
     workspace: &mut TensorMut<u8, 1>,
     bad_offsets: Option<&mut TensorMut<u32, 1>>,
-    schedule: i32,
-    launcher: fn(&GroupedGemmParams, CUstream) -> Result<()>,
+    schedule: Schedule,
 ) -> Result<()> {
     let [rows, k] = g.a.shape();
     let [experts, n, bk] = g.b.shape();
     ensure!(bk == k, "{OP}: A has k = {k}, B has k = {bk}");
-    ensure!(g.scale_a.shape() == [rows], "{OP}: scale_a {:?} for {rows} rows", g.scale_a.shape());
-    ensure!(g.scale_b.shape() == [experts, n], "{OP}: scale_b {:?}, want [{experts}, {n}]", g.scale_b.shape());
-    ensure!(g.offsets.shape() == [experts + 1], "{OP}: offsets {:?} for {experts} experts", g.offsets.shape());
-    if let Some(c) = g.counts {
+    check_blocks(n as i64, k as i64)?;
+    let (nb, kb) = (n / SCALE_BLOCK, k / SCALE_BLOCK);
+    ensure!(
+        g.scale_a.shape() == [rows, kb],
+        "{OP}: scale_a {:?}, want [{rows}, {kb}] (rows, k / 128)",
+        g.scale_a.shape()
+    );
+    ensure!(
+        g.scale_b.shape() == [experts, nb, kb],
+        "{OP}: scale_b {:?}, want [{experts}, {nb}, {kb}] (experts, n / 128, k / 128)",
+        g.scale_b.shape()
+    );
+    check_views(g.offsets, g.counts, experts, &bad_offsets)?;
+    ensure!(d.shape() == [rows, n], "{OP}: d {:?}, want [{rows}, {n}]", d.shape());
+    same_device(stream, &[d.stream()])?;
+    let code = blockwise_code(schedule, rows, experts)?;
+    let (pd, _gd) = d.ptr_mut(stream);
+    let operands =
+        Operands { a: g.a, scale_a: g.scale_a, b: g.b, scale_b: g.scale_b, offsets: g.offsets, counts: g.counts };
+    bind_and_launch(stream, &operands, pd, workspace, bad_offsets, code, launch_blockwise)
+}
+
+/// The launcher code of a blockwise schedule (AUTO resolved as for the rowwise op).
+pub(crate) fn blockwise_code(schedule: Schedule, rows: usize, experts: usize) -> Result<i32> {
+    match schedule {
+        Schedule::PrefillFastAccum => Err(Error::Unsupported(format!(
+            "{OP}: blockwise scaling has no fast-accumulation schedule (its scales are applied by the per-K-group \
+             promotion); use Auto, Prefill or Decode"
+        ))),
+        s => Ok(s.code(rows, experts)),
+    }
+}
+
+fn check_blocks(n: i64, k: i64) -> Result<()> {
+    let b = SCALE_BLOCK as i64;
+    ensure!(
+        k >= b && k % b == 0 && k <= i32::MAX as i64,
+        "{OP}: blockwise k = {k} must be a positive multiple of 128 (whole 128-wide scale groups)"
+    );
+    ensure!(
+        n >= b && n % b == 0 && n <= i32::MAX as i64,
+        "{OP}: blockwise n = {n} must be a positive multiple of 128 (whole 128 x 128 weight blocks)"
+    );
+    Ok(())
+}
+
+/// The shape checks every variant shares: offsets, counts and the flag (the output is the caller's).
+fn check_views(
+    offsets: &Tensor<i32, 1>,
+    counts: Option<&Tensor<i32, 1>>,
+    experts: usize,
+    bad_offsets: &Option<&mut TensorMut<u32, 1>>,
+) -> Result<()> {
+    ensure!(offsets.shape() == [experts + 1], "{OP}: offsets {:?} for {experts} experts", offsets.shape());
+    if let Some(c) = counts {
         ensure!(c.shape() == [experts], "{OP}: counts {:?} for {experts} experts", c.shape());
     }
-    if let Some(f) = &bad_offsets {
+    if let Some(f) = bad_offsets {
         ensure!(f.shape() == [1], "{OP}: bad_offsets must hold one flag");
     }
+    Ok(())
+}
+
+/// The operands of either recipe (the scale tensors' ranks differ).
+struct Operands<'a, 'b, const SA: usize, const SB: usize> {
+    a: &'b Tensor<'a, E4M3, 2>,
+    scale_a: &'b Tensor<'a, f32, SA>,
+    b: &'b Tensor<'a, E4M3, 3>,
+    scale_b: &'b Tensor<'a, f32, SB>,
+    offsets: &'b Tensor<'a, i32, 1>,
+    counts: Option<&'b Tensor<'a, i32, 1>>,
+}
+
+/// Checks that every operand lives on the stream's device, binds the device addresses (ordered on `stream`)
+/// into the launch parameters and calls `launch`; `d` is the output's address, bound (and its device checked)
+/// by the caller. Shapes are the caller's to check.
+fn bind_and_launch<const SA: usize, const SB: usize>(
+    stream: &CudaStream,
+    g: &Operands<SA, SB>,
+    d: u64,
+    workspace: &mut TensorMut<u8, 1>,
+    bad_offsets: Option<&mut TensorMut<u32, 1>>,
+    schedule: i32,
+    launch: fn(&GroupedGemmParams, CUstream) -> Result<()>,
+) -> Result<()> {
+    let [rows, k] = g.a.shape();
+    let [experts, n, _] = g.b.shape();
     let mut streams = vec![g.a.stream(), g.scale_a.stream(), g.b.stream(), g.scale_b.stream(), g.offsets.stream()];
     streams.extend(g.counts.map(|c| c.stream()));
     streams.push(workspace.stream());
@@ -187,15 +308,15 @@ fn with_params(
         experts: experts as i32,
         schedule,
     };
-    launcher(&p, stream.cu_stream())
+    launch(&p, stream.cu_stream())
 }
 
 /// Validates raw parameters (shared with the C ABI) and launches. rows == 0 is a no-op.
 pub(crate) fn launch(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
-    if !validate(p)? {
+    if !check_rowwise(p)? {
         return Ok(());
     }
-    // SAFETY: validated; tensor extents are the caller's contract (checked by the safe API's views).
+    // SAFETY: validated above; tensor extents are the caller's contract (checked by the safe API's views).
     launched(OP, unsafe { ffi::l4k_launch_grouped_gemm(p, stream) })
 }
 
@@ -203,21 +324,15 @@ pub(crate) fn launch(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
 fn launch_swiglu(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
     ensure!(p.n % 16 == 0, "{OP}: SwiGLU needs n = {} to be a multiple of 16", p.n);
     ensure!(p.schedule == 1 || p.schedule == 3, "{OP}: SwiGLU runs the prefill schedules only (got {})", p.schedule);
-    if !validate(p)? {
+    if !check_rowwise(p)? {
         return Ok(());
     }
     // SAFETY: as in `launch`.
     launched(OP, unsafe { ffi::l4k_launch_grouped_gemm_swiglu(p, stream) })
 }
 
-/// Checks sizes and pointers; Ok(false) when there is nothing to do (rows == 0).
-fn validate(p: &GroupedGemmParams) -> Result<bool> {
-    ensure!(p.rows >= 0 && p.rows <= i32::MAX as i64, "{OP}: rows = {} outside 0..=2^31-1", p.rows);
-    ensure!(
-        p.experts >= 1 && p.experts as usize <= MAX_EXPERTS,
-        "{OP}: experts = {} outside 1..={MAX_EXPERTS}",
-        p.experts
-    );
+/// The rowwise recipe's checks: k, n, the schedule, then [`check_params`]. Ok(false): nothing to do.
+fn check_rowwise(p: &GroupedGemmParams) -> Result<bool> {
     ensure!(
         p.k >= 16 && p.k % 16 == 0 && p.k <= i32::MAX as i64,
         "{OP}: k = {} must be a positive multiple of 16 (16-byte TMA rows of FP8)",
@@ -229,6 +344,37 @@ fn validate(p: &GroupedGemmParams) -> Result<bool> {
         p.n
     );
     ensure!((0..=3).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
+    check_params(p)
+}
+
+/// The blockwise launch (shared with the C ABI): `schedule` 0 (auto), 1 (prefill) or 2 (decode); n and k
+/// multiples of 128. rows == 0 is a no-op.
+pub(crate) fn launch_blockwise(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
+    check_blocks(p.n, p.k)?;
+    ensure!((0..=3).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
+    let mut p = *p;
+    let schedule = match p.schedule {
+        1 => Schedule::Prefill,
+        2 => Schedule::Decode,
+        3 => Schedule::PrefillFastAccum,
+        _ => Schedule::Auto,
+    };
+    p.schedule = blockwise_code(schedule, p.rows.max(0) as usize, p.experts.max(1) as usize)?;
+    if !check_params(&p)? {
+        return Ok(());
+    }
+    // SAFETY: validated above; tensor extents are the caller's contract (checked by the safe API's views).
+    launched(OP, unsafe { ffi::l4k_launch_grouped_gemm_blockwise(&p, stream) })
+}
+
+/// The checks both recipes share: counts, pointers and alignment. Ok(false): nothing to do (rows == 0).
+fn check_params(p: &GroupedGemmParams) -> Result<bool> {
+    ensure!(p.rows >= 0 && p.rows <= i32::MAX as i64, "{OP}: rows = {} outside 0..=2^31-1", p.rows);
+    ensure!(
+        p.experts >= 1 && p.experts as usize <= MAX_EXPERTS,
+        "{OP}: experts = {} outside 1..={MAX_EXPERTS}",
+        p.experts
+    );
     if p.rows == 0 {
         return Ok(false);
     }
@@ -246,7 +392,7 @@ fn validate(p: &GroupedGemmParams) -> Result<bool> {
         check_ptr(OP, "bad_offsets", p.bad_offsets as _, 4)?;
     }
     // The launcher compares the workspace with the chosen configuration's exact need before launching anything
-    // (sizing all three configurations here as well would ask CUTLASS twice per call).
+    // (sizing every configuration here as well would ask CUTLASS twice per call).
     ensure!(p.workspace_bytes >= 0, "{OP}: workspace_bytes is negative");
     Ok(true)
 }

@@ -27,6 +27,32 @@ wanted() {
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$summary"
 # GPU tests fail, not skip, without a GPU; host tests check that a GPU is found.
 export L4K_EXPECT_GPU=1
+# The grouped GEMM bench's cuBLASLt peer loads libcublasLt at run time; PyTorch's wheels carry it. Not found:
+# the bench panics saying so (a peer must not vanish silently).
+cublaslt_dir="$(python3 - <<'EOF' 2>/dev/null
+import glob, os, site, sys
+roots = []
+try:
+    import torch
+    roots.append(os.path.dirname(os.path.dirname(torch.__file__)))
+except Exception:
+    pass
+roots += site.getsitepackages() + [site.getusersitepackages()]
+for r in roots:
+    hits = sorted(glob.glob(os.path.join(r, "nvidia", "**", "libcublasLt.so*"), recursive=True))
+    hits += sorted(glob.glob(os.path.join(r, "torch", "lib", "libcublasLt.so*")))
+    if hits:
+        print(os.path.dirname(hits[-1]))
+        sys.exit(0)
+sys.exit(1)
+EOF
+)"
+if [[ -n "$cublaslt_dir" ]]; then
+  export LD_LIBRARY_PATH="$cublaslt_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  note "libcublasLt: $cublaslt_dir ($(ls "$cublaslt_dir" | grep -m1 libcublasLt))"
+else
+  note "libcublasLt: not found in PyTorch's wheels (the grouped GEMM bench will fail)"
+fi
 
 if has tests; then
   for t in "$here"/bin/test-*; do

@@ -202,3 +202,38 @@ fn c_abi_permute_validation() {
     assert_eq!(un(1, 0x3001), Status::InvalidArgument);
     assert!(last_error().contains("shared"), "{}", last_error());
 }
+
+#[test]
+fn c_abi_grouped_gemm_blockwise_validation() {
+    let d = |a: usize| a as *mut std::ffi::c_void;
+    let call = |rows: i64, n: i64, k: i64, schedule: i32, scale_a: usize| {
+        l4k_grouped_gemm_fp8_blockwise(
+            d(0x1000),
+            d(scale_a) as _,
+            d(0x3000),
+            d(0x4000) as _,
+            d(0x5000) as _,
+            ptr::null(),
+            d(0x6000),
+            rows,
+            n,
+            k,
+            2,
+            schedule,
+            d(0x7000),
+            1 << 20,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(call(8, 256, 200, 0, 0x2000), Status::InvalidArgument);
+    assert!(last_error().contains("k = 200") && last_error().contains("multiple of 128"), "{}", last_error());
+    assert_eq!(call(8, 136, 256, 0, 0x2000), Status::InvalidArgument);
+    assert!(last_error().contains("n = 136"), "{}", last_error());
+    assert_eq!(call(8, 256, 256, 3, 0x2000), Status::Unsupported);
+    assert!(last_error().contains("fast-accumulation"), "{}", last_error());
+    assert_eq!(call(8, 256, 256, 7, 0x2000), Status::InvalidArgument);
+    assert_eq!(call(8, 256, 256, 1, 0x2002), Status::InvalidArgument);
+    assert!(last_error().contains("scale_a") && last_error().contains("aligned"), "{}", last_error());
+    assert_eq!(call(0, 256, 256, 0, 0), Status::Ok, "{}", last_error());
+}

@@ -10,7 +10,7 @@
 //! (as vLLM's quantizers do), so a kernel reproduces these bytes exactly without a division per element. It
 //! differs from `x / scale` only when the two land on opposite sides of an E4M3 rounding boundary.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis};
 
 /// Largest finite E4M3 value.
 pub const E4M3_MAX: f32 = 448.0;
@@ -132,6 +132,20 @@ pub fn quantize_blocks_128x128(w: ArrayView2<f32>) -> (Array2<u8>, Array2<f32>) 
     (q, scales)
 }
 
+/// [`quantize_blocks_128x128`] of every expert of stacked weights [E, N, K] (the grouped GEMM's B operand):
+/// bytes [E, N, K] and scales [E, ceil(N / 128), ceil(K / 128)].
+pub fn quantize_experts_128x128(w: ArrayView3<f32>) -> (Array3<u8>, Array3<f32>) {
+    let (e, n, k) = w.dim();
+    let mut q = Array3::zeros((e, n, k));
+    let mut scales = Array3::zeros((e, n.div_ceil(BLOCK), k.div_ceil(BLOCK)));
+    for g in 0..e {
+        let (qg, sg) = quantize_blocks_128x128(w.index_axis(Axis(0), g));
+        q.index_axis_mut(Axis(0), g).assign(&qg);
+        scales.index_axis_mut(Axis(0), g).assign(&sg);
+    }
+    (q, scales)
+}
+
 /// `q * scale[row]` in f32.
 pub fn dequantize_rowwise(q: ArrayView2<u8>, scales: ArrayView1<f32>) -> Array2<f32> {
     let mut out = q.map(|&b| e4m3_to_f32(b));
@@ -155,6 +169,22 @@ pub fn dequantize_blocks_128x128(q: ArrayView2<u8>, scales: ArrayView2<f32>) -> 
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn expert_blocks_quantize_each_expert_alone() {
+        let w = ndarray::Array3::from_shape_fn((3, 130, 260), |(e, n, k)| {
+            ((e * 7 + n * 3 + k) as f32 * 0.37).sin() * (1 + e) as f32
+        });
+        let (q, s) = quantize_experts_128x128(w.view());
+        assert_eq!(s.dim(), (3, 2, 3));
+        for g in 0..3 {
+            let (qg, sg) = quantize_blocks_128x128(w.index_axis(Axis(0), g));
+            assert_eq!(q.index_axis(Axis(0), g), qg);
+            assert_eq!(s.index_axis(Axis(0), g), sg);
+        }
+        // Different magnitudes per expert give different scales: the experts are not mixed up.
+        assert!(s[[2, 0, 0]] > s[[0, 0, 0]]);
+    }
 
     #[test]
     fn every_code_round_trips() {

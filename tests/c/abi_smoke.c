@@ -71,6 +71,17 @@ int main(void) {
   CHECK(s == L4K_ERROR_INVALID_ARGUMENT, "attention 40 over 6 heads: %d", (int)s);
   CHECK(strstr(l4k_last_error(), "kv heads") != NULL, "message: %s", l4k_last_error());
 
+  /* Blockwise grouped GEMM: k must be whole 128-wide scale groups; fast accumulation has no blockwise kernel. */
+  s = l4k_grouped_gemm_fp8_blockwise((const void*)0x1000, (const float*)0x2000, (const void*)0x3000,
+                                     (const float*)0x4000, (const int32_t*)0x5000, NULL, (void*)0x6000, 8, 256,
+                                     200, 2, 0, (void*)0x7000, 1 << 20, NULL, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "multiple of 128") != NULL,
+        "blockwise k = 200: %d %s", (int)s, l4k_last_error());
+  s = l4k_grouped_gemm_fp8_blockwise((const void*)0x1000, (const float*)0x2000, (const void*)0x3000,
+                                     (const float*)0x4000, (const int32_t*)0x5000, NULL, (void*)0x6000, 8, 256,
+                                     256, 2, 3, (void*)0x7000, 1 << 20, NULL, NULL);
+  CHECK(s == L4K_ERROR_UNSUPPORTED, "blockwise fast accumulation: %d %s", (int)s, l4k_last_error());
+
   if (failures) {
     fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;

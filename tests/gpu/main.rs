@@ -9,6 +9,7 @@ mod attention_decode;
 mod attention_prefill;
 mod capi;
 mod grouped_gemm;
+mod grouped_gemm_blockwise;
 mod grouped_gemm_swiglu;
 mod permute;
 mod quant;
