@@ -79,7 +79,9 @@ fn bench(c: &mut Criterion) {
         let kernels = [
             (DEFAULT_KERNEL, variant.to_string()),
             (Kernel::Wgmma, format!("{variant}_v2")),
-            (Kernel::WarpSpecializedPingPong, format!("{variant}_v4_ws_pingpong")),
+            (Kernel::WarpSpecializedTmaQReg, format!("{variant}_v4_tma_qreg")),
+            (Kernel::Persistent, format!("{variant}_v5_persistent")),
+            (Kernel::PersistentQReg, format!("{variant}_v5_persistent_qreg")),
         ];
         for (kernel, name) in kernels {
             run_gemm_case(c, "attention_prefill", &name, &shape, total_q, bytes, flops, |_| {

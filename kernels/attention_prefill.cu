@@ -99,9 +99,10 @@ __device__ __forceinline__ int slot_of(const int32_t* table, int pos, int bs, in
   return shift >= 0 ? (table[pos >> shift] << shift) + (pos & (bs - 1)) : table[pos / bs] * bs + pos % bs;
 }
 
-// The sequence's scalars and, when they hold, every block id of the positions [lo, seq_len_k) it reads.
-// Block-wide: every thread gets the same answer.
-__device__ bool sequence_is_bad(const L4kAttentionParams& p, int b, int q_begin, int q_len, int seq_len) {
+// This thread's share of the sequence checks: the sequence's scalars and, when they hold, block ids first + tid,
+// first + tid + nthreads, ... of the positions [lo, seq_len_k) it reads.
+__device__ bool sequence_is_bad_part(const L4kAttentionParams& p, int b, int q_begin, int q_len, int seq_len, int tid,
+                                     int nthreads) {
   const int64_t q_end = static_cast<int64_t>(q_begin) + q_len;
   bool bad = q_begin < 0 || q_len < 0 || q_end > p.total_q || q_len > p.max_q_len || q_len > seq_len ||
              static_cast<int64_t>(seq_len) > static_cast<int64_t>(p.max_blocks) * p.block_size;
@@ -110,12 +111,17 @@ __device__ bool sequence_is_bad(const L4kAttentionParams& p, int b, int q_begin,
     const int first = lo / p.block_size, last = (seq_len - 1) / p.block_size;
     const int64_t n_blocks = p.slots / p.block_size;
     const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.max_blocks;
-    for (int i = first + static_cast<int>(threadIdx.x); i <= last; i += kThreads) {
+    for (int i = first + tid; i <= last; i += nthreads) {
       const int32_t id = table[i];
       bad |= id < 0 || id >= n_blocks;
     }
   }
-  return __syncthreads_or(bad) != 0;
+  return bad;
+}
+
+// The sequence's scalars and every block id of the positions it reads. Block-wide: every thread gets the same answer.
+__device__ bool sequence_is_bad(const L4kAttentionParams& p, int b, int q_begin, int q_len, int seq_len) {
+  return __syncthreads_or(sequence_is_bad_part(p, b, q_begin, q_len, seq_len, threadIdx.x, kThreads)) != 0;
 }
 
 namespace mma_v1 {
@@ -969,6 +975,13 @@ struct Smem {
   alignas(1024) bf16 v[STAGES][kBlockN * D];
   uint64_t q_full;
   uint64_t k_full[STAGES], v_full[STAGES], k_empty[STAGES], v_empty[STAGES];
+  // Persistent kernel only: the query tile the producer hands the consumers (published with q, by q_full) and
+  // q_empty (the consumers are done with q and item).
+  uint64_t q_empty;
+  struct Item {
+    int h, b, m0, q_begin, q_len, seq_len;  // h < 0: no more tiles
+  } item;
+  int64_t next_item;  // persistent DYNAMIC: the producer's latest fetch
 };
 
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
@@ -1031,10 +1044,41 @@ __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint6
       : "l"(da), "l"(db), "r"(accumulate));
 }
 
+// D (64 x 128 f32) = A (registers) * B (smem desc, K-major) + (accumulate ? D : 0): S = Q K^T with Q in registers.
+__device__ __forceinline__ void wgmma_rs_n128_kmajor(float (&d)[64], const uint32_t (&a)[4], uint64_t db,
+                                                     int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+      "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, "
+      "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, "
+      "%61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
+        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
+        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]),
+        "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]),
+        "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+
+// Q rows of this consumer warp as register A fragments (m64k16 per k-step: the mma.sync A layout per warp), read by
+// ldmatrix from the swizzled tile; S = Q K^T then reads only K from shared memory.
+template <int D>
+__device__ __forceinline__ void load_q_frags(uint32_t (&qf)[D / 16][4], const bf16* q_tile, int row0, int lane) {
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks)
+    wgmma_v3::ldmatrix_x4(qf[ks], &q_tile[swz<kBlockM>(row0 + (lane & 15), 2 * ks + (lane >> 4))]);
+}
+
 // TMA: whole key tiles (every row before the sequence end) come by TMA when the launcher says the layout allows it
 // (use_tma: block_size and the chunk multiples of 64, so each 64-key half tile is 64 consecutive cache slots of one
 // block); the sequence's last, partial tile and every tile of other layouts by cp.async (zero-filled rows).
-template <int D, int STAGES, bool PINGPONG, bool TMA>
+// QREG: Q in registers for S (RS wgmma), a third less shared-memory traffic in the S products.
+template <int D, int STAGES, bool PINGPONG, bool TMA, bool QREG = false>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_kernel(const L4kAttentionParams p, const __grid_constant__ CUtensorMap tm_k,
                    const __grid_constant__ CUtensorMap tm_v, int use_tma) {
@@ -1248,9 +1292,16 @@ __global__ void __launch_bounds__(kThreads, 1)
       pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
     }
   };
+  uint32_t qf[QREG ? D / 16 : 1][4];
   auto issue_s = [&](int st) {
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) wgmma_ss_n128(s, q_desc(ks), k_desc(st, ks), ks > 0);
+    for (int ks = 0; ks < D / 16; ++ks) {
+      if constexpr (QREG) {
+        wgmma_rs_n128_kmajor(s, qf[ks], k_desc(st, ks), ks > 0);
+      } else {
+        wgmma_ss_n128(s, q_desc(ks), k_desc(st, ks), ks > 0);
+      }
+    }
   };
   auto issue_pv = [&](int st) {
 #pragma unroll
@@ -1269,6 +1320,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   mbar_wait(&sm.q_full, 0);
   mbar_wait(&sm.k_full[0], 0);
   fence_proxy_async();
+  if constexpr (QREG) load_q_frags<D>(qf, sm.q, cw * 64 + wrow * 16, lane);
   pp_sync();
   wgmma_fence();
   issue_s(0);
@@ -1336,6 +1388,429 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+// OR of v over the producer warpgroup's 128 threads (named barrier 3; the consumers do not take part).
+__device__ __forceinline__ bool producer_any(bool v) {
+  uint32_t r;
+  asm volatile(
+      "{\n.reg .pred p, q;\nsetp.ne.u32 p, %1, 0;\nbar.red.or.pred q, 3, 128, p;\nselp.u32 %0, 1, 0, q;\n}\n"
+      : "=r"(r)
+      : "r"(static_cast<uint32_t>(v))
+      : "memory");
+  return r != 0;
+}
+
+// v5 (kPersistent, the op's kernel): v4 TMA (2 stages, ping-pong) on a persistent grid, so that a CTA's prologue
+// (sequence checks, Q and the first K tile) and epilogue (O stores) overlap the neighbouring query tiles' work
+// instead of leaving the tensor cores idle between CTAs (one CTA per SM, ~20 waves at S = 8192).
+// - grid = min(SMs, work items); items are (head, sequence, query tile) in the order of v4's grid (heads side by
+//   side, so a KV group's heads read the same K/V from L2; the tiles with the most keys first, across sequences),
+//   dealt out in rounds of gridDim.x that alternate direction (CTA c takes item c of round 0, item G - 1 - c of
+//   round 1, ...): the causal work per item falls almost linearly along the order, so each CTA's pair of items
+//   costs about the same and the static schedule stays balanced without a global counter (the op has no
+//   workspace).
+// - The producer walks the CTA's items: it checks each sequence's metadata once (OR over its warpgroup), skips
+//   bad sequences and empty tiles, waits for q_empty, writes the item into shared memory, loads Q and announces
+//   both on q_full, then streams the item's K/V tiles into the rings, whose stage counters run on across items.
+//   A final item with h < 0 tells the consumers to stop.
+// - The consumers release Q (q_empty) as soon as their last S product of the item has retired, so the next
+//   item's Q and first K tile load under the last P V product and the O stores; the ping-pong phases run on
+//   across items (warpgroup 1 takes warpgroup 2's last arrival at the end).
+// Work-item counter of the DYNAMIC schedule and the CTAs that are done with it; the last CTA out resets both, so
+// every launch starts from zero. One launch at a time may use them (launches on one stream).
+__device__ unsigned long long g_next_item;
+__device__ unsigned int g_done_ctas;
+
+template <int D, int STAGES, bool DYNAMIC, bool QREG>
+__global__ void __launch_bounds__(kThreads, 1)
+    prefill_persistent(const L4kAttentionParams p, const __grid_constant__ CUtensorMap tm_k,
+                       const __grid_constant__ CUtensorMap tm_v, int use_tma, const __grid_constant__ CUtensorMap tm_q,
+                       int q_tiles) {
+  constexpr int kChunks = D / 8;               // 16-byte chunks per row
+  constexpr int kRowsPerPass = 128 / kChunks;  // rows one pass of the producer warpgroup covers
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  Smem<D, STAGES>& sm =
+      *reinterpret_cast<Smem<D, STAGES>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  using Item = typename Smem<D, STAGES>::Item;
+
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int wg = tid >> 7;
+  if (tid == 0) {
+    mbar_init(&sm.q_full, 129);  // every producer thread's (cp.async or plain) + thread 0's after it wrote the item
+    mbar_init(&sm.q_empty, kConsumerWarps);
+#pragma unroll
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(&sm.k_full[s], 128);
+      mbar_init(&sm.v_full[s], 128);
+      mbar_init(&sm.k_empty[s], kConsumerWarps);
+      mbar_init(&sm.v_empty[s], kConsumerWarps);
+    }
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // Producer.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
+    const bf16* q_g = static_cast<const bf16*>(p.q);
+    const bf16* k_g = static_cast<const bf16*>(p.k_cache);
+    const bf16* v_g = static_cast<const bf16*>(p.v_cache);
+    const int bs_shift = block_shift(p.block_size);
+    const int chunk_col = tid % kChunks;
+    const int row_base = tid / kChunks;
+    constexpr int kRowsPerCopy = 32 / kChunks;
+    const int pwarp = tid >> 5, sub = lane / kChunks, col = lane % kChunks;
+    const bool tma = use_tma != 0;
+    const int64_t n_items = static_cast<int64_t>(p.n_heads) * p.batch * q_tiles;
+    const int grid = gridDim.x, cta = blockIdx.x;
+    int published = 0, kcnt = 0, vcnt = 0;  // items handed over, K and V tiles issued (ring positions)
+    int checked_b = -1;
+    bool bad = false;
+    for (int64_t k = 0;; ++k) {
+      int64_t item;
+      if constexpr (DYNAMIC) {
+        // The next item in the global order, fetched by thread 0 and handed to the warpgroup through shared memory.
+        if (tid == 0) sm.next_item = static_cast<int64_t>(atomicAdd(&g_next_item, 1ull));
+        named_sync(3, 128);
+        item = sm.next_item;
+        named_sync(3, 128);
+        if (item >= n_items) break;
+      } else {
+        if (k * grid >= n_items) break;
+        item = k * grid + ((k & 1) ? grid - 1 - cta : cta);
+        if (item >= n_items) continue;
+      }
+      const int h = static_cast<int>(item % p.n_heads);
+      const int64_t rest = item / p.n_heads;
+      const int b = static_cast<int>(rest % p.batch);
+      const int tile = q_tiles - 1 - static_cast<int>(rest / p.batch);
+      const int q_begin = p.cu_seqlens_q[b];
+      const int q_len = p.cu_seqlens_q[b + 1] - q_begin;
+      const int seq_len = p.seq_lens_k[b];
+      if (b != checked_b) {
+        bad = producer_any(sequence_is_bad_part(p, b, q_begin, q_len, seq_len, tid, 128));
+        checked_b = b;
+      }
+      if (bad) {
+        if (h == 0 && tile == 0 && tid == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
+        continue;
+      }
+      const int m0 = tile * kBlockM;
+      if (m0 >= q_len) continue;
+      const int kvh = h / (p.n_heads / p.n_kv_heads);
+      const int rows = min(kBlockM, q_len - m0);
+      const int q_off = seq_len - q_len;
+      const KeyRange keys = attention_key_range(q_off + m0, q_off + m0 + rows - 1, p.chunk);
+      const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
+      const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.max_blocks;
+
+      mbar_wait(&sm.q_empty, (published & 1) ^ 1);
+      if (tma) {
+        // Q rows m0 .. m0 + 127 of head h by TMA (rows past total_q read as zeros; rows of the next sequence are
+        // computed and never stored). Thread 0's expect_tx arrival orders its item write before the consumers.
+        if (tid == 0) {
+          sm.item = Item{h, b, m0, q_begin, q_len, seq_len};
+          mbar_arrive_expect_tx(&sm.q_full, kBlockM * D * 2);
+#pragma unroll
+          for (int cb = 0; cb < D / 64; ++cb) tma_load_3d(&sm.q[cb * kBlockM * 64], &tm_q, cb * 64, h, q_begin + m0, &sm.q_full);
+        }
+        mbar_arrive(&sm.q_full);
+      } else {
+        if (tid == 0) sm.item = Item{h, b, m0, q_begin, q_len, seq_len};
+#pragma unroll 4
+        for (int r = row_base; r < kBlockM; r += kRowsPerPass) {
+          const bool in = r < rows;
+          const int64_t row = static_cast<int64_t>(q_begin) + m0 + (in ? r : 0);
+          cp_async16(&sm.q[swz<kBlockM>(r, chunk_col)], q_g + (row * p.n_heads + h) * D + chunk_col * 8, in ? 16 : 0);
+        }
+        cp_async_arrive(&sm.q_full);
+        if (tid == 0) mbar_arrive(&sm.q_full);
+      }
+      ++published;
+
+      // K/V tiles exactly as in prefill_kernel (TMA for whole tiles, else rows by cp.async), ring positions kcnt
+      // and vcnt.
+      auto lookup = [&](int t) {
+        const int pos = keys.lo + t * kBlockN + pwarp * 32 + lane;
+        return pos < seq_len ? slot_of(table, pos, p.block_size, bs_shift) : -1;
+      };
+      auto load = [&](bf16* dst, const bf16* src, int my_slot) {
+#pragma unroll
+        for (int i = 0; i < 32 / kRowsPerCopy; ++i) {
+          const int rl = i * kRowsPerCopy + sub;
+          const int slot = __shfl_sync(0xffffffffu, my_slot, rl);
+          const bool in = slot >= 0;
+          const int64_t off = (static_cast<int64_t>(in ? slot : 0) * p.n_kv_heads + kvh) * D + col * 8;
+          cp_async16(&dst[swz<kBlockN>(pwarp * 32 + rl, col)], src + off, in ? 16 : 0);
+        }
+      };
+      auto issue = [&](bf16* dst, const bf16* src, const CUtensorMap* map, uint64_t* full, int t, int my_slot) {
+        const int k0 = keys.lo + t * kBlockN;
+        if (tma && k0 + kBlockN <= seq_len) {
+          if (tid == 0) {
+            mbar_arrive_expect_tx(full, kBlockN * D * 2);
+#pragma unroll
+            for (int half = 0; half < kBlockN / 64; ++half) {
+              const int slot = slot_of(table, k0 + 64 * half, p.block_size, bs_shift);
+#pragma unroll
+              for (int cb = 0; cb < D / 64; ++cb)
+                tma_load_3d(dst + cb * kBlockN * 64 + half * 64 * 64, map, cb * 64, kvh, slot, full);
+            }
+          } else {
+            mbar_arrive(full);
+          }
+        } else {
+          load(dst, src, my_slot);
+          cp_async_arrive(full);
+        }
+      };
+      auto issue_k = [&](int t, int my_slot) {
+        const int st = kcnt % STAGES;
+        mbar_wait(&sm.k_empty[st], ((kcnt / STAGES) & 1) ^ 1);
+        issue(sm.k[st], k_g, &tm_k, &sm.k_full[st], t, my_slot);
+        ++kcnt;
+      };
+      auto issue_v = [&](int t, int my_slot) {
+        const int st = vcnt % STAGES;
+        mbar_wait(&sm.v_empty[st], ((vcnt / STAGES) & 1) ^ 1);
+        issue(sm.v[st], v_g, &tm_v, &sm.v_full[st], t, my_slot);
+        ++vcnt;
+      };
+      int slot_v = lookup(0);  // rows of tile t (V_t still to issue)
+      issue_k(0, slot_v);
+      int slot_k = n_tiles > 1 ? lookup(1) : -1;  // rows of tile t + 1
+      for (int t = 0; t < n_tiles; ++t) {
+        if (t + 1 < n_tiles) issue_k(t + 1, slot_k);
+        issue_v(t, slot_v);
+        slot_v = slot_k;
+        slot_k = t + 2 < n_tiles ? lookup(t + 2) : -1;
+      }
+    }
+    if constexpr (DYNAMIC) {
+      if (tid == 0) {
+        __threadfence();  // this CTA's last fetch before its count
+        if (atomicAdd(&g_done_ctas, 1u) == gridDim.x - 1) {
+          atomicExch(&g_next_item, 0ull);
+          atomicExch(&g_done_ctas, 0u);
+        }
+      }
+    }
+    mbar_wait(&sm.q_empty, (published & 1) ^ 1);
+    if (tid == 0) sm.item.h = -1;
+    mbar_arrive(&sm.q_full);
+    if (tid == 0) mbar_arrive(&sm.q_full);
+    cp_async_wait_all();  // nothing in flight when the producer leaves
+    return;
+  }
+
+  // Consumers.
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
+  const int cw = wg - 1;              // consumer warpgroup: query rows 64 cw .. 64 cw + 63 of the tile
+  const int wrow = (tid & 127) >> 5;  // warp within the warpgroup
+  const uint32_t q_base = smem_addr(&sm.q[cw * 64 * 64]) >> 4;
+  const uint32_t k_base = smem_addr(&sm.k[0][0]) >> 4, v_base = smem_addr(&sm.v[0][0]) >> 4;
+  constexpr uint32_t kStageUnits = kBlockN * D * 2 / 16;
+  const uint64_t kmajor_hi = gmma_desc_hi(16, 1024), vmajor_hi = gmma_desc_hi(kBlockN * 128, 1024);
+  auto q_desc = [&](int ks) { return kmajor_hi | (q_base + (ks >> 2) * (kBlockM * 8) + (ks & 3) * 2); };
+  auto k_desc = [&](int st, int ks) {
+    return kmajor_hi | (k_base + st * kStageUnits + (ks >> 2) * (kBlockN * 8) + (ks & 3) * 2);
+  };
+  auto v_desc = [&](int st, int kk) { return vmajor_hi | (v_base + st * kStageUnits + kk * 128); };
+  // Ping-pong: named barrier 1 + c gates warpgroup c's issue phase; the other warpgroup opens it after its own.
+  auto pp_sync = [&]() { named_sync(1 + cw, 256); };
+  auto pp_arrive = [&]() { named_arrive(2 - cw, 256); };
+  auto release = [&](uint64_t* bar) {
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar);
+  };
+  const float scale_log2 = p.softmax_scale * kLog2e;
+  const int my_row = cw * 64 + wrow * 16 + (lane >> 2);  // tile row of s[4 nt + 0, 1]; + 8 for s[4 nt + 2, 3]
+  bf16* out = static_cast<bf16*>(p.out);
+  // Shared tiles written by cp.async (generic proxy) need fence.proxy.async before wgmma reads them (a MEMBAR in
+  // SASS, which after the O stores waits for them). With TMA only each item's last key tile can come that way
+  // (a partial tile): whole tiles before it and Q are TMA's, so the fence runs at the last tile only.
+  const bool cp_async_tiles = use_tma == 0;
+
+  float o[D / 2];
+  float s[kBlockN / 2];
+  uint32_t pa[kBlockN / 16][4];
+  float m_run[2], l_run[2], alpha[2];
+  uint32_t qf[QREG ? D / 16 : 1][4];
+
+  if (cw == 1) named_arrive(1, 256);  // warpgroup 1 issues first
+  int kc = 0;                         // ring position of the item's first K/V tile
+  for (int consumed = 0;; ++consumed) {
+    mbar_wait(&sm.q_full, consumed & 1);
+    const Item it = sm.item;
+    if (it.h < 0) break;
+    const int q_off = it.seq_len - it.q_len;
+    const int rows = min(kBlockM, it.q_len - it.m0);
+    const int q_first = q_off + it.m0, q_last = q_off + it.m0 + rows - 1;
+    const KeyRange keys = attention_key_range(q_first, q_last, p.chunk);
+    const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
+    const int my_q[2] = {q_first + my_row, q_first + my_row + 8};
+    const int my_lo[2] = {chunk_start(my_q[0], p.chunk), chunk_start(my_q[1], p.chunk)};
+    const int last_chunk_start = chunk_start(q_last, p.chunk);
+    const int seq_len = it.seq_len;
+    if constexpr (QREG) {
+      // The q_full wait orders Q's writes (TMA or cp.async) before these generic reads; the shared tile is free
+      // for the next item as soon as the fragments are in registers.
+      load_q_frags<D>(qf, sm.q, cw * 64 + wrow * 16, lane);
+      release(&sm.q_empty);
+    }
+
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    m_run[0] = m_run[1] = -INFINITY;
+    l_run[0] = l_run[1] = 0.f;
+
+    // Masks S_j, turns it into P_j (in s), updates maxima and sums; alpha: the factor O needs.
+    auto softmax = [&](int j) {
+      const int k0 = keys.lo + j * kBlockN;
+      const bool full = k0 + kBlockN - 1 <= q_first && k0 >= last_chunk_start && k0 + kBlockN <= seq_len;
+      if (!full) {
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int kp = k0 + nt * 8 + 2 * (lane & 3) + (e & 1);
+            const int row = e >> 1;
+            if (kp > my_q[row] || kp < my_lo[row] || kp >= seq_len) s[4 * nt + e] = -INFINITY;
+          }
+        }
+      }
+#pragma unroll
+      for (int row = 0; row < 2; ++row) {
+        float mx = m_run[row];
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * row], s[4 * nt + 2 * row + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
+        alpha[row] = ex2(m_run[row] * scale_log2 - m_scaled);
+        m_run[row] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt) {
+          float& x0 = s[4 * nt + 2 * row];
+          float& x1 = s[4 * nt + 2 * row + 1];
+          x0 = ex2(fmaf(x0, scale_log2, -m_scaled));
+          x1 = ex2(fmaf(x1, scale_log2, -m_scaled));
+          sum += x0 + x1;
+        }
+        l_run[row] = l_run[row] * alpha[row] + sum;
+      }
+    };
+    auto rescale_and_pack = [&]() {
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[4 * dt + 0] *= alpha[0];
+        o[4 * dt + 1] *= alpha[0];
+        o[4 * dt + 2] *= alpha[1];
+        o[4 * dt + 3] *= alpha[1];
+      }
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+    };
+    auto issue_s = [&](int st) {
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        if constexpr (QREG) {
+          wgmma_rs_n128_kmajor(s, qf[ks], k_desc(st, ks), ks > 0);
+        } else {
+          wgmma_ss_n128(s, q_desc(ks), k_desc(st, ks), ks > 0);
+        }
+      }
+    };
+    auto issue_pv = [&](int st) {
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        if constexpr (D == 128) {
+          wgmma_v2::wgmma_rs_n128(o, pa[kk], v_desc(st, kk));
+        } else {
+          wgmma_v2::wgmma_rs_n64(o, pa[kk], v_desc(st, kk));
+        }
+      }
+    };
+
+    {
+      const int st = kc % STAGES;
+      mbar_wait(&sm.k_full[st], (kc / STAGES) & 1);
+      if (cp_async_tiles || n_tiles == 1) fence_proxy_async();
+      pp_sync();
+      wgmma_fence();
+      issue_s(st);
+      wgmma_commit();
+      pp_arrive();
+      wgmma_wait_all();
+      pin(s);
+      release(&sm.k_empty[st]);
+      if (!QREG && n_tiles == 1) release(&sm.q_empty);
+      softmax(0);
+      rescale_and_pack();
+    }
+    for (int j = 1; j < n_tiles; ++j) {
+      const int g = kc + j;
+      const int st = g % STAGES, pst = (g - 1) % STAGES;
+      mbar_wait(&sm.k_full[st], (g / STAGES) & 1);
+      mbar_wait(&sm.v_full[pst], ((g - 1) / STAGES) & 1);
+      if (cp_async_tiles || j == n_tiles - 1) fence_proxy_async();
+      pp_sync();
+      wgmma_fence();
+      issue_s(st);
+      wgmma_commit();
+      issue_pv(pst);
+      wgmma_commit();
+      pp_arrive();
+      wgmma_wait_1();  // S_j done; P_{j-1} V_{j-1} may still run
+      pin(s);
+      release(&sm.k_empty[st]);
+      if (!QREG && j == n_tiles - 1) release(&sm.q_empty);  // the item's last read of Q has retired
+      softmax(j);
+      wgmma_wait_all();
+      pin(o);
+      release(&sm.v_empty[pst]);
+      rescale_and_pack();
+    }
+    {
+      const int g = kc + n_tiles - 1;
+      const int pst = g % STAGES;
+      mbar_wait(&sm.v_full[pst], (g / STAGES) & 1);
+      fence_proxy_async();
+      pp_sync();
+      wgmma_fence();
+      issue_pv(pst);
+      wgmma_commit();
+      pp_arrive();
+      wgmma_wait_all();
+      pin(o);
+      release(&sm.v_empty[pst]);
+    }
+    kc += n_tiles;
+
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+      float l = l_run[row];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int r = my_row + row * 8;
+      if (r < rows) {
+        bf16* dst = out + ((static_cast<int64_t>(it.q_begin) + it.m0 + r) * p.n_heads + it.h) * D + 2 * (lane & 3);
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
+              __floats2bfloat162_rn(o[4 * dt + 2 * row] * inv, o[4 * dt + 2 * row + 1] * inv);
+        }
+      }
+    }
+  }
+  if (cw == 0) named_sync(1, 256);  // warpgroup 2's last arrival (it opens a phase nobody takes)
+}
+
 }  // namespace wgmma_ws
 
 // Kernel versions behind the launchers (ops/attention_prefill.rs Kernel mirrors them).
@@ -1348,6 +1823,9 @@ enum Version {
   kWarpSpecializedPingPong = 5,
   kWarpSpecializedPingPong3 = 6,
   kWarpSpecializedTma = 7,
+  kPersistent = 8,
+  kPersistentQReg = 9,
+  kWarpSpecializedTmaQReg = 10,
 };
 
 template <typename Fn>
@@ -1371,20 +1849,23 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// TMA map of a [slots, n_kv_heads, D] bf16 cache as (dims, heads, slots), boxes of 64 dims x 1 head x 64 slots in
+// TMA map of a [rows, heads, D] bf16 tensor as (dims, heads, rows), boxes of 64 dims x 1 head x box_rows rows in
 // the 128-byte swizzle of the wgmma tiles.
-bool encode_cache_map(CUtensorMap* map, const void* base, const L4kAttentionParams& p) {
+bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int heads, int d, uint32_t box_rows) {
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr) return false;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(p.head_dim), static_cast<cuuint64_t>(p.n_kv_heads),
-                              static_cast<cuuint64_t>(p.slots)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(p.head_dim) * 2,
-                                 static_cast<cuuint64_t>(p.head_dim) * p.n_kv_heads * 2};
-  const cuuint32_t box[3] = {64, 1, 64};
+  if (encode == nullptr || rows <= 0) return false;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(d) * 2, static_cast<cuuint64_t>(d) * heads * 2};
+  const cuuint32_t box[3] = {64, 1, box_rows};
   const cuuint32_t elem[3] = {1, 1, 1};
   return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box, elem,
                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+// The K or V cache [slots, n_kv_heads, D] in 64-slot boxes.
+bool encode_cache_map(CUtensorMap* map, const void* base, const L4kAttentionParams& p) {
+  return encode_rows_map(map, base, p.slots, p.n_kv_heads, p.head_dim, 64);
 }
 
 template <typename Fn>
@@ -1404,12 +1885,45 @@ int launch_ws(Fn fn, dim3 grid, size_t smem_tiles, cudaStream_t stream, const L4
   return launch_status();
 }
 
+// v5: one CTA per SM (at most one per work item), each walking its share of the (head, sequence, query tile)
+// items; Q by TMA too when the cache takes the TMA path.
+template <int D, int STAGES, bool DYNAMIC, bool QREG>
+int launch_persistent(const L4kAttentionParams& p, cudaStream_t stream, int tiles) {
+  auto fn = wgmma_ws::prefill_persistent<D, STAGES, DYNAMIC, QREG>;
+  const size_t smem = sizeof(wgmma_ws::Smem<D, STAGES>) + 1024;
+  cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  int dev = 0, sms = 0;
+  if (e == cudaSuccess) e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  const int64_t items = static_cast<int64_t>(p.n_heads) * p.batch * tiles;
+  const dim3 grid(static_cast<unsigned>(items < sms ? items : sms));
+  CUtensorMap tm_k, tm_v, tm_q;
+  memset(&tm_k, 0, sizeof(tm_k));
+  memset(&tm_v, 0, sizeof(tm_v));
+  memset(&tm_q, 0, sizeof(tm_q));
+  // The same conditions as launch_ws; Q's map needs only its alignment (checked by the op: 16 bytes).
+  bool tma = p.block_size % 64 == 0 && p.chunk % 64 == 0 && p.slots > 0 && p.slots <= INT32_MAX &&
+             p.total_q <= INT32_MAX && reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 &&
+             reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0;
+  if (tma)
+    tma = encode_cache_map(&tm_k, p.k_cache, p) && encode_cache_map(&tm_v, p.v_cache, p) &&
+          encode_rows_map(&tm_q, p.q, p.total_q, p.n_heads, p.head_dim, kBlockM);
+  fn<<<grid, wgmma_ws::kThreads, smem, stream>>>(p, tm_k, tm_v, tma ? 1 : 0, tm_q, tiles);
+  return launch_status();
+}
+
 template <int D>
 int launch(const L4kAttentionParams& p, cudaStream_t stream, int version) {
   const int tiles = p.max_q_len > 0 ? (p.max_q_len + kBlockM - 1) / kBlockM : 1;
   if (tiles > 65535 || p.batch > 65535) return L4K_ATTN_STATUS_UNSUPPORTED;
   const dim3 grid(p.n_heads, tiles, p.batch);
   // 1024 bytes of slack: the wgmma tiles must start on the 128-byte swizzle's 1024-byte period.
+  if (version == kPersistent) return launch_persistent<D, 2, true, false>(p, stream, tiles);
+  if (version == kPersistentQReg) return launch_persistent<D, 2, true, true>(p, stream, tiles);
+  if (version == kWarpSpecializedTmaQReg)
+    return launch_ws(wgmma_ws::prefill_kernel<D, 2, true, true, true>, grid, sizeof(wgmma_ws::Smem<D, 2>), stream, p,
+                     true);
   switch (version) {
     case kWgmma2PerSm:
       return launch_fn(wgmma_v2::prefill_kernel<D, 2>, grid, kThreads, sizeof(wgmma_v2::Smem<D>) + 1024, stream, p);
@@ -1435,7 +1949,7 @@ int launch(const L4kAttentionParams& p, cudaStream_t stream, int version) {
 }
 
 int launch_checked(const L4kAttentionParams* p, cudaStream_t stream, int version) {
-  if (p == nullptr || version < kWgmma2PerSm || version > kWarpSpecializedTma) return L4K_ATTN_STATUS_BAD_ARGS;
+  if (p == nullptr || version < kWgmma2PerSm || version > kWarpSpecializedTmaQReg) return L4K_ATTN_STATUS_BAD_ARGS;
   if (p->batch < 0 || p->n_heads < 1 || p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads != 0 ||
       p->block_size < 1 || p->max_blocks < 0 || p->max_q_len < 0 || p->chunk < 0 || p->total_q < 0 ||
       p->slots < 0 || p->slots % p->block_size != 0)

@@ -51,6 +51,13 @@ pub enum Kernel {
     /// v4 ping-pong, two stages, whole key tiles by TMA when block_size and the chunk are multiples of 64 (each
     /// 64-key half tile is then 64 consecutive slots of one block); other tiles and layouts by cp.async.
     WarpSpecializedTma = 7,
+    /// v5: v4 TMA on a persistent grid (one CTA per SM; the producer fetches the next query tile from a global
+    /// counter, longest first), so each tile's prologue and epilogue overlap its neighbours' work.
+    Persistent = 8,
+    /// v5 with Q in registers for S (RS wgmma).
+    PersistentQReg = 9,
+    /// v4 TMA with Q in registers for S (RS wgmma).
+    WarpSpecializedTmaQReg = 10,
 }
 
 /// The kernel of the op and of `l4k_launch_attention_prefill` (the C launcher runs the same version).

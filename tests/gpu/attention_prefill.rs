@@ -100,7 +100,7 @@ fn reference_rows(c: &Case, bt: &Batch, b: usize) -> Vec<f32> {
 }
 
 /// Every kernel of kernels/attention_prefill.cu.
-const KERNELS: [Kernel; 8] = [
+const KERNELS: [Kernel; 11] = [
     Kernel::Wgmma,
     Kernel::WgmmaOneCtaPerSm,
     Kernel::MmaSync,
@@ -109,7 +109,24 @@ const KERNELS: [Kernel; 8] = [
     Kernel::WarpSpecializedPingPong,
     Kernel::WarpSpecializedPingPong3,
     Kernel::WarpSpecializedTma,
+    Kernel::Persistent,
+    Kernel::PersistentQReg,
+    Kernel::WarpSpecializedTmaQReg,
 ];
+
+/// KERNELS, or those whose names L4K_PREFILL_KERNELS lists (comma-separated, e.g. `Persistent,WarpSpecializedTma`):
+/// the sanitizers are too slow to run every version.
+fn kernels() -> Vec<Kernel> {
+    match std::env::var("L4K_PREFILL_KERNELS") {
+        Ok(only) if !only.is_empty() => {
+            let picked: Vec<Kernel> =
+                KERNELS.into_iter().filter(|k| only.split(',').any(|n| n.trim() == format!("{k:?}"))).collect();
+            assert!(!picked.is_empty(), "L4K_PREFILL_KERNELS={only} names no kernel of {KERNELS:?}");
+            picked
+        }
+        _ => KERNELS.to_vec(),
+    }
+}
 
 /// Runs the op with `kernel`; returns (out, bad_seqs counter).
 fn run_device(
@@ -154,7 +171,7 @@ fn check(c: &Case) {
     let seq_lens: Vec<i32> = c.seqs.iter().map(|s| s.0 as i32).collect();
     let row = c.n_kv * c.ratio * c.d;
     let want: Vec<Vec<f32>> = (0..c.seqs.len()).map(|b| reference_rows(c, &bt, b)).collect();
-    for kernel in KERNELS {
+    for kernel in kernels() {
         let (out, bad) = run_device(kernel, c, &bt, &seq_lens, &bt.table, spare);
         assert_eq!(bad, 0, "{kernel:?} {c:?}: bad_seqs bumped on good metadata");
         for (b, want) in want.iter().enumerate() {
@@ -239,6 +256,44 @@ fn longer_sequences_both_masks() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn persistent_grid_many_tiles_per_cta() {
+    // 40 heads x 3 sequences x 6 query tiles = 720 work items: each CTA of the persistent kernel (one per SM) walks
+    // several, across sequences and with empty tiles skipped, its K/V rings and ping-pong running on from one item
+    // to the next. Block size 64 takes the TMA path, 16 cp.async. Then sequence 1 made bad among them.
+    for (mask, block_size) in [(Mask::Causal, 64), (Mask::Chunked { chunk: 256 }, 16)] {
+        let c = Case {
+            seqs: vec![(700, 700), (513, 200), (260, 260)],
+            n_kv: 8,
+            ratio: 5,
+            d: 128,
+            mask,
+            block_size,
+            seed: 11,
+        };
+        check(&c);
+        let bt = make(&c, 0);
+        let row = c.n_kv * c.ratio * c.d;
+        let lens: Vec<i32> = c.seqs.iter().map(|s| s.0 as i32).collect();
+        let mut table = bt.table.clone();
+        table[bt.max_blocks + 512 / block_size] = -1; // the block of sequence 1's last key
+        for kernel in kernels().into_iter().filter(|k| matches!(k, Kernel::Persistent | Kernel::PersistentQReg)) {
+            let what = format!("{kernel:?} {mask:?} block {block_size}");
+            let (out, bad) = run_device(kernel, &c, &bt, &lens, &table, 0);
+            assert_eq!(bad, 1, "{what}: bad_seqs = {bad}");
+            for b in [0, 2] {
+                let q0 = bt.cu[b] as usize;
+                let got = &out[q0 * row..(q0 + c.seqs[b].1) * row];
+                let err = rel_l2(got, &reference_rows(&c, &bt, b)).unwrap();
+                assert!(err <= TOL_BF16, "{what}: good sequence {b}: relative L2 {err:.3e}");
+            }
+            let q1 = bt.cu[1] as usize;
+            assert!(out[q1 * row..(q1 + c.seqs[1].1) * row].iter().all(|x| x.is_nan()), "{what}: bad sequence written");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn bad_metadata_skips_only_that_sequence() {
     let c = Case {
         seqs: vec![(150, 150), (90, 40), (200, 130)],
@@ -267,7 +322,7 @@ fn bad_metadata_skips_only_that_sequence() {
         ("q_len > seq_len", &short, &bt.table),
         ("seq_len past the block table", &long, &bt.table),
     ];
-    for (kernel, (what, lens, table)) in KERNELS.into_iter().flat_map(|k| cases.iter().map(move |c| (k, *c))) {
+    for (kernel, (what, lens, table)) in kernels().into_iter().flat_map(|k| cases.iter().map(move |c| (k, *c))) {
         let what = format!("{kernel:?}: {what}");
         let (out, bad) = run_device(kernel, &c, &bt, lens, table, 0);
         assert_eq!(bad, 1, "{what}: bad_seqs = {bad}");
