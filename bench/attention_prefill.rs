@@ -74,14 +74,12 @@ fn bench(c: &mut Criterion) {
         let flops = seqs.iter().map(|&(s, ql)| pairs(s, ql, mask)).sum::<usize>() * 4 * hq * d;
         let kv_read: usize = seqs.iter().map(|s| s.0).sum::<usize>() * hkv * d * 2 * 2;
         let bytes = 2 * total_q * hq * d * 2 + kv_read;
-        // The default (v4 TMA), v2 and v4 ping-pong without TMA on every shape, for the version table in kernels/NOTES.md (the
-        // other versions: runs 1-7 there).
+        // The default (v4 TMA with Q in registers), v2 and v4 TMA on every shape, for the version table in
+        // kernels/NOTES.md (the other versions: runs 1-11 there).
         let kernels = [
             (DEFAULT_KERNEL, variant.to_string()),
             (Kernel::Wgmma, format!("{variant}_v2")),
-            (Kernel::WarpSpecializedTmaQReg, format!("{variant}_v4_tma_qreg")),
-            (Kernel::Persistent, format!("{variant}_v5_persistent")),
-            (Kernel::PersistentQReg, format!("{variant}_v5_persistent_qreg")),
+            (Kernel::WarpSpecializedTma, format!("{variant}_v4_tma")),
         ];
         for (kernel, name) in kernels {
             run_gemm_case(c, "attention_prefill", &name, &shape, total_q, bytes, flops, |_| {

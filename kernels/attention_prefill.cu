@@ -4,11 +4,15 @@
 // Versions side by side, all tested (tests/gpu/attention_prefill.rs runs every one) and measured (kernels/NOTES.md
 // has the figures); l4k_internal_launch_attention_prefill_version picks one (ops/attention_prefill.rs: Kernel).
 //
-// v4 TMA (l4k_launch_attention_prefill, the op's kernel since run 8, kWarpSpecializedTma; namespace wgmma_ws has
-//   the details): a producer warpgroup and two consumer warpgroups (setmaxnreg), mbarrier rings of 128-key tiles,
-//   FA3's intra-warpgroup overlap and inter-warpgroup ping-pong; whole key tiles by TMA when block_size and the
-//   chunk are multiples of 64, the rest (partial last tiles, other layouts) by the producer's cp.async.
-//   kWarpSpecialized / kWarpSpecializedPingPong / kWarpSpecializedPingPong3: the same without TMA.
+// v4 TMA Q-in-registers (l4k_launch_attention_prefill, the op's kernel since run 11, kWarpSpecializedTmaQRegFence;
+//   namespace wgmma_ws has the details): a producer warpgroup and two consumer warpgroups (setmaxnreg), mbarrier
+//   rings of 128-key tiles, FA3's intra-warpgroup overlap and inter-warpgroup ping-pong; whole key tiles by TMA
+//   when block_size and the chunk are multiples of 64, the rest (partial last tiles, other layouts) by the
+//   producer's cp.async; Q as register fragments (S by RS wgmma), fence.proxy.async only before products that may
+//   read a cp.async tile.
+//   kWarpSpecializedTma (the op's kernel in runs 8-10): Q from shared memory, a fence before every tile.
+//   kWarpSpecializedTmaQReg / kWarpSpecializedTmaQRegLazy: Q in registers with every fence / with lazy rescaling.
+//   kWarpSpecialized / kWarpSpecializedPingPong / kWarpSpecializedPingPong3: v4 without TMA.
 // v2 (kWgmma2PerSm, the op's kernel until run 7): Hopper wgmma for both products, cp.async.
 // - One CTA per (query head, 128-query tile, sequence): two warpgroups of 64 query rows each; at most 128
 //   registers a thread so two CTAs share an SM and one's softmax and loads run under the other's wgmma.
@@ -967,6 +971,7 @@ constexpr int kBlockN = 128;  // keys per tile
 constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
 constexpr int kProducerRegs = 56, kConsumerRegs = 224;  // 128 * 56 + 256 * 224 = 384 * 168
 constexpr int kConsumerWarps = 8;
+constexpr float kLazyLog2 = 8.f;  // LAZY: the growth of a row maximum (log2 units) that forces a rescale
 
 template <int D, int STAGES>
 struct Smem {
@@ -975,13 +980,6 @@ struct Smem {
   alignas(1024) bf16 v[STAGES][kBlockN * D];
   uint64_t q_full;
   uint64_t k_full[STAGES], v_full[STAGES], k_empty[STAGES], v_empty[STAGES];
-  // Persistent kernel only: the query tile the producer hands the consumers (published with q, by q_full) and
-  // q_empty (the consumers are done with q and item).
-  uint64_t q_empty;
-  struct Item {
-    int h, b, m0, q_begin, q_len, seq_len;  // h < 0: no more tiles
-  } item;
-  int64_t next_item;  // persistent DYNAMIC: the producer's latest fetch
 };
 
 __device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
@@ -1078,7 +1076,11 @@ __device__ __forceinline__ void load_q_frags(uint32_t (&qf)[D / 16][4], const bf
 // (use_tma: block_size and the chunk multiples of 64, so each 64-key half tile is 64 consecutive cache slots of one
 // block); the sequence's last, partial tile and every tile of other layouts by cp.async (zero-filled rows).
 // QREG: Q in registers for S (RS wgmma), a third less shared-memory traffic in the S products.
-template <int D, int STAGES, bool PINGPONG, bool TMA, bool QREG = false>
+// FENCE_LAST (with QREG and TMA): fence.proxy.async (a MEMBAR in SASS) only where a tile can have come by cp.async
+// (each sequence's last, partial key tile; every tile without TMA), not before every tile's products.
+// LAZY: O and the row sums are rescaled only when some row of the warp has a new maximum more than 2^8 above the
+// one its exponentials use (kLazyLog2); otherwise the old maximum stays (P <= 2^8, exact after the final 1 / l).
+template <int D, int STAGES, bool PINGPONG, bool TMA, bool QREG = false, bool FENCE_LAST = false, bool LAZY = false>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_kernel(const L4kAttentionParams p, const __grid_constant__ CUtensorMap tm_k,
                    const __grid_constant__ CUtensorMap tm_v, int use_tma) {
@@ -1239,6 +1241,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   float s[kBlockN / 2];
   uint32_t pa[kBlockN / 16][4];
   float alpha[2];
+  bool rescale = true;  // LAZY: whether this tile moved the warp's maxima (alpha != 1)
   // Masks S_j, turns it into P_j (in s), updates maxima and sums; alpha: the factor O needs.
   auto softmax = [&](int j) {
     const int k0 = keys.lo + j * kBlockN;
@@ -1254,16 +1257,32 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     }
+    float mxs[2];
 #pragma unroll
     for (int row = 0; row < 2; ++row) {
       float mx = m_run[row];
 #pragma unroll
       for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * row], s[4 * nt + 2 * row + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-      alpha[row] = ex2(m_run[row] * scale_log2 - m_scaled);
-      m_run[row] = mx;
+      mxs[row] = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    }
+    if constexpr (LAZY) {
+      // (-inf - -inf is NaN: a row that has seen no key yet does not ask for a rescale, and keeps -inf.)
+      const bool grow = (mxs[0] - m_run[0]) * scale_log2 > kLazyLog2 || (mxs[1] - m_run[1]) * scale_log2 > kLazyLog2;
+      rescale = __any_sync(0xffffffffu, grow);
+    }
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+      float m_scaled;
+      if (!LAZY || rescale) {
+        const float mx = mxs[row];
+        m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
+        alpha[row] = ex2(m_run[row] * scale_log2 - m_scaled);
+        m_run[row] = mx;
+      } else {
+        m_scaled = m_run[row] == -INFINITY ? 0.f : m_run[row] * scale_log2;
+        alpha[row] = 1.f;
+      }
       float sum = 0.f;
 #pragma unroll
       for (int nt = 0; nt < kBlockN / 8; ++nt) {
@@ -1277,12 +1296,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
   auto rescale_and_pack = [&]() {
+    if (!LAZY || rescale) {
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      o[4 * dt + 0] *= alpha[0];
-      o[4 * dt + 1] *= alpha[0];
-      o[4 * dt + 2] *= alpha[1];
-      o[4 * dt + 3] *= alpha[1];
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[4 * dt + 0] *= alpha[0];
+        o[4 * dt + 1] *= alpha[0];
+        o[4 * dt + 2] *= alpha[1];
+        o[4 * dt + 3] *= alpha[1];
+      }
     }
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -1293,6 +1314,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
   uint32_t qf[QREG ? D / 16 : 1][4];
+  // FENCE_LAST: whether shared tiles other than each sequence's last key tile can come by cp.async.
+  const bool cp_async_tiles = !(TMA && use_tma != 0);
+  auto fence_if = [&](bool maybe_cp_async) {
+    if (!(QREG && FENCE_LAST) || maybe_cp_async) fence_proxy_async();
+  };
   auto issue_s = [&](int st) {
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
@@ -1319,7 +1345,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   mbar_wait(&sm.q_full, 0);
   mbar_wait(&sm.k_full[0], 0);
-  fence_proxy_async();
+  fence_if(cp_async_tiles || n_tiles == 1);
   if constexpr (QREG) load_q_frags<D>(qf, sm.q, cw * 64 + wrow * 16, lane);
   pp_sync();
   wgmma_fence();
@@ -1336,7 +1362,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int st = j % STAGES, pst = (j - 1) % STAGES;
     mbar_wait(&sm.k_full[st], (j / STAGES) & 1);
     mbar_wait(&sm.v_full[pst], ((j - 1) / STAGES) & 1);
-    fence_proxy_async();
+    fence_if(cp_async_tiles || j == n_tiles - 1);
     pp_sync();
     wgmma_fence();
     issue_s(st);
@@ -1356,7 +1382,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   {
     const int pst = (n_tiles - 1) % STAGES;
     mbar_wait(&sm.v_full[pst], ((n_tiles - 1) / STAGES) & 1);
-    fence_proxy_async();
+    fence_if(true);  // V of the last tile: a partial one comes by cp.async
     pp_sync();
     wgmma_fence();
     issue_pv(pst);
@@ -1388,429 +1414,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// OR of v over the producer warpgroup's 128 threads (named barrier 3; the consumers do not take part).
-__device__ __forceinline__ bool producer_any(bool v) {
-  uint32_t r;
-  asm volatile(
-      "{\n.reg .pred p, q;\nsetp.ne.u32 p, %1, 0;\nbar.red.or.pred q, 3, 128, p;\nselp.u32 %0, 1, 0, q;\n}\n"
-      : "=r"(r)
-      : "r"(static_cast<uint32_t>(v))
-      : "memory");
-  return r != 0;
-}
-
-// v5 (kPersistent, the op's kernel): v4 TMA (2 stages, ping-pong) on a persistent grid, so that a CTA's prologue
-// (sequence checks, Q and the first K tile) and epilogue (O stores) overlap the neighbouring query tiles' work
-// instead of leaving the tensor cores idle between CTAs (one CTA per SM, ~20 waves at S = 8192).
-// - grid = min(SMs, work items); items are (head, sequence, query tile) in the order of v4's grid (heads side by
-//   side, so a KV group's heads read the same K/V from L2; the tiles with the most keys first, across sequences),
-//   dealt out in rounds of gridDim.x that alternate direction (CTA c takes item c of round 0, item G - 1 - c of
-//   round 1, ...): the causal work per item falls almost linearly along the order, so each CTA's pair of items
-//   costs about the same and the static schedule stays balanced without a global counter (the op has no
-//   workspace).
-// - The producer walks the CTA's items: it checks each sequence's metadata once (OR over its warpgroup), skips
-//   bad sequences and empty tiles, waits for q_empty, writes the item into shared memory, loads Q and announces
-//   both on q_full, then streams the item's K/V tiles into the rings, whose stage counters run on across items.
-//   A final item with h < 0 tells the consumers to stop.
-// - The consumers release Q (q_empty) as soon as their last S product of the item has retired, so the next
-//   item's Q and first K tile load under the last P V product and the O stores; the ping-pong phases run on
-//   across items (warpgroup 1 takes warpgroup 2's last arrival at the end).
-// Work-item counter of the DYNAMIC schedule and the CTAs that are done with it; the last CTA out resets both, so
-// every launch starts from zero. One launch at a time may use them (launches on one stream).
-__device__ unsigned long long g_next_item;
-__device__ unsigned int g_done_ctas;
-
-template <int D, int STAGES, bool DYNAMIC, bool QREG>
-__global__ void __launch_bounds__(kThreads, 1)
-    prefill_persistent(const L4kAttentionParams p, const __grid_constant__ CUtensorMap tm_k,
-                       const __grid_constant__ CUtensorMap tm_v, int use_tma, const __grid_constant__ CUtensorMap tm_q,
-                       int q_tiles) {
-  constexpr int kChunks = D / 8;               // 16-byte chunks per row
-  constexpr int kRowsPerPass = 128 / kChunks;  // rows one pass of the producer warpgroup covers
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  Smem<D, STAGES>& sm =
-      *reinterpret_cast<Smem<D, STAGES>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-  using Item = typename Smem<D, STAGES>::Item;
-
-  const int tid = threadIdx.x, lane = tid & 31;
-  const int wg = tid >> 7;
-  if (tid == 0) {
-    mbar_init(&sm.q_full, 129);  // every producer thread's (cp.async or plain) + thread 0's after it wrote the item
-    mbar_init(&sm.q_empty, kConsumerWarps);
-#pragma unroll
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(&sm.k_full[s], 128);
-      mbar_init(&sm.v_full[s], 128);
-      mbar_init(&sm.k_empty[s], kConsumerWarps);
-      mbar_init(&sm.v_empty[s], kConsumerWarps);
-    }
-  }
-  __syncthreads();
-
-  if (wg == 0) {
-    // Producer.
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kProducerRegs));
-    const bf16* q_g = static_cast<const bf16*>(p.q);
-    const bf16* k_g = static_cast<const bf16*>(p.k_cache);
-    const bf16* v_g = static_cast<const bf16*>(p.v_cache);
-    const int bs_shift = block_shift(p.block_size);
-    const int chunk_col = tid % kChunks;
-    const int row_base = tid / kChunks;
-    constexpr int kRowsPerCopy = 32 / kChunks;
-    const int pwarp = tid >> 5, sub = lane / kChunks, col = lane % kChunks;
-    const bool tma = use_tma != 0;
-    const int64_t n_items = static_cast<int64_t>(p.n_heads) * p.batch * q_tiles;
-    const int grid = gridDim.x, cta = blockIdx.x;
-    int published = 0, kcnt = 0, vcnt = 0;  // items handed over, K and V tiles issued (ring positions)
-    int checked_b = -1;
-    bool bad = false;
-    for (int64_t k = 0;; ++k) {
-      int64_t item;
-      if constexpr (DYNAMIC) {
-        // The next item in the global order, fetched by thread 0 and handed to the warpgroup through shared memory.
-        if (tid == 0) sm.next_item = static_cast<int64_t>(atomicAdd(&g_next_item, 1ull));
-        named_sync(3, 128);
-        item = sm.next_item;
-        named_sync(3, 128);
-        if (item >= n_items) break;
-      } else {
-        if (k * grid >= n_items) break;
-        item = k * grid + ((k & 1) ? grid - 1 - cta : cta);
-        if (item >= n_items) continue;
-      }
-      const int h = static_cast<int>(item % p.n_heads);
-      const int64_t rest = item / p.n_heads;
-      const int b = static_cast<int>(rest % p.batch);
-      const int tile = q_tiles - 1 - static_cast<int>(rest / p.batch);
-      const int q_begin = p.cu_seqlens_q[b];
-      const int q_len = p.cu_seqlens_q[b + 1] - q_begin;
-      const int seq_len = p.seq_lens_k[b];
-      if (b != checked_b) {
-        bad = producer_any(sequence_is_bad_part(p, b, q_begin, q_len, seq_len, tid, 128));
-        checked_b = b;
-      }
-      if (bad) {
-        if (h == 0 && tile == 0 && tid == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
-        continue;
-      }
-      const int m0 = tile * kBlockM;
-      if (m0 >= q_len) continue;
-      const int kvh = h / (p.n_heads / p.n_kv_heads);
-      const int rows = min(kBlockM, q_len - m0);
-      const int q_off = seq_len - q_len;
-      const KeyRange keys = attention_key_range(q_off + m0, q_off + m0 + rows - 1, p.chunk);
-      const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
-      const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.max_blocks;
-
-      mbar_wait(&sm.q_empty, (published & 1) ^ 1);
-      if (tma) {
-        // Q rows m0 .. m0 + 127 of head h by TMA (rows past total_q read as zeros; rows of the next sequence are
-        // computed and never stored). Thread 0's expect_tx arrival orders its item write before the consumers.
-        if (tid == 0) {
-          sm.item = Item{h, b, m0, q_begin, q_len, seq_len};
-          mbar_arrive_expect_tx(&sm.q_full, kBlockM * D * 2);
-#pragma unroll
-          for (int cb = 0; cb < D / 64; ++cb) tma_load_3d(&sm.q[cb * kBlockM * 64], &tm_q, cb * 64, h, q_begin + m0, &sm.q_full);
-        }
-        mbar_arrive(&sm.q_full);
-      } else {
-        if (tid == 0) sm.item = Item{h, b, m0, q_begin, q_len, seq_len};
-#pragma unroll 4
-        for (int r = row_base; r < kBlockM; r += kRowsPerPass) {
-          const bool in = r < rows;
-          const int64_t row = static_cast<int64_t>(q_begin) + m0 + (in ? r : 0);
-          cp_async16(&sm.q[swz<kBlockM>(r, chunk_col)], q_g + (row * p.n_heads + h) * D + chunk_col * 8, in ? 16 : 0);
-        }
-        cp_async_arrive(&sm.q_full);
-        if (tid == 0) mbar_arrive(&sm.q_full);
-      }
-      ++published;
-
-      // K/V tiles exactly as in prefill_kernel (TMA for whole tiles, else rows by cp.async), ring positions kcnt
-      // and vcnt.
-      auto lookup = [&](int t) {
-        const int pos = keys.lo + t * kBlockN + pwarp * 32 + lane;
-        return pos < seq_len ? slot_of(table, pos, p.block_size, bs_shift) : -1;
-      };
-      auto load = [&](bf16* dst, const bf16* src, int my_slot) {
-#pragma unroll
-        for (int i = 0; i < 32 / kRowsPerCopy; ++i) {
-          const int rl = i * kRowsPerCopy + sub;
-          const int slot = __shfl_sync(0xffffffffu, my_slot, rl);
-          const bool in = slot >= 0;
-          const int64_t off = (static_cast<int64_t>(in ? slot : 0) * p.n_kv_heads + kvh) * D + col * 8;
-          cp_async16(&dst[swz<kBlockN>(pwarp * 32 + rl, col)], src + off, in ? 16 : 0);
-        }
-      };
-      auto issue = [&](bf16* dst, const bf16* src, const CUtensorMap* map, uint64_t* full, int t, int my_slot) {
-        const int k0 = keys.lo + t * kBlockN;
-        if (tma && k0 + kBlockN <= seq_len) {
-          if (tid == 0) {
-            mbar_arrive_expect_tx(full, kBlockN * D * 2);
-#pragma unroll
-            for (int half = 0; half < kBlockN / 64; ++half) {
-              const int slot = slot_of(table, k0 + 64 * half, p.block_size, bs_shift);
-#pragma unroll
-              for (int cb = 0; cb < D / 64; ++cb)
-                tma_load_3d(dst + cb * kBlockN * 64 + half * 64 * 64, map, cb * 64, kvh, slot, full);
-            }
-          } else {
-            mbar_arrive(full);
-          }
-        } else {
-          load(dst, src, my_slot);
-          cp_async_arrive(full);
-        }
-      };
-      auto issue_k = [&](int t, int my_slot) {
-        const int st = kcnt % STAGES;
-        mbar_wait(&sm.k_empty[st], ((kcnt / STAGES) & 1) ^ 1);
-        issue(sm.k[st], k_g, &tm_k, &sm.k_full[st], t, my_slot);
-        ++kcnt;
-      };
-      auto issue_v = [&](int t, int my_slot) {
-        const int st = vcnt % STAGES;
-        mbar_wait(&sm.v_empty[st], ((vcnt / STAGES) & 1) ^ 1);
-        issue(sm.v[st], v_g, &tm_v, &sm.v_full[st], t, my_slot);
-        ++vcnt;
-      };
-      int slot_v = lookup(0);  // rows of tile t (V_t still to issue)
-      issue_k(0, slot_v);
-      int slot_k = n_tiles > 1 ? lookup(1) : -1;  // rows of tile t + 1
-      for (int t = 0; t < n_tiles; ++t) {
-        if (t + 1 < n_tiles) issue_k(t + 1, slot_k);
-        issue_v(t, slot_v);
-        slot_v = slot_k;
-        slot_k = t + 2 < n_tiles ? lookup(t + 2) : -1;
-      }
-    }
-    if constexpr (DYNAMIC) {
-      if (tid == 0) {
-        __threadfence();  // this CTA's last fetch before its count
-        if (atomicAdd(&g_done_ctas, 1u) == gridDim.x - 1) {
-          atomicExch(&g_next_item, 0ull);
-          atomicExch(&g_done_ctas, 0u);
-        }
-      }
-    }
-    mbar_wait(&sm.q_empty, (published & 1) ^ 1);
-    if (tid == 0) sm.item.h = -1;
-    mbar_arrive(&sm.q_full);
-    if (tid == 0) mbar_arrive(&sm.q_full);
-    cp_async_wait_all();  // nothing in flight when the producer leaves
-    return;
-  }
-
-  // Consumers.
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
-  const int cw = wg - 1;              // consumer warpgroup: query rows 64 cw .. 64 cw + 63 of the tile
-  const int wrow = (tid & 127) >> 5;  // warp within the warpgroup
-  const uint32_t q_base = smem_addr(&sm.q[cw * 64 * 64]) >> 4;
-  const uint32_t k_base = smem_addr(&sm.k[0][0]) >> 4, v_base = smem_addr(&sm.v[0][0]) >> 4;
-  constexpr uint32_t kStageUnits = kBlockN * D * 2 / 16;
-  const uint64_t kmajor_hi = gmma_desc_hi(16, 1024), vmajor_hi = gmma_desc_hi(kBlockN * 128, 1024);
-  auto q_desc = [&](int ks) { return kmajor_hi | (q_base + (ks >> 2) * (kBlockM * 8) + (ks & 3) * 2); };
-  auto k_desc = [&](int st, int ks) {
-    return kmajor_hi | (k_base + st * kStageUnits + (ks >> 2) * (kBlockN * 8) + (ks & 3) * 2);
-  };
-  auto v_desc = [&](int st, int kk) { return vmajor_hi | (v_base + st * kStageUnits + kk * 128); };
-  // Ping-pong: named barrier 1 + c gates warpgroup c's issue phase; the other warpgroup opens it after its own.
-  auto pp_sync = [&]() { named_sync(1 + cw, 256); };
-  auto pp_arrive = [&]() { named_arrive(2 - cw, 256); };
-  auto release = [&](uint64_t* bar) {
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bar);
-  };
-  const float scale_log2 = p.softmax_scale * kLog2e;
-  const int my_row = cw * 64 + wrow * 16 + (lane >> 2);  // tile row of s[4 nt + 0, 1]; + 8 for s[4 nt + 2, 3]
-  bf16* out = static_cast<bf16*>(p.out);
-  // Shared tiles written by cp.async (generic proxy) need fence.proxy.async before wgmma reads them (a MEMBAR in
-  // SASS, which after the O stores waits for them). With TMA only each item's last key tile can come that way
-  // (a partial tile): whole tiles before it and Q are TMA's, so the fence runs at the last tile only.
-  const bool cp_async_tiles = use_tma == 0;
-
-  float o[D / 2];
-  float s[kBlockN / 2];
-  uint32_t pa[kBlockN / 16][4];
-  float m_run[2], l_run[2], alpha[2];
-  uint32_t qf[QREG ? D / 16 : 1][4];
-
-  if (cw == 1) named_arrive(1, 256);  // warpgroup 1 issues first
-  int kc = 0;                         // ring position of the item's first K/V tile
-  for (int consumed = 0;; ++consumed) {
-    mbar_wait(&sm.q_full, consumed & 1);
-    const Item it = sm.item;
-    if (it.h < 0) break;
-    const int q_off = it.seq_len - it.q_len;
-    const int rows = min(kBlockM, it.q_len - it.m0);
-    const int q_first = q_off + it.m0, q_last = q_off + it.m0 + rows - 1;
-    const KeyRange keys = attention_key_range(q_first, q_last, p.chunk);
-    const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
-    const int my_q[2] = {q_first + my_row, q_first + my_row + 8};
-    const int my_lo[2] = {chunk_start(my_q[0], p.chunk), chunk_start(my_q[1], p.chunk)};
-    const int last_chunk_start = chunk_start(q_last, p.chunk);
-    const int seq_len = it.seq_len;
-    if constexpr (QREG) {
-      // The q_full wait orders Q's writes (TMA or cp.async) before these generic reads; the shared tile is free
-      // for the next item as soon as the fragments are in registers.
-      load_q_frags<D>(qf, sm.q, cw * 64 + wrow * 16, lane);
-      release(&sm.q_empty);
-    }
-
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-    m_run[0] = m_run[1] = -INFINITY;
-    l_run[0] = l_run[1] = 0.f;
-
-    // Masks S_j, turns it into P_j (in s), updates maxima and sums; alpha: the factor O needs.
-    auto softmax = [&](int j) {
-      const int k0 = keys.lo + j * kBlockN;
-      const bool full = k0 + kBlockN - 1 <= q_first && k0 >= last_chunk_start && k0 + kBlockN <= seq_len;
-      if (!full) {
-#pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int kp = k0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-            const int row = e >> 1;
-            if (kp > my_q[row] || kp < my_lo[row] || kp >= seq_len) s[4 * nt + e] = -INFINITY;
-          }
-        }
-      }
-#pragma unroll
-      for (int row = 0; row < 2; ++row) {
-        float mx = m_run[row];
-#pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * row], s[4 * nt + 2 * row + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-        alpha[row] = ex2(m_run[row] * scale_log2 - m_scaled);
-        m_run[row] = mx;
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < kBlockN / 8; ++nt) {
-          float& x0 = s[4 * nt + 2 * row];
-          float& x1 = s[4 * nt + 2 * row + 1];
-          x0 = ex2(fmaf(x0, scale_log2, -m_scaled));
-          x1 = ex2(fmaf(x1, scale_log2, -m_scaled));
-          sum += x0 + x1;
-        }
-        l_run[row] = l_run[row] * alpha[row] + sum;
-      }
-    };
-    auto rescale_and_pack = [&]() {
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        o[4 * dt + 0] *= alpha[0];
-        o[4 * dt + 1] *= alpha[0];
-        o[4 * dt + 2] *= alpha[1];
-        o[4 * dt + 3] *= alpha[1];
-      }
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-      }
-    };
-    auto issue_s = [&](int st) {
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        if constexpr (QREG) {
-          wgmma_rs_n128_kmajor(s, qf[ks], k_desc(st, ks), ks > 0);
-        } else {
-          wgmma_ss_n128(s, q_desc(ks), k_desc(st, ks), ks > 0);
-        }
-      }
-    };
-    auto issue_pv = [&](int st) {
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        if constexpr (D == 128) {
-          wgmma_v2::wgmma_rs_n128(o, pa[kk], v_desc(st, kk));
-        } else {
-          wgmma_v2::wgmma_rs_n64(o, pa[kk], v_desc(st, kk));
-        }
-      }
-    };
-
-    {
-      const int st = kc % STAGES;
-      mbar_wait(&sm.k_full[st], (kc / STAGES) & 1);
-      if (cp_async_tiles || n_tiles == 1) fence_proxy_async();
-      pp_sync();
-      wgmma_fence();
-      issue_s(st);
-      wgmma_commit();
-      pp_arrive();
-      wgmma_wait_all();
-      pin(s);
-      release(&sm.k_empty[st]);
-      if (!QREG && n_tiles == 1) release(&sm.q_empty);
-      softmax(0);
-      rescale_and_pack();
-    }
-    for (int j = 1; j < n_tiles; ++j) {
-      const int g = kc + j;
-      const int st = g % STAGES, pst = (g - 1) % STAGES;
-      mbar_wait(&sm.k_full[st], (g / STAGES) & 1);
-      mbar_wait(&sm.v_full[pst], ((g - 1) / STAGES) & 1);
-      if (cp_async_tiles || j == n_tiles - 1) fence_proxy_async();
-      pp_sync();
-      wgmma_fence();
-      issue_s(st);
-      wgmma_commit();
-      issue_pv(pst);
-      wgmma_commit();
-      pp_arrive();
-      wgmma_wait_1();  // S_j done; P_{j-1} V_{j-1} may still run
-      pin(s);
-      release(&sm.k_empty[st]);
-      if (!QREG && j == n_tiles - 1) release(&sm.q_empty);  // the item's last read of Q has retired
-      softmax(j);
-      wgmma_wait_all();
-      pin(o);
-      release(&sm.v_empty[pst]);
-      rescale_and_pack();
-    }
-    {
-      const int g = kc + n_tiles - 1;
-      const int pst = g % STAGES;
-      mbar_wait(&sm.v_full[pst], (g / STAGES) & 1);
-      fence_proxy_async();
-      pp_sync();
-      wgmma_fence();
-      issue_pv(pst);
-      wgmma_commit();
-      pp_arrive();
-      wgmma_wait_all();
-      pin(o);
-      release(&sm.v_empty[pst]);
-    }
-    kc += n_tiles;
-
-#pragma unroll
-    for (int row = 0; row < 2; ++row) {
-      float l = l_run[row];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      const int r = my_row + row * 8;
-      if (r < rows) {
-        bf16* dst = out + ((static_cast<int64_t>(it.q_begin) + it.m0 + r) * p.n_heads + it.h) * D + 2 * (lane & 3);
-#pragma unroll
-        for (int dt = 0; dt < D / 8; ++dt) {
-          *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-              __floats2bfloat162_rn(o[4 * dt + 2 * row] * inv, o[4 * dt + 2 * row + 1] * inv);
-        }
-      }
-    }
-  }
-  if (cw == 0) named_sync(1, 256);  // warpgroup 2's last arrival (it opens a phase nobody takes)
-}
-
 }  // namespace wgmma_ws
 
 // Kernel versions behind the launchers (ops/attention_prefill.rs Kernel mirrors them).
@@ -1823,9 +1426,9 @@ enum Version {
   kWarpSpecializedPingPong = 5,
   kWarpSpecializedPingPong3 = 6,
   kWarpSpecializedTma = 7,
-  kPersistent = 8,
-  kPersistentQReg = 9,
-  kWarpSpecializedTmaQReg = 10,
+  kWarpSpecializedTmaQReg = 8,
+  kWarpSpecializedTmaQRegFence = 9,
+  kWarpSpecializedTmaQRegLazy = 10,
 };
 
 template <typename Fn>
@@ -1885,45 +1488,21 @@ int launch_ws(Fn fn, dim3 grid, size_t smem_tiles, cudaStream_t stream, const L4
   return launch_status();
 }
 
-// v5: one CTA per SM (at most one per work item), each walking its share of the (head, sequence, query tile)
-// items; Q by TMA too when the cache takes the TMA path.
-template <int D, int STAGES, bool DYNAMIC, bool QREG>
-int launch_persistent(const L4kAttentionParams& p, cudaStream_t stream, int tiles) {
-  auto fn = wgmma_ws::prefill_persistent<D, STAGES, DYNAMIC, QREG>;
-  const size_t smem = sizeof(wgmma_ws::Smem<D, STAGES>) + 1024;
-  cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  int dev = 0, sms = 0;
-  if (e == cudaSuccess) e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (e != cudaSuccess) return static_cast<int>(e);
-  const int64_t items = static_cast<int64_t>(p.n_heads) * p.batch * tiles;
-  const dim3 grid(static_cast<unsigned>(items < sms ? items : sms));
-  CUtensorMap tm_k, tm_v, tm_q;
-  memset(&tm_k, 0, sizeof(tm_k));
-  memset(&tm_v, 0, sizeof(tm_v));
-  memset(&tm_q, 0, sizeof(tm_q));
-  // The same conditions as launch_ws; Q's map needs only its alignment (checked by the op: 16 bytes).
-  bool tma = p.block_size % 64 == 0 && p.chunk % 64 == 0 && p.slots > 0 && p.slots <= INT32_MAX &&
-             p.total_q <= INT32_MAX && reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 &&
-             reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0 && reinterpret_cast<uintptr_t>(p.q) % 16 == 0;
-  if (tma)
-    tma = encode_cache_map(&tm_k, p.k_cache, p) && encode_cache_map(&tm_v, p.v_cache, p) &&
-          encode_rows_map(&tm_q, p.q, p.total_q, p.n_heads, p.head_dim, kBlockM);
-  fn<<<grid, wgmma_ws::kThreads, smem, stream>>>(p, tm_k, tm_v, tma ? 1 : 0, tm_q, tiles);
-  return launch_status();
-}
-
 template <int D>
 int launch(const L4kAttentionParams& p, cudaStream_t stream, int version) {
   const int tiles = p.max_q_len > 0 ? (p.max_q_len + kBlockM - 1) / kBlockM : 1;
   if (tiles > 65535 || p.batch > 65535) return L4K_ATTN_STATUS_UNSUPPORTED;
   const dim3 grid(p.n_heads, tiles, p.batch);
   // 1024 bytes of slack: the wgmma tiles must start on the 128-byte swizzle's 1024-byte period.
-  if (version == kPersistent) return launch_persistent<D, 2, true, false>(p, stream, tiles);
-  if (version == kPersistentQReg) return launch_persistent<D, 2, true, true>(p, stream, tiles);
   if (version == kWarpSpecializedTmaQReg)
     return launch_ws(wgmma_ws::prefill_kernel<D, 2, true, true, true>, grid, sizeof(wgmma_ws::Smem<D, 2>), stream, p,
                      true);
+  if (version == kWarpSpecializedTmaQRegFence)
+    return launch_ws(wgmma_ws::prefill_kernel<D, 2, true, true, true, true>, grid, sizeof(wgmma_ws::Smem<D, 2>),
+                     stream, p, true);
+  if (version == kWarpSpecializedTmaQRegLazy)
+    return launch_ws(wgmma_ws::prefill_kernel<D, 2, true, true, true, true, true>, grid,
+                     sizeof(wgmma_ws::Smem<D, 2>), stream, p, true);
   switch (version) {
     case kWgmma2PerSm:
       return launch_fn(wgmma_v2::prefill_kernel<D, 2>, grid, kThreads, sizeof(wgmma_v2::Smem<D>) + 1024, stream, p);
@@ -1949,7 +1528,7 @@ int launch(const L4kAttentionParams& p, cudaStream_t stream, int version) {
 }
 
 int launch_checked(const L4kAttentionParams* p, cudaStream_t stream, int version) {
-  if (p == nullptr || version < kWgmma2PerSm || version > kWarpSpecializedTmaQReg) return L4K_ATTN_STATUS_BAD_ARGS;
+  if (p == nullptr || version < kWgmma2PerSm || version > kWarpSpecializedTmaQRegLazy) return L4K_ATTN_STATUS_BAD_ARGS;
   if (p->batch < 0 || p->n_heads < 1 || p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads != 0 ||
       p->block_size < 1 || p->max_blocks < 0 || p->max_q_len < 0 || p->chunk < 0 || p->total_q < 0 ||
       p->slots < 0 || p->slots % p->block_size != 0)
@@ -1967,7 +1546,7 @@ int launch_checked(const L4kAttentionParams* p, cudaStream_t stream, int version
 }  // namespace l4k
 
 extern "C" int l4k_launch_attention_prefill(const L4kAttentionParams* p, cudaStream_t stream) {
-  return l4k::attn_prefill::launch_checked(p, stream, l4k::attn_prefill::kWarpSpecializedTma);
+  return l4k::attn_prefill::launch_checked(p, stream, l4k::attn_prefill::kWarpSpecializedTmaQRegFence);
 }
 
 // Every version, kept compiled and tested side by side (ops/attention_prefill.rs: Kernel).

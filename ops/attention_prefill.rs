@@ -51,18 +51,18 @@ pub enum Kernel {
     /// v4 ping-pong, two stages, whole key tiles by TMA when block_size and the chunk are multiples of 64 (each
     /// 64-key half tile is then 64 consecutive slots of one block); other tiles and layouts by cp.async.
     WarpSpecializedTma = 7,
-    /// v5: v4 TMA on a persistent grid (one CTA per SM; the producer fetches the next query tile from a global
-    /// counter, longest first), so each tile's prologue and epilogue overlap its neighbours' work.
-    Persistent = 8,
-    /// v5 with Q in registers for S (RS wgmma).
-    PersistentQReg = 9,
-    /// v4 TMA with Q in registers for S (RS wgmma).
-    WarpSpecializedTmaQReg = 10,
+    /// v4 TMA with Q in registers for S (RS wgmma: the S products read only K from shared memory).
+    WarpSpecializedTmaQReg = 8,
+    /// v4 TMA Q-in-registers with fence.proxy.async only where a tile may have come by cp.async (the last one).
+    WarpSpecializedTmaQRegFence = 9,
+    /// The previous one with lazy rescaling: O and the sums are rescaled only when a row maximum grows by more
+    /// than 2^8 (warp-wide decision).
+    WarpSpecializedTmaQRegLazy = 10,
 }
 
 /// The kernel of the op and of `l4k_launch_attention_prefill` (the C launcher runs the same version).
 #[doc(hidden)]
-pub const DEFAULT_KERNEL: Kernel = Kernel::WarpSpecializedTma;
+pub const DEFAULT_KERNEL: Kernel = Kernel::WarpSpecializedTmaQRegFence;
 
 /// `out` [total_q, n_heads, head_dim] = softmax(q k^T * `softmax_scale`, `mask`) v for every sequence of the
 /// batch, rows of a sequence whose metadata is bad left untouched (and counted in `bad_seqs` [1] when given).
