@@ -3,7 +3,7 @@ and flash backends (causal), FlexAttention with a block mask (chunked, and causa
 heads over 8 KV heads, head_dim 128, bf16, contiguous [B, H, S, D] tensors (the peers get no paging). FLOPs count
 only unmasked work (4 * heads * d per visible pair), as bench/attention_prefill.rs does.
 Usage: python3 torch_attention_prefill.py --json F
-L4K_BENCH_ONLY=<substring>[,...] keeps the cases whose variant/shape contains one of them (as the Rust benches do).
+L4K_BENCH_ONLY=<substring>[,...] keeps the cases whose family/variant/shape contains one of them (as the Rust benches do).
 """
 import argparse
 import json
@@ -51,7 +51,7 @@ def main():
              ("causal", "S32768_B1", 1, 32768, 32768, 0), ("causal", "S2048_B4", 4, 2048, 2048, 0),
              ("causal", "continue_Q2048_K10240_B1", 1, 10240, 2048, 0)]
     only = [f for f in os.environ.get("L4K_BENCH_ONLY", "").split(",") if f]
-    cases = [c for c in cases if not only or any(f in f"{c[0]}/{c[1]}" for f in only)]
+    cases = [c for c in cases if not only or any(f in f"attention_prefill/{c[0]}/{c[1]}" for f in only)]
     with torch.inference_mode():
         for variant, shape, b, s, ql, chunk in cases:
             q = torch.randn(b, NH, ql, D, device=dev, dtype=torch.bfloat16)
