@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use llama4_kernels::attention::{default_scale, Mask, PagedKv, QueryBatch};
-use llama4_kernels::attention_prefill::{attention_prefill_with, Kernel, DEFAULT_KERNEL};
+use llama4_kernels::attention_prefill::attention_prefill;
 use llama4_kernels::{Tensor, TensorMut};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -74,28 +74,18 @@ fn bench(c: &mut Criterion) {
         let flops = seqs.iter().map(|&(s, ql)| pairs(s, ql, mask)).sum::<usize>() * 4 * hq * d;
         let kv_read: usize = seqs.iter().map(|s| s.0).sum::<usize>() * hkv * d * 2 * 2;
         let bytes = 2 * total_q * hq * d * 2 + kv_read;
-        // The default (v4 TMA), v2 and v4 ping-pong without TMA on every shape, for the version table in kernels/NOTES.md (the
-        // other versions: runs 1-7 there).
-        let kernels = [
-            (DEFAULT_KERNEL, variant.to_string()),
-            (Kernel::Wgmma, format!("{variant}_v2")),
-            (Kernel::WarpSpecializedPingPong, format!("{variant}_v4_ws_pingpong")),
-        ];
-        for (kernel, name) in kernels {
-            run_gemm_case(c, "attention_prefill", &name, &shape, total_q, bytes, flops, |_| {
-                attention_prefill_with(
-                    kernel,
-                    stream(),
-                    &queries,
-                    &kv,
-                    mask,
-                    default_scale(d),
-                    &mut TensorMut::of(&mut out, [total_q, hq, d]).unwrap(),
-                    None,
-                )
-                .unwrap()
-            });
-        }
+        run_gemm_case(c, "attention_prefill", variant, &shape, total_q, bytes, flops, |_| {
+            attention_prefill(
+                stream(),
+                &queries,
+                &kv,
+                mask,
+                default_scale(d),
+                &mut TensorMut::of(&mut out, [total_q, hq, d]).unwrap(),
+                None,
+            )
+            .unwrap()
+        });
     }
 }
 

@@ -1,43 +1,29 @@
 // Prefill attention over the paged KV cache (contract: kernels/attention_params.h; op: ops/attention_prefill.rs;
 // reference: reference/src/attention.rs). One kernel serves a fresh prefill (q_len == seq_len_k) and a prefill
 // that continues a cache (q_len < seq_len_k): query i of sequence b sits at position seq_len_k - q_len + i.
-// Versions side by side, all tested (tests/gpu/attention_prefill.rs runs every one) and measured (kernels/NOTES.md
-// has the figures); l4k_internal_launch_attention_prefill_version picks one (ops/attention_prefill.rs: Kernel).
+// kernels/NOTES.md (attention_prefill) has the history: v1 (mma.sync), v2 (wgmma, 2 CTAs / SM), v3 (FA3's
+// intra-warpgroup overlap), v4 (warp specialization, cp.async), v4 TMA, v5 (persistent grid), all measured and
+// retired; their code is in git history (commit 0bffbd8 and before).
 //
-// v4 TMA (l4k_launch_attention_prefill, the op's kernel since run 8, kWarpSpecializedTma; namespace wgmma_ws has
-//   the details): a producer warpgroup and two consumer warpgroups (setmaxnreg), mbarrier rings of 128-key tiles,
-//   FA3's intra-warpgroup overlap and inter-warpgroup ping-pong; whole key tiles by TMA when block_size and the
-//   chunk are multiples of 64, the rest (partial last tiles, other layouts) by the producer's cp.async.
-//   kWarpSpecialized / kWarpSpecializedPingPong / kWarpSpecializedPingPong3: the same without TMA.
-// v2 (kWgmma2PerSm, the op's kernel until run 7): Hopper wgmma for both products, cp.async.
-// - One CTA per (query head, 128-query tile, sequence): two warpgroups of 64 query rows each; at most 128
-//   registers a thread so two CTAs share an SM and one's softmax and loads run under the other's wgmma.
-//   kWgmma1PerSm: the same without the register cap (one CTA per SM).
+// The kernel (namespace wgmma_ws has the details): FlashAttention-3's structure on Hopper: a producer warpgroup and
+// two consumer warpgroups (setmaxnreg), mbarrier rings of 128-key tiles, FA3's intra-warpgroup overlap and
+// inter-warpgroup ping-pong; whole key tiles by TMA when block_size and the chunk are multiples of 64, the rest
+// (each sequence's partial last tile, other layouts) by the producer's cp.async; Q as register fragments (S by RS
+// wgmma).
+// - One CTA per (query head, 128-query tile, sequence). The grid walks each sequence's tiles last first (the causal
+//   tiles with the most keys start first, short ones fill the tail) and puts the heads of one tile side by side,
+//   so the heads of one KV group read the same K/V tiles from L2.
 // - Q, K, V tiles in shared memory in the 128-byte-swizzled layout wgmma reads (64-element column blocks,
-//   16-byte chunks XOR-ed with the row): S = Q K^T is wgmma m64n64k16 with both operands in shared memory
-//   (K-major); O += P V is wgmma m64n{D}k16 with P from registers (the S accumulator layout is the A fragment
-//   layout) and V read transposed (MN-major descriptor). Two-stage K/V ring: tile j + 1 loads during tile j.
-// v3 (kWgmmaOverlap): v2's layouts, Q in registers, FA3's intra-warpgroup overlap (softmax_j under P_{j-1} V_{j-1}),
-//   three-stage ring, one CTA per SM. Slower than v2 today (see NOTES.md).
-// v1 (kMmaSync): the FlashAttention-2 structure on mma.sync m16n8k16, 8 warps of 16 query rows, Q fragments in
-//   registers, K and V through ldmatrix (V transposed by ldmatrix.trans); V_j loads under S_j, K_{j+1} under PV_j.
-//
-// Shared by all:
-// - The grid walks each sequence's tiles last first (the causal tiles with the most keys start first, short
-//   ones fill the tail) and puts the heads of one tile side by side, so the heads of one KV group read the
-//   same K/V tiles from L2.
-// - (v1-v3) K and V tiles of 64 keys stream through shared memory with cp.async (16-byte pieces of rows, zero-filled past
-//   the sequence).
+//   16-byte chunks XOR-ed with the row).
 // - f32 online softmax in the log2 domain (scores * scale * log2 e, ex2.approx), P rounded to bf16 for the
 //   second product, O normalised once at the end, bf16 out.
 // - The key-tile loop bounds come from the mask (attention_key_range): a 128-query tile visits keys
 //   [chunk start of its first query, its last query], so a chunked layer costs ~C/S of a causal one. Only the
 //   tiles that straddle the diagonal, a chunk start or the sequence end evaluate the per-element mask.
-// - K/V rows are addressed one by one through the block table: any block_size works (shifts when it is a power
-//   of two). The wgmma versions look a tile's slots up one tile before issuing its loads.
 // - Bad metadata (kernels/attention_params.h): every CTA of a sequence checks the sequence's scalars and every
 //   block id of the positions the sequence reads before loading anything; a bad sequence's CTAs write nothing
 //   and its (head 0, tile 0) CTA bumps *bad_seqs.
+
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_bf16.h>
@@ -56,8 +42,6 @@ namespace l4k {
 namespace attn_prefill {
 
 constexpr int kBlockM = 128;  // query rows per CTA
-constexpr int kBlockN = 64;   // keys per tile
-constexpr int kThreads = 256;  // v1: 8 warps of 16 query rows; v2: 2 warpgroups of 64
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Keys [lo, hi) visible from the query positions [q_first, q_last] under mask `chunk` (0: causal): the union of
@@ -78,7 +62,6 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 __device__ __forceinline__ float ex2(float x) {
@@ -99,9 +82,10 @@ __device__ __forceinline__ int slot_of(const int32_t* table, int pos, int bs, in
   return shift >= 0 ? (table[pos >> shift] << shift) + (pos & (bs - 1)) : table[pos / bs] * bs + pos % bs;
 }
 
-// The sequence's scalars and, when they hold, every block id of the positions [lo, seq_len_k) it reads.
-// Block-wide: every thread gets the same answer.
-__device__ bool sequence_is_bad(const L4kAttentionParams& p, int b, int q_begin, int q_len, int seq_len) {
+// This thread's share of the sequence checks: the sequence's scalars and, when they hold, block ids first + tid,
+// first + tid + nthreads, ... of the positions [lo, seq_len_k) it reads.
+__device__ bool sequence_is_bad_part(const L4kAttentionParams& p, int b, int q_begin, int q_len, int seq_len, int tid,
+                                     int nthreads) {
   const int64_t q_end = static_cast<int64_t>(q_begin) + q_len;
   bool bad = q_begin < 0 || q_len < 0 || q_end > p.total_q || q_len > p.max_q_len || q_len > seq_len ||
              static_cast<int64_t>(seq_len) > static_cast<int64_t>(p.max_blocks) * p.block_size;
@@ -110,266 +94,20 @@ __device__ bool sequence_is_bad(const L4kAttentionParams& p, int b, int q_begin,
     const int first = lo / p.block_size, last = (seq_len - 1) / p.block_size;
     const int64_t n_blocks = p.slots / p.block_size;
     const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.max_blocks;
-    for (int i = first + static_cast<int>(threadIdx.x); i <= last; i += kThreads) {
+    for (int i = first + tid; i <= last; i += nthreads) {
       const int32_t id = table[i];
       bad |= id < 0 || id >= n_blocks;
     }
   }
-  return __syncthreads_or(bad) != 0;
+  return bad;
 }
 
-namespace mma_v1 {
-
-template <int D>
-struct Smem {
-  bf16 q[kBlockM * D];
-  bf16 k[kBlockN * D];
-  bf16 v[kBlockN * D];
-};
-
-// Element offset of 16-byte chunk c of row r in a swizzled [rows, D] tile.
-template <int D>
-__device__ __forceinline__ int swz(int r, int c) {
-  return r * D + ((c ^ (r & 7)) << 3);
+// The sequence's scalars and every block id of the positions it reads. Block-wide: every thread gets the same answer.
+__device__ bool sequence_is_bad(const L4kAttentionParams& p, int b, int q_begin, int q_len, int seq_len) {
+  return __syncthreads_or(sequence_is_bad_part(p, b, q_begin, q_len, seq_len, threadIdx.x, blockDim.x)) != 0;
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_addr(p)));
-}
-
-// D (16x8 f32) += A (16x16 bf16, row) * B (16x8 bf16, col).
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <int D>
-__global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const L4kAttentionParams p) {
-  constexpr int kChunks = D / 8;                 // 16-byte chunks per row
-  constexpr int kRowsPerPass = kThreads / kChunks;
-  constexpr int kKvPasses = kBlockN / kRowsPerPass;
-  constexpr int kQPasses = kBlockM / kRowsPerPass;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  Smem<D>& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
-
-  const int h = blockIdx.x;
-  const int tile = gridDim.y - 1 - blockIdx.y;
-  const int b = blockIdx.z;
-  const int q_begin = p.cu_seqlens_q[b];
-  const int q_len = p.cu_seqlens_q[b + 1] - q_begin;
-  const int seq_len = p.seq_lens_k[b];
-  if (sequence_is_bad(p, b, q_begin, q_len, seq_len)) {
-    if (h == 0 && tile == 0 && threadIdx.x == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
-    return;
-  }
-  const int m0 = tile * kBlockM;
-  if (m0 >= q_len) return;
-
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int kvh = h / (p.n_heads / p.n_kv_heads);
-  const int q_off = seq_len - q_len;  // position of query 0
-  const int rows = min(kBlockM, q_len - m0);
-  const int q_first = q_off + m0, q_last = q_off + m0 + rows - 1;
-  const KeyRange keys = attention_key_range(q_first, q_last, p.chunk);
-  const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
-
-  const bf16* q_g = static_cast<const bf16*>(p.q);
-  const bf16* k_g = static_cast<const bf16*>(p.k_cache);
-  const bf16* v_g = static_cast<const bf16*>(p.v_cache);
-  const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.max_blocks;
-  const int bs_shift = block_shift(p.block_size);
-  const int chunk_col = tid % kChunks;
-  const int row_base = tid / kChunks;
-
-  // Q tile: rows past the sequence's queries are zeros (never written out).
-#pragma unroll
-  for (int i = 0; i < kQPasses; ++i) {
-    const int r = row_base + i * kRowsPerPass;
-    const bool in = r < rows;
-    const int64_t row = static_cast<int64_t>(q_begin) + m0 + (in ? r : 0);
-    cp_async16(&sm.q[swz<D>(r, chunk_col)], q_g + (row * p.n_heads + h) * D + chunk_col * 8, in ? 16 : 0);
-  }
-
-  // Element offsets of this thread's K/V rows in the current key tile (-1: past the sequence, zero-filled).
-  int64_t kv_off[kKvPasses];
-  auto locate = [&](int k0) {
-#pragma unroll
-    for (int i = 0; i < kKvPasses; ++i) {
-      const int pos = k0 + row_base + i * kRowsPerPass;
-      if (pos < seq_len) {
-        const int64_t slot = slot_of(table, pos, p.block_size, bs_shift);
-        kv_off[i] = (slot * p.n_kv_heads + kvh) * D + chunk_col * 8;
-      } else {
-        kv_off[i] = -1;
-      }
-    }
-  };
-  auto load_kv = [&](bf16* dst, const bf16* src) {
-#pragma unroll
-    for (int i = 0; i < kKvPasses; ++i) {
-      const int r = row_base + i * kRowsPerPass;
-      const bool in = kv_off[i] >= 0;
-      cp_async16(&dst[swz<D>(r, chunk_col)], src + (in ? kv_off[i] : 0), in ? 16 : 0);
-    }
-  };
-  locate(keys.lo);
-  load_kv(sm.k, k_g);
-  cp_async_commit();
-  cp_async_wait_all();
-  __syncthreads();
-
-  // Q fragments of this warp's 16 rows: q_frag[ks] covers dims 16 ks .. 16 ks + 15.
-  uint32_t q_frag[D / 16][4];
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    const int r = warp * 16 + (lane & 15);
-    ldmatrix_x4(q_frag[ks], &sm.q[swz<D>(r, 2 * ks + (lane >> 4))]);
-  }
-
-  float o[D / 8][4];
-#pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY};  // raw-score row maxima (rows lane/4 and lane/4 + 8)
-  float l_run[2] = {0.f, 0.f};              // this thread's share of the row sums
-  const float scale_log2 = p.softmax_scale * kLog2e;
-  const int my_q[2] = {q_off + m0 + warp * 16 + (lane >> 2), q_off + m0 + warp * 16 + (lane >> 2) + 8};
-  const int my_lo[2] = {chunk_start(my_q[0], p.chunk), chunk_start(my_q[1], p.chunk)};
-  const int last_chunk_start = chunk_start(q_last, p.chunk);
-
-  for (int j = 0; j < n_tiles; ++j) {
-    const int k0 = keys.lo + j * kBlockN;
-    load_kv(sm.v, v_g);
-    cp_async_commit();
-
-    // S = Q K^T for 16 rows x 64 keys: s[nt] is keys k0 + 8 nt ...
-    float s[kBlockN / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < kBlockN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-#pragma unroll
-      for (int np = 0; np < kBlockN / 16; ++np) {
-        uint32_t kf[4];
-        const int r = np * 16 + (lane & 7) + ((lane >> 4) << 3);
-        ldmatrix_x4(kf, &sm.k[swz<D>(r, 2 * ks + ((lane >> 3) & 1))]);
-        mma_bf16(s[2 * np], q_frag[ks], kf[0], kf[1]);
-        mma_bf16(s[2 * np + 1], q_frag[ks], kf[2], kf[3]);
-      }
-    }
-
-    // Per-element mask only where some (query, key) pair of the tile may be hidden.
-    const bool full = k0 + kBlockN - 1 <= q_first && k0 >= last_chunk_start && k0 + kBlockN <= seq_len;
-    if (!full) {
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int kp = k0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-          const int row = e >> 1;
-          if (kp > my_q[row] || kp < my_lo[row] || kp >= seq_len) s[nt][e] = -INFINITY;
-        }
-      }
-    }
-
-    // Online softmax: new maxima (quad reduction), rescale O and the sums, P = 2^(s * scale_log2 - m).
-#pragma unroll
-    for (int row = 0; row < 2; ++row) {
-      float mx = m_run[row];
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * row], s[nt][2 * row + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-      const float alpha = ex2(m_run[row] * scale_log2 - m_scaled);
-      m_run[row] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
-        s[nt][2 * row] = ex2(fmaf(s[nt][2 * row], scale_log2, -m_scaled));
-        s[nt][2 * row + 1] = ex2(fmaf(s[nt][2 * row + 1], scale_log2, -m_scaled));
-        sum += s[nt][2 * row] + s[nt][2 * row + 1];
-      }
-      l_run[row] = l_run[row] * alpha + sum;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        o[dt][2 * row] *= alpha;
-        o[dt][2 * row + 1] *= alpha;
-      }
-    }
-
-    cp_async_wait_all();  // V_j landed
-    __syncthreads();      // ... for every thread, and every warp is done with K_j
-    if (j + 1 < n_tiles) {
-      locate(k0 + kBlockN);
-      load_kv(sm.k, k_g);
-    }
-    cp_async_commit();
-
-    // O += P V: P's accumulator layout is the A fragment layout of the next product.
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
-        uint32_t vf[4];
-        const int r = kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-        ldmatrix_x4_trans(vf, &sm.v[swz<D>(r, 2 * dp + (lane >> 4))]);
-        mma_bf16(o[2 * dp], a, vf[0], vf[1]);
-        mma_bf16(o[2 * dp + 1], a, vf[2], vf[3]);
-      }
-    }
-    cp_async_wait_all();  // K_{j+1} landed
-    __syncthreads();      // ... and every warp is done with V_j
-  }
-
-  // Normalise and store this warp's rows that are real queries.
-  bf16* out = static_cast<bf16*>(p.out);
-#pragma unroll
-  for (int row = 0; row < 2; ++row) {
-    float l = l_run[row];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int r = warp * 16 + (lane >> 2) + row * 8;
-    if (r < rows) {
-      bf16* dst = out + ((static_cast<int64_t>(q_begin) + m0 + r) * p.n_heads + h) * D + 2 * (lane & 3);
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-            __floats2bfloat162_rn(o[dt][2 * row] * inv, o[dt][2 * row + 1] * inv);
-      }
-    }
-  }
-}
-
-}  // namespace mma_v1
-
-namespace wgmma_v2 {
-
-// K/V tiles in flight: tile j + 1 loads while tile j is computed.
-constexpr int kStages = 2;
-
-// Shared tiles in the 128-byte-swizzled layout of wgmma: a [R, D] tile is D / 64 column blocks of [R, 64]
-// (128-byte rows), and 16-byte chunk c of row r sits at chunk (c ^ (r % 8)) of its row. Tiles start on 1024-byte
-// boundaries (the swizzle period).
-template <int D>
-struct Smem {
-  alignas(1024) bf16 q[kBlockM * D];
-  alignas(1024) bf16 k[kStages][kBlockN * D];
-  alignas(1024) bf16 v[kStages][kBlockN * D];
-};
+// Shared-memory tiles and wgmma.
 
 // Element offset of 16-byte chunk c (0 .. D / 8) of row r in a swizzled [R, D] tile.
 template <int R>
@@ -389,19 +127,6 @@ __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_grou
 // Makes this thread's generic-proxy shared writes (cp.async) visible to wgmma's async proxy.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
-// D (64 x 64 f32, 32 a thread) = A (smem desc, K-major) * B (smem desc, K-major) + (accumulate ? D : 0).
-__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], uint64_t da, uint64_t db, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
-      "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
-        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
-        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(da), "l"(db), "r"(accumulate));
-}
 // D (64 x 64 f32, 32 a thread) += A (registers) * B (smem desc, MN-major).
 __device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
   asm volatile(
@@ -435,254 +160,7 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const uint32_t (&a
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
-// CTAS_PER_SM 2 caps registers at 128 (a few spill) so two CTAs share an SM; 1 leaves 168 and no spills.
-template <int D, int CTAS_PER_SM>
-__global__ void __launch_bounds__(kThreads, CTAS_PER_SM) prefill_kernel(const L4kAttentionParams p) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  constexpr int kRowsPerPass = kThreads / kChunks;
-  constexpr int kKvPasses = kBlockN / kRowsPerPass;
-  constexpr int kQPasses = kBlockM / kRowsPerPass;
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  // The launch adds 1024 bytes so the tiles can start on the swizzle period whatever the base alignment.
-  Smem<D>& sm = *reinterpret_cast<Smem<D>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-
-  const int h = blockIdx.x;
-  const int tile = gridDim.y - 1 - blockIdx.y;
-  const int b = blockIdx.z;
-  const int q_begin = p.cu_seqlens_q[b];
-  const int q_len = p.cu_seqlens_q[b + 1] - q_begin;
-  const int seq_len = p.seq_lens_k[b];
-  if (sequence_is_bad(p, b, q_begin, q_len, seq_len)) {
-    if (h == 0 && tile == 0 && threadIdx.x == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
-    return;
-  }
-  const int m0 = tile * kBlockM;
-  if (m0 >= q_len) return;
-
-  const int tid = threadIdx.x, lane = tid & 31;
-  const int wg = tid >> 7;            // warpgroup: query rows 64 wg .. 64 wg + 63 of the tile
-  const int wrow = (tid & 127) >> 5;  // warp within the warpgroup: 16 of those rows
-  const int kvh = h / (p.n_heads / p.n_kv_heads);
-  const int q_off = seq_len - q_len;  // position of query 0
-  const int rows = min(kBlockM, q_len - m0);
-  const int q_first = q_off + m0, q_last = q_off + m0 + rows - 1;
-  const KeyRange keys = attention_key_range(q_first, q_last, p.chunk);
-  const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
-
-  const bf16* q_g = static_cast<const bf16*>(p.q);
-  const bf16* k_g = static_cast<const bf16*>(p.k_cache);
-  const bf16* v_g = static_cast<const bf16*>(p.v_cache);
-  const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.max_blocks;
-  const int bs_shift = block_shift(p.block_size);
-  const int chunk_col = tid % kChunks;
-  const int row_base = tid / kChunks;
-
-  // Q tile: rows past the sequence's queries are zeros (never written out).
-#pragma unroll
-  for (int i = 0; i < kQPasses; ++i) {
-    const int r = row_base + i * kRowsPerPass;
-    const bool in = r < rows;
-    const int64_t row = static_cast<int64_t>(q_begin) + m0 + (in ? r : 0);
-    cp_async16(&sm.q[swz<kBlockM>(r, chunk_col)], q_g + (row * p.n_heads + h) * D + chunk_col * 8, in ? 16 : 0);
-  }
-
-  // Cache slots of this thread's K/V rows in the current key tile (-1: past the sequence, zero-filled).
-  int32_t kv_slot[kKvPasses];
-  auto locate = [&](int k0) {
-#pragma unroll
-    for (int i = 0; i < kKvPasses; ++i) {
-      const int pos = k0 + row_base + i * kRowsPerPass;
-      kv_slot[i] = pos < seq_len ? slot_of(table, pos, p.block_size, bs_shift) : -1;
-    }
-  };
-  auto load_kv = [&](bf16* dst, const bf16* src) {
-#pragma unroll
-    for (int i = 0; i < kKvPasses; ++i) {
-      const int r = row_base + i * kRowsPerPass;
-      const bool in = kv_slot[i] >= 0;
-      const int64_t off = (static_cast<int64_t>(in ? kv_slot[i] : 0) * p.n_kv_heads + kvh) * D + chunk_col * 8;
-      cp_async16(&dst[swz<kBlockN>(r, chunk_col)], src + off, in ? 16 : 0);
-    }
-  };
-  locate(keys.lo);
-  load_kv(sm.k[0], k_g);
-  load_kv(sm.v[0], v_g);
-  cp_async_commit();
-  // Slots are looked up one tile before their loads are issued, so the block-table reads are off the critical
-  // path.
-  if (n_tiles > 1) locate(keys.lo + kBlockN);
-  // Descriptors. S: A = this warpgroup's 64 Q rows, B = the 64 K rows, both K-major: k-step ks (16 dims) starts
-  // 32 bytes further in a 128-byte row, the next column block after 4 steps; 8-row groups 1024 bytes apart.
-  // O: B = V [keys, D] read transposed (MN-major): column blocks of 64 dims kBlockN * 128 bytes apart (leading
-  // offset), 8-key groups 1024 bytes apart (stride offset), k-step kk (16 keys) 2048 bytes further.
-  // 32-bit bases (16-byte units); a descriptor is its constant upper half OR-ed with base + offset, formed at
-  // each use so the compiler does not keep 24 64-bit descriptors live across the loop.
-  const uint32_t q_base = smem_addr(&sm.q[wg * 64 * 64]) >> 4;
-  const uint32_t k_base = smem_addr(&sm.k[0][0]) >> 4, v_base = smem_addr(&sm.v[0][0]) >> 4;
-  constexpr uint32_t kStageUnits = kBlockN * D * 2 / 16;
-  const uint64_t kmajor_hi = gmma_desc_hi(16, 1024), vmajor_hi = gmma_desc_hi(kBlockN * 128, 1024);
-  auto q_desc = [&](int ks) { return kmajor_hi | (q_base + (ks >> 2) * (kBlockM * 8) + (ks & 3) * 2); };
-  auto k_desc = [&](int st, int ks) {
-    return kmajor_hi | (k_base + st * kStageUnits + (ks >> 2) * (kBlockN * 8) + (ks & 3) * 2);
-  };
-  auto v_desc = [&](int st, int kk) { return vmajor_hi | (v_base + st * kStageUnits + kk * 128); };
-
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY};  // raw-score row maxima (rows lane/4 and lane/4 + 8 of the warp)
-  float l_run[2] = {0.f, 0.f};              // this thread's share of the row sums
-  const float scale_log2 = p.softmax_scale * kLog2e;
-  const int my_row = wg * 64 + wrow * 16 + (lane >> 2);  // tile row of s[4 nt + 0, 1]; + 8 for s[4 nt + 2, 3]
-  const int my_q[2] = {q_off + m0 + my_row, q_off + m0 + my_row + 8};
-  const int my_lo[2] = {chunk_start(my_q[0], p.chunk), chunk_start(my_q[1], p.chunk)};
-  const int last_chunk_start = chunk_start(q_last, p.chunk);
-
-  for (int j = 0; j < n_tiles; ++j) {
-    const int k0 = keys.lo + j * kBlockN;
-    const int st = j % kStages;
-    // Tile j + 1 goes into the other stage (free: the barrier closing iteration j - 1), then tile j (and Q) must
-    // have landed: every group but the newest.
-    if (j + 1 < n_tiles) {
-      load_kv(sm.k[(j + 1) % kStages], k_g);
-      load_kv(sm.v[(j + 1) % kStages], v_g);
-    }
-    cp_async_commit();
-    if (j + 2 < n_tiles) locate(k0 + 2 * kBlockN);
-    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-    fence_proxy_async();
-    __syncthreads();
-
-    // S = Q K^T for 64 rows x 64 keys; s[4 nt + e] is key k0 + 8 nt + 2 (lane % 4) + (e & 1).
-    float s[kBlockN / 2];
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) wgmma_ss_n64(s, q_desc(ks), k_desc(st, ks), ks > 0);
-    wgmma_commit();
-    wgmma_wait_all();
-
-    // Per-element mask only where some (query, key) pair of the tile may be hidden.
-    const bool full = k0 + kBlockN - 1 <= q_first && k0 >= last_chunk_start && k0 + kBlockN <= seq_len;
-    if (!full) {
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int kp = k0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-          const int row = e >> 1;
-          if (kp > my_q[row] || kp < my_lo[row] || kp >= seq_len) s[4 * nt + e] = -INFINITY;
-        }
-      }
-    }
-
-    // Online softmax: new maxima (quad reduction), rescale O and the sums, P = 2^(s * scale_log2 - m).
-#pragma unroll
-    for (int row = 0; row < 2; ++row) {
-      float mx = m_run[row];
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * row], s[4 * nt + 2 * row + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-      const float alpha = ex2(m_run[row] * scale_log2 - m_scaled);
-      m_run[row] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
-        float& x0 = s[4 * nt + 2 * row];
-        float& x1 = s[4 * nt + 2 * row + 1];
-        x0 = ex2(fmaf(x0, scale_log2, -m_scaled));
-        x1 = ex2(fmaf(x1, scale_log2, -m_scaled));
-        sum += x0 + x1;
-      }
-      l_run[row] = l_run[row] * alpha + sum;
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        o[4 * dt + 2 * row] *= alpha;
-        o[4 * dt + 2 * row + 1] *= alpha;
-      }
-    }
-    // P in bf16: the accumulator layout of keys 16 kk .. 16 kk + 15 is the A fragment of k-step kk.
-    uint32_t pa[kBlockN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      if constexpr (D == 128) {
-        wgmma_rs_n128(o, pa[kk], v_desc(st, kk));
-      } else {
-        wgmma_rs_n64(o, pa[kk], v_desc(st, kk));
-      }
-    }
-    wgmma_commit();
-    wgmma_wait_all();
-    __syncthreads();  // every warpgroup is done with stage st before iteration j + 1 refills it with tile j + 2
-  }
-
-  // Normalise and store this thread's rows that are real queries.
-  bf16* out = static_cast<bf16*>(p.out);
-#pragma unroll
-  for (int row = 0; row < 2; ++row) {
-    float l = l_run[row];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int r = my_row + row * 8;
-    if (r < rows) {
-      bf16* dst = out + ((static_cast<int64_t>(q_begin) + m0 + r) * p.n_heads + h) * D + 2 * (lane & 3);
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-            __floats2bfloat162_rn(o[4 * dt + 2 * row] * inv, o[4 * dt + 2 * row + 1] * inv);
-      }
-    }
-  }
-}
-
-}  // namespace wgmma_v2
-
-// v3: v2's tiles and layouts with Q held in registers (S = Q K^T as an RS wgmma) and the FlashAttention-3
-// intra-warpgroup overlap, one CTA per SM: iteration j
-// issues S_j = Q K_j and O += P_{j-1} V_{j-1} back to back, runs softmax_j while the second product is still on
-// the tensor cores, and only then rescales O. Tile j + 1 loads during iteration j into a three-stage ring (K_j and
-// V_{j-1} are read in the same iteration), one CTA-wide barrier per tile.
-namespace wgmma_v3 {
-
-using wgmma_v2::gmma_desc_hi;
-using wgmma_v2::fence_proxy_async;
-using wgmma_v2::swz;
-
-constexpr int kStages = 3;
-
-template <int D>
-struct Smem {
-  alignas(1024) bf16 q[kBlockM * D];
-  alignas(1024) bf16 k[kStages][kBlockN * D];
-  alignas(1024) bf16 v[kStages][kBlockN * D];
-};
-
-// D (64 x 64 f32) = A (registers) * B (smem desc, K-major) + (accumulate ? D : 0).
-__device__ __forceinline__ void wgmma_rs_n64_kmajor(float (&d)[32], const uint32_t (&a)[4], uint64_t db,
-                                                    int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
-      "%23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
-        "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
-        "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
-        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-}
-
+// ldmatrix x4: four 8 x 8 b16 matrices (the A fragment of an m16k16 per warp).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -698,271 +176,32 @@ __device__ __forceinline__ void pin(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
-template <int D>
-__global__ void __launch_bounds__(kThreads, 1) prefill_kernel(const L4kAttentionParams p) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per row
-  constexpr int kRowsPerPass = kThreads / kChunks;
-  constexpr int kKvPasses = kBlockN / kRowsPerPass;
-  constexpr int kQPasses = kBlockM / kRowsPerPass;
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  Smem<D>& sm = *reinterpret_cast<Smem<D>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
-
-  const int h = blockIdx.x;
-  const int tile = gridDim.y - 1 - blockIdx.y;
-  const int b = blockIdx.z;
-  const int q_begin = p.cu_seqlens_q[b];
-  const int q_len = p.cu_seqlens_q[b + 1] - q_begin;
-  const int seq_len = p.seq_lens_k[b];
-  if (sequence_is_bad(p, b, q_begin, q_len, seq_len)) {
-    if (h == 0 && tile == 0 && threadIdx.x == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
-    return;
-  }
-  const int m0 = tile * kBlockM;
-  if (m0 >= q_len) return;
-
-  const int tid = threadIdx.x, lane = tid & 31;
-  const int wg = tid >> 7;
-  const int wrow = (tid & 127) >> 5;
-  const int kvh = h / (p.n_heads / p.n_kv_heads);
-  const int q_off = seq_len - q_len;
-  const int rows = min(kBlockM, q_len - m0);
-  const int q_first = q_off + m0, q_last = q_off + m0 + rows - 1;
-  const KeyRange keys = attention_key_range(q_first, q_last, p.chunk);
-  const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
-
-  const bf16* q_g = static_cast<const bf16*>(p.q);
-  const bf16* k_g = static_cast<const bf16*>(p.k_cache);
-  const bf16* v_g = static_cast<const bf16*>(p.v_cache);
-  const int32_t* table = p.block_table + static_cast<int64_t>(b) * p.max_blocks;
-  const int chunk_col = tid % kChunks;
-  const int row_base = tid / kChunks;
-
-#pragma unroll
-  for (int i = 0; i < kQPasses; ++i) {
-    const int r = row_base + i * kRowsPerPass;
-    const bool in = r < rows;
-    const int64_t row = static_cast<int64_t>(q_begin) + m0 + (in ? r : 0);
-    cp_async16(&sm.q[swz<kBlockM>(r, chunk_col)], q_g + (row * p.n_heads + h) * D + chunk_col * 8, in ? 16 : 0);
-  }
-  const int bs_shift = block_shift(p.block_size);
-  // Cache slots of this thread's rows of the next tile to load (-1: past the sequence, zero-filled), looked up
-  // one tile before the loads are issued so the block-table reads are off the critical path.
-  int32_t kv_slot[kKvPasses];
-  auto locate = [&](int t) {
-#pragma unroll
-    for (int i = 0; i < kKvPasses; ++i) {
-      const int pos = keys.lo + t * kBlockN + row_base + i * kRowsPerPass;
-      kv_slot[i] = pos < seq_len ? slot_of(table, pos, p.block_size, bs_shift) : -1;
-    }
-  };
-  // Tile t (keys keys.lo + 64 t ..) into stage t % kStages.
-  auto load_tile = [&](int t) {
-    const int st = t % kStages;
-#pragma unroll
-    for (int i = 0; i < kKvPasses; ++i) {
-      const int r = row_base + i * kRowsPerPass;
-      const bool in = kv_slot[i] >= 0;
-      const int64_t off = (static_cast<int64_t>(in ? kv_slot[i] : 0) * p.n_kv_heads + kvh) * D + chunk_col * 8;
-      cp_async16(&sm.k[st][swz<kBlockN>(r, chunk_col)], k_g + off, in ? 16 : 0);
-      cp_async16(&sm.v[st][swz<kBlockN>(r, chunk_col)], v_g + off, in ? 16 : 0);
-    }
-  };
-  locate(0);
-  load_tile(0);
-  cp_async_commit();
-  if (n_tiles > 1) locate(1);
-
-  const uint32_t k_base = smem_addr(&sm.k[0][0]) >> 4, v_base = smem_addr(&sm.v[0][0]) >> 4;
-  constexpr uint32_t kStageUnits = kBlockN * D * 2 / 16;
-  const uint64_t kmajor_hi = gmma_desc_hi(16, 1024), vmajor_hi = gmma_desc_hi(kBlockN * 128, 1024);
-  auto k_desc = [&](int st, int ks) {
-    return kmajor_hi | (k_base + st * kStageUnits + (ks >> 2) * (kBlockN * 8) + (ks & 3) * 2);
-  };
-  auto v_desc = [&](int st, int kk) { return vmajor_hi | (v_base + st * kStageUnits + kk * 128); };
-
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY};
-  float l_run[2] = {0.f, 0.f};
-  const float scale_log2 = p.softmax_scale * kLog2e;
-  const int my_row = wg * 64 + wrow * 16 + (lane >> 2);
-  const int my_q[2] = {q_off + m0 + my_row, q_off + m0 + my_row + 8};
-  const int my_lo[2] = {chunk_start(my_q[0], p.chunk), chunk_start(my_q[1], p.chunk)};
-  const int last_chunk_start = chunk_start(q_last, p.chunk);
-
-  float s[kBlockN / 2];
-  uint32_t pa[kBlockN / 16][4];
-  float alpha[2];
-  // Masks S_j, turns it into P_j (in s), updates the maxima; alpha: the factor O and the sums need.
-  auto softmax = [&](int j) {
-    const int k0 = keys.lo + j * kBlockN;
-    const bool full = k0 + kBlockN - 1 <= q_first && k0 >= last_chunk_start && k0 + kBlockN <= seq_len;
-    if (!full) {
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int kp = k0 + nt * 8 + 2 * (lane & 3) + (e & 1);
-          const int row = e >> 1;
-          if (kp > my_q[row] || kp < my_lo[row] || kp >= seq_len) s[4 * nt + e] = -INFINITY;
-        }
-      }
-    }
-#pragma unroll
-    for (int row = 0; row < 2; ++row) {
-      float mx = m_run[row];
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * row], s[4 * nt + 2 * row + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-      alpha[row] = ex2(m_run[row] * scale_log2 - m_scaled);
-      m_run[row] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kBlockN / 8; ++nt) {
-        float& x0 = s[4 * nt + 2 * row];
-        float& x1 = s[4 * nt + 2 * row + 1];
-        x0 = ex2(fmaf(x0, scale_log2, -m_scaled));
-        x1 = ex2(fmaf(x1, scale_log2, -m_scaled));
-        sum += x0 + x1;
-      }
-      l_run[row] = l_run[row] * alpha[row] + sum;
-    }
-  };
-  auto rescale_and_pack = [&]() {
-#pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      o[4 * dt + 0] *= alpha[0];
-      o[4 * dt + 1] *= alpha[0];
-      o[4 * dt + 2] *= alpha[1];
-      o[4 * dt + 3] *= alpha[1];
-    }
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-  };
-  auto issue_pv = [&](int st) {
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      if constexpr (D == 128) {
-        wgmma_v2::wgmma_rs_n128(o, pa[kk], v_desc(st, kk));
-      } else {
-        wgmma_v2::wgmma_rs_n64(o, pa[kk], v_desc(st, kk));
-      }
-    }
-  };
-
-  // Tile 0: S_0 and softmax_0 alone (O is still zero).
-  cp_async_wait_all();
-  fence_proxy_async();
-  __syncthreads();
-  // Q as register A fragments (m64k16: the mma.sync A layout per warp): S then reads only K from shared memory,
-  // half the shared traffic of an SS product with N = 64.
-  uint32_t q_frag[D / 16][4];
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    const int r = wg * 64 + wrow * 16 + (lane & 15);
-    ldmatrix_x4(q_frag[ks], &sm.q[swz<kBlockM>(r, 2 * ks + (lane >> 4))]);
-  }
-  if (n_tiles > 1) load_tile(1);
-  cp_async_commit();
-  if (n_tiles > 2) locate(2);
-  wgmma_v2::wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) wgmma_rs_n64_kmajor(s, q_frag[ks], k_desc(0, ks), ks > 0);
-  wgmma_v2::wgmma_commit();
-  wgmma_v2::wgmma_wait_all();
-  pin(s);
-  softmax(0);
-  rescale_and_pack();
-
-  for (int j = 1; j < n_tiles; ++j) {
-    // Tile j landed (issued during iteration j - 1), and every warpgroup is done with iteration j - 1, so the
-    // stage of tile j - 2 is free for tile j + 1.
-    cp_async_wait_all();
-    fence_proxy_async();
-    __syncthreads();
-    if (j + 1 < n_tiles) load_tile(j + 1);
-    cp_async_commit();
-    if (j + 2 < n_tiles) locate(j + 2);
-
-    wgmma_v2::wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) wgmma_rs_n64_kmajor(s, q_frag[ks], k_desc(j % kStages, ks), ks > 0);
-    wgmma_v2::wgmma_commit();
-    issue_pv((j - 1) % kStages);
-    wgmma_v2::wgmma_commit();
-    wgmma_wait_1();  // S_j done; P_{j-1} V_{j-1} may still run
-    pin(s);
-    softmax(j);
-    wgmma_v2::wgmma_wait_all();
-    pin(o);
-    rescale_and_pack();
-  }
-  wgmma_v2::wgmma_fence();
-  issue_pv((n_tiles - 1) % kStages);
-  wgmma_v2::wgmma_commit();
-  wgmma_v2::wgmma_wait_all();
-  pin(o);
-
-  bf16* out = static_cast<bf16*>(p.out);
-#pragma unroll
-  for (int row = 0; row < 2; ++row) {
-    float l = l_run[row];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int r = my_row + row * 8;
-    if (r < rows) {
-      bf16* dst = out + ((static_cast<int64_t>(q_begin) + m0 + r) * p.n_heads + h) * D + 2 * (lane & 3);
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-            __floats2bfloat162_rn(o[4 * dt + 2 * row] * inv, o[4 * dt + 2 * row + 1] * inv);
-      }
-    }
-  }
-}
-
-}  // namespace wgmma_v3
-
-// v4 (kWarpSpecialized*; kWarpSpecializedTma is the op's kernel): FlashAttention-3's warp specialization on v2's
-// layouts.
+// FlashAttention-3's warp specialization:
 // - 384 threads: warpgroup 0 is the producer (setmaxnreg down to 56 registers), warpgroups 1 and 2 the
 //   consumers (setmaxnreg up to 224), 64 query rows each of the CTA's 128-query tile; one CTA per SM.
-// - The producer streams Q once and then K_0, K_1, V_0, K_2, V_1, ... (the consumers' order) through STAGES-deep
-//   rings of 128-key tiles with cp.async (per-row block-table addressing: any block_size), each tile announced on
-//   its stage's "full" mbarrier by cp.async.mbarrier.arrive.noinc (128 arrivals: every producer thread's copies
-//   have landed). Consumers free a stage on its "empty" mbarrier (8 arrivals: one per consumer warp) as soon as
-//   the product reading it has retired. No CTA-wide barrier in the main loop.
-// - Consumers: S = Q K^T is an SS wgmma m64n128k16 (Q and K from shared memory), O += P V an RS wgmma
-//   (P from registers, V MN-major), FA3's intra-warpgroup overlap: iteration j issues S_j and P_{j-1} V_{j-1}
-//   back to back and runs softmax_j while the second product is still on the tensor cores.
-// - PINGPONG: two named barriers order the two consumer warpgroups' issue phases (warpgroup 1 issues its
+// - The producer streams Q once and then K_0, K_1, V_0, K_2, V_1, ... (the consumers' order) through two-stage
+//   rings of 128-key tiles: whole tiles by TMA (use_tma: block_size and chunk multiples of 64, so each 64-key half
+//   tile is 64 consecutive slots of one block; thread 0 issues the boxes with expect_tx), other tiles by cp.async
+//   with per-row block-table addressing (any block_size, zero-filled rows), announced on the stage's "full"
+//   mbarrier by cp.async.mbarrier.arrive.noinc. Consumers free a stage on its "empty" mbarrier (8 arrivals: one
+//   per consumer warp) as soon as the product reading it has retired. No CTA-wide barrier in the main loop.
+// - Consumers: Q as register A fragments (ldmatrix once), S = Q K^T an RS wgmma m64n128k16 (K from shared memory,
+//   K-major), O += P V an RS wgmma (P from registers, V MN-major), FA3's intra-warpgroup overlap: iteration j
+//   issues S_j and P_{j-1} V_{j-1} back to back and runs softmax_j while the second product is still on the
+//   tensor cores. Q in registers halves the shared reads of S (an SS product plus the TMA writes is at shared
+//   memory's 128 B/clk).
+// - Ping-pong: two named barriers order the two consumer warpgroups' issue phases (warpgroup 1 issues its
 //   products, then warpgroup 2, ...), so one warpgroup's softmax runs under the other's products.
 namespace wgmma_ws {
-
-using wgmma_v2::fence_proxy_async;
-using wgmma_v2::gmma_desc_hi;
-using wgmma_v2::swz;
-using wgmma_v2::wgmma_commit;
-using wgmma_v2::wgmma_fence;
-using wgmma_v2::wgmma_wait_all;
-using wgmma_v3::pin;
-using wgmma_v3::wgmma_wait_1;
 
 constexpr int kBlockN = 128;  // keys per tile
 constexpr int kThreads = 384;  // producer warpgroup + two consumer warpgroups
 constexpr int kProducerRegs = 56, kConsumerRegs = 224;  // 128 * 56 + 256 * 224 = 384 * 168
 constexpr int kConsumerWarps = 8;
 
-template <int D, int STAGES>
+constexpr int kStages = 2;  // K/V ring depth (3 measured no faster)
+
+template <int D, int STAGES = kStages>
 struct Smem {
   alignas(1024) bf16 q[kBlockM * D];
   alignas(1024) bf16 k[STAGES][kBlockN * D];
@@ -1011,15 +250,16 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, i
       : "memory");
 }
 
-// D (64 x 128 f32, 64 a thread) = A (smem desc, K-major) * B (smem desc, K-major) + (accumulate ? D : 0).
-__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int accumulate) {
+// D (64 x 128 f32) = A (registers) * B (smem desc, K-major) + (accumulate ? D : 0): S = Q K^T with Q in registers.
+__device__ __forceinline__ void wgmma_rs_n128_kmajor(float (&d)[64], const uint32_t (&a)[4], uint64_t db,
+                                                     int accumulate) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
       "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, "
       "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, "
-      "%61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      "%61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]),
         "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]),
         "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),
@@ -1028,21 +268,31 @@ __device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], uint64_t da, uint6
         "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
         "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
         "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "r"(accumulate));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+
+// Q rows of this consumer warp as register A fragments (m64k16 per k-step: the mma.sync A layout per warp), read by
+// ldmatrix from the swizzled tile; S = Q K^T then reads only K from shared memory.
+template <int D>
+__device__ __forceinline__ void load_q_frags(uint32_t (&qf)[D / 16][4], const bf16* q_tile, int row0, int lane) {
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks)
+    ldmatrix_x4(qf[ks], &q_tile[swz<kBlockM>(row0 + (lane & 15), 2 * ks + (lane >> 4))]);
 }
 
 // TMA: whole key tiles (every row before the sequence end) come by TMA when the launcher says the layout allows it
 // (use_tma: block_size and the chunk multiples of 64, so each 64-key half tile is 64 consecutive cache slots of one
 // block); the sequence's last, partial tile and every tile of other layouts by cp.async (zero-filled rows).
-template <int D, int STAGES, bool PINGPONG, bool TMA>
+template <int D>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_kernel(const L4kAttentionParams p, const __grid_constant__ CUtensorMap tm_k,
                    const __grid_constant__ CUtensorMap tm_v, int use_tma) {
   constexpr int kChunks = D / 8;                  // 16-byte chunks per row
   constexpr int kRowsPerPass = 128 / kChunks;     // rows one pass of the producer warpgroup covers
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  Smem<D, STAGES>& sm =
-      *reinterpret_cast<Smem<D, STAGES>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
+  constexpr int STAGES = kStages;
+  Smem<D>& sm =
+      *reinterpret_cast<Smem<D>*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t{1023});
 
   const int h = blockIdx.x;
   const int tile = gridDim.y - 1 - blockIdx.y;
@@ -1114,7 +364,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         cp_async16(&dst[swz<kBlockN>(pwarp * 32 + rl, col)], src + off, in ? 16 : 0);
       }
     };
-    const bool tma = TMA && use_tma != 0;
+    const bool tma = use_tma != 0;
     // Tile t into dst, announced on full: by TMA (thread 0 issues; the others arrive) when it is whole, else by
     // every producer thread's cp.async.
     auto issue = [&](bf16* dst, const bf16* src, const CUtensorMap* map, uint64_t* full, int t, int my_slot) {
@@ -1164,17 +414,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t k_base = smem_addr(&sm.k[0][0]) >> 4, v_base = smem_addr(&sm.v[0][0]) >> 4;
   constexpr uint32_t kStageUnits = kBlockN * D * 2 / 16;
   const uint64_t kmajor_hi = gmma_desc_hi(16, 1024), vmajor_hi = gmma_desc_hi(kBlockN * 128, 1024);
-  auto q_desc = [&](int ks) { return kmajor_hi | (q_base + (ks >> 2) * (kBlockM * 8) + (ks & 3) * 2); };
   auto k_desc = [&](int st, int ks) {
     return kmajor_hi | (k_base + st * kStageUnits + (ks >> 2) * (kBlockN * 8) + (ks & 3) * 2);
   };
   auto v_desc = [&](int st, int kk) { return vmajor_hi | (v_base + st * kStageUnits + kk * 128); };
   // Ping-pong: named barrier 1 + c gates warpgroup c's issue phase; the other warpgroup opens it after its own.
   auto pp_sync = [&]() {
-    if constexpr (PINGPONG) named_sync(1 + cw, 256);
+    named_sync(1 + cw, 256);
   };
   auto pp_arrive = [&]() {
-    if constexpr (PINGPONG) named_arrive(2 - cw, 256);
+    named_arrive(2 - cw, 256);
   };
   auto release = [&](uint64_t* bar) {
     __syncwarp();
@@ -1210,13 +459,18 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     }
+    float mxs[2];
 #pragma unroll
     for (int row = 0; row < 2; ++row) {
       float mx = m_run[row];
 #pragma unroll
       for (int nt = 0; nt < kBlockN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[4 * nt + 2 * row], s[4 * nt + 2 * row + 1]));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mxs[row] = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    }
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+      const float mx = mxs[row];
       const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
       alpha[row] = ex2(m_run[row] * scale_log2 - m_scaled);
       m_run[row] = mx;
@@ -1248,27 +502,36 @@ __global__ void __launch_bounds__(kThreads, 1)
       pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
     }
   };
+  uint32_t qf[D / 16][4];  // Q's A fragments
+  // fence.proxy.async (MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC in SASS, between the barrier wait and the issue) is needed
+  // only before products that may read a tile written by cp.async (generic proxy): every tile without TMA, with
+  // TMA only each sequence's last (possibly partial) key tile. Q needs none: ldmatrix reads it.
+  const bool cp_async_tiles = use_tma == 0;
+  auto fence_if = [&](bool maybe_cp_async) {
+    if (maybe_cp_async) fence_proxy_async();
+  };
   auto issue_s = [&](int st) {
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) wgmma_ss_n128(s, q_desc(ks), k_desc(st, ks), ks > 0);
+    for (int ks = 0; ks < D / 16; ++ks) {
+      wgmma_rs_n128_kmajor(s, qf[ks], k_desc(st, ks), ks > 0);
+    }
   };
   auto issue_pv = [&](int st) {
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       if constexpr (D == 128) {
-        wgmma_v2::wgmma_rs_n128(o, pa[kk], v_desc(st, kk));
+        wgmma_rs_n128(o, pa[kk], v_desc(st, kk));
       } else {
-        wgmma_v2::wgmma_rs_n64(o, pa[kk], v_desc(st, kk));
+        wgmma_rs_n64(o, pa[kk], v_desc(st, kk));
       }
     }
   };
 
-  if constexpr (PINGPONG) {
-    if (cw == 1) named_arrive(1, 256);  // warpgroup 1 issues first
-  }
+  if (cw == 1) named_arrive(1, 256);  // warpgroup 1 issues first
   mbar_wait(&sm.q_full, 0);
   mbar_wait(&sm.k_full[0], 0);
-  fence_proxy_async();
+  fence_if(cp_async_tiles || n_tiles == 1);
+  load_q_frags<D>(qf, sm.q, cw * 64 + wrow * 16, lane);
   pp_sync();
   wgmma_fence();
   issue_s(0);
@@ -1284,7 +547,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int st = j % STAGES, pst = (j - 1) % STAGES;
     mbar_wait(&sm.k_full[st], (j / STAGES) & 1);
     mbar_wait(&sm.v_full[pst], ((j - 1) / STAGES) & 1);
-    fence_proxy_async();
+    fence_if(cp_async_tiles || j == n_tiles - 1);
     pp_sync();
     wgmma_fence();
     issue_s(st);
@@ -1304,7 +567,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   {
     const int pst = (n_tiles - 1) % STAGES;
     mbar_wait(&sm.v_full[pst], ((n_tiles - 1) / STAGES) & 1);
-    fence_proxy_async();
+    fence_if(true);  // V of the last tile: a partial one comes by cp.async
     pp_sync();
     wgmma_fence();
     issue_pv(pst);
@@ -1338,26 +601,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 }  // namespace wgmma_ws
 
-// Kernel versions behind the launchers (ops/attention_prefill.rs Kernel mirrors them).
-enum Version {
-  kWgmma2PerSm = 0,
-  kWgmma1PerSm = 1,
-  kMmaSync = 2,
-  kWgmmaOverlap = 3,
-  kWarpSpecialized = 4,
-  kWarpSpecializedPingPong = 5,
-  kWarpSpecializedPingPong3 = 6,
-  kWarpSpecializedTma = 7,
-};
-
-template <typename Fn>
-int launch_fn(Fn fn, dim3 grid, int threads, size_t smem, cudaStream_t stream, const L4kAttentionParams& p) {
-  cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (e != cudaSuccess) return static_cast<int>(e);
-  fn<<<grid, threads, smem, stream>>>(p);
-  return launch_status();
-}
-
 // cuTensorMapEncodeTiled from the driver (cudart links statically; the driver API is reached through it).
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
@@ -1371,25 +614,28 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return fn;
 }
 
-// TMA map of a [slots, n_kv_heads, D] bf16 cache as (dims, heads, slots), boxes of 64 dims x 1 head x 64 slots in
+// TMA map of a [rows, heads, D] bf16 tensor as (dims, heads, rows), boxes of 64 dims x 1 head x box_rows rows in
 // the 128-byte swizzle of the wgmma tiles.
-bool encode_cache_map(CUtensorMap* map, const void* base, const L4kAttentionParams& p) {
+bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int heads, int d, uint32_t box_rows) {
   PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr) return false;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(p.head_dim), static_cast<cuuint64_t>(p.n_kv_heads),
-                              static_cast<cuuint64_t>(p.slots)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(p.head_dim) * 2,
-                                 static_cast<cuuint64_t>(p.head_dim) * p.n_kv_heads * 2};
-  const cuuint32_t box[3] = {64, 1, 64};
+  if (encode == nullptr || rows <= 0) return false;
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(d) * 2, static_cast<cuuint64_t>(d) * heads * 2};
+  const cuuint32_t box[3] = {64, 1, box_rows};
   const cuuint32_t elem[3] = {1, 1, 1};
   return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box, elem,
                 CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
+// The K or V cache [slots, n_kv_heads, D] in 64-slot boxes.
+bool encode_cache_map(CUtensorMap* map, const void* base, const L4kAttentionParams& p) {
+  return encode_rows_map(map, base, p.slots, p.n_kv_heads, p.head_dim, 64);
+}
 
 template <typename Fn>
-int launch_ws(Fn fn, dim3 grid, size_t smem_tiles, cudaStream_t stream, const L4kAttentionParams& p, bool want_tma) {
-  const size_t smem = smem_tiles + 1024;
+int launch_ws(Fn fn, dim3 grid, size_t smem_tiles, cudaStream_t stream, const L4kAttentionParams& p) {
+  const size_t smem = smem_tiles + 1024;  // slack: the tiles start on the swizzle's 1024-byte period
   cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return static_cast<int>(e);
   CUtensorMap tm_k, tm_v;
@@ -1397,7 +643,7 @@ int launch_ws(Fn fn, dim3 grid, size_t smem_tiles, cudaStream_t stream, const L4
   memset(&tm_v, 0, sizeof(tm_v));
   // TMA when every 64-key half tile is 64 consecutive slots of one block: block_size and chunk multiples of 64
   // (tiles start at a chunk start or 0, in steps of 128). Otherwise (or if the driver refuses the maps) cp.async.
-  bool tma = want_tma && p.block_size % 64 == 0 && p.chunk % 64 == 0 && p.slots > 0 && p.slots <= INT32_MAX &&
+  bool tma = p.block_size % 64 == 0 && p.chunk % 64 == 0 && p.slots > 0 && p.slots <= INT32_MAX &&
              reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 && reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0;
   if (tma) tma = encode_cache_map(&tm_k, p.k_cache, p) && encode_cache_map(&tm_v, p.v_cache, p);
   fn<<<grid, wgmma_ws::kThreads, smem, stream>>>(p, tm_k, tm_v, tma ? 1 : 0);
@@ -1405,37 +651,15 @@ int launch_ws(Fn fn, dim3 grid, size_t smem_tiles, cudaStream_t stream, const L4
 }
 
 template <int D>
-int launch(const L4kAttentionParams& p, cudaStream_t stream, int version) {
+int launch(const L4kAttentionParams& p, cudaStream_t stream) {
   const int tiles = p.max_q_len > 0 ? (p.max_q_len + kBlockM - 1) / kBlockM : 1;
   if (tiles > 65535 || p.batch > 65535) return L4K_ATTN_STATUS_UNSUPPORTED;
   const dim3 grid(p.n_heads, tiles, p.batch);
-  // 1024 bytes of slack: the wgmma tiles must start on the 128-byte swizzle's 1024-byte period.
-  switch (version) {
-    case kWgmma2PerSm:
-      return launch_fn(wgmma_v2::prefill_kernel<D, 2>, grid, kThreads, sizeof(wgmma_v2::Smem<D>) + 1024, stream, p);
-    case kWgmma1PerSm:
-      return launch_fn(wgmma_v2::prefill_kernel<D, 1>, grid, kThreads, sizeof(wgmma_v2::Smem<D>) + 1024, stream, p);
-    case kMmaSync:
-      return launch_fn(mma_v1::prefill_kernel<D>, grid, kThreads, sizeof(mma_v1::Smem<D>), stream, p);
-    case kWgmmaOverlap:
-      return launch_fn(wgmma_v3::prefill_kernel<D>, grid, kThreads, sizeof(wgmma_v3::Smem<D>) + 1024, stream, p);
-    case kWarpSpecialized:
-      return launch_ws(wgmma_ws::prefill_kernel<D, 2, false, false>, grid, sizeof(wgmma_ws::Smem<D, 2>), stream, p,
-                       false);
-    case kWarpSpecializedPingPong:
-      return launch_ws(wgmma_ws::prefill_kernel<D, 2, true, false>, grid, sizeof(wgmma_ws::Smem<D, 2>), stream, p,
-                       false);
-    case kWarpSpecializedPingPong3:
-      return launch_ws(wgmma_ws::prefill_kernel<D, 3, true, false>, grid, sizeof(wgmma_ws::Smem<D, 3>), stream, p,
-                       false);
-    default:
-      return launch_ws(wgmma_ws::prefill_kernel<D, 2, true, true>, grid, sizeof(wgmma_ws::Smem<D, 2>), stream, p,
-                       true);
-  }
+  return launch_ws(wgmma_ws::prefill_kernel<D>, grid, sizeof(wgmma_ws::Smem<D>), stream, p);
 }
 
-int launch_checked(const L4kAttentionParams* p, cudaStream_t stream, int version) {
-  if (p == nullptr || version < kWgmma2PerSm || version > kWarpSpecializedTma) return L4K_ATTN_STATUS_BAD_ARGS;
+int launch_checked(const L4kAttentionParams* p, cudaStream_t stream) {
+  if (p == nullptr) return L4K_ATTN_STATUS_BAD_ARGS;
   if (p->batch < 0 || p->n_heads < 1 || p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads != 0 ||
       p->block_size < 1 || p->max_blocks < 0 || p->max_q_len < 0 || p->chunk < 0 || p->total_q < 0 ||
       p->slots < 0 || p->slots % p->block_size != 0)
@@ -1446,18 +670,12 @@ int launch_checked(const L4kAttentionParams* p, cudaStream_t stream, int version
   if (p->q == nullptr || p->k_cache == nullptr || p->v_cache == nullptr || p->cu_seqlens_q == nullptr ||
       p->seq_lens_k == nullptr || p->block_table == nullptr || p->out == nullptr)
     return L4K_ATTN_STATUS_BAD_ARGS;
-  return p->head_dim == 128 ? launch<128>(*p, stream, version) : launch<64>(*p, stream, version);
+  return p->head_dim == 128 ? launch<128>(*p, stream) : launch<64>(*p, stream);
 }
 
 }  // namespace attn_prefill
 }  // namespace l4k
 
 extern "C" int l4k_launch_attention_prefill(const L4kAttentionParams* p, cudaStream_t stream) {
-  return l4k::attn_prefill::launch_checked(p, stream, l4k::attn_prefill::kWarpSpecializedTma);
-}
-
-// Every version, kept compiled and tested side by side (ops/attention_prefill.rs: Kernel).
-extern "C" int l4k_internal_launch_attention_prefill_version(const L4kAttentionParams* p, cudaStream_t stream,
-                                                             int version) {
-  return l4k::attn_prefill::launch_checked(p, stream, version);
+  return l4k::attn_prefill::launch_checked(p, stream);
 }

@@ -3,11 +3,10 @@
 //! Kernel: kernels/attention_prefill.cu. Contract: kernels/attention_params.h and [`crate::attention`].
 //! Reference: llama4_reference::attention.
 //!
-//! Any `block_size` works. The default kernel (v4 TMA) loads whole 128-key tiles by TMA when `block_size` and the
-//! chunk are multiples of 64 (each 64-key half tile is then 64 consecutive slots of one block); other block sizes,
-//! other chunks and each sequence's partial last tile go through cp.async with rows addressed one by one through
-//! the block table. No workspace. A
-//! sequence whose device metadata is inconsistent (see kernels/attention_params.h) leaves its output rows
+//! Any `block_size` works. The kernel loads whole 128-key tiles by TMA when `block_size` and the chunk are
+//! multiples of 64 (each 64-key half tile is then 64 consecutive slots of one block); other block sizes, other
+//! chunks and each sequence's partial last tile go through cp.async with rows addressed one by one through the
+//! block table. No workspace. A sequence whose device metadata is inconsistent (see kernels/attention_params.h) leaves its output rows
 //! untouched and bumps `bad_seqs` when given.
 
 use crate::attention::{bind_and_launch, Mask, PagedKv, QueryBatch};
@@ -27,36 +26,6 @@ const STATUS_BAD_ARGS: i32 = -21;
 /// Grid limits of the launch: heads on x, query tiles on y, sequences on z.
 const MAX_GRID_YZ: usize = 65535;
 
-/// Which kernel of kernels/attention_prefill.cu runs (its `Version`). The op uses [`DEFAULT_KERNEL`]; the others stay
-/// compiled, tested and measured beside it (kernels/NOTES.md).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kernel {
-    /// v2: wgmma, two-stage K/V ring, two CTAs per SM (128 registers); the default until run 7.
-    Wgmma = 0,
-    /// v2 with one CTA per SM (no register cap).
-    WgmmaOneCtaPerSm = 1,
-    /// v1: mma.sync m16n8k16.
-    MmaSync = 2,
-    /// v3: v2 with S_j issued beside P_{j-1} V_{j-1} and softmax_j under the latter (FA3's intra-warpgroup
-    /// overlap), three-stage ring, one CTA per SM.
-    WgmmaOverlap = 3,
-    /// v4: warp-specialized (a cp.async producer warpgroup, two consumer warpgroups with setmaxnreg, mbarrier
-    /// rings of 128-key tiles, two stages), FA3's intra-warpgroup overlap.
-    WarpSpecialized = 4,
-    /// v4 with the two consumer warpgroups' issue phases ping-ponged through named barriers.
-    WarpSpecializedPingPong = 5,
-    /// v4 ping-pong with three-stage rings.
-    WarpSpecializedPingPong3 = 6,
-    /// v4 ping-pong, two stages, whole key tiles by TMA when block_size and the chunk are multiples of 64 (each
-    /// 64-key half tile is then 64 consecutive slots of one block); other tiles and layouts by cp.async.
-    WarpSpecializedTma = 7,
-}
-
-/// The kernel of the op and of `l4k_launch_attention_prefill` (the C launcher runs the same version).
-#[doc(hidden)]
-pub const DEFAULT_KERNEL: Kernel = Kernel::WarpSpecializedTma;
-
 /// `out` [total_q, n_heads, head_dim] = softmax(q k^T * `softmax_scale`, `mask`) v for every sequence of the
 /// batch, rows of a sequence whose metadata is bad left untouched (and counted in `bad_seqs` [1] when given).
 /// Rows of `out` that belong to no sequence are not written.
@@ -69,33 +38,13 @@ pub fn attention_prefill(
     out: &mut TensorMut<bf16, 3>,
     bad_seqs: Option<&mut TensorMut<u32, 1>>,
 ) -> Result<()> {
-    attention_prefill_with(DEFAULT_KERNEL, stream, queries, kv, mask, softmax_scale, out, bad_seqs)
-}
-
-/// [`attention_prefill`] with a chosen kernel (tests and benches of the retired version).
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn attention_prefill_with(
-    kernel: Kernel,
-    stream: &CudaStream,
-    queries: &QueryBatch,
-    kv: &PagedKv,
-    mask: Mask,
-    softmax_scale: f32,
-    out: &mut TensorMut<bf16, 3>,
-    bad_seqs: Option<&mut TensorMut<u32, 1>>,
-) -> Result<()> {
     bind_and_launch(OP, stream, queries, kv, mask, softmax_scale, out, None, bad_seqs, |p| {
-        launch_with(kernel, p, stream.cu_stream())
+        launch(p, stream.cu_stream())
     })
 }
 
 /// Validates raw parameters (the safe API's come from [`params`]; the C ABI's from the caller) and launches.
 pub(crate) fn launch(p: &AttentionParams, stream: CUstream) -> Result<()> {
-    launch_with(DEFAULT_KERNEL, p, stream)
-}
-
-fn launch_with(kernel: Kernel, p: &AttentionParams, stream: CUstream) -> Result<()> {
     ensure!(p.batch >= 0 && p.total_q >= 0 && p.slots >= 0, "{OP}: batch, total_q and slots must be >= 0");
     ensure!(p.max_blocks >= 0 && p.max_q_len >= 0, "{OP}: max_blocks and max_q_len must be >= 0");
     ensure!(p.block_size >= 1, "{OP}: block_size must be positive (got {})", p.block_size);
@@ -142,12 +91,7 @@ fn launch_with(kernel: Kernel, p: &AttentionParams, stream: CUstream) -> Result<
         check_ptr(OP, "bad_seqs", p.bad_seqs as _, 4)?;
     }
     // SAFETY: the pointers are non-null and aligned; sizes agree (checked by `params` or promised by the C caller).
-    let code = unsafe {
-        match kernel {
-            k if k == DEFAULT_KERNEL => ffi::l4k_launch_attention_prefill(p, stream),
-            k => ffi::l4k_internal_launch_attention_prefill_version(p, stream, k as i32),
-        }
-    };
+    let code = unsafe { ffi::l4k_launch_attention_prefill(p, stream) };
     match code {
         STATUS_UNSUPPORTED => Err(Error::Unsupported(format!("{OP}: shape outside what the kernel is built for"))),
         STATUS_BAD_ARGS => Err(Error::InvalidArgument(format!("{OP}: parameters rejected by the launcher"))),

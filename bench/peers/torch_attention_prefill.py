@@ -2,9 +2,12 @@
 and flash backends (causal), FlexAttention with a block mask (chunked, and causal for reference). 40 query
 heads over 8 KV heads, head_dim 128, bf16, contiguous [B, H, S, D] tensors (the peers get no paging). FLOPs count
 only unmasked work (4 * heads * d per visible pair), as bench/attention_prefill.rs does.
-Usage: python3 torch_attention_prefill.py --json F"""
+Usage: python3 torch_attention_prefill.py --json F
+L4K_BENCH_ONLY=<substring>[,...] keeps the cases whose family/variant/shape contains one of them (as the Rust benches do).
+"""
 import argparse
 import json
+import os
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +50,8 @@ def main():
     cases = [("causal", "S8192_B1", 1, 8192, 8192, 0), ("chunked", "S32768_C8192_B1", 1, 32768, 32768, 8192),
              ("causal", "S32768_B1", 1, 32768, 32768, 0), ("causal", "S2048_B4", 4, 2048, 2048, 0),
              ("causal", "continue_Q2048_K10240_B1", 1, 10240, 2048, 0)]
+    only = [f for f in os.environ.get("L4K_BENCH_ONLY", "").split(",") if f]
+    cases = [c for c in cases if not only or any(f in f"attention_prefill/{c[0]}/{c[1]}" for f in only)]
     with torch.inference_mode():
         for variant, shape, b, s, ql, chunk in cases:
             q = torch.randn(b, NH, ql, D, device=dev, dtype=torch.bfloat16)
