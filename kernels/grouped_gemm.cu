@@ -10,9 +10,9 @@
 // [experts, n] scales.
 //
 // Configurations (L4kGemmSchedule):
-// - PREFILL: D = A B^T with 128x128x128 cooperative tiles and a 1x2 cluster (the A tile is multicast to both
+// - PREFILL: D = A B^T with 128x192x128 cooperative tiles and a 1x2 cluster (the A tile is multicast to both
 //   CTAs of a cluster); tensor-core bound at hundreds of rows per expert. FP8 products are promoted to a
-//   separate f32 accumulator every few k-blocks (accurate at k = 8192).
+//   separate f32 accumulator every 128 of k (accurate at k = 8192).
 // - PREFILL_FAST_ACCUM: 256x128 tiles accumulated in the tensor cores only (CUTLASS example 57's choice).
 // - DECODE: D^T = B A^T. With a handful of rows per expert the GEMM is bound by reading the weights; swapping
 //   puts the weights' n in the 128-wide wgmma M and the few tokens in a 32-wide N, so no MMA work is wasted on
@@ -93,6 +93,12 @@ struct Config {
   static constexpr bool kSwap = Swap;
   static_assert(!(Swap && Out == Output::kSwigluBytes), "swapped tiles put gate/up pairs in different threads");
   static constexpr bool kBlockwise = false;  // rowwise scales, applied in the epilogue
+  // Tile scheduler and promotion knobs (CUTLASS's defaults; bench/experiments/grouped_gemm_configs.cu sweeps
+  // them by shadowing these in a derived struct): clusters walk M first within a group, swizzle 1, promotion
+  // into the f32 accumulator every 4 wgmma k-blocks (every 128 of k at a 128-deep k tile).
+  static constexpr bool kRasterAlongN = false;
+  static constexpr int kSwizzle = 1;
+  static constexpr int kPromotionInterval = 4;
   using ElementA = Fp8;
   using ElementB = Fp8;
   using ElementD = cute::conditional_t<Out == Output::kSwigluBytes, uint8_t, Bf16>;
@@ -120,9 +126,11 @@ struct Config {
   using StrideD = typename Kernel::InternalStrideD;
 };
 
-// 128x128: with FP8 promotion (a second set of accumulators, added every few k-blocks) a 128x256 tile needs
-// 256 accumulator registers per thread and spills.
-using Prefill = Config<false, Shape<_128, _128, _128>, Shape<_1, _2, _1>,
+// 128x192: FP8 promotion keeps a second set of accumulators, so a consumer thread holds 2 x 64x192 / 128 = 192
+// f32 of them (no spills); 128x256 would need 256 and spills. The wider N tile reads less shared memory per
+// MMA than 128x128 and was 4-9% faster (sweep 2, kernels/NOTES.md). Cluster 1x2 rather than the slightly
+// faster 2x1: a 2x1 cluster pads every expert with an odd count of 128-row tiles by an idle CTA.
+using Prefill = Config<false, Shape<_128, _192, _128>, Shape<_1, _2, _1>,
                        cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                        cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
 // Accumulation inside the tensor cores only (no promotion): half the registers, so 256x128 tiles fit; the
@@ -131,7 +139,7 @@ using PrefillFastAccum = Config<false, Shape<_256, _128, _128>, Shape<_1, _2, _1
                                 cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8FastAccum,
                                 cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
 // The same two prefill configurations with the SwiGLU epilogue (weights' gate/up rows interleaved).
-using PrefillSwiglu = Config<false, Shape<_128, _128, _128>, Shape<_1, _2, _1>,
+using PrefillSwiglu = Config<false, Shape<_128, _192, _128>, Shape<_1, _2, _1>,
                              cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                              cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, Output::kSwigluBytes>;
 using PrefillFastAccumSwiglu = Config<false, Shape<_256, _128, _128>, Shape<_1, _2, _1>,
@@ -264,6 +272,10 @@ typename C::Gemm::Arguments arguments(const L4kGroupedGemmParams& p, const Descr
                                      {g.ptr_a, g.stride_a, g.ptr_b, g.stride_b},
                                      {{}, nullptr, nullptr, g.ptr_d, g.stride_d},
                                      hw};
+    using Raster = cutlass::gemm::kernel::detail::RasterOrderOptions;
+    args.scheduler.raster_order = C::kRasterAlongN ? Raster::AlongN : Raster::AlongM;
+    args.scheduler.max_swizzle_size = C::kSwizzle;
+    if constexpr (C::kPromotionInterval != 4) args.mainloop.mma_promotion_interval = C::kPromotionInterval;
     const typename C::Scaled::Arguments scaled{{g.scale_m, 0.f, {}}, {{}, {g.scale_n, 0.f, {}}, {}}, {}};
     if constexpr (std::is_same_v<typename C::Fusion, typename C::Scaled>) {
       args.epilogue.thread = scaled;
@@ -323,7 +335,7 @@ extern "C" int l4k_launch_grouped_gemm(const L4kGroupedGemmParams* p, cudaStream
 }
 
 // The SwiGLU epilogue: d is h [rows, n / 2] bf16 (n % 16 == 0), b's rows interleaved gate/up (see the top).
-// schedule PREFILL_FAST_ACCUM picks the 256x128 fast-accumulation tiles; anything else the promoted 128x128.
+// schedule PREFILL_FAST_ACCUM picks the 256x128 fast-accumulation tiles; anything else the promoted 128x192.
 extern "C" int l4k_launch_grouped_gemm_swiglu(const L4kGroupedGemmParams* p, cudaStream_t stream) {
   using namespace l4k::grouped_gemm;
   if (p->schedule == L4K_GEMM_PREFILL_FAST_ACCUM) return run<PrefillFastAccumSwiglu>(*p, stream);

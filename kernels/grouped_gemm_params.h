@@ -9,7 +9,7 @@ extern "C" {
 // Which kernel configuration runs; AUTO picks by total rows (ops/grouped_gemm.rs documents the threshold).
 typedef enum L4kGemmSchedule {
   L4K_GEMM_AUTO = 0,
-  L4K_GEMM_PREFILL = 1,  // cooperative 128x128x128 tiles, cluster 1x2: many rows per expert, tensor-core bound
+  L4K_GEMM_PREFILL = 1,  // cooperative 128x192x128 tiles, cluster 1x2: many rows per expert, tensor-core bound
   L4K_GEMM_DECODE = 2,   // A/B swapped, 128x32x128 tiles: few rows per expert, bound by reading the weights
   L4K_GEMM_PREFILL_FAST_ACCUM = 3,  // 256x128 tiles, FP8 accumulation without promotion (faster, less exact)
 } L4kGemmSchedule;

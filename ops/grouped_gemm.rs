@@ -28,7 +28,7 @@ const OP: &str = "grouped_gemm";
 pub enum Schedule {
     /// By total rows: `Decode` up to [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average, else `Prefill`.
     Auto,
-    /// 128x256 cooperative tiles: tensor-core bound shapes.
+    /// 128x192 cooperative tiles with promoted (accurate) FP8 accumulation: tensor-core bound shapes.
     Prefill,
     /// Swapped A/B with 32-token tiles: weight-bandwidth bound shapes (a few tokens per expert).
     Decode,

@@ -1,6 +1,6 @@
 // Candidate tile configurations for the grouped GEMM's prefill path, timed at Scout shapes so the shipped
 // configuration is chosen by measurement (kernels/NOTES.md, "grouped_gemm"). One candidate per compilation:
-//   nvcc ... -DCANDIDATE=<1..6> -I kernels grouped_gemm_configs.cu     (scripts/gpu-run.sh step "gemmsweep")
+//   nvcc ... -DCANDIDATE=<1..10> -I kernels grouped_gemm_configs.cu     (scripts/gpu-run.sh step "gemmsweep")
 // Includes the real kernel file: the candidates differ only in Config's template arguments.
 #include <cstdio>
 #include <vector>
@@ -13,24 +13,44 @@ using namespace l4k::grouped_gemm;
 namespace gk = cutlass::gemm;
 namespace ep = cutlass::epilogue;
 
+// Sweep 2 (accurate path only: promoted accumulation, bench/results/h100-grouped-gemm-tile-sweep2.txt).
+// Register budget of a promoted consumer thread: 2 x (its share of the tile) / 128 f32 registers (the wgmma
+// accumulator plus the promotion target). 64x128 per warpgroup: 128; 64x192: 192; 64x256 or 128x128: 256 (spills
+// at the 240 registers a consumer warpgroup gets).
+using Coop = gk::KernelPtrArrayTmaWarpSpecializedCooperative;
+using CoopEpi = ep::PtrArrayTmaWarpSpecializedCooperative;
+using Ping = gk::KernelPtrArrayTmaWarpSpecializedPingpong;
+using PingEpi = ep::PtrArrayTmaWarpSpecializedPingpong;
 #if CANDIDATE == 1
 #define NAME "coop 128x128 1x2 promoted (shipped PREFILL)"
 using Cand = Prefill;
 #elif CANDIDATE == 2
-#define NAME "coop 128x128 2x1 promoted"
-using Cand = Config<false, Shape<_128, _128, _128>, Shape<_2, _1, _1>, gk::KernelPtrArrayTmaWarpSpecializedCooperative, ep::PtrArrayTmaWarpSpecializedCooperative>;
+#define NAME "coop 128x192 1x2 promoted"
+using Cand = Config<false, Shape<_128, _192, _128>, Shape<_1, _2, _1>, Coop, CoopEpi>;
 #elif CANDIDATE == 3
-#define NAME "pingpong 64x128 1x2 promoted"
-using Cand = Config<false, Shape<_64, _128, _128>, Shape<_1, _2, _1>, gk::KernelPtrArrayTmaWarpSpecializedPingpong, ep::PtrArrayTmaWarpSpecializedPingpong>;
+#define NAME "coop 128x192 2x1 promoted"
+using Cand = Config<false, Shape<_128, _192, _128>, Shape<_2, _1, _1>, Coop, CoopEpi>;
 #elif CANDIDATE == 4
-#define NAME "coop 256x128 1x2 fast-accum (CUTLASS example 57; shipped PREFILL_FAST_ACCUM)"
-using Cand = PrefillFastAccum;
+#define NAME "pingpong 64x192 1x2 promoted"
+using Cand = Config<false, Shape<_64, _192, _128>, Shape<_1, _2, _1>, Ping, PingEpi>;
 #elif CANDIDATE == 5
-#define NAME "pingpong 128x128 2x1 fast-accum"
-using Cand = Config<false, Shape<_128, _128, _128>, Shape<_2, _1, _1>, gk::KernelPtrArrayTmaWarpSpecializedPingpongFP8FastAccum, ep::PtrArrayTmaWarpSpecializedPingpong>;
+#define NAME "coop 128x128 1x1 promoted"
+using Cand = Config<false, Shape<_128, _128, _128>, Shape<_1, _1, _1>, Coop, CoopEpi>;
 #elif CANDIDATE == 6
-#define NAME "coop 128x256 1x2 fast-accum"
-using Cand = Config<false, Shape<_128, _256, _128>, Shape<_1, _2, _1>, gk::KernelPtrArrayTmaWarpSpecializedCooperativeFP8FastAccum, ep::PtrArrayTmaWarpSpecializedCooperative>;
+#define NAME "coop 128x128 2x2 promoted"
+using Cand = Config<false, Shape<_128, _128, _128>, Shape<_2, _2, _1>, Coop, CoopEpi>;
+#elif CANDIDATE == 7
+#define NAME "coop 128x128 1x2 promoted, swizzle 2"
+struct Cand : Prefill { static constexpr int kSwizzle = 2; };
+#elif CANDIDATE == 8
+#define NAME "coop 128x128 1x2 promoted, raster along N"
+struct Cand : Prefill { static constexpr bool kRasterAlongN = true; };
+#elif CANDIDATE == 9
+#define NAME "coop 128x128 1x2 promoted every 256 k (less accurate)"
+struct Cand : Prefill { static constexpr int kPromotionInterval = 8; };
+#elif CANDIDATE == 10
+#define NAME "coop 128x192 1x2 promoted, swizzle 4"
+struct Cand : Config<false, Shape<_128, _192, _128>, Shape<_1, _2, _1>, Coop, CoopEpi> { static constexpr int kSwizzle = 4; };
 #endif
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s line %d\n", cudaGetErrorString(e), __LINE__); return 1; } } while (0)
