@@ -10,8 +10,9 @@
 // [experts, n] scales.
 //
 // Configurations (L4kGemmSchedule):
-// - PREFILL: D = A B^T with 128x192x128 cooperative tiles and a 1x2 cluster (the A tile is multicast to both
-//   CTAs of a cluster); tensor-core bound at hundreds of rows per expert. FP8 products are promoted to a
+// - PREFILL: D = A B^T with 128x192x128 cooperative tiles (128x128 where n is not close to a multiple of 384,
+//   see prefill_wide) and a 1x2 cluster (the A tile is multicast to both CTAs of a cluster); tensor-core bound
+//   at hundreds of rows per expert. FP8 products are promoted to a
 //   separate f32 accumulator every 128 of k (accurate at k = 8192).
 // - PREFILL_FAST_ACCUM: 256x128 tiles accumulated in the tensor cores only (CUTLASS example 57's choice).
 // - DECODE: D^T = B A^T. With a handful of rows per expert the GEMM is bound by reading the weights; swapping
@@ -126,19 +127,28 @@ struct Config {
   using StrideD = typename Kernel::InternalStrideD;
 };
 
-// 128x192: FP8 promotion keeps a second set of accumulators, so a consumer thread holds 2 x 64x192 / 128 = 192
-// f32 of them (no spills); 128x256 would need 256 and spills. The wider N tile reads less shared memory per
-// MMA than 128x128 and was 4-9% faster (sweep 2, kernels/NOTES.md). Cluster 1x2 rather than the slightly
-// faster 2x1: a 2x1 cluster pads every expert with an odd count of 128-row tiles by an idle CTA.
-using Prefill = Config<false, Shape<_128, _192, _128>, Shape<_1, _2, _1>,
+// Promoted (accurate) prefill, two N widths picked by n (prefill_wide below). 128x192: FP8 promotion keeps a
+// second set of accumulators, so a consumer thread holds 2 x 64x192 / 128 = 192 f32 of them (no spills); 128x256
+// would need 256 and spills. The wider N tile reads less shared memory per MMA than 128x128 and was 4-9% faster
+// on gate_up (sweep 2, kernels/NOTES.md), but a cluster of two 192-wide tiles covers n in steps of 384: at
+// n = 5120 (down) that computes 5% extra columns, and 128x128 is as fast or faster there (7% at Maverick's down).
+// Cluster 1x2 rather than the slightly faster 2x1: a 2x1 cluster pads every expert with an odd count of 128-row
+// tiles by an idle CTA.
+using Prefill = Config<false, Shape<_128, _128, _128>, Shape<_1, _2, _1>,
                        cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                        cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
+using PrefillWide = Config<false, Shape<_128, _192, _128>, Shape<_1, _2, _1>,
+                           cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
+                           cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
+// The wide tile when rounding n up to whole 384-column clusters adds under 2% (gate_up's 16384: 0.8%).
+constexpr bool prefill_wide(int64_t n) { return (n + 383) / 384 * 384 * 50 < n * 51; }
 // Accumulation inside the tensor cores only (no promotion): half the registers, so 256x128 tiles fit; the
 // fastest of six candidates measured (kernels/NOTES.md).
 using PrefillFastAccum = Config<false, Shape<_256, _128, _128>, Shape<_1, _2, _1>,
                                 cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8FastAccum,
                                 cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
-// The same two prefill configurations with the SwiGLU epilogue (weights' gate/up rows interleaved).
+// The wide promoted and the fast-accumulation prefill configurations with the SwiGLU epilogue (weights' gate/up
+// rows interleaved; gate_up's n is where the wide tile wins).
 using PrefillSwiglu = Config<false, Shape<_128, _192, _128>, Shape<_1, _2, _1>,
                              cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                              cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, Output::kSwigluBytes>;
@@ -318,7 +328,8 @@ int run(const L4kGroupedGemmParams& p, cudaStream_t stream) {
 extern "C" size_t l4k_internal_grouped_gemm_workspace_size(int32_t experts) {
   using namespace l4k::grouped_gemm;
   size_t most = 0;
-  for (size_t s : {workspace_size<Prefill>(experts), workspace_size<PrefillFastAccum>(experts),
+  for (size_t s : {workspace_size<Prefill>(experts), workspace_size<PrefillWide>(experts),
+                   workspace_size<PrefillFastAccum>(experts),
                    workspace_size<Decode>(experts), workspace_size<PrefillSwiglu>(experts),
                    workspace_size<PrefillFastAccumSwiglu>(experts)})
     most = s > most ? s : most;
@@ -330,7 +341,7 @@ extern "C" int l4k_launch_grouped_gemm(const L4kGroupedGemmParams* p, cudaStream
   switch (p->schedule) {
     case L4K_GEMM_DECODE: return run<Decode>(*p, stream);
     case L4K_GEMM_PREFILL_FAST_ACCUM: return run<PrefillFastAccum>(*p, stream);
-    default: return run<Prefill>(*p, stream);
+    default: return prefill_wide(p->n) ? run<PrefillWide>(*p, stream) : run<Prefill>(*p, stream);
   }
 }
 

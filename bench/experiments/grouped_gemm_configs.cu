@@ -22,7 +22,7 @@ using CoopEpi = ep::PtrArrayTmaWarpSpecializedCooperative;
 using Ping = gk::KernelPtrArrayTmaWarpSpecializedPingpong;
 using PingEpi = ep::PtrArrayTmaWarpSpecializedPingpong;
 #if CANDIDATE == 1
-#define NAME "coop 128x128 1x2 promoted (shipped PREFILL)"
+#define NAME "coop 128x128 1x2 promoted (shipped PREFILL where n is not near a multiple of 384: down)"
 using Cand = Prefill;
 #elif CANDIDATE == 2
 #define NAME "coop 128x192 1x2 promoted"

@@ -121,12 +121,13 @@ proptest! {
     #![proptest_config(cases(16))]
 
     /// Random groups including empty ones, rows per group that are no multiple of any tile, n and k at and
-    /// near the alignment limits, every schedule.
+    /// near the alignment limits, every schedule. n = 384 and 760 take the promoted prefill's 128x192 tiles
+    /// (760: a partial one), the others its 128x128 tiles.
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn grouped_gemm_matches_reference(
         experts in prop::sample::select(vec![1usize, 3, 16]),
-        n in prop::sample::select(vec![8usize, 24, 136, 264]),
+        n in prop::sample::select(vec![8usize, 24, 136, 264, 384, 760]),
         k in prop::sample::select(vec![16usize, 48, 128, 272, 528]),
         max_m in prop::sample::select(vec![1usize, 9, 40, 150]),
         schedule in schedules(),
