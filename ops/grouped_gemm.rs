@@ -88,18 +88,28 @@ pub fn grouped_gemm_fp8(
     bad_offsets: Option<&mut TensorMut<u32, 1>>,
     schedule: Schedule,
 ) -> Result<()> {
+    let (operands, [rows, experts, n]) = rowwise_operands(g, &bad_offsets)?;
+    ensure!(d.shape() == [rows, n], "{OP}: d {:?}, want [{rows}, {n}]", d.shape());
+    same_device(stream, &[d.stream()])?;
+    let (pd, _gd) = d.ptr_mut(stream);
+    bind_and_launch(stream, &operands, pd, workspace, bad_offsets, schedule.code(rows, experts), launch)
+}
+
+/// The rowwise recipe's operand checks (k, scale shapes, offsets, counts, the flag); returns the operands and
+/// [rows, experts, n].
+fn rowwise_operands<'a, 'b>(
+    g: &GroupedGemm<'a, 'b>,
+    bad_offsets: &Option<&mut TensorMut<u32, 1>>,
+) -> Result<(Operands<'a, 'b, 1, 2>, [usize; 3])> {
     let [rows, k] = g.a.shape();
     let [experts, n, bk] = g.b.shape();
     ensure!(bk == k, "{OP}: A has k = {k}, B has k = {bk}");
     ensure!(g.scale_a.shape() == [rows], "{OP}: scale_a {:?} for {rows} rows", g.scale_a.shape());
     ensure!(g.scale_b.shape() == [experts, n], "{OP}: scale_b {:?}, want [{experts}, {n}]", g.scale_b.shape());
-    check_views(g.offsets, g.counts, experts, &bad_offsets)?;
-    ensure!(d.shape() == [rows, n], "{OP}: d {:?}, want [{rows}, {n}]", d.shape());
-    same_device(stream, &[d.stream()])?;
-    let (pd, _gd) = d.ptr_mut(stream);
+    check_views(g.offsets, g.counts, experts, bad_offsets)?;
     let operands =
         Operands { a: g.a, scale_a: g.scale_a, b: g.b, scale_b: g.scale_b, offsets: g.offsets, counts: g.counts };
-    bind_and_launch(stream, &operands, pd, workspace, bad_offsets, schedule.code(rows, experts), launch)
+    Ok((operands, [rows, experts, n]))
 }
 
 /// gate_up with the SwiGLU epilogue, then rowwise FP8: `q` [rows, n/2] E4M3 and `scales` [rows], the down
@@ -142,15 +152,9 @@ pub fn grouped_gemm_swiglu_fp8(
     ensure!(q.shape() == [rows, half], "{OP}: q {:?}, want [{rows}, {half}]", q.shape());
     ensure!(scales.shape() == [rows], "{OP}: scales {:?} for {rows} rows", scales.shape());
     same_device(stream, &[h.stream(), q.stream(), scales.stream()])?;
-    let [experts, _, bk] = g.b.shape();
-    ensure!(bk == g.a.shape()[1], "{OP}: A has k = {}, B has k = {bk}", g.a.shape()[1]);
-    ensure!(g.scale_a.shape() == [rows], "{OP}: scale_a {:?} for {rows} rows", g.scale_a.shape());
-    ensure!(g.scale_b.shape() == [experts, n], "{OP}: scale_b {:?}, want [{experts}, {n}]", g.scale_b.shape());
-    check_views(g.offsets, g.counts, experts, &bad_offsets)?;
+    let (operands, _) = rowwise_operands(g, &bad_offsets)?;
     {
         let (ph, _gh) = h.ptr_mut(stream);
-        let operands =
-            Operands { a: g.a, scale_a: g.scale_a, b: g.b, scale_b: g.scale_b, offsets: g.offsets, counts: g.counts };
         bind_and_launch(stream, &operands, ph, workspace, bad_offsets, code, launch_swiglu)?;
     }
     let (ph, _gh) = h.ptr_mut(stream);
