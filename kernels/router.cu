@@ -3,20 +3,22 @@
 // Semantics: reference/src/router.rs (ranking, NaN rule, tie rule) and reference/src/permute.rs (padding).
 //
 // Launches: one when the tokens fit one tile (every decode batch: counts, offsets and destinations are final in
-// the top-k kernel). More tiles, while they fit one wave and their histogram is small (T = 16384 at E = 16 and
-// E = 128 do), still take one launch, cooperative:
+// the top-k kernel). More tiles, while they fit one wave (T = 16384 at E = 16 and E = 128 do), still take one
+// launch, cooperative:
 //   router_topk_kernel, one CTA per tile of TPB tokens. Each warp loads its whole share of the tile into
 //   registers first (every load in flight at once: routing is latency-bound, a token-at-a-time loop would pay
 //   one memory latency per token), then ranks each token with G lanes (G * 8 >= E values), writes ids and
 //   weights, and ranks the tile's (token, choice) pairs stably per expert (__match_any_sync in (t, c) order,
-//   warp counts scanned in warp order). The tile's per-expert histogram goes to the workspace; after a grid
-//   barrier every CTA reads the whole [tiles, E] histogram itself (all loads in flight, 16-byte when E % 4 == 0)
-//   for the totals and its own tile's prefix, and writes final destinations. No arrival counter, no fix-up.
+//   warp counts scanned in warp order). The tile's per-expert histogram row goes to the workspace; after a
+//   grid barrier one warp per expert scans that expert's column (its exclusive prefix over tiles and its
+//   total); once all E are scanned (a counter) every CTA reads its own prefix row and the totals and writes
+//   final destinations. No fix-up, one grid barrier.
 // Beyond that (a very long prefill with many experts) three graph nodes, fixed for any T:
 //   1. a 4-byte memset of the arrival counter in the workspace;
 //   2. the same kernel, whose LAST CTA to finish (arrival counter, threadfence pattern) scans the histogram:
 //      exclusive column prefixes in place, counts, and the padded offsets; dest holds in-tile ranks;
 //   3. router_dest_kernel: dest += offsets[e] + prefix[tile][e], element-parallel.
+// Every kernel is launched with programmatic dependent launch (wait_for_previous_kernel).
 // Why not a decoupled look-back: a destination needs offsets[e], the count of every smaller expert over ALL
 // tokens, so nothing can be final before the last tile is counted; a barrier (or the last CTA) is the minimum.
 // Tiles hold 32 to 512 tokens (bigger for small E) so the histogram stays small: 128 x 128 at T = 16384,
@@ -35,7 +37,8 @@ constexpr int kVpl = 8;                 // logits per lane
 constexpr int kMaxK = L4K_ROUTER_MAX_TOP_K;
 constexpr int kMaxE = L4K_ROUTER_MAX_EXPERTS;
 constexpr int kMaxTileEntries = 4096;   // tokens per tile * k: the tile's shared-memory id and rank arrays
-constexpr size_t kCounterBytes = 16;    // workspace: [counter, pad] then the [tiles, E] int32 histogram
+constexpr size_t kCounterBytes = 16;    // workspace: [counter, pad], the [tiles, E] histogram, [tiles + 1, E] prefixes
+constexpr int kColumnRows = 8;          // histogram rows per lane in a column scan: at most 256 tiles on the grid path
 
 // Lanes per token: the smallest power of two with 8 logits per lane covering E, at least 2 (a 1-lane variant
 // for E <= 8 would be one more instantiation for a size no model uses).
@@ -52,14 +55,24 @@ static_assert(router_tile(1, false) * kMaxK <= kMaxTileEntries && router_tile(1,
 // 8 consecutive logits of one token as f32, loaded as 16-byte vectors or element by element.
 template <class T>
 struct Logits8;
+// bf16 logits as four 32-bit words (two logits each, the lower index in the low half): whole-word loads and
+// zero fills keep the compiler from merging 16-bit pieces with PRMTs (~180 of them in the load phase).
 template <>
 struct Logits8<bf16> {
-  Pack<8> v;
-  __device__ __forceinline__ float operator[](int j) const { return v[j]; }
-  __device__ __forceinline__ void load_vec(const bf16* p) { v = load_pack<8>(p); }
+  uint32_t w[4];
+  __device__ __forceinline__ float operator[](int j) const {
+    return __uint_as_float(j % 2 == 0 ? w[j / 2] << 16 : w[j / 2] & 0xFFFF0000u);
+  }
+  __device__ __forceinline__ void zero() { w[0] = w[1] = w[2] = w[3] = 0; }
+  __device__ __forceinline__ void load_vec(const bf16* p) {
+    const uint4 q = *reinterpret_cast<const uint4*>(p);
+    w[0] = q.x, w[1] = q.y, w[2] = q.z, w[3] = q.w;
+  }
   __device__ __forceinline__ void load(const bf16* p, int n) {
+    const uint16_t* u = reinterpret_cast<const uint16_t*>(p);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v.h[j] = j < n ? p[j] : __float2bfloat16(0.f);
+    for (int q = 0; q < 4; ++q)
+      w[q] = (2 * q < n ? u[2 * q] : 0u) | (2 * q + 1 < n ? static_cast<uint32_t>(u[2 * q + 1]) << 16 : 0u);
   }
 };
 template <>
@@ -73,6 +86,10 @@ struct Logits8<float> {
   __device__ __forceinline__ void load(const float* p, int n) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) f[j] = j < n ? p[j] : 0.f;
+  }
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) f[j] = 0.f;
   }
 };
 
@@ -195,31 +212,11 @@ __device__ __noinline__ void top_k(const float (&x)[kVpl], int gl, int lane, Ran
   }
 }
 
-// Llama 4's top-1 ranks by one integer per candidate, larger = better and unique (the expert index sits in the
-// low bits, inverted so ties go to the lower index), in rank_key's order: a number beats every NaN, -0 ties
-// with +0, NaNs rank among themselves by index, slots past E rank below everything (0). The key is
-// invertible, so the winner's logit comes back from it for the weight. For bf16 logits the key is 32 bits
-// built from the value's own bits with integer ops (one max per candidate); f32 logits use rank_key's 64.
+// Top-1 of f32 logits ranks by one 64-bit integer per candidate (rank_key's order: a number beats every NaN,
+// -0 ties with +0, NaNs rank among themselves by index, slots past E rank below everything (0)); the key is
+// invertible, so the winner's logit comes back from it for the weight. bf16 logits take sigmoid_top1_bf16.
 template <class T>
 struct Top1Key;
-template <>
-struct Top1Key<bf16> {
-  using Key = uint32_t;
-  static __device__ __forceinline__ Key make(const Logits8<bf16>& r, int j, int idx, int E) {
-    const uint32_t b = __bfloat16_as_ushort(r.v.h[j]), mag = b & 0x7FFFu;
-    uint32_t ord = (b & 0x8000u) ? (~b & 0xFFFFu) : (b | 0x8000u);  // >= 0x7F for every number
-    ord = mag == 0 ? 0x8000u : ord;
-    ord = mag > 0x7F80u ? 0u : ord;
-    return idx < E ? (ord << 16) | (0xFFFFu - static_cast<uint32_t>(idx)) : 0u;
-  }
-  static __device__ __forceinline__ int index(Key k) { return static_cast<int>(0xFFFFu - (k & 0xFFFFu)); }
-  static __device__ __forceinline__ float logit(Key k) {  // NaN for a NaN winner (all logits NaN)
-    const uint32_t hi = k >> 16;
-    if (hi == 0) return __int_as_float(0x7fc00000);
-    const uint32_t b = (hi & 0x8000u) ? (hi & 0x7FFFu) : (~hi & 0xFFFFu);
-    return __uint_as_float(b << 16);
-  }
-};
 template <>
 struct Top1Key<float> {
   using Key = uint64_t;
@@ -240,17 +237,19 @@ struct Top1Key<float> {
 // Top-1 for the first S token groups of a lane at once: the S reductions are independent, and S is a
 // compile-time count (the warp's busy steps rounded up to a power of two). With a runtime guard around each
 // step the shuffles sat in separate branches and ran one chain after another, about 0.5 us per step at G = 16;
-// unguarded they overlap. Steps past the warp's tokens rank zeros, harmlessly.
-template <int G, int S, int ITER, class T>
-__device__ __forceinline__ void sigmoid_top1(const Logits8<T> (&raw)[ITER], int gl, int E,
-                                             typename Top1Key<T>::Key (&best)[ITER]) {
-  using K = Top1Key<T>;
+// unguarded they overlap. Steps past the warp's tokens rank zeros, harmlessly. Out: the winner's index and
+// logit (NaN when every logit is NaN; the winner is then expert 0).
+template <int G, int S, int ITER>
+__device__ __forceinline__ void sigmoid_top1(const Logits8<float> (&raw)[ITER], int gl, int E, int (&idx)[ITER],
+                                             float (&logit)[ITER]) {
+  using K = Top1Key<float>;
+  K::Key best[S];
 #pragma unroll
   for (int i = 0; i < S; ++i) {
     best[i] = 0;
 #pragma unroll
     for (int j = 0; j < kVpl; ++j) {
-      const typename K::Key c = K::make(raw[i], j, gl * kVpl + j, E);
+      const K::Key c = K::make(raw[i], j, gl * kVpl + j, E);
       best[i] = c > best[i] ? c : best[i];
     }
   }
@@ -258,9 +257,81 @@ __device__ __forceinline__ void sigmoid_top1(const Logits8<T> (&raw)[ITER], int 
   for (int o = G / 2; o > 0; o >>= 1) {
 #pragma unroll
     for (int i = 0; i < S; ++i) {
-      const typename K::Key w = __shfl_xor_sync(0xffffffffu, best[i], o);
+      const K::Key w = __shfl_xor_sync(0xffffffffu, best[i], o);
       best[i] = w > best[i] ? w : best[i];
     }
+  }
+#pragma unroll
+  for (int i = 0; i < S; ++i) idx[i] = K::index(best[i]), logit[i] = K::logit(best[i]);
+}
+
+// bf16 logits, the same order in packed arithmetic (about half the instructions of a 32-bit key per logit,
+// and the ranking was ~1.8 of the 10 us at T = 16384, E = 128): the maximum by max.bf16x2, which drops a NaN
+// operand, so NaNs lose to every number (slots past E are filled with NaN); then the lowest index whose logit
+// equals it (== makes -0 tie with +0). Two steps share each shuffle: their maxima travel as one bf16x2, their
+// indices as one u16x2 (min.u16x2). No index equals an all-NaN maximum: the winner is then expert 0.
+__device__ __forceinline__ uint32_t max_bf16x2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("max.bf16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+__device__ __forceinline__ uint32_t min_u16x2(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("min.u16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+  return d;
+}
+template <int G, int S, int ITER>
+__device__ __forceinline__ void sigmoid_top1(const Logits8<bf16> (&raw)[ITER], int gl, int E, int (&idx)[ITER],
+                                             float (&logit)[ITER]) {
+  constexpr int P = (S + 1) / 2;        // step pairs
+  constexpr uint32_t kNone = 0xFFFFu;   // no equal logit in this lane
+  uint32_t keep[kVpl / 2];              // per bf16 pair: 0xFFFF halves for slots below E
+#pragma unroll
+  for (int q = 0; q < kVpl / 2; ++q)
+    keep[q] = (gl * kVpl + 2 * q < E ? 0x0000FFFFu : 0u) | (gl * kVpl + 2 * q + 1 < E ? 0xFFFF0000u : 0u);
+  uint32_t v[S][kVpl / 2], m[P];  // m: the maxima of steps 2p (low half) and 2p + 1 (high half)
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    const uint32_t* w = raw[i].w;
+#pragma unroll
+    for (int q = 0; q < kVpl / 2; ++q) v[i][q] = (w[q] & keep[q]) | (~keep[q] & 0x7FC07FC0u);
+    uint32_t x = max_bf16x2(max_bf16x2(v[i][0], v[i][1]), max_bf16x2(v[i][2], v[i][3]));
+    x = max_bf16x2(x, __byte_perm(x, 0, 0x1032));  // both halves: the lane's maximum
+    if (i % 2 == 0) m[i / 2] = x & 0xFFFFu;
+    else m[i / 2] |= x & 0xFFFF0000u;
+  }
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) {
+#pragma unroll
+    for (int q = 0; q < P; ++q) m[q] = max_bf16x2(m[q], __shfl_xor_sync(0xffffffffu, m[q], o));
+  }
+  uint32_t first[P];  // lowest equal index of steps 2p (low half) and 2p + 1 (high half), kNone if none
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    const uint32_t mx = __byte_perm(m[i / 2], 0, i % 2 == 0 ? 0x1010 : 0x3232);  // the step's maximum, twice
+    uint32_t eq[kVpl / 2];
+#pragma unroll
+    for (int q = 0; q < kVpl / 2; ++q)
+      eq[q] = __heq2_mask(*reinterpret_cast<const __nv_bfloat162*>(&v[i][q]),
+                          *reinterpret_cast<const __nv_bfloat162*>(&mx));
+    // One byte per slot, 0xFF where equal: slots 0-3 and 4-7.
+    const uint32_t lo = __byte_perm(eq[0], eq[1], 0x7531), hi = __byte_perm(eq[2], eq[3], 0x7531);
+    const int j = lo ? (__ffs(lo) - 1) >> 3 : hi ? 4 + ((__ffs(hi) - 1) >> 3) : -1;
+    const uint32_t f = j < 0 ? kNone : static_cast<uint32_t>(gl * kVpl + j);
+    if (i % 2 == 0) first[i / 2] = f | (kNone << 16);
+    else first[i / 2] = (first[i / 2] & 0xFFFFu) | (f << 16);
+  }
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) {
+#pragma unroll
+    for (int q = 0; q < P; ++q) first[q] = min_u16x2(first[q], __shfl_xor_sync(0xffffffffu, first[q], o));
+  }
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    const uint32_t f = i % 2 == 0 ? first[i / 2] & 0xFFFFu : first[i / 2] >> 16;
+    const uint32_t bits = i % 2 == 0 ? m[i / 2] << 16 : m[i / 2] & 0xFFFF0000u;
+    idx[i] = f == kNone ? 0 : static_cast<int>(f);
+    logit[i] = f == kNone ? __int_as_float(0x7fc00000) : __uint_as_float(bits);
   }
 }
 
@@ -335,56 +406,40 @@ __device__ void scan_histogram(const L4kRouterParams& p, int* hist, int tiles) {
   }
 }
 
-// After the grid barrier, in every CTA: for expert e (thread e < E), its pairs in all tiles (*total) and in
-// the tiles before this one (*before). Every CTA reads the whole [tiles, E] histogram, so it is kept small
-// (uint16: a tile holds at most 4096 pairs) and read W counts per load (W = 8 when rows are 16-byte aligned),
-// all loads of a thread in flight together; partial sums meet in shared memory. Each CTA starts at its own
-// row: with all CTAs walking the rows in the same order every SM asked the same L2 lines at once, which made
-// this phase 3.7 us at 128 tiles x 128 experts (bench/experiments/router_probe.cu).
-// __ldcg: the histogram was written by other CTAs during this kernel, so it is read from L2, never from L1.
-template <int W>
-__device__ __forceinline__ void histogram_sums(const uint16_t* hist, int tiles, int E, int* part_total,
-                                               int* part_before, int* total, int* before) {
-  const int units = E / W, tid = threadIdx.x, tile = blockIdx.x;
-  const int parts = min(kRouterThreads / units, tiles);
-  const int u = tid % units, part = tid / units;
-  if (part < parts) {
-    int t[W] = {}, b[W] = {};
-#pragma unroll 8
-    for (int i = part; i < tiles; i += parts) {
-      const int r = i + tile < tiles ? i + tile : i + tile - tiles;
-      int v[W];
-      const uint16_t* at = hist + static_cast<int64_t>(r) * E + u * W;
-      if constexpr (W == 8) {
-        const uint4 q = __ldcg(reinterpret_cast<const uint4*>(at));
-        const uint32_t w4[4] = {q.x, q.y, q.z, q.w};
+// After the grid barrier the histogram's columns are scanned, one warp per expert column (warp w of CTA b
+// takes columns w * tiles + b, w * tiles + b + 8 * tiles, ...: at 128 tiles x 128 experts warp 0 of each CTA
+// takes one): prefix[r][e] = pairs of expert e in tiles before r, and row `tiles` of prefix holds the totals.
+// Each CTA then reads one prefix row and the totals (2 x E ints) instead of the whole [tiles, E] histogram: at
+// T = 16384, E = 128 that was 32 KB of L2 reads per CTA (4 MB over the grid, 2.6 us). Lane l owns rows
+// l * per .. l * per + per - 1 (per <= kColumnRows: the host keeps tiles <= 32 * kColumnRows), all loads in
+// flight together; warp shuffles scan them, so no CTA-wide synchronization sits on the way.
+__device__ __forceinline__ void scan_columns(const uint16_t* hist, int* prefix, int tiles, int E, unsigned* scanned) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int per = (tiles + 31) / 32, r0 = lane * per;
+  for (int e = warp * tiles + blockIdx.x; e < E; e += kRouterWarps * tiles) {  // warp-uniform
+    int v[kColumnRows], sum = 0;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) v[2 * j] = w4[j] & 0xFFFFu, v[2 * j + 1] = w4[j] >> 16;
-      } else {
-        v[0] = __ldcg(at);
-      }
+    for (int i = 0; i < kColumnRows; ++i) {
+      v[i] = i < per && r0 + i < tiles ? __ldcg(hist + static_cast<int64_t>(r0 + i) * E + e) : 0;
+      sum += v[i];
+    }
+    int incl = sum;
 #pragma unroll
-      for (int w = 0; w < W; ++w) {
-        t[w] += v[w];
-        b[w] += r < tile ? v[w] : 0;
-      }
+    for (int o = 1; o < 32; o <<= 1) {
+      const int n = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += n;
     }
+    int run = incl - sum;
 #pragma unroll
-    for (int w = 0; w < W; ++w) {
-      part_total[part * E + u * W + w] = t[w];
-      part_before[part * E + u * W + w] = b[w];
+    for (int i = 0; i < kColumnRows; ++i) {
+      if (i < per && r0 + i < tiles) prefix[static_cast<int64_t>(r0 + i) * E + e] = run;
+      run += v[i];
     }
-  }
-  __syncthreads();
-  if (tid < E) {
-    int t = 0, b = 0;
-#pragma unroll 8
-    for (int q = 0; q < parts; ++q) {
-      t += part_total[q * E + tid];
-      b += part_before[q * E + tid];
-    }
-    *total = t;
-    *before = b;
+    if (lane == 31) prefix[static_cast<int64_t>(tiles) * E + e] = incl;
+    // The warp's stores, then one release-add: whoever acquires the count E sees every column written
+    // (__syncwarp orders the lanes' stores before lane 0's release, which is cumulative).
+    __syncwarp();
+    if (lane == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(scanned) : "memory");
   }
 }
 
@@ -405,6 +460,17 @@ __device__ unsigned long long g_router_probe[4096][8];
   } while (0)
 #endif
 
+// Programmatic dependent launch: every router kernel is launched allowed to start while the kernel before it in
+// the stream finishes (launch_pdl), so its launch and CTA start-up (~1 us of a ~10 us call) overlap that kernel's
+// tail. griddepcontrol.wait returns once that kernel has completed and its writes are visible (at once when
+// there is none), so nothing global is read or written before it; launch_dependents then lets the next
+// PDL-launched kernel start early in turn (it waits the same way: ours do, and a kernel launched without the
+// attribute waits for our completion as usual).
+__device__ __forceinline__ void wait_for_previous_kernel() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
 // How the tiles of one launch agree on the expert offsets (see the top of the file).
 enum TileSync : int { kGridBarrier = 0, kLastCta = 1 };
 
@@ -423,21 +489,29 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
   for (int i = threadIdx.x; i < kRouterWarps * kMaxE; i += kRouterThreads) (&warp_count[0][0])[i] = 0;
 
   const Ranking rank{E, k, p.mode == L4K_ROUTER_SOFTMAX_TOPK, p.logits_dtype == L4K_LOGITS_BF16, p.renormalize != 0};
+  wait_for_previous_kernel();
 
   // 1. Every load of the warp's tokens first, then the ranking. Step i of warp w holds tokens
   //    (i * warps + w) * TPI ..: a small batch spreads over all warps instead of queueing in the first one
   //    (which token a warp ranks does not matter to step 2, which reads tile_ids in token order).
   const T* logits = static_cast<const T*>(p.logits);
+  //    vec (E % 8 == 0, 16-byte aligned rows) and element-wise loads are separate loops: one loop choosing per
+  //    step compiled to both paths interleaved.
   Logits8<T> raw[ITER];
+  const int in_lane = min(kVpl, E - gl * kVpl);  // this lane's logits of a token
+  if (vec) {
 #pragma unroll
-  for (int i = 0; i < ITER; ++i) {
-    const int tl = (i * kRouterWarps + warp) * TPI + lane / G;
-    const T* row = logits + (tok0 + tl) * E + gl * kVpl;
-    const int n = min(kVpl, E - gl * kVpl);
-    if (tl < ntok && n > 0) {
-      if (vec) raw[i].load_vec(row); else raw[i].load(row, n);  // vec: E % 8 == 0, 16-byte aligned rows
-    } else {
-      raw[i].load(row, 0);
+    for (int i = 0; i < ITER; ++i) {
+      const int tl = (i * kRouterWarps + warp) * TPI + lane / G;
+      raw[i].zero();
+      if (tl < ntok && in_lane > 0) raw[i].load_vec(logits + (tok0 + tl) * E + gl * kVpl);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < ITER; ++i) {
+      const int tl = (i * kRouterWarps + warp) * TPI + lane / G;
+      raw[i].zero();
+      if (tl < ntok && in_lane > 0) raw[i].load(logits + (tok0 + tl) * E + gl * kVpl, in_lane);
     }
   }
   // Steps of this warp that hold a token: tl grows with i, so they are a prefix, the same for every lane
@@ -446,25 +520,25 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
 #pragma unroll
   for (int i = 0; i < ITER; ++i) steps += __any_sync(0xffffffffu, (i * kRouterWarps + warp) * TPI + lane / G < ntok);
   if (k == 1 && !rank.softmax) {
-    typename Top1Key<T>::Key best[ITER];
+    int idx[ITER];
+    float logit[ITER];
     if (steps <= 1) {
-      sigmoid_top1<G, 1>(raw, gl, E, best);
+      sigmoid_top1<G, 1>(raw, gl, E, idx, logit);
     } else if (steps <= 2 || ITER < 4) {
-      sigmoid_top1<G, (ITER < 2 ? ITER : 2)>(raw, gl, E, best);
+      sigmoid_top1<G, (ITER < 2 ? ITER : 2)>(raw, gl, E, idx, logit);
     } else if (steps <= 4 || ITER < 8) {
-      sigmoid_top1<G, (ITER < 4 ? ITER : 4)>(raw, gl, E, best);
+      sigmoid_top1<G, (ITER < 4 ? ITER : 4)>(raw, gl, E, idx, logit);
     } else {
-      sigmoid_top1<G, ITER>(raw, gl, E, best);
+      sigmoid_top1<G, ITER>(raw, gl, E, idx, logit);
     }
 #pragma unroll
     for (int i = 0; i < ITER; ++i) {
       if (i >= steps) break;
       const int tl = (i * kRouterWarps + warp) * TPI + lane / G;
       if (gl == 0 && tl < ntok) {
-        const int idx = Top1Key<T>::index(best[i]);
-        p.ids[tok0 + tl] = idx;
-        p.weights[tok0 + tl] = top1_weight(Top1Key<T>::logit(best[i]), rank.bf16_weights);
-        tile_ids[tl] = static_cast<uint8_t>(idx);
+        p.ids[tok0 + tl] = idx[i];
+        p.weights[tok0 + tl] = top1_weight(logit[i], rank.bf16_weights);
+        tile_ids[tl] = static_cast<uint8_t>(idx[i]);
       }
     }
   } else {
@@ -508,7 +582,6 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
   //    barrier each CTA reads the totals and its prefix from the histogram. Either way counts, offsets and
   //    final destinations are written here; only kLastCta leaves them to step 4 and router_dest_kernel.
   __shared__ int expert_start[kMaxE];
-  __shared__ int part_total[kRouterThreads * 8], part_before[kRouterThreads * 8];
   const bool single = gridDim.x == 1, done = single || sync == kGridBarrier;
   int* hist = reinterpret_cast<int*>(static_cast<char*>(p.workspace) + kCounterBytes);
   int count = 0, before = 0;  // pairs of expert threadIdx.x: in all tiles, in the tiles before this one
@@ -523,15 +596,31 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
     else if (!single) hist[at] = count;
   }
   if (!single && sync == kGridBarrier) {
-    // The barrier orders every CTA's histogram row before any read of it (grid.sync fences memory).
+    // The grid barrier orders every CTA's histogram row before the column scans read them (grid.sync fences
+    // memory; __ldcg reads L2, never a stale L1 line). No second grid barrier: the scans count themselves in
+    // `scanned` (zeroed by CTA 0 before the barrier, so the zero happens-before every count) and one thread
+    // per CTA waits for all E; a grid.sync there cost ~1 us more, and polling the prefixes themselves from
+    // every thread flooded L2 (+0.6 us).
+    const int tiles = static_cast<int>(gridDim.x);
+    int* prefix = hist + static_cast<int64_t>(tiles) * E;  // [tiles + 1, E] after the [tiles, E] histogram
+    unsigned* scanned = static_cast<unsigned*>(p.workspace);
+    if (blockIdx.x == 0 && threadIdx.x == 0) *scanned = 0;
     ROUTER_PROBE(3);
     cooperative_groups::this_grid().sync();
     ROUTER_PROBE(4);
-    const uint16_t* hist16 = reinterpret_cast<const uint16_t*>(hist);
-    if (E % 8 == 0 && (reinterpret_cast<uintptr_t>(hist) & 15u) == 0)
-      histogram_sums<8>(hist16, gridDim.x, E, part_total, part_before, &count, &before);
-    else
-      histogram_sums<1>(hist16, gridDim.x, E, part_total, part_before, &count, &before);
+    scan_columns(reinterpret_cast<const uint16_t*>(hist), prefix, tiles, E, scanned);
+    if (threadIdx.x == 0) {
+      unsigned done;
+      do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(done) : "l"(scanned) : "memory");
+      } while (done < static_cast<unsigned>(E));
+    }
+    __syncthreads();  // thread 0's acquire, then this barrier, order the prefix reads after every scan
+    if (threadIdx.x < E) {
+      before = __ldcg(prefix + static_cast<int64_t>(blockIdx.x) * E + threadIdx.x);
+      count = __ldcg(prefix + static_cast<int64_t>(tiles) * E + threadIdx.x);
+    }
+    ROUTER_PROBE(6);
   }
   ROUTER_PROBE(5);
   if (done) {  // uniform across the CTA: every thread takes part in the scan
@@ -570,6 +659,7 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
 // dest = offsets[e] + (pairs of e in earlier tiles) + (rank within the tile). An id outside [0, E) (never
 // produced by kernel 2, but the ids buffer is the caller's memory) gets dest -1, which every consumer skips.
 __global__ void __launch_bounds__(256) router_dest_kernel(const L4kRouterParams p, int tile) {
+  wait_for_previous_kernel();
   const int64_t n = p.tokens * p.k;
   const int* prefix = reinterpret_cast<const int*>(static_cast<const char*>(p.workspace) + kCounterBytes);
   for (int64_t i = blockIdx.x * 256ll + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * 256) {
@@ -583,14 +673,28 @@ __global__ void __launch_bounds__(256) router_dest_kernel(const L4kRouterParams 
   }
 }
 
-// The cooperative path needs every tile resident at once (the launch fails otherwise, it never hangs), and
-// each CTA reads the whole histogram, so it is taken only while that stays small.
-constexpr int64_t kGridHistogramMax = 32768;  // tiles * E ints: 128 KB of L2 reads per CTA
+template <class... Args>
+cudaError_t launch_pdl(void (*kernel)(Args...), unsigned blocks, bool cooperative, cudaStream_t s, Args... args) {
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  attr[1].id = cudaLaunchAttributeCooperative;
+  attr[1].val.cooperative = cooperative ? 1 : 0;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(kRouterThreads);
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = 2;
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
 
+// The cooperative path needs every tile resident at once (the launch fails otherwise, it never hangs) and
+// histogram columns a warp can scan (at most kColumnRows rows per lane).
 template <class T, int G>
 int launch_topk(const L4kRouterParams& p, int tile, int tiles, bool vec, cudaStream_t s) {
   auto kernel = router_topk_kernel<T, G>;
-  if (tiles > 1 && static_cast<int64_t>(tiles) * p.experts <= kGridHistogramMax) {
+  if (tiles > 1 && tiles <= 32 * kColumnRows) {
     static std::atomic<int> per_sm{-1};  // resident CTAs per SM: a property of the kernel, queried once
     int fit = per_sm.load(std::memory_order_relaxed);
     if (fit < 0) {
@@ -602,25 +706,20 @@ int launch_topk(const L4kRouterParams& p, int tile, int tiles, bool vec, cudaStr
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e != cudaSuccess) return static_cast<int>(e);
-    if (tiles <= fit * sms) {
-      L4kRouterParams params = p;
-      int sync = kGridBarrier;
-      void* args[] = {&params, &vec, &sync};
-      return static_cast<int>(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(tiles),
-                                                          dim3(kRouterThreads), args, 0, s));
-    }
+    if (tiles <= fit * sms)
+      return static_cast<int>(launch_pdl(kernel, tiles, true, s, p, vec, static_cast<int>(kGridBarrier)));
   }
   if (tiles > 1) {
     cudaError_t e = cudaMemsetAsync(p.workspace, 0, sizeof(unsigned), s);
     if (e != cudaSuccess) return static_cast<int>(e);
   }
-  kernel<<<tiles, kRouterThreads, 0, s>>>(p, vec, kLastCta);
-  if (tiles > 1) {
+  cudaError_t e = launch_pdl(kernel, tiles, false, s, p, vec, static_cast<int>(kLastCta));
+  if (e == cudaSuccess && tiles > 1) {
     const int64_t n = p.tokens * p.k;
     const int64_t blocks = (n + 255) / 256;
-    router_dest_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(p, tile);
+    e = launch_pdl(router_dest_kernel, static_cast<unsigned>(blocks < 4096 ? blocks : 4096), false, s, p, tile);
   }
-  return launch_status();
+  return static_cast<int>(e);
 }
 
 template <class T>
@@ -643,12 +742,21 @@ extern "C" int l4k_internal_router_tile(int experts, int logits_dtype) {
   return l4k::router_tile(experts, logits_dtype == L4K_LOGITS_F32);
 }
 
+// Workspace bytes (ops/router.rs asks for them): the counter, then for T > 0 the [tiles, E] histogram (int32 on
+// the last-CTA path, uint16 on the grid path) and the grid path's [tiles + 1, E] int32 column prefixes and totals.
+extern "C" int64_t l4k_internal_router_workspace(int64_t tokens, int experts, int logits_dtype) {
+  const int tile = l4k_internal_router_tile(experts, logits_dtype);
+  if (tile == 0 || tokens < 0) return -1;
+  const int64_t tiles = (tokens + tile - 1) / tile;
+  return static_cast<int64_t>(l4k::kCounterBytes) + (tiles > 0 ? (2 * tiles + 1) * experts * 4 : 0);
+}
+
 extern "C" int l4k_launch_router(const L4kRouterParams* p, cudaStream_t stream) {
   using namespace l4k;
   const int tile = l4k_internal_router_tile(p->experts, p->logits_dtype);
   const int64_t tiles = (p->tokens + tile - 1) / tile;
   // Re-checked here (the Rust layer already did) because an undersized workspace would be written past.
-  if (tile == 0 || p->workspace_bytes < static_cast<int64_t>(kCounterBytes) + tiles * p->experts * 4)
+  if (tile == 0 || p->workspace_bytes < l4k_internal_router_workspace(p->tokens, p->experts, p->logits_dtype))
     return L4K_STATUS_BAD_WORKSPACE;
   const uintptr_t base = reinterpret_cast<uintptr_t>(p->logits);
   const bool vec = p->experts % kVpl == 0 && (base & 15u) == 0;

@@ -242,7 +242,9 @@ extern "C" {
         chunk: i32,
     ) -> i32;
     pub fn l4k_launch_attention_prefill(p: *const AttentionParams, stream: CUstream) -> c_int;
+    #[cfg(test)] // the tile-size invariants test; the op itself asks for the workspace size
     pub fn l4k_internal_router_tile(experts: c_int, logits_dtype: c_int) -> c_int;
+    pub fn l4k_internal_router_workspace(tokens: i64, experts: c_int, logits_dtype: c_int) -> i64;
     pub fn l4k_internal_cuda_error_string(code: c_int) -> *const c_char;
     pub fn l4k_internal_params_size(which: c_int) -> usize;
 }

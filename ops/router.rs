@@ -22,8 +22,6 @@ use cudarc::driver::{CudaStream, CudaViewMut, DevicePtrMut, DeviceSlice};
 const OP: &str = "router";
 pub const MAX_EXPERTS: usize = ffi::ROUTER_MAX_EXPERTS;
 pub const MAX_TOP_K: usize = ffi::ROUTER_MAX_TOP_K;
-/// The arrival counter at the start of the workspace (the histogram follows, 16-byte aligned).
-const COUNTER_BYTES: usize = 16;
 
 /// How a token's experts and weights are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +69,8 @@ pub fn router_workspace_size<L: RouterLogits>(tokens: usize, experts: usize) -> 
     workspace_bytes(tokens, i32::try_from(experts).unwrap_or(i32::MAX), L::DTYPE)
 }
 
-/// The workspace for one call: the arrival counter, then one int32 per (token tile, expert).
+/// The workspace for one call: the arrival counter, then (T > 0) the per-(token tile, expert) histogram and the
+/// column prefixes the kernel derives from it (kernels/router.cu sizes it).
 pub(crate) fn workspace_bytes(tokens: i64, experts: i32, logits_dtype: i32) -> Result<usize> {
     check_grid(OP, "tokens", tokens)?;
     check_experts(experts)?;
@@ -80,10 +79,9 @@ pub(crate) fn workspace_bytes(tokens: i64, experts: i32, logits_dtype: i32) -> R
         "{OP}: unknown logits dtype {logits_dtype}"
     );
     // SAFETY: a pure host function of its arguments.
-    let tile = unsafe { ffi::l4k_internal_router_tile(experts, logits_dtype) } as i64;
-    ensure!(tile > 0, "{OP}: no tile for {experts} experts");
-    let tiles = (tokens + tile - 1) / tile;
-    Ok(COUNTER_BYTES + (tiles * experts as i64 * 4) as usize)
+    let bytes = unsafe { ffi::l4k_internal_router_workspace(tokens, experts, logits_dtype) };
+    ensure!(bytes > 0, "{OP}: no tile for {experts} experts");
+    Ok(bytes as usize)
 }
 
 fn check_experts(experts: i32) -> Result<()> {
@@ -215,6 +213,8 @@ pub(crate) fn launch(p: &RouterParams, stream: CUstream) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    /// The arrival counter at the start of the workspace (the histogram follows, 16-byte aligned).
+    const COUNTER_BYTES: usize = 16;
 
     #[test]
     fn workspace_grows_with_tiles_and_rejects_bad_shapes() {
@@ -222,6 +222,8 @@ mod tests {
         let big = router_workspace_size::<bf16>(65536, 16).unwrap();
         assert!(small >= COUNTER_BYTES + 16 * 4 && big > small);
         assert_eq!(router_workspace_size::<f32>(0, 128).unwrap(), COUNTER_BYTES);
+        // T = 16384, E = 128, bf16: 128 tiles; the histogram and the 129 prefix rows of int32.
+        assert_eq!(router_workspace_size::<bf16>(16384, 128).unwrap(), COUNTER_BYTES + (2 * 128 + 1) * 128 * 4);
         assert!(matches!(router_workspace_size::<bf16>(4, 257), Err(Error::Unsupported(_))));
         assert!(router_workspace_size::<bf16>(4, 0).is_err());
         // Every tile holds at most 512 tokens (the kernel's shared arrays hold 512 x 8 pairs).

@@ -5,7 +5,9 @@
 //     -DL4K_ROUTER_PROBE -Ikernels bench/experiments/router_probe.cu -o /tmp/router_probe && /tmp/router_probe
 // Arguments: experts tokens (one case, e.g. under ncu); none: a sweep. Graph timings are taken with the same
 // logits every call (warm: L2-resident) and rotating through copies past the 50 MB L2 (cold: what the bench does).
-// -DL4K_ROUTER_SRC='"path"' builds another router.cu (an older version, to compare in the same run).
+// -DL4K_ROUTER_SRC='"path"' builds another router.cu (an older version, to compare in the same run; one older
+// than session 5 needs this file's version of that time too: the workspace size comes from
+// l4k_internal_router_workspace since then).
 #ifdef L4K_ROUTER_SRC
 #include L4K_ROUTER_SRC
 #else
@@ -47,7 +49,7 @@ static void probe(int tokens, int experts) {
   CHECK(cudaMalloc(&p.counts, experts * 4));
   CHECK(cudaMalloc(&p.offsets, (experts + 1) * 4));
   CHECK(cudaMalloc(&p.dest, tokens * 4));
-  p.workspace_bytes = 16 + static_cast<int64_t>(tiles) * experts * 4;
+  p.workspace_bytes = l4k_internal_router_workspace(tokens, experts, L4K_LOGITS_BF16);
   CHECK(cudaMalloc(&p.workspace, p.workspace_bytes));
   p.tokens = tokens, p.experts = experts, p.k = 1, p.mode = L4K_ROUTER_SIGMOID_TOP1;
   p.logits_dtype = L4K_LOGITS_BF16, p.align = 1;
@@ -60,8 +62,8 @@ static void probe(int tokens, int experts) {
   unsigned long long t0 = ~0ull;
   for (int b = 0; b < tiles; ++b) t0 = std::min(t0, st[b * 8]);
   std::printf("T=%d E=%d tiles=%d\n", tokens, experts, tiles);
-  const char* names[8] = {"start", "ranked", "step2", "pre-sync", "post-sync", "hist-sums", "-", "dest"};
-  for (int i : {0, 1, 2, 3, 4, 5, 7}) {
+  const char* names[8] = {"start", "ranked", "step2", "pre-sync", "post-sync", "totals", "scanned", "dest"};
+  for (int i : {0, 1, 2, 3, 4, 6, 5, 7}) {
     std::vector<double> v;
     for (int b = 0; b < tiles; ++b)
       if (st[b * 8 + i] >= t0) v.push_back((st[b * 8 + i] - t0) * 1e-3);

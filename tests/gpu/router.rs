@@ -174,9 +174,14 @@ proptest! {
 #[ignore = "needs a CUDA GPU"]
 fn large_token_counts() {
     let mut r = rng(7);
-    // T = 16384 at E = 16 and 128 takes the cooperative single launch (every tile reads the histogram after a
-    // grid barrier); 65536 tokens at E >= 128 are past its histogram bound and take the last-CTA scan + fix-up.
+    // Up to 256 tiles take the cooperative single launch (one warp per expert column after the grid barrier):
+    // 128 tokens at E = 256 (2 tiles: each warp scans 16 columns), 4096 at E = 128 (32 tiles, 4 columns per
+    // CTA), 16384 at E = 16, 128 (128 tiles) and 256 (256 tiles: 8 rows per lane); 65536 tokens at E >= 128 are
+    // past that bound and take the last-CTA scan + fix-up.
     for (t, e, kind) in [
+        (128, 256, RouterKind::SigmoidTop1),
+        (4096, 128, RouterKind::SigmoidTop1),
+        (16384, 256, RouterKind::SigmoidTop1),
         (16384, 16, RouterKind::SigmoidTop1),
         (16384, 128, RouterKind::SigmoidTop1),
         (16384, 128, RouterKind::SoftmaxTopK { k: 4, renormalize: false }),
