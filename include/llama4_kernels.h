@@ -142,7 +142,11 @@ l4k_status l4k_router_workspace_size(int64_t tokens, int32_t experts, int32_t lo
  * Outputs: ids, dest [tokens, k] int32; weights [tokens, k] f32; counts [experts]; offsets [experts + 1];
  * align >= 1 pads each expert's rows (tokens * k + experts * (align - 1) must fit int32).
  * workspace: l4k_router_workspace_size bytes, 4-byte aligned, contents arbitrary; one call at a time per
- * workspace. Three graph nodes: a 4-byte memset and two kernels. tokens == 0 writes nothing. */
+ * workspace. One cooperative kernel while the token tiles fit one wave (up to 256 tiles: T = 16384 at any
+ * expert count with bf16 logits), else three graph nodes: a 4-byte memset and two kernels. The kernels are
+ * launched with programmatic dependent launch: they may start while the previous kernel in the stream
+ * finishes, and wait for it (griddepcontrol.wait) before reading or writing memory. tokens == 0 writes
+ * nothing. */
 l4k_status l4k_router(const void* logits, int32_t logits_dtype, int64_t tokens, int32_t experts, int32_t mode,
                       int32_t k, int32_t renormalize, int32_t align, int32_t* ids, float* weights, int32_t* counts,
                       int32_t* offsets, int32_t* dest, void* workspace, size_t workspace_bytes,
