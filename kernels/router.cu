@@ -214,7 +214,7 @@ __device__ __noinline__ void top_k(const float (&x)[kVpl], int gl, int lane, Ran
 
 // Top-1 of f32 logits ranks by one 64-bit integer per candidate (rank_key's order: a number beats every NaN,
 // -0 ties with +0, NaNs rank among themselves by index, slots past E rank below everything (0)); the key is
-// invertible, so the winner's logit comes back from it for the weight. bf16 logits take sigmoid_top1_bf16.
+// invertible, so the winner's logit comes back from it for the weight. bf16 logits rank in packed arithmetic.
 template <class T>
 struct Top1Key;
 template <>
@@ -460,7 +460,7 @@ __device__ unsigned long long g_router_probe[4096][8];
   } while (0)
 #endif
 
-// Programmatic dependent launch: every router kernel is launched allowed to start while the kernel before it in
+// Programmatic dependent launch: every router kernel is launched with leave to start while the kernel before it in
 // the stream finishes (launch_pdl), so its launch and CTA start-up (~1 us of a ~10 us call) overlap that kernel's
 // tail. griddepcontrol.wait returns once that kernel has completed and its writes are visible (at once when
 // there is none), so nothing global is read or written before it; launch_dependents then lets the next
