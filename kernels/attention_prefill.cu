@@ -20,9 +20,13 @@
 // - The key-tile loop bounds come from the mask (attention_key_range): a 128-query tile visits keys
 //   [chunk start of its first query, its last query], so a chunked layer costs ~C/S of a causal one. Only the
 //   tiles that straddle the diagonal, a chunk start or the sequence end evaluate the per-element mask.
-// - Bad metadata (kernels/attention_params.h): every CTA of a sequence checks the sequence's scalars and every
-//   block id of the positions the sequence reads before loading anything; a bad sequence's CTAs write nothing
-//   and its (head 0, tile 0) CTA bumps *bad_seqs.
+// - Bad metadata (kernels/attention_params.h): every CTA of a sequence checks the sequence's scalars before
+//   loading anything and every block id of the positions the sequence reads before any load addressed through
+//   the table by cp.async (only the first key tile's TMA, which cannot read out of bounds, goes earlier); a bad
+//   sequence's CTAs write nothing and its (head 0, tile 0) CTA bumps *bad_seqs.
+// - CTA start and end (v6, measured by bench/experiments/attention_prefill_probe.cu): the checks and the first
+//   loads are on every CTA's critical path, so the block-id check runs under the first K tile's TMA and each CTA
+//   prefetches into L2 the Q tile of the CTA one wave ahead; O leaves through shared memory in whole rows.
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -318,6 +322,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tile = gridDim.y - 1 - blockIdx.y;
   const int b = blockIdx.z;
   PREFILL_PROBE(0, threadIdx.x == 0);
+  // The tensor maps' descriptors fetched while the sequence's scalars load (the first TMA would wait for them).
   if (threadIdx.x == 0 && use_tma) {
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tm_k)) : "memory");
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tm_v)) : "memory");
@@ -325,6 +330,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int q_begin = p.cu_seqlens_q[b];
   const int q_len = p.cu_seqlens_q[b + 1] - q_begin;
   const int seq_len = p.seq_lens_k[b];
+  // The scalars here; the block ids below, under the first key tile's load.
   if (sequence_is_bad_part(p, b, q_begin, q_len, seq_len, 0, 0)) {
     if (h == 0 && tile == 0 && threadIdx.x == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
     return;
@@ -420,6 +426,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         cp_async_arrive(full);
       }
     };
+    // A whole first key tile goes by TMA before the block-id verdict: TMA reads nothing out of bounds whatever
+    // the ids (boxes outside the cache come back as zeros). The consumers check the ids meanwhile (the
+    // producer's own loads would queue behind its Q copies); a bad sequence's CTA drains its loads and leaves.
     const bool k0_early = tma && keys.lo + kBlockN <= seq_len;
     if (k0_early) issue(sm.k[0], k_g, &tm_k, &sm.k_full[0], 0, -1);
     if (__syncthreads_or(0)) {
@@ -432,6 +441,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       return;
     }
     PREFILL_PROBE(1, tid == 0);
+    // Q of the CTA one wave (one block id per SM) ahead into L2: its CTA starts about when this one ends, and its
+    // first S waits on Q, which otherwise comes from HBM (run 13: 1.95 us of every CTA's start).
     {
       unsigned n_sms;
       asm("mov.u32 %0, %%nsmid;" : "=r"(n_sms));
@@ -466,7 +477,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
-  // Consumers.
+  // Consumers. The block ids of the sequence (the producer passes): 256 threads, one or two table reads each.
   if (__syncthreads_or(sequence_is_bad_part(p, b, q_begin, q_len, seq_len, tid - 128, kThreads - 128))) return;
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
   const int cw = wg - 1;              // consumer warpgroup: query rows 64 cw .. 64 cw + 63 of the tile
@@ -648,6 +659,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   PREFILL_PROBE(3, tid == 128);
   PREFILL_PROBE(5, tid == 256);
 
+  // Epilogue: O / l in bf16 into this warp's 16 rows of the Q tile (read only by this warp's ldmatrix, long
+  // done), then whole rows out: a thread's own fragments are 4-byte pieces of 8 rows, 8 L1 lines a store (run 13:
+  // 3 us a CTA); rows are 16-byte stores when `out` is 16-byte aligned, 4-byte ones otherwise (the C ABI allows it).
   bf16* out = static_cast<bf16*>(p.out);
   {
     float inv[2];

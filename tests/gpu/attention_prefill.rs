@@ -312,7 +312,10 @@ fn bad_block_id_on_the_tma_path() {
         let err = rel_l2(&out[..c.seqs[0].1 * row], &reference_rows(&c, &bt, 0)).unwrap();
         assert!(err <= TOL_BF16, "block id {id}: good sequence 0: relative L2 {err:.3e}");
         let q1 = bt.cu[1] as usize;
-        assert!(out[q1 * row..(q1 + c.seqs[1].1) * row].iter().all(|x| x.is_nan()), "block id {id}: bad sequence written");
+        assert!(
+            out[q1 * row..(q1 + c.seqs[1].1) * row].iter().all(|x| x.is_nan()),
+            "block id {id}: bad sequence written"
+        );
     }
 }
 
