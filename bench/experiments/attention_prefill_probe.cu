@@ -169,7 +169,7 @@ static void run_case(int seq_len, int chunk, bool trace) {
     }
     const double slope = (ctas * sxy - sx * sy) / (ctas * sxx - sx * sx), icpt = (sy - slope * sx) / ctas;
     std::printf("  main loop = %.3f us x tiles + %.2f us (%.0f TFLOP/s per tile at %d SMs)\n", slope, icpt,
-                2.0 * 2 * 128 * 128 * kD * 2 / (slope * 1e-6) / 1e12 * nsm / 1, nsm);
+                2.0 * 2 * 128 * 128 * kD / (slope * 1e-6) / 1e12 * nsm, nsm);
     for (int n : {1, 2, 4, 8, 16, 32, 64, 128, 256}) {
       double sum = 0;
       int cnt = 0;
