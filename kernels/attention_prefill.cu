@@ -20,9 +20,13 @@
 // - The key-tile loop bounds come from the mask (attention_key_range): a 128-query tile visits keys
 //   [chunk start of its first query, its last query], so a chunked layer costs ~C/S of a causal one. Only the
 //   tiles that straddle the diagonal, a chunk start or the sequence end evaluate the per-element mask.
-// - Bad metadata (kernels/attention_params.h): every CTA of a sequence checks the sequence's scalars and every
-//   block id of the positions the sequence reads before loading anything; a bad sequence's CTAs write nothing
-//   and its (head 0, tile 0) CTA bumps *bad_seqs.
+// - Bad metadata (kernels/attention_params.h): every CTA of a sequence checks the sequence's scalars before
+//   loading anything and every block id of the positions the sequence reads before any load addressed through
+//   the table by cp.async (only the first key tile's TMA, which cannot read out of bounds, goes earlier); a bad
+//   sequence's CTAs write nothing and its (head 0, tile 0) CTA bumps *bad_seqs.
+// - CTA start and end (v6, measured by bench/experiments/attention_prefill_probe.cu): the checks and the first
+//   loads are on every CTA's critical path, so the block-id check runs under the first K tile's TMA and each CTA
+//   prefetches into L2 the Q tile of the CTA one wave ahead; O leaves through shared memory in whole rows.
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -40,6 +44,26 @@
 
 namespace l4k {
 namespace attn_prefill {
+
+// Phase timestamps for bench/experiments/attention_prefill_probe.cu (compiled with L4K_PREFILL_PROBE; nothing
+// otherwise): per CTA, %globaltimer at the phase boundaries, slot 6 = (smid << 32) | key tiles.
+#ifdef L4K_PREFILL_PROBE
+constexpr int kProbeCtas = 16384;
+__device__ unsigned long long g_prefill_probe[kProbeCtas * 8];
+#define PREFILL_PROBE(i, cond)                                                                                  \
+  do {                                                                                                         \
+    const unsigned cta_ = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);                      \
+    if ((cond) && cta_ < kProbeCtas) {                                                                         \
+      unsigned long long t_;                                                                                   \
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                                                   \
+      g_prefill_probe[cta_ * 8 + (i)] = t_;                                                                    \
+    }                                                                                                          \
+  } while (0)
+#else
+#define PREFILL_PROBE(i, cond) \
+  do {                         \
+  } while (0)
+#endif
 
 constexpr int kBlockM = 128;  // query rows per CTA
 constexpr float kLog2e = 1.4426950408889634f;
@@ -89,7 +113,7 @@ __device__ bool sequence_is_bad_part(const L4kAttentionParams& p, int b, int q_b
   const int64_t q_end = static_cast<int64_t>(q_begin) + q_len;
   bool bad = q_begin < 0 || q_len < 0 || q_end > p.total_q || q_len > p.max_q_len || q_len > seq_len ||
              static_cast<int64_t>(seq_len) > static_cast<int64_t>(p.max_blocks) * p.block_size;
-  if (!bad && q_len > 0) {
+  if (!bad && q_len > 0 && nthreads > 0) {
     const int lo = chunk_start(seq_len - q_len, p.chunk);
     const int first = lo / p.block_size, last = (seq_len - 1) / p.block_size;
     const int64_t n_blocks = p.slots / p.block_size;
@@ -297,10 +321,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int h = blockIdx.x;
   const int tile = gridDim.y - 1 - blockIdx.y;
   const int b = blockIdx.z;
+  PREFILL_PROBE(0, threadIdx.x == 0);
+  // The tensor maps' descriptors fetched while the sequence's scalars load (the first TMA would wait for them).
+  if (threadIdx.x == 0 && use_tma) {
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tm_k)) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&tm_v)) : "memory");
+  }
   const int q_begin = p.cu_seqlens_q[b];
   const int q_len = p.cu_seqlens_q[b + 1] - q_begin;
   const int seq_len = p.seq_lens_k[b];
-  if (sequence_is_bad(p, b, q_begin, q_len, seq_len)) {
+  // The scalars here; the block ids below, under the first key tile's load.
+  if (sequence_is_bad_part(p, b, q_begin, q_len, seq_len, 0, 0)) {
     if (h == 0 && tile == 0 && threadIdx.x == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
     return;
   }
@@ -315,6 +346,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int q_first = q_off + m0, q_last = q_off + m0 + rows - 1;
   const KeyRange keys = attention_key_range(q_first, q_last, p.chunk);
   const int n_tiles = (keys.hi - keys.lo + kBlockN - 1) / kBlockN;
+  PREFILL_PROBE(6, false);
+#ifdef L4K_PREFILL_PROBE
+  if (tid == 0 && blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z) < kProbeCtas) {
+    unsigned smid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    g_prefill_probe[(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) * 8 + 6] =
+        (static_cast<unsigned long long>(smid) << 32) | n_tiles;
+  }
+#endif
 
   if (tid == 0) {
     mbar_init(&sm.q_full, 128);
@@ -386,9 +426,40 @@ __global__ void __launch_bounds__(kThreads, 1)
         cp_async_arrive(full);
       }
     };
+    // A whole first key tile goes by TMA before the block-id verdict: TMA reads nothing out of bounds whatever
+    // the ids (boxes outside the cache come back as zeros). The consumers check the ids meanwhile (the
+    // producer's own loads would queue behind its Q copies); a bad sequence's CTA drains its loads and leaves.
+    const bool k0_early = tma && keys.lo + kBlockN <= seq_len;
+    if (k0_early) issue(sm.k[0], k_g, &tm_k, &sm.k_full[0], 0, -1);
+    if (__syncthreads_or(0)) {
+      cp_async_wait_all();
+      if (tid == 0) {
+        mbar_wait(&sm.q_full, 0);
+        if (k0_early) mbar_wait(&sm.k_full[0], 0);
+        if (h == 0 && tile == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
+      }
+      return;
+    }
+    PREFILL_PROBE(1, tid == 0);
+    // Q of the CTA one wave (one block id per SM) ahead into L2: its CTA starts about when this one ends, and its
+    // first S waits on Q, which otherwise comes from HBM (run 13: 1.95 us of every CTA's start).
+    {
+      unsigned n_sms;
+      asm("mov.u32 %0, %%nsmid;" : "=r"(n_sms));
+      const int ahead = blockIdx.x + gridDim.x * blockIdx.y + static_cast<int>(n_sms);
+      const int h2 = ahead % gridDim.x, y2 = ahead / gridDim.x;
+      const int m2 = (static_cast<int>(gridDim.y) - 1 - y2) * kBlockM;
+      if (y2 < static_cast<int>(gridDim.y) && m2 + tid < q_len) {
+        const bf16* row = q_g + ((static_cast<int64_t>(q_begin) + m2 + tid) * p.n_heads + h2) * D;
+#pragma unroll
+        for (int c = 0; c < D * 2; c += 128) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(reinterpret_cast<const char*>(row) + c));
+      }
+    }
     int slot_v = lookup(0);  // rows of tile t (V_t still to issue)
-    mbar_wait(&sm.k_empty[0], 1);
-    issue(sm.k[0], k_g, &tm_k, &sm.k_full[0], 0, slot_v);
+    if (!k0_early) {
+      mbar_wait(&sm.k_empty[0], 1);
+      issue(sm.k[0], k_g, &tm_k, &sm.k_full[0], 0, slot_v);
+    }
     int slot_k = n_tiles > 1 ? lookup(1) : -1;  // rows of tile t + 1
     for (int t = 0; t < n_tiles; ++t) {
       if (t + 1 < n_tiles) {
@@ -406,7 +477,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
 
-  // Consumers.
+  // Consumers. The block ids of the sequence (the producer passes): 256 threads, one or two table reads each.
+  if (__syncthreads_or(sequence_is_bad_part(p, b, q_begin, q_len, seq_len, tid - 128, kThreads - 128))) return;
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kConsumerRegs));
   const int cw = wg - 1;              // consumer warpgroup: query rows 64 cw .. 64 cw + 63 of the tile
   const int wrow = (tid & 127) >> 5;  // warp within the warpgroup
@@ -486,7 +558,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       l_run[row] = l_run[row] * alpha[row] + sum;
     }
   };
-  auto rescale_and_pack = [&]() {
+  auto rescale = [&]() {
 #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt) {
       o[4 * dt + 0] *= alpha[0];
@@ -494,6 +566,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       o[4 * dt + 2] *= alpha[1];
       o[4 * dt + 3] *= alpha[1];
     }
+  };
+  auto pack = [&]() {
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
@@ -530,6 +604,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (cw == 1) named_arrive(1, 256);  // warpgroup 1 issues first
   mbar_wait(&sm.q_full, 0);
   mbar_wait(&sm.k_full[0], 0);
+  PREFILL_PROBE(2, tid == 128);
   fence_if(cp_async_tiles || n_tiles == 1);
   load_q_frags<D>(qf, sm.q, cw * 64 + wrow * 16, lane);
   pp_sync();
@@ -541,7 +616,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   pin(s);
   release(&sm.k_empty[0]);
   softmax(0);
-  rescale_and_pack();
+  rescale();
+  pack();
 
   for (int j = 1; j < n_tiles; ++j) {
     const int st = j % STAGES, pst = (j - 1) % STAGES;
@@ -562,7 +638,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_wait_all();
     pin(o);
     release(&sm.v_empty[pst]);
-    rescale_and_pack();
+    rescale();
+    pack();
   }
   {
     const int pst = (n_tiles - 1) % STAGES;
@@ -579,24 +656,52 @@ __global__ void __launch_bounds__(kThreads, 1)
     pin(o);
     release(&sm.v_empty[pst]);
   }
+  PREFILL_PROBE(3, tid == 128);
+  PREFILL_PROBE(5, tid == 256);
 
+  // Epilogue: O / l in bf16 into this warp's 16 rows of the Q tile (read only by this warp's ldmatrix, long
+  // done), then whole rows out: a thread's own fragments are 4-byte pieces of 8 rows, 8 L1 lines a store (run 13:
+  // 3 us a CTA); rows are 16-byte stores when `out` is 16-byte aligned, 4-byte ones otherwise (the C ABI allows it).
   bf16* out = static_cast<bf16*>(p.out);
+  {
+    float inv[2];
 #pragma unroll
-  for (int row = 0; row < 2; ++row) {
-    float l = l_run[row];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int r = my_row + row * 8;
-    if (r < rows) {
-      bf16* dst = out + ((static_cast<int64_t>(q_begin) + m0 + r) * p.n_heads + h) * D + 2 * (lane & 3);
+    for (int row = 0; row < 2; ++row) {
+      float l = l_run[row];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      inv[row] = l > 0.f ? 1.f / l : 0.f;
+    }
+    __syncwarp();
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
 #pragma unroll
       for (int dt = 0; dt < D / 8; ++dt) {
-        *reinterpret_cast<__nv_bfloat162*>(dst + dt * 8) =
-            __floats2bfloat162_rn(o[4 * dt + 2 * row] * inv, o[4 * dt + 2 * row + 1] * inv);
+        *reinterpret_cast<__nv_bfloat162*>(&sm.q[swz<kBlockM>(my_row + 8 * row, dt) + 2 * (lane & 3)]) =
+            __floats2bfloat162_rn(o[4 * dt + 2 * row] * inv[row], o[4 * dt + 2 * row + 1] * inv[row]);
+      }
+    }
+    __syncwarp();
+    const int r0 = cw * 64 + wrow * 16;
+    auto out_row = [&](int r) { return out + ((static_cast<int64_t>(q_begin) + m0 + r) * p.n_heads + h) * D; };
+    if ((reinterpret_cast<uintptr_t>(out) & 15) == 0) {
+      constexpr int kRowsPerStore = 32 / kChunks;
+#pragma unroll
+      for (int i = 0; i < 16 / kRowsPerStore; ++i) {
+        const int r = r0 + i * kRowsPerStore + lane / kChunks, c = lane % kChunks;
+        if (r < rows) *reinterpret_cast<uint4*>(out_row(r) + c * 8) = *reinterpret_cast<const uint4*>(&sm.q[swz<kBlockM>(r, c)]);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 16 * D / 64; ++i) {
+        const int w = i * 32 + lane, r = r0 + w / (D / 2), c = (w % (D / 2)) / 4, e = (w % 4) * 2;
+        if (r < rows)
+          *reinterpret_cast<uint32_t*>(out_row(r) + c * 8 + e) = *reinterpret_cast<const uint32_t*>(&sm.q[swz<kBlockM>(r, c) + e]);
       }
     }
   }
+  PREFILL_PROBE(4, tid == 128);
+  PREFILL_PROBE(7, tid == 256);
 }
 
 }  // namespace wgmma_ws

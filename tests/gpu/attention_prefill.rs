@@ -286,6 +286,39 @@ fn bad_metadata_skips_only_that_sequence() {
     assert!(err <= TOL_BF16, "unread bad block: relative L2 {err:.3e}");
 }
 
+/// The TMA layout (64-slot blocks): the kernel starts its first key tile's TMA before the block-id check returns,
+/// so a bad block id there must still read nothing out of bounds (TMA fills out-of-range boxes with zeros), leave
+/// the sequence unwritten and count it, with the other sequence right.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bad_block_id_on_the_tma_path() {
+    let c = Case {
+        seqs: vec![(300, 300), (260, 260)],
+        n_kv: 1,
+        ratio: 2,
+        d: 128,
+        mask: Mask::Causal,
+        block_size: 64,
+        seed: 11,
+    };
+    let bt = make(&c, 0);
+    let row = c.n_kv * c.ratio * c.d;
+    let lens: Vec<i32> = c.seqs.iter().map(|s| s.0 as i32).collect();
+    for id in [1_000_000, -3, i32::MAX] {
+        let mut table = bt.table.clone();
+        table[bt.max_blocks] = id; // block 0 of sequence 1: every tile's first key tile
+        let (out, bad) = run_device(&c, &bt, &lens, &table, 0);
+        assert_eq!(bad, 1, "block id {id}: bad_seqs = {bad}");
+        let err = rel_l2(&out[..c.seqs[0].1 * row], &reference_rows(&c, &bt, 0)).unwrap();
+        assert!(err <= TOL_BF16, "block id {id}: good sequence 0: relative L2 {err:.3e}");
+        let q1 = bt.cu[1] as usize;
+        assert!(
+            out[q1 * row..(q1 + c.seqs[1].1) * row].iter().all(|x| x.is_nan()),
+            "block id {id}: bad sequence written"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn rejects_bad_arguments() {

@@ -136,15 +136,16 @@ fn decode_workspace(b: &PagedBatch, mask: Mask) -> usize {
 
 /// The same batch through l4k_attention_decode / l4k_attention_prefill: Ok, no bad sequence, and bit-equal to
 /// the safe API (which the attention tests hold against the reference). Both outputs start as NaN, so rows the
-/// C path left unwritten cannot pass for equal ones.
-fn c_attention(b: &PagedBatch, mask: Mask, decode: bool) {
+/// C path left unwritten cannot pass for equal ones. `out_offset` elements shift the C path's output pointer (2:
+/// only 4-byte aligned, which the C ABI allows and prefill's 16-byte output stores must not assume).
+fn c_attention(b: &PagedBatch, mask: Mask, decode: bool, out_offset: usize) {
     let want = safe_attention(b, mask, decode);
     assert!(want.iter().all(|x| x.is_finite()), "the safe API left rows unwritten");
     let chunk = match mask {
         Mask::Causal => 0,
         Mask::Chunked { chunk } => chunk as i32,
     };
-    let out = poison_bf16(b.total_q * HEADS * D);
+    let out = poison_bf16(b.total_q * HEADS * D + out_offset);
     let counter = upload(&[0u32]);
     let n = decode_workspace(b, mask).max(1);
     let ws = upload(&vec![0u8; n]);
@@ -157,6 +158,7 @@ fn c_attention(b: &PagedBatch, mask: Mask, decode: bool) {
         let (plen, _e) = b.lens.device_ptr(s);
         let (ptab, _f) = b.table.device_ptr(s);
         let (po, _g) = out.device_ptr(s);
+        let po = po + 2 * out_offset as u64;
         let (pc, _h) = counter.device_ptr(s);
         let (pw, _i) = ws.device_ptr(s);
         let (total_q, batch, slots) = (b.total_q as i64, b.lens.len() as i32, b.slots as i64);
@@ -217,8 +219,8 @@ fn c_attention(b: &PagedBatch, mask: Mask, decode: bool) {
     let msg = unsafe { CStr::from_ptr(capi::l4k_last_error()) }.to_string_lossy().into_owned();
     assert_eq!(status, Status::Ok, "{msg}");
     assert_eq!(download(&counter)[0], 0, "the C path counted a bad sequence");
-    let got = download_bf16(&out);
-    let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+    let got = &download_bf16(&out)[out_offset..];
+    let same = want.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits());
     assert!(same, "C ABI and safe API differ ({} {mask:?})", if decode { "decode" } else { "prefill" });
 }
 
@@ -231,8 +233,9 @@ fn c_attention_decode_and_prefill_equal_the_safe_api() {
     // Decode: one token and two speculative tokens, at and past a block boundary.
     let decode = paged_batch(&mut r, &[1, 2, 1], &[64, 129, 256]);
     for mask in [Mask::Causal, Mask::Chunked { chunk: 64 }, Mask::Chunked { chunk: 7 }] {
-        c_attention(&prefill, mask, false);
-        c_attention(&decode, mask, true);
+        c_attention(&prefill, mask, false, 0);
+        c_attention(&prefill, mask, false, 2);
+        c_attention(&decode, mask, true, 0);
     }
 }
 
