@@ -10,10 +10,11 @@
 // [experts, n] scales.
 //
 // Configurations (L4kGemmSchedule):
-// - PREFILL: D = A B^T with 128x192x128 cooperative tiles (128x128 where n is not close to a multiple of 384,
-//   see prefill_wide) and a 1x2 cluster (the A tile is multicast to both CTAs of a cluster); tensor-core bound
-//   at hundreds of rows per expert. FP8 products are promoted to a
-//   separate f32 accumulator every 128 of k (accurate at k = 8192).
+// - PREFILL: D = A B^T with 128x192x128 cooperative tiles (128x128 where n is not close to a multiple of 192
+//   or the experts average at most 128 rows, see prefill_wide), no cluster. Tensor-core bound at hundreds of
+//   rows per expert, and at the H100's 700 W limit under sustained load, so the configuration is the one with
+//   the most FLOP per joule (kernels/NOTES.md, sweep 3). FP8 products are promoted to a separate f32
+//   accumulator every 128 of k (accurate at k = 8192).
 // - PREFILL_FAST_ACCUM: 256x128 tiles accumulated in the tensor cores only (CUTLASS example 57's choice).
 // - DECODE: D^T = B A^T. With a handful of rows per expert the GEMM is bound by reading the weights; swapping
 //   puts the weights' n in the 128-wide wgmma M and the few tokens in a 32-wide N, so no MMA work is wasted on
@@ -127,21 +128,25 @@ struct Config {
   using StrideD = typename Kernel::InternalStrideD;
 };
 
-// Promoted (accurate) prefill, two N widths picked by n (prefill_wide below). 128x192: FP8 promotion keeps a
+// Promoted (accurate) prefill, two N widths picked by n and rows per expert (prefill_wide below). 128x192: FP8 promotion keeps a
 // second set of accumulators, so a consumer thread holds 2 x 64x192 / 128 = 192 f32 of them (no spills); 128x256
-// would need 256 and spills. The wider N tile reads less shared memory per MMA than 128x128 and was 4-9% faster
-// on gate_up (sweep 2, kernels/NOTES.md), but a cluster of two 192-wide tiles covers n in steps of 384: at
-// n = 5120 (down) that computes 5% extra columns, and 128x128 is as fast or faster there (7% at Maverick's down).
-// Cluster 1x2 rather than the slightly faster 2x1: a 2x1 cluster pads every expert with an odd count of 128-row
-// tiles by an idle CTA.
-using Prefill = Config<false, Shape<_128, _128, _128>, Shape<_1, _2, _1>,
+// would need 256 and spills. The wider N tile reads less shared memory per MMA than 128x128 (4-9% faster on
+// gate_up, sweep 2). No cluster: under sustained load the H100 runs these GEMMs at its 700 W limit (~1350 MHz),
+// and there the 1x1 tiles did 4-5% more FLOP per joule than the 1x2 cluster's multicast A tiles, whose paired
+// CTAs wait for each other to free a stage (sweep 3, kernels/NOTES.md); no cluster also never pads n or M.
+using Prefill = Config<false, Shape<_128, _128, _128>, Shape<_1, _1, _1>,
                        cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                        cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
-using PrefillWide = Config<false, Shape<_128, _192, _128>, Shape<_1, _2, _1>,
+using PrefillWide = Config<false, Shape<_128, _192, _128>, Shape<_1, _1, _1>,
                            cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                            cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
-// The wide tile when rounding n up to whole 384-column clusters adds under 2% (gate_up's 16384: 0.8%).
-constexpr bool prefill_wide(int64_t n) { return (n + 383) / 384 * 384 * 50 < n * 51; }
+// The wide tile when rounding n up to whole 192-column tiles adds under 2% (gate_up's 16384: 0.8%, down's
+// 5120: 1.25%) and the experts average more than one 128-row M tile. At one M tile per expert (Maverick at
+// T = 16384: 128 rows each, bound by streaming the weights) 128x128 was 2% faster on both projections; at two
+// (Scout at T = 4096) 128x192 was 5% faster (sweep 3, kernels/NOTES.md).
+constexpr bool prefill_wide(int64_t n, int64_t rows, int64_t experts) {
+  return (n + 191) / 192 * 192 * 50 < n * 51 && rows > 128 * experts;
+}
 // Accumulation inside the tensor cores only (no promotion): half the registers, so 256x128 tiles fit; the
 // fastest of six candidates measured (kernels/NOTES.md).
 using PrefillFastAccum = Config<false, Shape<_256, _128, _128>, Shape<_1, _2, _1>,
@@ -149,7 +154,7 @@ using PrefillFastAccum = Config<false, Shape<_256, _128, _128>, Shape<_1, _2, _1
                                 cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
 // The wide promoted and the fast-accumulation prefill configurations with the SwiGLU epilogue (weights' gate/up
 // rows interleaved; gate_up's n is where the wide tile wins).
-using PrefillSwiglu = Config<false, Shape<_128, _192, _128>, Shape<_1, _2, _1>,
+using PrefillSwiglu = Config<false, Shape<_128, _192, _128>, Shape<_1, _1, _1>,
                              cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                              cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative, Output::kSwigluBytes>;
 using PrefillFastAccumSwiglu = Config<false, Shape<_256, _128, _128>, Shape<_1, _2, _1>,
@@ -341,7 +346,7 @@ extern "C" int l4k_launch_grouped_gemm(const L4kGroupedGemmParams* p, cudaStream
   switch (p->schedule) {
     case L4K_GEMM_DECODE: return run<Decode>(*p, stream);
     case L4K_GEMM_PREFILL_FAST_ACCUM: return run<PrefillFastAccum>(*p, stream);
-    default: return prefill_wide(p->n) ? run<PrefillWide>(*p, stream) : run<Prefill>(*p, stream);
+    default: return prefill_wide(p->n, p->rows, p->experts) ? run<PrefillWide>(*p, stream) : run<Prefill>(*p, stream);
   }
 }
 

@@ -28,7 +28,8 @@ const OP: &str = "grouped_gemm";
 pub enum Schedule {
     /// By total rows: `Decode` up to [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average, else `Prefill`.
     Auto,
-    /// 128x192 cooperative tiles with promoted (accurate) FP8 accumulation: tensor-core bound shapes.
+    /// Cooperative tiles with promoted (accurate) FP8 accumulation: tensor-core bound shapes. 128x192, or
+    /// 128x128 where n is not within 2% of a multiple of 192 or the experts average at most 128 rows.
     Prefill,
     /// Swapped A/B with 32-token tiles: weight-bandwidth bound shapes (a few tokens per expert).
     Decode,

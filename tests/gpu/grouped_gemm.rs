@@ -122,14 +122,15 @@ proptest! {
 
     /// Random groups including empty ones, rows per group that are no multiple of any tile, n and k at and
     /// near the alignment limits, every schedule. n = 384 and 760 take the promoted prefill's 128x192 tiles
-    /// (760: a partial one), the others its 128x128 tiles.
+    /// (760: a partial one) when the experts average more than 128 rows (max_m = 400 makes that common), the
+    /// others its 128x128 tiles.
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn grouped_gemm_matches_reference(
         experts in prop::sample::select(vec![1usize, 3, 16]),
         n in prop::sample::select(vec![8usize, 24, 136, 264, 384, 760]),
         k in prop::sample::select(vec![16usize, 48, 128, 272, 528]),
-        max_m in prop::sample::select(vec![1usize, 9, 40, 150]),
+        max_m in prop::sample::select(vec![1usize, 9, 40, 150, 400]),
         schedule in schedules(),
         seed: u64,
     ) {
@@ -154,6 +155,21 @@ fn padded_layout_writes_only_counted_rows() {
         let (d, flag) = run(&p, &offsets, Some(&counts), schedule);
         assert_eq!(flag, 0);
         check(&p, &d, &format!("padded {schedule:?}"));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn wide_prefill_tiles_with_many_rows_per_expert() {
+    // More than 128 rows per expert on average and n within 2% of a multiple of 192: the 128x192 tiles, the
+    // last one partial (n = 760), an empty expert and M tiles cut short.
+    let mut r = rng(760);
+    let p = problem(&mut r, 3, 760, 272, vec![300, 0, 211], 0);
+    let offsets: Vec<i32> = p.starts.iter().map(|&s| s as i32).collect();
+    for schedule in [Schedule::Auto, Schedule::Prefill] {
+        let (d, flag) = run(&p, &offsets, None, schedule);
+        assert_eq!(flag, 0);
+        check(&p, &d, &format!("wide tiles {schedule:?}"));
     }
 }
 
