@@ -15,7 +15,8 @@
 //   rows per expert, and at the H100's 700 W limit under sustained load, so the configuration is the one with
 //   the most FLOP per joule (kernels/NOTES.md, sweep 3). FP8 products are promoted to a separate f32
 //   accumulator every 128 of k (accurate at k = 8192).
-// - PREFILL_FAST_ACCUM: 256x128 tiles accumulated in the tensor cores only (CUTLASS example 57's choice).
+// - PREFILL_FAST_ACCUM: 256x128 tiles accumulated in the tensor cores only (CUTLASS example 57's choice);
+//   128x256 where the experts average at most 128 rows.
 // - DECODE: D^T = B A^T. With a handful of rows per expert the GEMM is bound by reading the weights; swapping
 //   puts the weights' n in the 128-wide wgmma M and the few tokens in a 32-wide N, so no MMA work is wasted on
 //   padding rows and every byte of weight is read once.
@@ -148,10 +149,14 @@ constexpr bool prefill_wide(int64_t n, int64_t rows, int64_t experts) {
   return (n + 191) / 192 * 192 * 50 < n * 51 && rows > 128 * experts;
 }
 // Accumulation inside the tensor cores only (no promotion): half the registers, so 256x128 tiles fit; the
-// fastest of six candidates measured (kernels/NOTES.md).
+// fastest of six candidates measured (kernels/NOTES.md). Where the experts average at most 128 rows (Maverick at
+// T = 16384) a 256-row tile would compute half padding: 128x256 with no cluster instead, 12-15% faster there.
 using PrefillFastAccum = Config<false, Shape<_256, _128, _128>, Shape<_1, _2, _1>,
                                 cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8FastAccum,
                                 cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
+using PrefillFastAccumShort = Config<false, Shape<_128, _256, _128>, Shape<_1, _1, _1>,
+                                     cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperativeFP8FastAccum,
+                                     cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
 // The wide promoted and the fast-accumulation prefill configurations with the SwiGLU epilogue (weights' gate/up
 // rows interleaved; gate_up's n is where the wide tile wins).
 using PrefillSwiglu = Config<false, Shape<_128, _192, _128>, Shape<_1, _1, _1>,
@@ -334,7 +339,7 @@ extern "C" size_t l4k_internal_grouped_gemm_workspace_size(int32_t experts) {
   using namespace l4k::grouped_gemm;
   size_t most = 0;
   for (size_t s : {workspace_size<Prefill>(experts), workspace_size<PrefillWide>(experts),
-                   workspace_size<PrefillFastAccum>(experts),
+                   workspace_size<PrefillFastAccum>(experts), workspace_size<PrefillFastAccumShort>(experts),
                    workspace_size<Decode>(experts), workspace_size<PrefillSwiglu>(experts),
                    workspace_size<PrefillFastAccumSwiglu>(experts)})
     most = s > most ? s : most;
@@ -345,7 +350,8 @@ extern "C" int l4k_launch_grouped_gemm(const L4kGroupedGemmParams* p, cudaStream
   using namespace l4k::grouped_gemm;
   switch (p->schedule) {
     case L4K_GEMM_DECODE: return run<Decode>(*p, stream);
-    case L4K_GEMM_PREFILL_FAST_ACCUM: return run<PrefillFastAccum>(*p, stream);
+    case L4K_GEMM_PREFILL_FAST_ACCUM:
+      return p->rows > 128 * p->experts ? run<PrefillFastAccum>(*p, stream) : run<PrefillFastAccumShort>(*p, stream);
     default: return prefill_wide(p->n, p->rows, p->experts) ? run<PrefillWide>(*p, stream) : run<Prefill>(*p, stream);
   }
 }

@@ -33,7 +33,8 @@ pub enum Schedule {
     Prefill,
     /// Swapped A/B with 32-token tiles: weight-bandwidth bound shapes (a few tokens per expert).
     Decode,
-    /// 256x128 tiles accumulated in the tensor cores without promotion: faster, less exact at large k.
+    /// 256x128 tiles (128x256 where the experts average at most 128 rows) accumulated in the tensor cores
+    /// without promotion: faster, less exact at large k.
     PrefillFastAccum,
 }
 

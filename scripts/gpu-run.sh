@@ -99,7 +99,7 @@ if has gemmsweep; then
   # from 64x16 atoms and it spills (kernels/NOTES.md, sweep 3).
   root="$(cd "$here/.." && pwd)"
   mkdir -p /tmp/l4k-cutlass && tar -C /tmp/l4k-cutlass -xJf "$here/cutlass-include.tar.xz"
-  candidates="1 2 3 4 5 7 8 9 10 11 12 13 14 15"
+  candidates="1 2 3 4 5 7 8 9 10 11 12 13 14 15 16 17"
   for c in $candidates; do
     nvcc -std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -DCANDIDATE=$c \
       -I"$root/kernels" -I"$root/include" -I/tmp/l4k-cutlass/include -o /tmp/l4k-gemm-$c \

@@ -1,6 +1,6 @@
 // Candidate tile configurations for the grouped GEMM's prefill path, timed at Scout shapes so the shipped
 // configuration is chosen by measurement (kernels/NOTES.md, "grouped_gemm"). One candidate per compilation:
-//   nvcc ... -DCANDIDATE=<1..15> -I kernels grouped_gemm_configs.cu     (scripts/gpu-run.sh step "gemmsweep")
+//   nvcc ... -DCANDIDATE=<1..17> -I kernels grouped_gemm_configs.cu     (scripts/gpu-run.sh step "gemmsweep")
 // Includes the real kernel file: the candidates differ only in Config's template arguments.
 #include <cstdio>
 #include <vector>
@@ -78,6 +78,14 @@ using Cand = BlockwisePrefill;
 #define NAME "blockwise coop 128x128 1x1"
 using Cand = BlockwiseConfig<false, Shape<_128, _128, _128>, Shape<_1, _1, _1>,
                              gk::KernelPtrArrayTmaWarpSpecializedCooperativeFP8Blockwise, CoopEpi>;
+// 128-row fast-accumulation tiles, for experts with a single 128-row M tile (Maverick), where 256-row tiles
+// would compute half padding.
+#elif CANDIDATE == 16
+#define NAME "coop 128x256 1x1 fast accumulation"
+using Cand = Config<false, Shape<_128, _256, _128>, Shape<_1, _1, _1>, CoopFast, CoopEpi>;
+#elif CANDIDATE == 17
+#define NAME "coop 128x192 1x1 fast accumulation"
+using Cand = Config<false, Shape<_128, _192, _128>, Shape<_1, _1, _1>, CoopFast, CoopEpi>;
 #endif
 
 // NVML through dlopen (the driver ships libnvidia-ml.so.1; no header or link-time dependency).

@@ -162,11 +162,11 @@ fn padded_layout_writes_only_counted_rows() {
 #[ignore = "needs a CUDA GPU"]
 fn wide_prefill_tiles_with_many_rows_per_expert() {
     // More than 128 rows per expert on average and n within 2% of a multiple of 192: the 128x192 tiles, the
-    // last one partial (n = 760), an empty expert and M tiles cut short.
+    // last one partial (n = 760), an empty expert and M tiles cut short; fast accumulation's 256x128 tiles.
     let mut r = rng(760);
     let p = problem(&mut r, 3, 760, 272, vec![300, 0, 211], 0);
     let offsets: Vec<i32> = p.starts.iter().map(|&s| s as i32).collect();
-    for schedule in [Schedule::Auto, Schedule::Prefill] {
+    for schedule in [Schedule::Auto, Schedule::Prefill, Schedule::PrefillFastAccum] {
         let (d, flag) = run(&p, &offsets, None, schedule);
         assert_eq!(flag, 0);
         check(&p, &d, &format!("wide tiles {schedule:?}"));
