@@ -129,12 +129,13 @@ struct Config {
   using StrideD = typename Kernel::InternalStrideD;
 };
 
-// Promoted (accurate) prefill, two N widths picked by n and rows per expert (prefill_wide below). 128x192: FP8 promotion keeps a
-// second set of accumulators, so a consumer thread holds 2 x 64x192 / 128 = 192 f32 of them (no spills); 128x256
-// would need 256 and spills. The wider N tile reads less shared memory per MMA than 128x128 (4-9% faster on
-// gate_up, sweep 2). No cluster: under sustained load the H100 runs these GEMMs at its 700 W limit (~1350 MHz),
-// and there the 1x1 tiles did 4-5% more FLOP per joule than the 1x2 cluster's multicast A tiles, whose paired
-// CTAs wait for each other to free a stage (sweep 3, kernels/NOTES.md); no cluster also never pads n or M.
+// Promoted (accurate) prefill, two N widths picked by n and rows per expert (prefill_wide below). 128x192: FP8
+// promotion keeps a second set of accumulators, so a consumer thread holds 2 x 64x192 / 128 = 192 f32 of them (no
+// spills); 128x256 would need 256 and spills. The wider N tile reads less shared memory per MMA than 128x128
+// (4-9% faster on gate_up, sweep 2). No cluster: under sustained load the H100 runs these GEMMs at its 700 W
+// limit (~1350 MHz), and there the 1x1 tiles did 4-5% more FLOP per joule than a 1x2 cluster multicasting the
+// A tile (not profiled; the multicast refills a stage only once both CTAs of the pair have freed it). No cluster
+// also never pads n or M (sweep 3, kernels/NOTES.md).
 using Prefill = Config<false, Shape<_128, _128, _128>, Shape<_1, _1, _1>,
                        cutlass::gemm::KernelPtrArrayTmaWarpSpecializedCooperative,
                        cutlass::epilogue::PtrArrayTmaWarpSpecializedCooperative>;
