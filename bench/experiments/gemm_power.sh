@@ -24,7 +24,8 @@ for c in 1 8; do
   L4K_SUSTAIN_S=0 ncu $sections -k regex:device_kernel --launch-skip 3 --launch-count 1 "$dir/cand-$c" >>"$out/ncu.txt" 2>&1
 done
 echo "=== ncu torch._scaled_mm per-tensor (cuBLASLt), one expert of gate_up T = 16384; then _scaled_grouped_mm" >>"$out/ncu.txt"
-ncu $sections -k regex:'gemm|xmma|cutlass' --launch-skip 3 --launch-count 2 python3 -c "
+# ncu matches base names: cuBLASLt's Hopper FP8 kernels are nvjet_sm90_*, torch's grouped one cutlass's device_kernel.
+ncu $sections -k regex:'nvjet|device_kernel' --launch-skip 3 --launch-count 2 python3 -c "
 import torch
 d = 'cuda'
 def codes(*s):
