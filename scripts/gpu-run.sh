@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the staged bundle (scripts/stage-gpu.sh copies this file to gpu-bundle/run.sh).
-#   run.sh [tests] [sanitize] [sweep] [gemmsweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
+#   run.sh [tests] [sanitize] [model] [sweep] [gemmsweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
 # L4K_ONLY=<family>[,<family>...] limits bench and peers to those families (torch_peers.py gets --only).
 # Results go to $OUT (the device tool's folder) or gpu-bundle/results: tests.log, sanitizer.log, bench.log,
 # ours.jsonl, peers.jsonl, bench.md, summary.txt. Exit status: non-zero if any test or sanitizer run failed.
@@ -27,6 +27,8 @@ wanted() {
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$summary"
 # GPU tests fail, not skip, without a GPU; host tests check that a GPU is found.
 export L4K_EXPECT_GPU=1
+# The model tests read the golden fixtures of the working tree the bundle sits in.
+export L4K_FIXTURES="$(cd "$here/.." && pwd)/reference-model/fixtures"
 # The grouped GEMM bench's cuBLASLt peer loads libcublasLt at run time; PyTorch's wheels carry it. Not found:
 # the bench panics saying so (a peer must not vanish silently).
 cublaslt_dir="$(python3 - <<'EOF' 2>/dev/null
@@ -80,9 +82,30 @@ if has sanitize; then
     PROPTEST_CASES=4 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
       "$here/bin/test-gpu" --include-ignored --test-threads=1 >>"$out/sanitizer.log" 2>&1
     rc=$?
+    if [[ $tool == memcheck ]]; then
+      compute-sanitizer --tool memcheck --error-exitcode 99 --print-limit 20 \
+        "$here/bin/test-gpu_model" --include-ignored --test-threads=1 >>"$out/sanitizer.log" 2>&1 || rc=$?
+    fi
     note "compute-sanitizer $tool: $([[ $rc == 0 ]] && echo CLEAN || echo "FAILED (exit $rc)") in $((SECONDS - start)) s; $(grep -E 'ERROR SUMMARY' "$out/sanitizer.log" | tail -1)"
     ((rc == 0)) || status=1
   done
+fi
+
+if has model; then
+  # The main job on the GPU: every gpu_* fixture through llama4-run --device cuda (prefill, graph-replayed
+  # decode, saved logits), then a per-kernel profile of decode steps (eager launches, ncu timings summed by
+  # op family; python3 bench/model_profile.py in the bundle's peers/).
+  for d in "$L4K_FIXTURES"/gpu_*; do
+    n=$(basename "$d")
+    ids=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['input_ids'][:64])))" "$d/golden.json")
+    "$here/bin/llama4-run" "$d" --device cuda --tokens "$ids" --max-new 16 --save-logits "/tmp/l4k-$n.safetensors" >>"$out/model.log" 2>&1 \
+      && note "llama4-run --device cuda $n: $(grep -E '^decode:' "$out/model.log" | tail -1)" || { note "llama4-run $n: FAILED"; status=1; }
+  done
+  d=$(ls -d "$L4K_FIXTURES"/gpu_* | head -1)
+  ids=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['input_ids'][:32])))" "$d/golden.json")
+  ncu --csv --metrics gpu__time_duration.sum "$here/bin/llama4-run" "$d" --device cuda --no-graphs --tokens "$ids" --max-new 9 \
+    >"$out/ncu-decode.csv" 2>>"$out/model.log" && python3 "$here/peers/model_profile.py" "$out/ncu-decode.csv" 8 | tee -a "$summary" \
+    || { note "decode profile: FAILED"; status=1; }
 fi
 
 if has sweep; then

@@ -23,7 +23,13 @@ for line in sys.stdin:
 }
 
 cargo build --release -p llama4-kernels --lib
-cargo test --release -p llama4-kernels --no-run --message-format=json 2>/dev/null | executables >"$bundle/tests.txt"
+cargo build --release -p llama4-model --bin llama4-run
+strip -o "$bundle/bin/llama4-run" target/release/llama4-run
+{
+  cargo test --release -p llama4-kernels --no-run --message-format=json 2>/dev/null
+  # The model's GPU tests (the other model tests are CPU-only and run in CI).
+  cargo test --release -p llama4-model --test gpu_model --no-run --message-format=json 2>/dev/null
+} | executables >"$bundle/tests.txt"
 cargo bench -p llama4-kernels --no-run --message-format=json 2>/dev/null | executables >"$bundle/benches.txt"
 while read -r kind name exe; do
   case "$kind" in
@@ -54,7 +60,7 @@ tar -C "$cutlass" -cf - include/cutlass include/cute | xz -T0 -6 >"$bundle/cutla
 cp scripts/gpu-run.sh "$bundle/run.sh"
 cp scripts/gpu-final-check.sh "$bundle/final.sh"
 cp scripts/sanitizer-probe.cu "$bundle/"
-cp bench/peers/*.py bench/report.py "$bundle/peers/"
+cp bench/peers/*.py bench/report.py bench/model_profile.py "$bundle/peers/"
 size=$(du -sm "$bundle" | cut -f1)
 ls -la "$bundle"
 echo "staged $bundle: ${size} MiB"

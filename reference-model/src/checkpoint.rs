@@ -4,8 +4,8 @@
 
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
+use crate::host_tensor::HostTensor;
 use crate::safetensors_file::SafeFile;
-use ndarray::ArrayD;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -50,8 +50,13 @@ impl Checkpoint {
         self.names.contains_key(name)
     }
 
-    /// Reads `name` (prefix already stripped) as f32 and checks its shape against `want`.
-    pub fn read(&self, name: &str, want: &[usize]) -> Result<ArrayD<f32>> {
+    /// Reads `name` (prefix already stripped) in its stored dtype and checks its shape against `want`.
+    pub fn read_host(&self, name: &str, want: &[usize]) -> Result<HostTensor> {
+        let (file, stored) = self.locate(name, want)?;
+        file.read_host(stored)
+    }
+
+    fn locate(&self, name: &str, want: &[usize]) -> Result<(&SafeFile, &str)> {
         let Some((fi, stored)) = self.names.get(name) else {
             return Err(Error::Weight(format!(
                 "missing tensor `{name}` (looked in {} with and without the `{MULTIMODAL_PREFIX}` prefix)",
@@ -68,7 +73,24 @@ impl Checkpoint {
                 info.shape
             )));
         }
-        file.read_f32(stored)
+        Ok((file, stored))
+    }
+
+    /// Bytes of the text model's tensors as stored (what loading reads; the embedding counts twice under tied
+    /// embeddings, as it is uploaded twice).
+    pub fn text_tensor_bytes(&self) -> u64 {
+        let mut total = 0u64;
+        for (name, (fi, stored)) in &self.names {
+            if name.starts_with("model.") || name.starts_with("lm_head.") {
+                let info = &self.files[*fi].header.tensors[stored];
+                let n = (info.end - info.start) as u64;
+                total += n;
+                if self.config.tie_word_embeddings && name == "model.embed_tokens.weight" {
+                    total += n;
+                }
+            }
+        }
+        total
     }
 
     /// Text-model tensors (`model.*`, `lm_head.*`) that nothing has read. After loading, one of these means

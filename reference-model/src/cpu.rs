@@ -1,16 +1,23 @@
-//! The CPU backend: every op is a call into `llama4-reference` at [`Precision::F32`], so the model run on it
-//! is the oracle that the GPU backend will be held to.
+//! The CPU backend: every op is a call into `llama4-reference` at [`Precision::F32`], over the same step
+//! metadata and the same paged KV cache (block tables, slots, recycled chunk blocks) as the GPU, so the model
+//! run on it is the oracle the GPU backend is held to, and the engine's batching is checked on it too.
 
-use crate::backend::{AttnMask, Backend, Heads, MoeRef};
+use crate::backend::{Act, Backend, Heads, LayerSpec, MoeRef, Plan, StepMeta};
+use crate::config::TextConfig;
 use crate::error::{Error, Result};
+use crate::host_tensor::HostTensor;
+use crate::kv_cache::first_visible;
+use crate::weights::Role;
 use llama4_reference::attention::{attention, Mask};
-use llama4_reference::embedding::embed;
 use llama4_reference::linear::linear;
-use llama4_reference::moe::{llama4_moe_topk, mlp, MoeWeights};
+use llama4_reference::moe::{llama4_moe_topk, MoeWeights};
 use llama4_reference::rmsnorm::rmsnorm;
-use llama4_reference::rope::{prepare_qkv, LayerKind};
+use llama4_reference::rope::prepare_qkv;
+use llama4_reference::swiglu::swiglu;
 use llama4_reference::Precision;
-use ndarray::{s, Array2, Array3, ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView3, Dimension, Ix1, Ix2, Ix3};
+use ndarray::{
+    s, Array2, Array3, ArrayD, ArrayView, ArrayView1, ArrayView2, ArrayView3, Axis, Dimension, Ix1, Ix2, Ix3,
+};
 
 const P: Precision = Precision::F32;
 
@@ -18,28 +25,33 @@ const P: Precision = Precision::F32;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
 
-/// One layer's cache: keys and values as flat rows of `Hkv * D` values, oldest first.
-#[derive(Clone, Debug, Default)]
-pub struct CpuKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
-    row: usize,
+/// Activations, the step's metadata and the KV pools, f32.
+pub struct CpuState {
+    meta: StepMeta,
+    heads: Heads,
+    block_size: usize,
+    acts: [Array2<f32>; 5],
+    /// q of the layer in flight, [T, Hq, D].
+    q: Array3<f32>,
+    /// Per layer: K and V pools, [blocks * block_size, Hkv, D] flattened.
+    kv: Vec<(Vec<f32>, Vec<f32>)>,
+    logits: Array2<f32>,
+    tokens: Vec<i32>,
 }
 
-impl CpuKv {
-    pub fn len(&self) -> usize {
-        self.k.len() / self.row.max(1)
+impl CpuState {
+    fn act(&self, a: Act) -> &Array2<f32> {
+        &self.acts[a as usize]
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.k.is_empty()
+    fn set(&mut self, a: Act, v: Array2<f32>) {
+        self.acts[a as usize] = v;
     }
 }
 
 fn view<'a, D: Dimension>(w: &'a ArrayD<f32>, what: &str) -> Result<ArrayView<'a, f32, D>> {
     w.view().into_dimensionality::<D>().map_err(|_| Error::Backend(format!("{what}: weight of shape {:?}", w.shape())))
 }
-
 fn v1<'a>(w: &'a ArrayD<f32>, what: &str) -> Result<ArrayView1<'a, f32>> {
     view::<Ix1>(w, what)
 }
@@ -50,138 +62,196 @@ fn v3<'a>(w: &'a ArrayD<f32>, what: &str) -> Result<ArrayView3<'a, f32>> {
     view::<Ix3>(w, what)
 }
 
-/// `[T, H D]` viewed as `[T, H, D]`.
-fn heads3(x: &Array2<f32>, h: usize, d: usize) -> Result<ArrayView3<'_, f32>> {
-    x.view()
-        .into_shape_with_order((x.nrows(), h, d))
-        .map_err(|e| Error::Backend(format!("activation {:?} is not [T, {h} x {d}]: {e}", x.dim())))
-}
-
-/// `[T, H, D]` flattened to `[T, H D]`.
-fn flat(x: Array3<f32>) -> Result<Array2<f32>> {
-    let (t, h, d) = x.dim();
-    x.as_standard_layout().into_owned().into_shape_with_order((t, h * d)).map_err(|e| Error::Backend(e.to_string()))
+fn rows(meta: &StepMeta) -> usize {
+    meta.shape().tokens
 }
 
 impl Backend for Cpu {
     type Weight = ArrayD<f32>;
-    type Act = Array2<f32>;
-    type Kv = CpuKv;
+    type State = CpuState;
+    type Graph = ();
 
     fn name(&self) -> &'static str {
         "cpu"
     }
 
-    fn upload(&self, w: ArrayD<f32>) -> Result<ArrayD<f32>> {
-        Ok(w)
-    }
-
-    fn embed(&self, table: &ArrayD<f32>, ids: &[u32]) -> Result<Array2<f32>> {
-        embed(v2(table, "embed")?, ids).map_err(Error::Input)
-    }
-
-    fn rmsnorm(&self, x: &Array2<f32>, w: &ArrayD<f32>, eps: f32) -> Result<Array2<f32>> {
-        Ok(rmsnorm(x.view(), v1(w, "rmsnorm")?, eps, P))
-    }
-
-    fn linear(&self, x: &Array2<f32>, w: &ArrayD<f32>) -> Result<Array2<f32>> {
-        Ok(linear(x.view(), v2(w, "linear")?, P))
-    }
-
-    fn add_assign(&self, x: &mut Array2<f32>, y: &Array2<f32>) -> Result<()> {
-        if x.dim() != y.dim() {
-            return Err(Error::Backend(format!("add: {:?} + {:?}", x.dim(), y.dim())));
-        }
-        *x += y;
+    fn check_config(&self, _config: &TextConfig) -> Result<()> {
         Ok(())
     }
 
-    fn last_row(&self, x: &Array2<f32>) -> Result<Array2<f32>> {
-        let t = x.nrows();
-        if t == 0 {
-            return Err(Error::Backend("last_row of an empty activation".into()));
-        }
-        Ok(x.slice(s![t - 1.., ..]).to_owned())
+    fn upload(&self, _role: Role, _name: &str, t: HostTensor) -> Result<ArrayD<f32>> {
+        Ok(t.to_f32_array())
     }
 
-    fn prepare_qkv(
-        &self,
-        qkv: &Array2<f32>,
-        pos: &[u32],
-        h: Heads,
-        kind: &LayerKind,
-    ) -> Result<(Array2<f32>, Array2<f32>, Array2<f32>)> {
-        let (q, k, v) = prepare_qkv(qkv.view(), pos, h.n_heads, h.n_kv_heads, h.head_dim, kind, P);
-        Ok((flat(q)?, flat(k)?, flat(v)?))
+    fn plan(&self, c: &TextConfig, plan: &Plan) -> Result<CpuState> {
+        let heads = Heads { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+        let bs = plan.limits.block_size;
+        let row = heads.n_kv_heads * heads.head_dim;
+        let kv = plan
+            .layers
+            .iter()
+            .map(|l| {
+                let n = plan.blocks[l.kv as usize] * bs * row;
+                (vec![0.0; n], vec![0.0; n])
+            })
+            .collect();
+        let empty = || Array2::zeros((0, 0));
+        Ok(CpuState {
+            meta: StepMeta::default(),
+            heads,
+            block_size: bs,
+            acts: [empty(), empty(), empty(), empty(), empty()],
+            q: Array3::zeros((0, 0, 0)),
+            kv,
+            logits: empty(),
+            tokens: Vec::new(),
+        })
     }
 
-    fn kv_new(&self, h: Heads) -> Result<CpuKv> {
-        Ok(CpuKv { k: Vec::new(), v: Vec::new(), row: h.n_kv_heads * h.head_dim })
-    }
-
-    fn kv_append(&self, kv: &mut CpuKv, k: &Array2<f32>, v: &Array2<f32>) -> Result<()> {
-        if k.ncols() != kv.row || v.dim() != k.dim() {
-            return Err(Error::Backend(format!("kv_append: k {:?}, v {:?}, rows of {}", k.dim(), v.dim(), kv.row)));
-        }
-        kv.k.extend(k.iter());
-        kv.v.extend(v.iter());
+    fn set_step(&self, st: &mut CpuState, meta: &StepMeta) -> Result<()> {
+        st.meta.clone_from(meta);
         Ok(())
     }
 
-    fn kv_drop_front(&self, kv: &mut CpuKv, n: usize) -> Result<()> {
-        let n = (n * kv.row).min(kv.k.len());
-        kv.k.drain(..n);
-        kv.v.drain(..n);
+    fn embed(&self, st: &mut CpuState, table: &ArrayD<f32>) -> Result<()> {
+        let table = v2(table, "embed")?;
+        let mut x = Array2::zeros((rows(&st.meta), table.ncols()));
+        for (t, &id) in st.meta.ids.iter().enumerate() {
+            let row = usize::try_from(id).ok().filter(|&i| i < table.nrows());
+            let row = row.ok_or_else(|| Error::Input(format!("token id {id} is out of range")))?;
+            x.row_mut(t).assign(&table.row(row));
+        }
+        st.set(Act::X, x);
         Ok(())
     }
 
-    fn attention(
-        &self,
-        q: &Array2<f32>,
-        kv: &CpuKv,
-        q_pos: &[usize],
-        k_pos: &[usize],
-        h: Heads,
-        mask: AttnMask,
-    ) -> Result<Array2<f32>> {
-        let s = kv.len();
-        if k_pos.len() != s || q_pos.len() != q.nrows() {
-            return Err(Error::Backend(format!(
-                "attention: {s} cached keys with {} positions, {} queries with {} positions",
-                k_pos.len(),
-                q.nrows(),
-                q_pos.len()
-            )));
+    fn norm(&self, st: &mut CpuState, w: &ArrayD<f32>, eps: f32, add: bool) -> Result<()> {
+        if add {
+            let f = st.act(Act::F).clone();
+            let x = &mut st.acts[Act::X as usize];
+            if x.dim() != f.dim() {
+                return Err(Error::Backend(format!("add: {:?} + {:?}", x.dim(), f.dim())));
+            }
+            *x += &f;
         }
-        let shape = (s, h.n_kv_heads, h.head_dim);
-        let k = ArrayView3::from_shape(shape, &kv.k).map_err(|e| Error::Backend(e.to_string()))?;
-        let v = ArrayView3::from_shape(shape, &kv.v).map_err(|e| Error::Backend(e.to_string()))?;
-        let mask = match mask {
-            AttnMask::Causal => Mask::Causal,
-            AttnMask::Chunked(chunk) => Mask::Chunked { chunk },
+        let y = rmsnorm(st.act(Act::X).view(), v1(w, "rmsnorm")?, eps, P);
+        st.set(Act::Y, y);
+        Ok(())
+    }
+
+    fn linear(&self, st: &mut CpuState, input: Act, output: Act, w: &ArrayD<f32>) -> Result<()> {
+        let y = linear(st.act(input).view(), v2(w, "linear")?, P);
+        st.set(output, y);
+        Ok(())
+    }
+
+    fn rope(&self, st: &mut CpuState, layer: usize, spec: &LayerSpec) -> Result<()> {
+        let h = st.heads;
+        let pos: Vec<u32> = st.meta.pos.iter().map(|&p| p as u32).collect();
+        let (q, k, v) = prepare_qkv(st.act(Act::Qkv).view(), &pos, h.n_heads, h.n_kv_heads, h.head_dim, &spec.kind, P);
+        let row = h.n_kv_heads * h.head_dim;
+        let (kc, vc) = &mut st.kv[layer];
+        for (t, &slot) in st.meta.slots[spec.kv as usize].iter().enumerate() {
+            if slot < 0 {
+                continue;
+            }
+            let at = slot as usize * row;
+            let (Some(kd), Some(vd)) = (kc.get_mut(at..at + row), vc.get_mut(at..at + row)) else {
+                return Err(Error::Backend(format!("slot {slot} is outside layer {layer}'s cache")));
+            };
+            kd.iter_mut().zip(k.slice(s![t, .., ..]).iter()).for_each(|(d, s)| *d = *s);
+            vd.iter_mut().zip(v.slice(s![t, .., ..]).iter()).for_each(|(d, s)| *d = *s);
+        }
+        st.q = q;
+        Ok(())
+    }
+
+    fn attention(&self, st: &mut CpuState, layer: usize, spec: &LayerSpec) -> Result<()> {
+        let h = st.heads;
+        let (bs, m) = (st.block_size, &st.meta);
+        let row = h.n_kv_heads * h.head_dim;
+        let mut out = Array3::<f32>::zeros((rows(m), h.n_heads, h.head_dim));
+        let mask = match spec.mask {
+            crate::backend::AttnMask::Causal => Mask::Causal,
+            crate::backend::AttnMask::Chunked(chunk) => Mask::Chunked { chunk },
         };
-        let q3 = heads3(q, h.n_heads, h.head_dim)?;
-        flat(attention(q3, k, v, q_pos, k_pos, mask, P))
+        let table = &m.block_tables[spec.kv as usize];
+        let (kc, vc) = &st.kv[layer];
+        for b in 0..m.seq_lens.len() {
+            let (r0, r1) = (m.cu_seqlens[b] as usize, m.cu_seqlens[b + 1] as usize);
+            if r0 == r1 {
+                continue;
+            }
+            let seq_len = m.seq_lens[b] as usize;
+            let q_pos: Vec<usize> = m.pos[r0..r1].iter().map(|&p| p as usize).collect();
+            let lo = first_visible(spec.mask, q_pos[0]);
+            let k_pos: Vec<usize> = (lo..seq_len).collect();
+            let (mut k, mut v) = (Vec::with_capacity(k_pos.len() * row), Vec::with_capacity(k_pos.len() * row));
+            for &p in &k_pos {
+                let blk = table[b * m.max_blocks + p / bs];
+                if blk < 0 {
+                    return Err(Error::Backend(format!("layer {layer}: sequence {b} has no block for position {p}")));
+                }
+                let at = (blk as usize * bs + p % bs) * row;
+                k.extend_from_slice(&kc[at..at + row]);
+                v.extend_from_slice(&vc[at..at + row]);
+            }
+            let shape = (k_pos.len(), h.n_kv_heads, h.head_dim);
+            let k = ArrayView3::from_shape(shape, &k).map_err(|e| Error::Backend(e.to_string()))?;
+            let v = ArrayView3::from_shape(shape, &v).map_err(|e| Error::Backend(e.to_string()))?;
+            let o = attention(st.q.slice(s![r0..r1, .., ..]), k, v, &q_pos, &k_pos, mask, P);
+            out.slice_mut(s![r0..r1, .., ..]).assign(&o);
+        }
+        let t = out.dim().0;
+        let out = out.into_shape_with_order((t, h.n_heads * h.head_dim)).map_err(|e| Error::Backend(e.to_string()))?;
+        st.set(Act::Attn, out);
+        Ok(())
     }
 
-    fn mlp(&self, y: &Array2<f32>, gate: &ArrayD<f32>, up: &ArrayD<f32>, down: &ArrayD<f32>) -> Result<Array2<f32>> {
-        Ok(mlp(y.view(), v2(gate, "mlp gate")?, v2(up, "mlp up")?, v2(down, "mlp down")?, P))
+    fn mlp(&self, st: &mut CpuState, gate_up: &ArrayD<f32>, down: &ArrayD<f32>) -> Result<()> {
+        let gu = linear(st.act(Act::Y).view(), v2(gate_up, "mlp gate_up")?, P);
+        let f = linear(swiglu(gu.view(), P).view(), v2(down, "mlp down")?, P);
+        st.set(Act::F, f);
+        Ok(())
     }
 
-    fn moe(&self, y: &Array2<f32>, w: MoeRef<'_, ArrayD<f32>>) -> Result<Array2<f32>> {
-        let top_k = w.top_k;
-        let w = MoeWeights {
+    fn moe(&self, st: &mut CpuState, w: MoeRef<'_, ArrayD<f32>>) -> Result<()> {
+        let sgu = v2(w.shared_gate_up, "shared gate_up")?;
+        let i = sgu.nrows() / 2;
+        let mw = MoeWeights {
             router: v2(w.router, "router")?,
             gate_up: v3(w.gate_up, "experts.gate_up_proj")?,
             down: v3(w.down, "experts.down_proj")?,
-            shared_gate: v2(w.shared_gate, "shared gate")?,
-            shared_up: v2(w.shared_up, "shared up")?,
+            shared_gate: sgu.slice(s![..i, ..]),
+            shared_up: sgu.slice(s![i.., ..]),
             shared_down: v2(w.shared_down, "shared down")?,
         };
-        Ok(llama4_moe_topk(y.view(), &w, top_k, P))
+        let f = llama4_moe_topk(st.act(Act::Y).view(), &mw, w.top_k, P);
+        st.set(Act::F, f);
+        Ok(())
     }
 
-    fn to_host(&self, x: &Array2<f32>) -> Result<Array2<f32>> {
-        Ok(x.clone())
+    fn logits(&self, st: &mut CpuState, lm_head: &ArrayD<f32>) -> Result<()> {
+        let idx: Vec<usize> = st.meta.logit_rows.iter().map(|&r| r as usize).collect();
+        let y = st.act(Act::Y).select(Axis(0), &idx);
+        st.logits = linear(y.view(), v2(lm_head, "lm_head")?, P);
+        st.tokens = st.logits.rows().into_iter().map(|r| crate::engine::argmax(r).map_or(-1, |t| t as i32)).collect();
+        Ok(())
+    }
+
+    fn tokens(&self, st: &mut CpuState) -> Result<Vec<i32>> {
+        Ok(st.tokens.clone())
+    }
+
+    fn read_logits(&self, st: &mut CpuState) -> Result<Array2<f32>> {
+        Ok(st.logits.clone())
+    }
+
+    fn capture(&self, _st: &mut CpuState, _f: &mut dyn FnMut(&mut CpuState) -> Result<()>) -> Result<Option<()>> {
+        Ok(None)
+    }
+
+    fn replay(&self, _st: &mut CpuState, _g: &()) -> Result<()> {
+        Err(Error::Backend("the CPU backend records no graphs".into()))
     }
 }

@@ -1,50 +1,133 @@
-//! The KV cache of a whole model: per layer, the backend's key/value storage plus the absolute position of
-//! every cached entry. The eviction policy lives here, once for every backend: a chunked layer keeps only the
-//! keys of the chunk the next token falls in (at most C - 1 of them), a global layer keeps everything.
+//! The paged KV cache's bookkeeping, on the host, once for every backend: per [`KvKind`] a pool of fixed-size
+//! blocks shared by all sequences, and per sequence a block table (logical block `p / block_size` -> pool
+//! block). A backend's KV tensors are `[blocks * block_size, Hkv, D]` per layer; every layer of one kind uses
+//! the same table, so one allocation serves all of them.
+//!
+//! Policy: a global layer keeps every position. A chunked layer's attention reads only positions from the
+//! start of the current chunk (`[p / C * C, p]` for a query at p), so once a step has run, the blocks that lie
+//! wholly before the chunk of the sequence's next position are returned to the pool: a chunked layer's cache
+//! never holds much more than one chunk, however long the sequence.
 
-use crate::backend::{AttnMask, Backend};
+use crate::backend::{AttnMask, KvKind};
 use crate::error::{Error, Result};
-use std::collections::VecDeque;
 
-pub struct LayerCache<K> {
-    pub kv: K,
-    /// Absolute position of each cached entry, oldest first (always increasing).
-    pub pos: VecDeque<usize>,
+/// Free blocks of one pool.
+#[derive(Clone, Debug)]
+pub struct BlockPool {
+    free: Vec<i32>,
+    total: usize,
 }
 
-pub struct KvCache<B: Backend> {
-    pub layers: Vec<LayerCache<B::Kv>>,
-    /// Absolute position of the next token to be fed.
-    pub next_pos: usize,
-    /// Set when a forward pass failed half way: the layers may disagree, so the cache must not be reused.
-    pub(crate) poisoned: bool,
+impl BlockPool {
+    pub fn new(total: usize) -> Self {
+        // Handed out lowest id first, which keeps a small run's slots together.
+        BlockPool { free: (0..total as i32).rev().collect(), total }
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    pub fn free_blocks(&self) -> usize {
+        self.free.len()
+    }
+
+    fn take(&mut self, kind: KvKind) -> Result<i32> {
+        self.free.pop().ok_or_else(|| {
+            Error::Input(format!(
+                "the {kind:?} KV pool's {} blocks are all in use; free a sequence or plan a larger cache",
+                self.total
+            ))
+        })
+    }
+
+    fn give(&mut self, b: i32) {
+        debug_assert!(b >= 0 && (b as usize) < self.total && !self.free.contains(&b));
+        self.free.push(b);
+    }
 }
 
-impl<B: Backend> KvCache<B> {
-    pub fn new(layers: Vec<B::Kv>) -> Self {
-        let layers = layers.into_iter().map(|kv| LayerCache { kv, pos: VecDeque::new() }).collect();
-        KvCache { layers, next_pos: 0, poisoned: false }
+/// One sequence's blocks of one kind: entry `j` covers positions `j * bs .. (j + 1) * bs` (-1: none held).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockTable {
+    pub blocks: Vec<i32>,
+}
+
+impl BlockTable {
+    pub fn held(&self) -> usize {
+        self.blocks.iter().filter(|&&b| b >= 0).count()
     }
 
-    /// Entries held by layer `i`.
-    pub fn len(&self, i: usize) -> usize {
-        self.layers[i].pos.len()
+    /// Makes sure positions `lo..hi` have blocks, taking new ones from `pool`.
+    pub fn reserve(&mut self, pool: &mut BlockPool, kind: KvKind, bs: usize, lo: usize, hi: usize) -> Result<()> {
+        if hi <= lo {
+            return Ok(());
+        }
+        let need = hi.div_ceil(bs);
+        if self.blocks.len() < need {
+            self.blocks.resize(need, -1);
+        }
+        for j in lo / bs..need {
+            if self.blocks[j] < 0 {
+                self.blocks[j] = pool.take(kind)?;
+            }
+        }
+        Ok(())
     }
 
-    pub(crate) fn check_usable(&self) -> Result<()> {
-        match self.poisoned {
-            true => Err(Error::Input("the KV cache is unusable after a failed forward pass; start a new one".into())),
-            false => Ok(()),
+    /// Returns every block wholly before position `keep_from` to `pool`.
+    pub fn release_before(&mut self, pool: &mut BlockPool, bs: usize, keep_from: usize) {
+        for (j, b) in self.blocks.iter_mut().enumerate() {
+            if (j + 1) * bs > keep_from {
+                break;
+            }
+            if *b >= 0 {
+                pool.give(*b);
+                *b = -1;
+            }
         }
     }
+
+    pub fn release_all(&mut self, pool: &mut BlockPool) {
+        for b in self.blocks.drain(..) {
+            if b >= 0 {
+                pool.give(b);
+            }
+        }
+    }
+
+    /// The slot of position `p` (its block must be held).
+    pub fn slot(&self, bs: usize, p: usize) -> i64 {
+        let b = self.blocks[p / bs];
+        debug_assert!(b >= 0, "position {p} has no block");
+        b as i64 * bs as i64 + (p % bs) as i64
+    }
 }
 
-/// How many of the oldest entries a layer can drop once everything before `next_pos` has been processed:
-/// for a chunked layer, those in chunks before the chunk of `next_pos`; for a global layer, none.
-pub fn evictable(pos: &VecDeque<usize>, mask: AttnMask, next_pos: usize) -> usize {
+/// The first position a query at `p` can see under `mask`, which is where a kind's blocks must start.
+pub fn first_visible(mask: AttnMask, p: usize) -> usize {
     match mask {
         AttnMask::Causal => 0,
-        AttnMask::Chunked(chunk) => pos.iter().take_while(|&&p| p / chunk < next_pos / chunk).count(),
+        AttnMask::Chunked(c) => p / c * c,
+    }
+}
+
+/// Blocks each pool needs so that `max_seqs` sequences of up to `max_context` positions fit, each bringing up
+/// to `max_tokens` new tokens in a step: every position for the global kind; for the chunked kind, a chunk
+/// plus a step's tokens per sequence (what a step can touch before the blocks behind the chunk are freed).
+pub fn pool_blocks(
+    kind: KvKind,
+    chunk: Option<usize>,
+    max_seqs: usize,
+    max_context: usize,
+    max_tokens: usize,
+    bs: usize,
+) -> usize {
+    let all = max_seqs * max_context.div_ceil(bs);
+    match (kind, chunk) {
+        (KvKind::Global, _) => all,
+        (KvKind::Chunked, Some(c)) => all.min(max_seqs * ((c + max_tokens).div_ceil(bs) + 1)),
+        (KvKind::Chunked, None) => 0,
     }
 }
 
@@ -53,15 +136,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunked_layers_keep_only_the_next_tokens_chunk() {
-        let pos: VecDeque<usize> = (0..10).collect();
-        // Next token 10 with chunk 4 starts at 8: positions 0..8 go, 8 and 9 stay.
-        assert_eq!(evictable(&pos, AttnMask::Chunked(4), 10), 8);
-        // Next token 12 starts a fresh chunk: everything goes.
-        assert_eq!(evictable(&pos, AttnMask::Chunked(4), 12), 10);
-        // Chunk 5, next 10: a chunk boundary again, everything goes.
-        assert_eq!(evictable(&pos, AttnMask::Chunked(5), 10), 10);
-        assert_eq!(evictable(&pos, AttnMask::Chunked(5), 9), 5);
-        assert_eq!(evictable(&pos, AttnMask::Causal, 10), 0);
+    fn chunked_tables_release_what_falls_behind_the_chunk() {
+        let mut pool = BlockPool::new(8);
+        let mut t = BlockTable::default();
+        // Chunk 10, blocks of 4: positions 0..13 need blocks 0..3.
+        t.reserve(&mut pool, KvKind::Chunked, 4, 0, 13).unwrap();
+        assert_eq!((t.held(), pool.free_blocks()), (4, 4));
+        assert_eq!(t.slot(4, 5), t.blocks[1] as i64 * 4 + 1);
+        // Next position 13 is in chunk 1 (10..20): blocks 0 and 1 (positions 0..8) go; block 2 (8..12) holds
+        // positions 10 and 11 and stays.
+        t.release_before(&mut pool, 4, first_visible(AttnMask::Chunked(10), 13));
+        assert_eq!(t.blocks[..2], [-1, -1]);
+        assert_eq!((t.held(), pool.free_blocks()), (2, 6));
+        t.release_all(&mut pool);
+        assert_eq!(pool.free_blocks(), 8);
+    }
+
+    #[test]
+    fn an_exhausted_pool_is_an_error() {
+        let mut pool = BlockPool::new(1);
+        let mut t = BlockTable::default();
+        assert!(t.reserve(&mut pool, KvKind::Global, 4, 0, 5).is_err());
+    }
+
+    #[test]
+    fn pools_are_sized_for_the_worst_step() {
+        assert_eq!(pool_blocks(KvKind::Global, Some(8), 2, 100, 10, 16), 14);
+        assert_eq!(pool_blocks(KvKind::Chunked, Some(8), 2, 100, 10, 16), 2 * (2 + 1));
+        assert_eq!(pool_blocks(KvKind::Chunked, None, 2, 100, 10, 16), 0);
     }
 }

@@ -7,6 +7,7 @@
 //! (and fuzzed here); the crate is still used to write files and, in tests, as a second opinion.
 
 use crate::error::{Error, Result};
+use crate::host_tensor::{HostData, HostTensor};
 use memmap2::Mmap;
 use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
@@ -176,6 +177,28 @@ pub fn read_f32(bytes: &[u8], header: &Header, info: &TensorInfo, name: &str) ->
     ArrayD::from_shape_vec(IxDyn(&info.shape), values).map_err(|e| Error::Format(format!("tensor `{name}`: {e}")))
 }
 
+/// Reads a tensor of a validated header out of the file bytes in its stored dtype (F32, BF16 or F16): what
+/// the GPU loader uploads, so no f32 copy of a bf16 checkpoint is ever made.
+pub fn read_host(bytes: &[u8], header: &Header, info: &TensorInfo, name: &str) -> Result<HostTensor> {
+    let range = header.data_offset + info.start..header.data_offset + info.end;
+    let raw =
+        bytes.get(range).ok_or_else(|| Error::Format(format!("tensor `{name}` lies outside the file (truncated?)")))?;
+    let le2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
+    let data = match info.dtype {
+        Dtype::F32 => {
+            HostData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        }
+        Dtype::Bf16 => HostData::Bf16(raw.chunks_exact(2).map(|c| half::bf16::from_bits(le2(c))).collect()),
+        Dtype::F16 => HostData::F16(raw.chunks_exact(2).map(|c| half::f16::from_bits(le2(c))).collect()),
+        Dtype::Other(ref d, _) => {
+            return Err(Error::Weight(format!(
+                "tensor `{name}` has dtype {d}; only F32, BF16 and F16 weights are supported"
+            )))
+        }
+    };
+    Ok(HostTensor { shape: info.shape.clone(), data })
+}
+
 /// One memory-mapped safetensors file and its header.
 pub struct SafeFile {
     pub path: PathBuf,
@@ -205,5 +228,10 @@ impl SafeFile {
     pub fn read_f32(&self, name: &str) -> Result<ArrayD<f32>> {
         let info = self.header.tensors.get(name).ok_or_else(|| Error::Weight(format!("no tensor `{name}`")))?;
         read_f32(&self.map, &self.header, info, name)
+    }
+
+    pub fn read_host(&self, name: &str) -> Result<HostTensor> {
+        let info = self.header.tensors.get(name).ok_or_else(|| Error::Weight(format!("no tensor `{name}`")))?;
+        read_host(&self.map, &self.header, info, name)
     }
 }

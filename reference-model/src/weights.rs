@@ -1,24 +1,46 @@
-//! The model's weights by role, generic over where they live (`W` = host f32 arrays after loading, or a
-//! backend's own storage after [`Weights::upload`]). Loading resolves the contract's tensor names, checks every
-//! shape against config.json, fuses q/k/v into one projection and fuses per-expert exports into the
-//! `[E, H, 2I]` / `[E, I, H]` layout.
+//! The model's weights by role, generic over where they live (`W` is a backend's own storage). Loading
+//! streams the checkpoint one tensor at a time, in its stored dtype, straight into the backend
+//! ([`crate::backend::Backend::upload`]): it resolves the contract's tensor names, checks every shape against
+//! config.json, stacks q/k/v into one projection and gate/up into one, and assembles per-expert exports into
+//! the fused `[E, H, 2I]` / `[E, I, H]` layout one layer at a time. Nothing holds the whole model on the host.
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Ffn, TextConfig};
 use crate::error::{Error, Result};
-use ndarray::{concatenate, s, Array3, ArrayD, Axis, Ix2};
+use crate::host_tensor::HostTensor;
+
+/// What a weight is for: a backend stores each role its own way (the GPU keeps norms and embeddings bf16,
+/// quantizes routed experts to FP8, and dense linears too under `--fp8-dense`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `[V, H]` token embeddings (gathered by id).
+    Embedding,
+    /// `[H]` RMSNorm weight.
+    Norm,
+    /// nn.Linear `[out, in]`: attention q/k/v (stacked) and o, the shared expert and the dense MLP (gate and
+    /// up stacked as `[2I, H]`, down `[H, I]`).
+    Linear,
+    /// nn.Linear `[E, H]` router (kept at the activation dtype everywhere: it decides the routing).
+    Router,
+    /// `[E, H, 2I]` routed experts' gate_up (used as `x @ W`, gate in the first I columns).
+    ExpertsGateUp,
+    /// `[E, I, H]` routed experts' down.
+    ExpertsDown,
+    /// nn.Linear `[V, H]` output projection (the embedding again under tied embeddings).
+    LmHead,
+}
 
 /// Weights of the feed-forward block of one layer.
 pub enum FfnWeights<W> {
-    /// router [E, H]; gate_up [E, H, 2I] (first I columns gate); down [E, I, H]; shared expert as nn.Linear.
-    Moe { router: W, gate_up: W, down: W, shared_gate: W, shared_up: W, shared_down: W },
-    /// nn.Linear layouts: gate, up [I_mlp, H]; down [H, I_mlp].
-    Dense { gate: W, up: W, down: W },
+    /// router [E, H]; experts gate_up [E, H, 2I] and down [E, I, H]; shared expert gate|up [2I, H], down [H, I].
+    Moe { router: W, gate_up: W, down: W, shared_gate_up: W, shared_down: W },
+    /// nn.Linear layouts: gate|up [2 I_mlp, H]; down [H, I_mlp].
+    Dense { gate_up: W, down: W },
 }
 
 pub struct LayerWeights<W> {
     pub input_norm: W,
-    /// q, k and v projections stacked by rows: [(Hq + 2 Hkv) D, H], the layout `prepare_qkv` splits.
+    /// q, k and v projections stacked by rows: [(Hq + 2 Hkv) D, H], the layout the rope op splits.
     pub qkv: W,
     /// [H, Hq D]
     pub o: W,
@@ -32,25 +54,48 @@ pub struct Weights<W> {
     pub layers: Vec<LayerWeights<W>>,
     /// [H]
     pub norm: W,
-    /// [V, H] (the embedding again when tie_word_embeddings is set)
+    /// [V, H]
     pub lm_head: W,
 }
 
-/// Host weights, as loaded.
-pub type HostWeights = Weights<ArrayD<f32>>;
+/// Where loaded tensors go: `upload(role, name, tensor)` stores one weight; `progress(bytes)` is told how many
+/// checkpoint bytes each tensor took (for a progress bar).
+pub struct Sink<'a, W> {
+    pub upload: &'a mut dyn FnMut(Role, &str, HostTensor) -> Result<W>,
+    pub progress: &'a mut dyn FnMut(u64),
+}
 
-impl HostWeights {
-    /// Reads every tensor the model needs from `ck`, checking shapes against `ck.config`.
-    pub fn load(ck: &Checkpoint) -> Result<Self> {
+impl<W> Sink<'_, W> {
+    fn put(&mut self, role: Role, name: &str, t: HostTensor) -> Result<W> {
+        let bytes = t.nbytes();
+        let w = (self.upload)(role, name, t)?;
+        (self.progress)(bytes);
+        Ok(w)
+    }
+}
+
+/// Checkpoint bytes of the tensors the text model reads (what a progress bar counts up to).
+pub fn text_bytes(ck: &Checkpoint) -> u64 {
+    ck.text_tensor_bytes()
+}
+
+impl<W> Weights<W> {
+    /// Streams every tensor the model needs from `ck` into `sink`, checking shapes against `ck.config`.
+    pub fn load(ck: &Checkpoint, sink: &mut Sink<'_, W>) -> Result<Self> {
         let c = &ck.config;
         let (v, h) = (c.vocab_size, c.hidden_size);
-        let embed = ck.read("model.embed_tokens.weight", &[v, h])?;
-        let lm_head = match c.tie_word_embeddings {
-            true => embed.clone(),
-            false => ck.read("lm_head.weight", &[v, h])?,
-        };
-        let layers = (0..c.num_hidden_layers).map(|i| load_layer(ck, c, i)).collect::<Result<Vec<_>>>()?;
-        let norm = ck.read("model.norm.weight", &[h])?;
+        let embed = sink.put(
+            Role::Embedding,
+            "model.embed_tokens.weight",
+            ck.read_host("model.embed_tokens.weight", &[v, h])?,
+        )?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            layers.push(load_layer(ck, c, i, sink)?);
+        }
+        let norm = sink.put(Role::Norm, "model.norm.weight", ck.read_host("model.norm.weight", &[h])?)?;
+        let head = if c.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let lm_head = sink.put(Role::LmHead, head, ck.read_host(head, &[v, h])?)?;
         if let Some(first) = ck.unread().first() {
             return Err(Error::Weight(format!(
                 "tensor `{first}` is in the checkpoint but config.json has no place for it \
@@ -61,99 +106,70 @@ impl HostWeights {
     }
 }
 
-fn load_layer(ck: &Checkpoint, c: &TextConfig, i: usize) -> Result<LayerWeights<ArrayD<f32>>> {
+fn load_layer<W>(ck: &Checkpoint, c: &TextConfig, i: usize, sink: &mut Sink<'_, W>) -> Result<LayerWeights<W>> {
     let p = format!("model.layers.{i}");
     let (h, d) = (c.hidden_size, c.head_dim);
     let (qw, kw) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-    let attn = |n: &str, rows: usize| ck.read(&format!("{p}.self_attn.{n}_proj.weight"), &[rows, h]).and_then(mat);
-    let (q, k, v) = (attn("q", qw)?, attn("k", kw)?, attn("v", kw)?);
-    let qkv = concatenate(Axis(0), &[q.view(), k.view(), v.view()])
-        .map_err(|e| Error::Weight(format!("{p}: q/k/v projections do not stack: {e}")))?
-        .into_dyn();
+    let attn = |n: &str, rows: usize| ck.read_host(&format!("{p}.self_attn.{n}_proj.weight"), &[rows, h]);
+    let qkv = HostTensor::concat_rows(vec![attn("q", qw)?, attn("k", kw)?, attn("v", kw)?], &format!("{p}.self_attn"))?;
+    let input_norm = sink.put(
+        Role::Norm,
+        &format!("{p}.input_layernorm.weight"),
+        ck.read_host(&format!("{p}.input_layernorm.weight"), &[h])?,
+    )?;
+    let qkv = sink.put(Role::Linear, &format!("{p}.self_attn.qkv"), qkv)?;
+    let o_name = format!("{p}.self_attn.o_proj.weight");
+    let o = sink.put(Role::Linear, &o_name, ck.read_host(&o_name, &[h, qw])?)?;
+    let post_name = format!("{p}.post_attention_layernorm.weight");
+    let post_norm = sink.put(Role::Norm, &post_name, ck.read_host(&post_name, &[h])?)?;
     let ff = format!("{p}.feed_forward");
+    // gate and up nn.Linear [I, H] stacked into [2I, H] (gate rows first, the order swiglu reads).
+    let stack_gate_up = |base: &str, im: usize| -> Result<HostTensor> {
+        let g = ck.read_host(&format!("{base}.gate_proj.weight"), &[im, h])?;
+        let u = ck.read_host(&format!("{base}.up_proj.weight"), &[im, h])?;
+        HostTensor::concat_rows(vec![g, u], base)
+    };
     let ffn = match c.ffn[i] {
         Ffn::Dense => {
             let im = c.intermediate_size_mlp;
-            FfnWeights::Dense {
-                gate: ck.read(&format!("{ff}.gate_proj.weight"), &[im, h])?,
-                up: ck.read(&format!("{ff}.up_proj.weight"), &[im, h])?,
-                down: ck.read(&format!("{ff}.down_proj.weight"), &[h, im])?,
-            }
+            let gu = sink.put(Role::Linear, &format!("{ff}.gate_up"), stack_gate_up(&ff, im)?)?;
+            let dn = format!("{ff}.down_proj.weight");
+            FfnWeights::Dense { gate_up: gu, down: sink.put(Role::Linear, &dn, ck.read_host(&dn, &[h, im])?)? }
         }
         Ffn::Moe => {
             let (e, im) = (c.num_local_experts, c.intermediate_size);
-            let (gate_up, down) = experts(ck, &ff, e, h, im)?;
-            let shared = |n: &str, shape: &[usize]| ck.read(&format!("{ff}.shared_expert.{n}_proj.weight"), shape);
-            FfnWeights::Moe {
-                router: ck.read(&format!("{ff}.router.weight"), &[e, h])?,
-                gate_up,
-                down,
-                shared_gate: shared("gate", &[im, h])?,
-                shared_up: shared("up", &[im, h])?,
-                shared_down: shared("down", &[h, im])?,
-            }
+            let router_name = format!("{ff}.router.weight");
+            let router = sink.put(Role::Router, &router_name, ck.read_host(&router_name, &[e, h])?)?;
+            let (egu, edn) = experts(ck, &ff, e, h, im)?;
+            let gate_up = sink.put(Role::ExpertsGateUp, &format!("{ff}.experts.gate_up_proj"), egu)?;
+            let down = sink.put(Role::ExpertsDown, &format!("{ff}.experts.down_proj"), edn)?;
+            let shared = format!("{ff}.shared_expert");
+            let shared_gate_up = sink.put(Role::Linear, &format!("{shared}.gate_up"), stack_gate_up(&shared, im)?)?;
+            let sd = format!("{shared}.down_proj.weight");
+            let shared_down = sink.put(Role::Linear, &sd, ck.read_host(&sd, &[h, im])?)?;
+            FfnWeights::Moe { router, gate_up, down, shared_gate_up, shared_down }
         }
     };
-    Ok(LayerWeights {
-        input_norm: ck.read(&format!("{p}.input_layernorm.weight"), &[h])?,
-        qkv,
-        o: ck.read(&format!("{p}.self_attn.o_proj.weight"), &[h, qw])?,
-        post_norm: ck.read(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-        ffn,
-    })
+    Ok(LayerWeights { input_norm, qkv, o, post_norm, ffn })
 }
 
 /// The routed experts as `(gate_up [E, H, 2I], down [E, I, H])`, from the fused tensors when the checkpoint
-/// has them, else from per-expert `experts.{j}.{gate,up,down}_proj.weight` (nn.Linear layouts).
-fn experts(ck: &Checkpoint, ff: &str, e: usize, h: usize, im: usize) -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+/// has them, else from per-expert `experts.{j}.{gate,up,down}_proj.weight` (nn.Linear layouts), transposed and
+/// stacked in their stored dtype (one layer's experts at a time).
+fn experts(ck: &Checkpoint, ff: &str, e: usize, h: usize, im: usize) -> Result<(HostTensor, HostTensor)> {
     let fused = format!("{ff}.experts.gate_up_proj");
     if ck.has(&fused) || !ck.has(&format!("{ff}.experts.0.gate_proj.weight")) {
         // The fused layout is the contract's: a missing tensor is reported under its fused name.
-        return Ok((ck.read(&fused, &[e, h, 2 * im])?, ck.read(&format!("{ff}.experts.down_proj"), &[e, im, h])?));
+        let down = ck.read_host(&format!("{ff}.experts.down_proj"), &[e, im, h])?;
+        return Ok((ck.read_host(&fused, &[e, h, 2 * im])?, down));
     }
-    let mut gate_up = Array3::<f32>::zeros((e, h, 2 * im));
-    let mut down = Array3::<f32>::zeros((e, im, h));
+    let (mut gu, mut dn) = (Vec::with_capacity(e), Vec::with_capacity(e));
     for j in 0..e {
-        let one = |n: &str, shape: &[usize]| ck.read(&format!("{ff}.experts.{j}.{n}_proj.weight"), shape).and_then(mat);
-        // x @ gate_up uses [H, 2I]: the transposes of the nn.Linear [I, H] weights, gate columns first.
-        gate_up.slice_mut(s![j, .., ..im]).assign(&one("gate", &[im, h])?.t());
-        gate_up.slice_mut(s![j, .., im..]).assign(&one("up", &[im, h])?.t());
-        down.slice_mut(s![j, .., ..]).assign(&one("down", &[h, im])?.t());
+        let one = |n: &str, shape: &[usize]| ck.read_host(&format!("{ff}.experts.{j}.{n}_proj.weight"), shape);
+        // x @ gate_up uses [H, 2I]: the transpose of the stacked nn.Linear [2I, H] (gate rows first).
+        let stacked = HostTensor::concat_rows(vec![one("gate", &[im, h])?, one("up", &[im, h])?], ff)?;
+        gu.push(stacked.transpose2());
+        dn.push(one("down", &[h, im])?.transpose2());
     }
-    Ok((gate_up.into_dyn(), down.into_dyn()))
-}
-
-fn mat(a: ArrayD<f32>) -> Result<ndarray::Array2<f32>> {
-    // `Checkpoint::read` already checked the rank against the requested shape.
-    a.into_dimensionality::<Ix2>().map_err(|e| Error::Weight(e.to_string()))
-}
-
-impl<W> Weights<W> {
-    /// Moves every weight into a backend's storage (`f` is the backend's upload), keeping the structure.
-    pub fn upload<V>(self, mut f: impl FnMut(W) -> Result<V>) -> Result<Weights<V>> {
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for l in self.layers {
-            let ffn = match l.ffn {
-                FfnWeights::Moe { router, gate_up, down, shared_gate, shared_up, shared_down } => FfnWeights::Moe {
-                    router: f(router)?,
-                    gate_up: f(gate_up)?,
-                    down: f(down)?,
-                    shared_gate: f(shared_gate)?,
-                    shared_up: f(shared_up)?,
-                    shared_down: f(shared_down)?,
-                },
-                FfnWeights::Dense { gate, up, down } => {
-                    FfnWeights::Dense { gate: f(gate)?, up: f(up)?, down: f(down)? }
-                }
-            };
-            layers.push(LayerWeights {
-                input_norm: f(l.input_norm)?,
-                qkv: f(l.qkv)?,
-                o: f(l.o)?,
-                post_norm: f(l.post_norm)?,
-                ffn,
-            });
-        }
-        Ok(Weights { embed: f(self.embed)?, layers, norm: f(self.norm)?, lm_head: f(self.lm_head)? })
-    }
+    Ok((HostTensor::stack(gu, ff)?, HostTensor::stack(dn, ff)?))
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{fixtures, golden, rel_l2, TOL};
-use llama4_model::backend::AttnMask;
+use llama4_model::backend::{AttnMask, KvKind};
 use llama4_model::config::Mask;
 use llama4_model::cpu::Cpu;
 use llama4_model::model::{Logits, Model};
@@ -41,15 +41,17 @@ fn decode_through_the_cache_matches_transformers() {
             let mut rows = vec![model.forward(&mut cache, &g.ids[..prefix], Logits::All).unwrap()];
             for t in prefix..g.ids.len() {
                 rows.push(model.forward(&mut cache, &g.ids[t..t + 1], Logits::All).unwrap());
-                for (i, m) in model.config.masks.iter().enumerate() {
-                    let held = cache.len(i);
-                    match (m, chunk) {
-                        // Only the chunk of the next token stays: at most C - 1 keys.
-                        (Mask::Chunked, Some(c)) => {
-                            assert!(held < c && held == (t + 1) % c, "layer {i}: {held}")
-                        }
-                        _ => assert_eq!(held, t + 1, "global layer {i} must keep everything"),
-                    }
+                // Global layers hold every position; chunked ones only the blocks from the chunk start on.
+                let seq = cache.default_sequence().unwrap();
+                let bs = cache.limits().block_size;
+                let (held_g, held_c) =
+                    (cache.held_blocks(seq, KvKind::Global), cache.held_blocks(seq, KvKind::Chunked));
+                if model.config.masks.contains(&Mask::Full) {
+                    assert_eq!(held_g, (t + 1).div_ceil(bs), "global blocks after {} tokens", t + 1);
+                }
+                if let (true, Some(ch)) = (model.config.masks.contains(&Mask::Chunked), chunk) {
+                    let from = (t + 1) / ch * ch;
+                    assert_eq!(held_c, (t + 1).div_ceil(bs) - from / bs, "chunked blocks after {} tokens", t + 1);
                 }
             }
             let views: Vec<_> = rows.iter().map(|r| r.view()).collect();

@@ -129,9 +129,9 @@ fn a_failed_forward_pass_poisons_nothing_when_caught_early() {
     // Rejected before any layer runs: the cache stays usable.
     assert!(m.forward(&mut c, &[1, 999], Logits::All).is_err());
     assert!(m.forward(&mut c, &[], Logits::All).is_err());
-    assert_eq!(c.next_pos, 0);
+    assert_eq!(c.next_pos(), 0);
     assert!(m.forward(&mut c, &[1, 2], Logits::Last).unwrap().dim() == (1, 160));
-    assert_eq!(c.next_pos, 2);
+    assert_eq!(c.next_pos(), 2);
 }
 
 #[test]

@@ -2,12 +2,18 @@
 //!
 //! ```text
 //! llama4-run DIR (--tokens 1,2,3 | --text "hello") [--max-new N] [--device cpu|cuda] [--save-logits FILE]
+//!            [--teacher-force K] [--fp8-dense] [--no-graphs] [--prefill-chunk N]
 //! ```
-//! Prints the new tokens as they come with the time each took, then a summary. Any failure (bad checkpoint,
-//! bad arguments) is one line on stderr and a non-zero exit: 2 for usage, 1 for everything else.
+//! Prints the new tokens as they come with the time each took, then a summary. `--device cuda` runs the fused
+//! kernels (routed experts FP8, the rest bf16; `--fp8-dense` makes the dense linears FP8 too), each decode step
+//! replayed from a CUDA graph. `--teacher-force K` prefills all but the last K prompt tokens and feeds those K
+//! one at a time through decode steps. Any failure (bad checkpoint, bad arguments, no GPU) is one line on
+//! stderr and a non-zero exit: 2 for usage, 1 for everything else.
 
 use llama4_model::backend::Backend;
 use llama4_model::cpu::Cpu;
+use llama4_model::engine::GenOptions;
+use llama4_model::gpu::{Gpu, GpuOptions};
 use llama4_model::logits_file;
 use llama4_model::model::Model;
 use llama4_model::Error;
@@ -16,7 +22,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage: llama4-run CHECKPOINT_DIR (--tokens ID,ID,... | --text TEXT) [--max-new N] \
-[--device cpu|cuda] [--save-logits FILE]";
+[--device cpu|cuda] [--save-logits FILE] [--teacher-force K] [--fp8-dense] [--no-graphs] [--prefill-chunk N]";
 
 #[derive(Debug)]
 enum Prompt {
@@ -31,10 +37,17 @@ struct Args {
     max_new: usize,
     device: String,
     save_logits: Option<PathBuf>,
+    teacher_force: usize,
+    fp8_dense: bool,
+    graphs: bool,
+    prefill_chunk: usize,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let (mut dir, mut prompt, mut max_new, mut device, mut save) = (None, None, 16, "cpu".to_string(), None);
+    let (mut teacher_force, mut fp8_dense, mut graphs, mut prefill_chunk) = (0, false, true, 0);
+    let count =
+        |flag: &str, v: String| v.parse::<usize>().map_err(|_| format!("{flag}: `{v}` is not a non-negative integer"));
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
         match a.as_str() {
@@ -45,6 +58,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                 max_new = v.parse().map_err(|_| format!("--max-new: `{v}` is not a non-negative integer"))?;
             }
             "--device" => device = value("--device")?,
+            "--teacher-force" => teacher_force = count("--teacher-force", value("--teacher-force")?)?,
+            "--prefill-chunk" => prefill_chunk = count("--prefill-chunk", value("--prefill-chunk")?)?,
+            "--fp8-dense" => fp8_dense = true,
+            "--no-graphs" => graphs = false,
             "--save-logits" => save = Some(PathBuf::from(value("--save-logits")?)),
             "-h" | "--help" => return Err(String::new()),
             f if f.starts_with('-') => return Err(format!("unknown option {f}")),
@@ -58,6 +75,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         max_new,
         device,
         save_logits: save,
+        teacher_force,
+        fp8_dense,
+        graphs,
+        prefill_chunk,
     })
 }
 
@@ -95,17 +116,31 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), Error> {
-    match args.device.as_str() {
-        "cpu" => {}
-        "cuda" => {
-            return Err(Error::Input(
-                "--device cuda: the GPU model path is not built yet; run with --device cpu (the default)".into(),
-            ))
-        }
-        d => return Err(Error::Input(format!("--device {d}: expected cpu or cuda"))),
+    if args.fp8_dense && args.device != "cuda" {
+        return Err(Error::Input("--fp8-dense applies to --device cuda only".into()));
     }
+    match args.device.as_str() {
+        "cpu" => run_on(args, Cpu),
+        "cuda" => {
+            let gpu = Gpu::new(GpuOptions { device: 0, fp8_dense: args.fp8_dense })?;
+            println!("device: {}", gpu.describe());
+            run_on(args, gpu)
+        }
+        d => Err(Error::Input(format!("--device {d}: expected cpu or cuda"))),
+    }
+}
+
+fn run_on<B: Backend>(args: &Args, backend: B) -> Result<(), Error> {
     let t = Instant::now();
-    let model = Model::load(&args.dir, Cpu)?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("static template"),
+    );
+    let model = Model::load_with_progress(&args.dir, backend, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
     let c = &model.config;
     println!(
         "loaded {} on {}: {} layers ({} MoE), hidden {}, vocab {}, {} experts, in {}",
@@ -124,7 +159,13 @@ fn run(args: &Args) -> Result<(), Error> {
         Prompt::Text(text) => tok.as_ref().map(|t| t.encode(text)).unwrap_or_else(|| Ok(Vec::new()))?,
     };
     println!("prompt: {} tokens {:?}", prompt.len(), prompt);
-    let gen = model.generate_with(&prompt, args.max_new, args.save_logits.is_some(), |i, id, took| {
+    let opt = GenOptions {
+        keep_logits: args.save_logits.is_some(),
+        teacher_force: args.teacher_force,
+        max_prefill: args.prefill_chunk,
+        graphs: args.graphs,
+    };
+    let gen = model.generate_with(&prompt, args.max_new, opt, |i, id, took| {
         let what = if i == 0 { format!("prefill of {} tokens", prompt.len()) } else { "decode".into() };
         println!("token {:>4}: {id:>7}   {} ({what})", i + 1, ms(took));
     })?;

@@ -1,0 +1,891 @@
+//! The GPU backend: the model's ops as the fused kernels of `llama4-kernels` on one Hopper GPU.
+//!
+//! Weights (Meta's FP8 recipe): routed experts quantized on the device to FP8 E4M3 with one scale per expert
+//! and output channel (`weight_prep`), everything else bf16; [`GpuOptions::fp8_dense`] also quantizes the
+//! attention projections, the shared expert and the dense MLP rowwise (`quant_fp8`), which then run as FP8
+//! GEMMs with per-token activation scales. Activations are bf16 with the model's roundings; logits are f32.
+//!
+//! Every buffer is allocated by [`Backend::plan`] from the engine's limits: the activations, the FFN and
+//! routing scratch, the KV pools (`[blocks * block_size, Hkv, D]` bf16 per layer), the workspaces, and one
+//! metadata arena that [`Backend::set_step`] fills with a single host-to-device copy. The ops only launch
+//! kernels on the one stream, so a step can be captured as a CUDA graph and replayed; nothing in a step
+//! synchronizes with the host until [`Backend::tokens`] reads the greedy ids (and the device's error
+//! counters: out-of-range ids or slots, inconsistent attention metadata, bad expert offsets).
+
+use crate::backend::{Act, AttnMask, Backend, Heads, LayerSpec, MoeRef, Plan, StepMeta, StepShape};
+use crate::config::{Ffn, TextConfig};
+use crate::error::{Error, Result};
+use crate::host_tensor::HostTensor;
+use crate::weights::Role;
+use llama4_kernels::attention::{self, PagedKv, QueryBatch};
+use llama4_kernels::attention_decode::{self, DecodeShape};
+use llama4_kernels::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use llama4_kernels::cudarc::driver::{CudaGraph, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits};
+use llama4_kernels::grouped_gemm::{self, GroupedGemm, Schedule};
+use llama4_kernels::linear::{linear_fp8, Blas, LINEAR_WORKSPACE_BYTES};
+use llama4_kernels::rope::{HeadLayout, LayerKind as RopeKind, Temperature};
+use llama4_kernels::router::{router, router_workspace_size, RouterKind, RouterOutputs};
+use llama4_kernels::{argmax, bf16, embedding, permute, quant, rmsnorm, rope, swiglu, weight_prep};
+use llama4_kernels::{Element, Tensor, TensorMut, E4M3};
+use llama4_reference::rope::LayerKind;
+use ndarray::Array2;
+use std::sync::Arc;
+
+/// Steps whose sequences bring at most this many tokens each run the decode attention kernel (split-KV, one
+/// CTA per KV group); longer ones the prefill kernel.
+pub const DECODE_MAX_Q: usize = 4;
+/// Expert weights are quantized in groups of at most this many bytes of bf16 (bounds the device scratch).
+const PREP_GROUP_BYTES: usize = 1 << 30;
+
+/// How the GPU backend stores weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// Device ordinal.
+    pub device: usize,
+    /// Quantize the dense linears (attention, shared expert, dense MLP) rowwise to FP8 too.
+    pub fp8_dense: bool,
+}
+
+pub struct Gpu {
+    gpu: llama4_kernels::Gpu,
+    blas: Blas,
+    opts: GpuOptions,
+}
+
+fn kerr(e: llama4_kernels::Error) -> Error {
+    Error::Backend(e.to_string())
+}
+fn derr(e: llama4_kernels::cudarc::driver::DriverError) -> Error {
+    Error::Backend(format!("CUDA: {e}"))
+}
+
+impl Gpu {
+    /// Opens the GPU; `Err` (never a panic) without a driver or an sm_90 device.
+    pub fn new(opts: GpuOptions) -> Result<Gpu> {
+        let gpu = llama4_kernels::Gpu::new(opts.device).map_err(|e| Error::Input(format!("--device cuda: {e}")))?;
+        // One stream, ordered by construction: cudarc's per-buffer events would only cost time and break
+        // stream capture (they wait on events recorded outside the graph).
+        // SAFETY: this backend launches everything on its one stream.
+        unsafe { gpu.context().disable_event_tracking() };
+        let blas = Blas::new(gpu.stream()).map_err(kerr)?;
+        Ok(Gpu { gpu, blas, opts })
+    }
+
+    pub fn describe(&self) -> String {
+        self.gpu.describe()
+    }
+
+    fn stream(&self) -> &Arc<CudaStream> {
+        self.gpu.stream()
+    }
+
+    fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+        self.stream().alloc_zeros::<T>(n.max(1)).map_err(derr)
+    }
+
+    fn upload_bf16(&self, v: &[bf16]) -> Result<CudaSlice<bf16>> {
+        self.stream().clone_htod(v).map_err(derr)
+    }
+
+    /// Rowwise FP8 of a [rows, cols] bf16 matrix on the device: one scale per row (an output channel).
+    fn quantize_rows(
+        &self,
+        w: &CudaSlice<bf16>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(CudaSlice<E4M3>, CudaSlice<f32>)> {
+        let s = self.stream();
+        let mut q = self.alloc::<E4M3>(rows * cols)?;
+        let mut sc = self.alloc::<f32>(rows)?;
+        quant::quant_fp8(s, &tv(w, [rows, cols])?, &mut tm(&mut q, [rows, cols])?, &mut tm(&mut sc, [rows])?)
+            .map_err(kerr)?;
+        Ok((q, sc))
+    }
+
+    /// Routed experts `[E, K, N]` (as `x @ W`) -> FP8 `[E, N, K]` + scales `[E, N]`, a group of experts at a time.
+    fn prep_experts(&self, t: &HostTensor) -> Result<GpuWeight> {
+        let [e, k, n] = t.shape[..] else {
+            return Err(Error::Weight(format!("expert weights of shape {:?}", t.shape)));
+        };
+        let host = t.data.to_bf16();
+        let per = k * n;
+        let group = (PREP_GROUP_BYTES / (2 * per).max(1)).clamp(1, e.max(1));
+        let mut q = self.alloc::<E4M3>(e * per)?;
+        let mut sc = self.alloc::<f32>(e * n)?;
+        let mut scratch = self.alloc::<bf16>(group * per)?;
+        let s = self.stream();
+        for e0 in (0..e).step_by(group) {
+            let g = group.min(e - e0);
+            s.memcpy_htod(&host[e0 * per..(e0 + g) * per], &mut scratch.slice_mut(..g * per)).map_err(derr)?;
+            let w = Tensor::new(scratch.slice(..g * per), [g, k, n]).map_err(kerr)?;
+            let mut out = TensorMut::new(q.slice_mut(e0 * per..(e0 + g) * per), [g, n, k]).map_err(kerr)?;
+            let mut scales = TensorMut::new(sc.slice_mut(e0 * n..(e0 + g) * n), [g, n]).map_err(kerr)?;
+            weight_prep::quantize_expert_weights(s, &w, &mut out, &mut scales).map_err(kerr)?;
+        }
+        // The scratch is freed when the prep above has run (stream order).
+        Ok(GpuWeight::Fp8 { q, scales: sc, shape: vec![e, n, k] })
+    }
+}
+
+/// A weight on the device.
+pub enum GpuWeight {
+    /// bf16, in the checkpoint's layout.
+    Bf16 { w: CudaSlice<bf16>, shape: Vec<usize> },
+    /// FP8 E4M3 rows `[.., N, K]` with one f32 scale per row.
+    Fp8 { q: CudaSlice<E4M3>, scales: CudaSlice<f32>, shape: Vec<usize> },
+}
+
+impl GpuWeight {
+    fn shape(&self) -> &[usize] {
+        match self {
+            GpuWeight::Bf16 { shape, .. } | GpuWeight::Fp8 { shape, .. } => shape,
+        }
+    }
+
+    fn bf16(&self, what: &str) -> Result<&CudaSlice<bf16>> {
+        match self {
+            GpuWeight::Bf16 { w, .. } => Ok(w),
+            GpuWeight::Fp8 { .. } => Err(Error::Backend(format!("{what}: expected a bf16 weight"))),
+        }
+    }
+
+    fn fp8(&self, what: &str) -> Result<(&CudaSlice<E4M3>, &CudaSlice<f32>)> {
+        match self {
+            GpuWeight::Fp8 { q, scales, .. } => Ok((q, scales)),
+            GpuWeight::Bf16 { .. } => Err(Error::Backend(format!("{what}: expected an FP8 weight"))),
+        }
+    }
+}
+
+/// A view of the first `shape.product()` elements of a planned buffer.
+fn tv<'a, T: Element, const N: usize>(b: &'a CudaSlice<T>, shape: [usize; N]) -> Result<Tensor<'a, T, N>> {
+    let n: usize = shape.iter().product();
+    if n > b.len() {
+        return Err(Error::Backend(format!("a {shape:?} view of a buffer of {} elements", b.len())));
+    }
+    Tensor::new(b.slice(..n), shape).map_err(kerr)
+}
+
+fn tm<'a, T: Element, const N: usize>(b: &'a mut CudaSlice<T>, shape: [usize; N]) -> Result<TensorMut<'a, T, N>> {
+    let n: usize = shape.iter().product();
+    if n > b.len() {
+        return Err(Error::Backend(format!("a {shape:?} view of a buffer of {} elements", b.len())));
+    }
+    TensorMut::new(b.slice_mut(..n), shape).map_err(kerr)
+}
+
+/// One section of the metadata arena: byte offset and capacity in elements.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sec {
+    off: usize,
+    cap: usize,
+    elem: usize,
+}
+
+/// Where each metadata array lives in the arena (256-byte aligned sections).
+#[derive(Clone, Copy, Debug, Default)]
+struct MetaLayout {
+    ids: Sec,
+    pos: Sec,
+    slots: [Sec; 2],
+    cu: Sec,
+    seq_lens: Sec,
+    tables: [Sec; 2],
+    logit_rows: Sec,
+    /// [0, tokens, 0, logit_rows]: the one-group offsets of the dense FP8 GEMMs.
+    gemm_off: Sec,
+    bytes: usize,
+}
+
+impl MetaLayout {
+    fn new(max_t: usize, max_s: usize, max_blocks: usize, max_r: usize) -> MetaLayout {
+        let mut at = 0usize;
+        let mut sec = |cap: usize, elem: usize| {
+            let s = Sec { off: at, cap, elem };
+            at = (at + cap * elem).div_ceil(256) * 256;
+            s
+        };
+        let ids = sec(max_t, 4);
+        let pos = sec(max_t, 4);
+        let slots = [sec(max_t, 8), sec(max_t, 8)];
+        let cu = sec(max_s + 1, 4);
+        let seq_lens = sec(max_s, 4);
+        let tables = [sec(max_s * max_blocks, 4), sec(max_s * max_blocks, 4)];
+        let logit_rows = sec(max_r, 4);
+        let gemm_off = sec(4, 4);
+        MetaLayout { ids, pos, slots, cu, seq_lens, tables, logit_rows, gemm_off, bytes: at }
+    }
+}
+
+/// A typed view of `n` elements of an arena section.
+fn meta<'a, T: Element>(arena: &'a CudaSlice<u8>, s: Sec, n: usize) -> Result<CudaView<'a, T>> {
+    if n > s.cap || std::mem::size_of::<T>() != s.elem {
+        return Err(Error::Backend(format!("metadata view of {n} elements in a section of {}", s.cap)));
+    }
+    // SAFETY: the section holds `cap` elements of T (4- or 8-byte aligned: sections start on 256 bytes).
+    unsafe { arena.slice(s.off..s.off + s.cap * s.elem).transmute::<T>(n) }
+        .ok_or_else(|| Error::Backend("metadata section too small".into()))
+}
+
+fn meta1<'a, T: Element>(arena: &'a CudaSlice<u8>, s: Sec, n: usize) -> Result<Tensor<'a, T, 1>> {
+    Tensor::new(meta(arena, s, n)?, [n]).map_err(kerr)
+}
+
+fn put<T: Copy>(staging: &mut [u8], s: Sec, v: &[T]) -> Result<()> {
+    if v.len() > s.cap || std::mem::size_of::<T>() != s.elem {
+        return Err(Error::Backend(format!("{} metadata entries for a section of {}", v.len(), s.cap)));
+    }
+    // SAFETY: plain integers reinterpreted as their bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
+    staging[s.off..s.off + bytes.len()].copy_from_slice(bytes);
+    Ok(())
+}
+
+/// Scratch of the dense linears: the FP8 copy of an input and the two GEMM workspaces.
+struct LinScratch {
+    xq: CudaSlice<E4M3>,
+    xs: CudaSlice<f32>,
+    blas_ws: CudaSlice<u8>,
+    gemm_ws: CudaSlice<u8>,
+}
+
+/// Scratch of the FFN blocks.
+struct FfnScratch {
+    /// [rows, 2I] gate|up outputs (routed rows or tokens).
+    gu: CudaSlice<bf16>,
+    /// [T, I] bf16 SwiGLU output of the shared expert / dense MLP.
+    h: CudaSlice<bf16>,
+    /// [rows, I] FP8 SwiGLU output of the routed experts and its scales.
+    hq: CudaSlice<E4M3>,
+    hs: CudaSlice<f32>,
+    router_logits: CudaSlice<bf16>,
+    ids: CudaSlice<i32>,
+    weights: CudaSlice<f32>,
+    counts: CudaSlice<i32>,
+    offsets: CudaSlice<i32>,
+    dest: CudaSlice<i32>,
+    /// [rows, H] FP8 permuted, scaled inputs and their scales.
+    aq: CudaSlice<E4M3>,
+    as_: CudaSlice<f32>,
+    /// [rows, H] routed expert outputs.
+    eo: CudaSlice<bf16>,
+    /// [T, H] shared expert output.
+    shared: CudaSlice<bf16>,
+    router_ws: CudaSlice<u8>,
+}
+
+/// Device error counters, checked when a step's tokens are read.
+const BAD_IDS: usize = 0;
+const BAD_SLOTS: usize = 1;
+const BAD_SEQS: usize = 2;
+const BAD_OFFSETS: usize = 3;
+const COUNTERS: [&str; 4] = [
+    "token ids outside the embedding table",
+    "KV slots outside the cache",
+    "sequences with inconsistent attention metadata",
+    "inconsistent expert offsets",
+];
+
+pub struct GpuState {
+    shape: StepShape,
+    heads: Heads,
+    hidden: usize,
+    vocab: usize,
+    experts: usize,
+    block_size: usize,
+    max_blocks: usize,
+    kinds: Vec<RopeKind>,
+    layout: MetaLayout,
+    staging: Vec<u8>,
+    arena: CudaSlice<u8>,
+    acts: [CudaSlice<bf16>; 5],
+    q: CudaSlice<bf16>,
+    lin: LinScratch,
+    ffn: FfnScratch,
+    attn_ws: CudaSlice<u8>,
+    kv: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)>,
+    ysel: CudaSlice<bf16>,
+    logits: CudaSlice<f32>,
+    tokens: CudaSlice<i32>,
+    counters: CudaSlice<u32>,
+    /// Bytes of device memory the state holds (KV pools included).
+    pub bytes: usize,
+}
+
+impl GpuState {
+    fn width(&self, a: Act) -> usize {
+        let h = self.heads;
+        match a {
+            Act::X | Act::Y | Act::F => self.hidden,
+            Act::Qkv => (h.n_heads + 2 * h.n_kv_heads) * h.head_dim,
+            Act::Attn => h.n_heads * h.head_dim,
+        }
+    }
+}
+
+/// `(&acts[i], &mut acts[o])` for two different activations.
+fn in_out(acts: &mut [CudaSlice<bf16>; 5], i: Act, o: Act) -> Result<(&CudaSlice<bf16>, &mut CudaSlice<bf16>)> {
+    let (i, o) = (i as usize, o as usize);
+    if i == o {
+        return Err(Error::Backend("an op's input and output are the same activation".into()));
+    }
+    let (lo, hi) = acts.split_at_mut(i.max(o));
+    Ok(if i < o { (&lo[i], &mut hi[0]) } else { (&hi[0], &mut lo[o]) })
+}
+
+fn rope_kind(k: &LayerKind) -> RopeKind {
+    match k {
+        LayerKind::Rope { inv_freq, qk_norm, eps } => {
+            RopeKind::Rope { inv_freq: inv_freq.clone(), qk_norm: qk_norm.then_some(*eps) }
+        }
+        LayerKind::NoPe { temperature } => RopeKind::NoPe {
+            temperature: temperature.map(|(floor_scale, attn_scale)| Temperature { floor_scale, attn_scale }),
+        },
+    }
+}
+
+fn ops_mask(m: AttnMask) -> attention::Mask {
+    match m {
+        AttnMask::Causal => attention::Mask::Causal,
+        AttnMask::Chunked(chunk) => attention::Mask::Chunked { chunk },
+    }
+}
+
+impl Gpu {
+    /// `y [m, n] = x [m, k] @ w^T` for a bf16 or FP8 nn.Linear weight; `off` is the arena's one-group offsets
+    /// `[0, m]` for the FP8 GEMM.
+    #[allow(clippy::too_many_arguments)]
+    fn lin(
+        &self,
+        lin: &mut LinScratch,
+        x: &CudaSlice<bf16>,
+        m: usize,
+        w: &GpuWeight,
+        y: &mut CudaSlice<bf16>,
+        off: &Tensor<i32, 1>,
+        what: &str,
+    ) -> Result<()> {
+        let s = self.stream();
+        let (n, k) = match w.shape() {
+            [n, k] => (*n, *k),
+            sh => return Err(Error::Backend(format!("{what}: linear weight of shape {sh:?}"))),
+        };
+        let x = tv(x, [m, k])?;
+        let mut y = tm(y, [m, n])?;
+        match w {
+            GpuWeight::Bf16 { w, .. } => {
+                let mut ws = tm(&mut lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
+                self.blas.linear_bf16(s, &x, &tv(w, [n, k])?, &mut y, &mut ws).map_err(kerr)
+            }
+            GpuWeight::Fp8 { q, scales, .. } => {
+                quant::quant_fp8(s, &x, &mut tm(&mut lin.xq, [m, k])?, &mut tm(&mut lin.xs, [m])?).map_err(kerr)?;
+                let ws_len = lin.gemm_ws.len();
+                linear_fp8(
+                    s,
+                    &tv(&lin.xq, [m, k])?,
+                    &tv(&lin.xs, [m])?,
+                    &tv(q, [n, k])?,
+                    &tv(scales, [n])?,
+                    off,
+                    &mut y,
+                    &mut tm(&mut lin.gemm_ws, [ws_len])?,
+                )
+                .map_err(kerr)
+            }
+        }
+    }
+}
+
+impl Backend for Gpu {
+    type Weight = GpuWeight;
+    type State = GpuState;
+    type Graph = CudaGraph;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn check_config(&self, c: &TextConfig) -> Result<()> {
+        let refuse = |m: String| Err(Error::Config(format!("the GPU kernels cannot serve this model: {m}")));
+        if !attention::HEAD_DIMS.contains(&c.head_dim) {
+            return refuse(format!(
+                "head_dim {} (the attention kernels are built for {:?})",
+                c.head_dim,
+                attention::HEAD_DIMS
+            ));
+        }
+        let any_moe = c.ffn.contains(&Ffn::Moe);
+        if any_moe {
+            let (h, i) = (c.hidden_size, c.intermediate_size);
+            if h % 16 != 0 || i % 16 != 0 {
+                return refuse(format!(
+                    "hidden_size {h} and intermediate_size {i} must be multiples of 16 (the FP8 expert GEMMs read \
+                     16-byte rows)"
+                ));
+            }
+            if c.num_local_experts > llama4_kernels::router::MAX_EXPERTS {
+                return refuse(format!(
+                    "{} experts (the router is built for at most {})",
+                    c.num_local_experts,
+                    llama4_kernels::router::MAX_EXPERTS
+                ));
+            }
+            if c.num_experts_per_tok > llama4_kernels::router::MAX_TOP_K {
+                return refuse(format!(
+                    "num_experts_per_tok {} (at most {})",
+                    c.num_experts_per_tok,
+                    llama4_kernels::router::MAX_TOP_K
+                ));
+            }
+        }
+        if self.opts.fp8_dense {
+            let q = c.num_attention_heads * c.head_dim;
+            let qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
+            let mut dims = vec![("hidden_size", c.hidden_size), ("q width", q), ("qkv width", qkv)];
+            if any_moe {
+                dims.push(("intermediate_size", c.intermediate_size));
+            }
+            if c.ffn.contains(&Ffn::Dense) {
+                dims.push(("intermediate_size_mlp", c.intermediate_size_mlp));
+            }
+            if let Some((name, d)) = dims.into_iter().find(|(_, d)| d % 16 != 0) {
+                return refuse(format!("--fp8-dense needs {name} ({d}) to be a multiple of 16 (FP8 GEMM rows)"));
+            }
+        }
+        Ok(())
+    }
+
+    fn upload(&self, role: Role, name: &str, t: HostTensor) -> Result<GpuWeight> {
+        let what = |e: Error| Error::Weight(format!("{name}: {e}"));
+        match role {
+            Role::ExpertsGateUp | Role::ExpertsDown => self.prep_experts(&t).map_err(what),
+            Role::Linear if self.opts.fp8_dense => {
+                let [n, k] = t.shape[..] else {
+                    return Err(Error::Weight(format!("{name}: linear weight of shape {:?}", t.shape)));
+                };
+                let w = self.upload_bf16(&t.data.to_bf16()).map_err(what)?;
+                let (q, scales) = self.quantize_rows(&w, n, k).map_err(what)?;
+                Ok(GpuWeight::Fp8 { q, scales, shape: t.shape })
+            }
+            _ => Ok(GpuWeight::Bf16 { w: self.upload_bf16(&t.data.to_bf16()).map_err(what)?, shape: t.shape }),
+        }
+    }
+
+    fn plan(&self, c: &TextConfig, plan: &Plan) -> Result<GpuState> {
+        let l = plan.limits;
+        let heads = Heads { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+        let (t, h, v) = (l.max_tokens, c.hidden_size, c.vocab_size);
+        let qkv = (heads.n_heads + 2 * heads.n_kv_heads) * heads.head_dim;
+        let qw = heads.n_heads * heads.head_dim;
+        let any_moe = c.ffn.contains(&Ffn::Moe);
+        let (e, k) = if any_moe { (c.num_local_experts, c.num_experts_per_tok) } else { (1, 1) };
+        let (i, im) = (c.intermediate_size, if c.ffn.contains(&Ffn::Dense) { c.intermediate_size_mlp } else { 0 });
+        let rows = t * k;
+        let layout = MetaLayout::new(t, l.max_seqs, plan.max_blocks, l.max_logit_rows);
+        // The decode kernel's split-KV workspace for every batch and query count it may see.
+        let mut attn_ws = 0usize;
+        for spec in &plan.layers {
+            for batch in 1..=l.max_seqs {
+                for q in 1..=DECODE_MAX_Q.min(l.max_tokens) {
+                    let shape = DecodeShape {
+                        batch,
+                        n_heads: heads.n_heads,
+                        n_kv_heads: heads.n_kv_heads,
+                        head_dim: heads.head_dim,
+                        max_q_len: q,
+                        max_kv_len: plan.max_blocks * l.block_size,
+                        mask: ops_mask(spec.mask),
+                    };
+                    attn_ws = attn_ws.max(attention_decode::workspace_size(shape).map_err(kerr)?);
+                }
+            }
+        }
+        let gemm_ws =
+            grouped_gemm::workspace_size(e).map_err(kerr)?.max(grouped_gemm::workspace_size(1).map_err(kerr)?);
+        let kmax = h.max(qw).max(i).max(im);
+        let lin = LinScratch {
+            xq: self.alloc(t.max(l.max_logit_rows) * kmax)?,
+            xs: self.alloc(t.max(l.max_logit_rows))?,
+            blas_ws: self.alloc(LINEAR_WORKSPACE_BYTES)?,
+            gemm_ws: self.alloc(gemm_ws)?,
+        };
+        let ffn = FfnScratch {
+            gu: self.alloc((rows * 2 * i).max(t * 2 * i.max(im)))?,
+            h: self.alloc(t * i.max(im))?,
+            hq: self.alloc(rows * i)?,
+            hs: self.alloc(rows)?,
+            router_logits: self.alloc(t * e)?,
+            ids: self.alloc(rows)?,
+            weights: self.alloc(rows)?,
+            counts: self.alloc(e)?,
+            offsets: self.alloc(e + 1)?,
+            dest: self.alloc(rows)?,
+            aq: self.alloc(rows * h)?,
+            as_: self.alloc(rows)?,
+            eo: self.alloc(rows * h)?,
+            shared: self.alloc(t * h)?,
+            router_ws: self.alloc(if any_moe { router_workspace_size::<bf16>(t, e).map_err(kerr)? } else { 1 })?,
+        };
+        let kv_row = heads.n_kv_heads * heads.head_dim;
+        let kv = plan
+            .layers
+            .iter()
+            .map(|spec| {
+                let n = plan.blocks[spec.kv as usize] * l.block_size * kv_row;
+                Ok((self.alloc::<bf16>(n)?, self.alloc::<bf16>(n)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let kv_bytes: usize = kv.iter().map(|(a, b)| (a.len() + b.len()) * 2).sum();
+        let acts =
+            [self.alloc(t * h)?, self.alloc(t * h)?, self.alloc(t * qkv)?, self.alloc(t * qw)?, self.alloc(t * h)?];
+        let scratch_bytes = 2 * t * (3 * h + qkv + 2 * qw)
+            + lin.xq.len()
+            + 4 * lin.xs.len()
+            + LINEAR_WORKSPACE_BYTES
+            + gemm_ws
+            + attn_ws
+            + 2 * (ffn.gu.len() + ffn.h.len() + ffn.eo.len() + ffn.shared.len() + ffn.router_logits.len())
+            + ffn.hq.len()
+            + ffn.aq.len()
+            + 4 * l.max_logit_rows * v;
+        Ok(GpuState {
+            shape: StepShape { tokens: 0, seqs: 0, max_q_len: 0, logit_rows: 0 },
+            heads,
+            hidden: h,
+            vocab: v,
+            experts: e,
+            block_size: l.block_size,
+            max_blocks: plan.max_blocks,
+            kinds: plan.layers.iter().map(|s| rope_kind(&s.kind)).collect(),
+            staging: vec![0u8; layout.bytes],
+            arena: self.alloc(layout.bytes)?,
+            layout,
+            acts,
+            q: self.alloc(t * qw)?,
+            lin,
+            ffn,
+            attn_ws: self.alloc(attn_ws)?,
+            kv,
+            ysel: self.alloc(l.max_logit_rows * h)?,
+            logits: self.alloc(l.max_logit_rows * v)?,
+            tokens: self.alloc(l.max_logit_rows)?,
+            counters: self.alloc(4)?,
+            bytes: kv_bytes + scratch_bytes,
+        })
+    }
+
+    fn set_step(&self, st: &mut GpuState, m: &StepMeta) -> Result<()> {
+        let shape = m.shape();
+        let l = st.layout;
+        if m.max_blocks != st.max_blocks {
+            return Err(Error::Backend(format!("block tables of {} columns; planned {}", m.max_blocks, st.max_blocks)));
+        }
+        put(&mut st.staging, l.ids, &m.ids)?;
+        put(&mut st.staging, l.pos, &m.pos)?;
+        for k in 0..2 {
+            put(&mut st.staging, l.slots[k], &m.slots[k])?;
+            put(&mut st.staging, l.tables[k], &m.block_tables[k])?;
+        }
+        put(&mut st.staging, l.cu, &m.cu_seqlens)?;
+        put(&mut st.staging, l.seq_lens, &m.seq_lens)?;
+        put(&mut st.staging, l.logit_rows, &m.logit_rows)?;
+        put(&mut st.staging, l.gemm_off, &[0i32, shape.tokens as i32, 0, shape.logit_rows as i32])?;
+        // The step's one upload.
+        self.stream().memcpy_htod(&st.staging, &mut st.arena).map_err(derr)?;
+        st.shape = shape;
+        Ok(())
+    }
+
+    fn embed(&self, st: &mut GpuState, table: &GpuWeight) -> Result<()> {
+        let (t, h) = (st.shape.tokens, st.hidden);
+        let [v, _] = table.shape()[..] else { return Err(Error::Backend("embedding table rank".into())) };
+        let table = tv(table.bf16("embedding")?, [v, h])?;
+        let ids = meta1::<i32>(&st.arena, st.layout.ids, t)?;
+        let mut bad = TensorMut::new(st.counters.slice_mut(BAD_IDS..BAD_IDS + 1), [1]).map_err(kerr)?;
+        let mut x = tm(&mut st.acts[Act::X as usize], [t, h])?;
+        embedding::embedding(self.stream(), &table, &ids, &mut x, Some(&mut bad)).map_err(kerr)
+    }
+
+    fn norm(&self, st: &mut GpuState, w: &GpuWeight, eps: f32, add: bool) -> Result<()> {
+        let (t, h) = (st.shape.tokens, st.hidden);
+        let w = tv(w.bf16("norm")?, [h])?;
+        let [x, y, _, _, f] = &mut st.acts;
+        let mut y = tm(y, [t, h])?;
+        let s = self.stream();
+        match add {
+            true => rmsnorm::add_rmsnorm(s, &tv(f, [t, h])?, &mut tm(x, [t, h])?, &w, eps, &mut y),
+            false => rmsnorm::rmsnorm(s, &tv(x, [t, h])?, &w, eps, &mut y),
+        }
+        .map_err(kerr)
+    }
+
+    fn linear(&self, st: &mut GpuState, input: Act, output: Act, w: &GpuWeight) -> Result<()> {
+        let t = st.shape.tokens;
+        let (wi, wo) = (st.width(input), st.width(output));
+        if w.shape() != [wo, wi] {
+            return Err(Error::Backend(format!(
+                "linear {input:?} -> {output:?}: weight {:?}, want [{wo}, {wi}]",
+                w.shape()
+            )));
+        }
+        let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
+        let (x, y) = in_out(&mut st.acts, input, output)?;
+        self.lin(&mut st.lin, x, t, w, y, &off, "linear")
+    }
+
+    fn rope(&self, st: &mut GpuState, layer: usize, spec: &LayerSpec) -> Result<()> {
+        let (t, h) = (st.shape.tokens, st.heads);
+        let qkv = tv(&st.acts[Act::Qkv as usize], [t, (h.n_heads + 2 * h.n_kv_heads) * h.head_dim])?;
+        let pos = meta1::<i32>(&st.arena, st.layout.pos, t)?;
+        let slots = meta1::<i64>(&st.arena, st.layout.slots[spec.kv as usize], t)?;
+        let layout = HeadLayout { n_heads: h.n_heads, n_kv_heads: h.n_kv_heads, head_dim: h.head_dim };
+        let (kc, vc) = &mut st.kv[layer];
+        let slots_n = kc.len() / (h.n_kv_heads * h.head_dim);
+        let mut k = tm(kc, [slots_n, h.n_kv_heads, h.head_dim])?;
+        let mut v = tm(vc, [slots_n, h.n_kv_heads, h.head_dim])?;
+        let mut q = tm(&mut st.q, [t, h.n_heads, h.head_dim])?;
+        let mut bad = TensorMut::new(st.counters.slice_mut(BAD_SLOTS..BAD_SLOTS + 1), [1]).map_err(kerr)?;
+        rope::rope_qkv(
+            self.stream(),
+            &qkv,
+            &pos,
+            &slots,
+            layout,
+            &st.kinds[layer],
+            &mut q,
+            &mut k,
+            &mut v,
+            Some(&mut bad),
+        )
+        .map_err(kerr)
+    }
+
+    fn attention(&self, st: &mut GpuState, layer: usize, spec: &LayerSpec) -> Result<()> {
+        let (sh, h) = (st.shape, st.heads);
+        let q = tv(&st.q, [sh.tokens, h.n_heads, h.head_dim])?;
+        let cu = meta1::<i32>(&st.arena, st.layout.cu, sh.seqs + 1)?;
+        let seq_lens = meta1::<i32>(&st.arena, st.layout.seq_lens, sh.seqs)?;
+        let table = Tensor::new(
+            meta::<i32>(&st.arena, st.layout.tables[spec.kv as usize], sh.seqs * st.max_blocks)?,
+            [sh.seqs, st.max_blocks],
+        )
+        .map_err(kerr)?;
+        let (kc, vc) = &st.kv[layer];
+        let slots_n = kc.len() / (h.n_kv_heads * h.head_dim);
+        let (k, v) = (tv(kc, [slots_n, h.n_kv_heads, h.head_dim])?, tv(vc, [slots_n, h.n_kv_heads, h.head_dim])?);
+        let kv = PagedKv { k: &k, v: &v, block_table: &table, seq_lens: &seq_lens, block_size: st.block_size };
+        let queries = QueryBatch { q: &q, cu_seqlens: &cu, max_q_len: sh.max_q_len };
+        let mut out = tm(&mut st.acts[Act::Attn as usize], [sh.tokens, h.n_heads, h.head_dim])?;
+        let mut bad = TensorMut::new(st.counters.slice_mut(BAD_SEQS..BAD_SEQS + 1), [1]).map_err(kerr)?;
+        let (mask, scale, s) = (ops_mask(spec.mask), attention::default_scale(h.head_dim), self.stream());
+        if sh.max_q_len <= DECODE_MAX_Q {
+            let n = st.attn_ws.len();
+            let mut ws = tm(&mut st.attn_ws, [n])?;
+            attention_decode::attention_decode(s, &queries, &kv, mask, scale, &mut out, &mut ws, Some(&mut bad))
+        } else {
+            llama4_kernels::attention_prefill::attention_prefill(
+                s,
+                &queries,
+                &kv,
+                mask,
+                scale,
+                &mut out,
+                Some(&mut bad),
+            )
+        }
+        .map_err(kerr)
+    }
+
+    fn mlp(&self, st: &mut GpuState, gate_up: &GpuWeight, down: &GpuWeight) -> Result<()> {
+        let t = st.shape.tokens;
+        let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
+        let [_, y, _, _, f] = &mut st.acts;
+        dense_ffn(self, &mut st.lin, &mut st.ffn.gu, &mut st.ffn.h, y, t, gate_up, down, f, &off)
+    }
+
+    fn moe(&self, st: &mut GpuState, w: MoeRef<'_, GpuWeight>) -> Result<()> {
+        let (t, h, e, k) = (st.shape.tokens, st.hidden, st.experts, w.top_k);
+        let s = self.stream();
+        let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
+        let [_, y, _, _, f] = &mut st.acts;
+        let ffn = &mut st.ffn;
+        // The shared expert sees the unscaled y.
+        dense_ffn(
+            self,
+            &mut st.lin,
+            &mut ffn.gu,
+            &mut ffn.h,
+            y,
+            t,
+            w.shared_gate_up,
+            w.shared_down,
+            &mut ffn.shared,
+            &off,
+        )?;
+        // Routing on the bf16 router logits (as transformers' bf16 model): ids, sigmoid weights, the sorted layout.
+        let rw = w.router.bf16("router")?;
+        {
+            let mut ws = tm(&mut st.lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
+            self.blas
+                .linear_bf16(s, &tv(y, [t, h])?, &tv(rw, [e, h])?, &mut tm(&mut ffn.router_logits, [t, e])?, &mut ws)
+                .map_err(kerr)?;
+        }
+        let kind = if k == 1 { RouterKind::SigmoidTop1 } else { RouterKind::SigmoidTopK { k } };
+        {
+            let out = RouterOutputs {
+                ids: &mut tm(&mut ffn.ids, [t, k])?,
+                weights: &mut tm(&mut ffn.weights, [t, k])?,
+                counts: &mut tm(&mut ffn.counts, [e])?,
+                offsets: &mut tm(&mut ffn.offsets, [e + 1])?,
+                dest: &mut tm(&mut ffn.dest, [t, k])?,
+            };
+            let mut ws = ffn.router_ws.slice_mut(..);
+            router(s, &tv(&ffn.router_logits, [t, e])?, kind, 1, out, &mut ws).map_err(kerr)?;
+        }
+        let rows = t * k;
+        // The score scales the expert INPUT: bf16(y * w), then rowwise FP8.
+        permute::permute_fp8(
+            s,
+            &tv(y, [t, h])?,
+            &tv(&ffn.dest, [t, k])?,
+            Some(&tv(&ffn.weights, [t, k])?),
+            None,
+            &mut tm(&mut ffn.aq, [rows, h])?,
+            &mut tm(&mut ffn.as_, [rows])?,
+        )
+        .map_err(kerr)?;
+        let (gq, gs) = w.gate_up.fp8("experts.gate_up")?;
+        let (dq, ds) = w.down.fp8("experts.down")?;
+        let [_, two_i, _] = w.gate_up.shape()[..] else { return Err(Error::Backend("expert gate_up rank".into())) };
+        let i = two_i / 2;
+        let ws_len = st.lin.gemm_ws.len();
+        let offsets = tv(&ffn.offsets, [e + 1])?;
+        {
+            let g = GroupedGemm {
+                a: &tv(&ffn.aq, [rows, h])?,
+                scale_a: &tv(&ffn.as_, [rows])?,
+                b: &tv(gq, [e, two_i, h])?,
+                scale_b: &tv(gs, [e, two_i])?,
+                offsets: &offsets,
+                counts: None,
+            };
+            let mut bad = TensorMut::new(st.counters.slice_mut(BAD_OFFSETS..BAD_OFFSETS + 1), [1]).map_err(kerr)?;
+            grouped_gemm::grouped_gemm_fp8(
+                s,
+                &g,
+                &mut tm(&mut ffn.gu, [rows, two_i])?,
+                &mut tm(&mut st.lin.gemm_ws, [ws_len])?,
+                Some(&mut bad),
+                Schedule::Auto,
+            )
+            .map_err(kerr)?;
+        }
+        swiglu::swiglu_fp8(
+            s,
+            &tv(&ffn.gu, [rows, two_i])?,
+            &mut tm(&mut ffn.hq, [rows, i])?,
+            &mut tm(&mut ffn.hs, [rows])?,
+        )
+        .map_err(kerr)?;
+        {
+            let g = GroupedGemm {
+                a: &tv(&ffn.hq, [rows, i])?,
+                scale_a: &tv(&ffn.hs, [rows])?,
+                b: &tv(dq, [e, h, i])?,
+                scale_b: &tv(ds, [e, h])?,
+                offsets: &offsets,
+                counts: None,
+            };
+            let mut bad = TensorMut::new(st.counters.slice_mut(BAD_OFFSETS..BAD_OFFSETS + 1), [1]).map_err(kerr)?;
+            grouped_gemm::grouped_gemm_fp8(
+                s,
+                &g,
+                &mut tm(&mut ffn.eo, [rows, h])?,
+                &mut tm(&mut st.lin.gemm_ws, [ws_len])?,
+                Some(&mut bad),
+                Schedule::Auto,
+            )
+            .map_err(kerr)?;
+        }
+        // F = bf16(sum of the chosen experts' outputs + shared), one rounding.
+        permute::unpermute(
+            s,
+            &tv(&ffn.eo, [rows, h])?,
+            &tv(&ffn.dest, [t, k])?,
+            None,
+            Some(&tv(&ffn.shared, [t, h])?),
+            &mut tm(f, [t, h])?,
+        )
+        .map_err(kerr)
+    }
+
+    fn logits(&self, st: &mut GpuState, lm_head: &GpuWeight) -> Result<()> {
+        let (t, r, h, v) = (st.shape.tokens, st.shape.logit_rows, st.hidden, st.vocab);
+        if r == 0 {
+            return Ok(());
+        }
+        let s = self.stream();
+        let rows = meta1::<i32>(&st.arena, st.layout.logit_rows, r)?;
+        embedding::embedding(s, &tv(&st.acts[Act::Y as usize], [t, h])?, &rows, &mut tm(&mut st.ysel, [r, h])?, None)
+            .map_err(kerr)?;
+        let w = lm_head.bf16("lm_head")?;
+        let mut ws = tm(&mut st.lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
+        self.blas
+            .linear_bf16(s, &tv(&st.ysel, [r, h])?, &tv(w, [v, h])?, &mut tm(&mut st.logits, [r, v])?, &mut ws)
+            .map_err(kerr)?;
+        argmax::argmax(s, &tv(&st.logits, [r, v])?, &mut tm(&mut st.tokens, [r])?).map_err(kerr)
+    }
+
+    fn tokens(&self, st: &mut GpuState) -> Result<Vec<i32>> {
+        let s = self.stream();
+        let r = st.shape.logit_rows;
+        let tokens = if r == 0 { Vec::new() } else { s.clone_dtoh(&st.tokens.slice(..r)).map_err(derr)? };
+        let counters = s.clone_dtoh(&st.counters).map_err(derr)?;
+        if let Some((i, n)) = counters.iter().enumerate().find(|(_, &n)| n != 0) {
+            s.memset_zeros(&mut st.counters).map_err(derr)?;
+            return Err(Error::Backend(format!("the step found {n} {} on the device", COUNTERS[i])));
+        }
+        Ok(tokens)
+    }
+
+    fn read_logits(&self, st: &mut GpuState) -> Result<Array2<f32>> {
+        let (r, v) = (st.shape.logit_rows, st.vocab);
+        let host =
+            if r == 0 { Vec::new() } else { self.stream().clone_dtoh(&st.logits.slice(..r * v)).map_err(derr)? };
+        Array2::from_shape_vec((r, v), host).map_err(|e| Error::Backend(e.to_string()))
+    }
+
+    fn capture(&self, st: &mut GpuState, f: &mut dyn FnMut(&mut GpuState) -> Result<()>) -> Result<Option<CudaGraph>> {
+        let s = self.stream();
+        s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(derr)?;
+        let ran = f(st);
+        // The capture ends whatever happened, so a failed op leaves the stream usable.
+        let graph = s.end_capture(CUgraphInstantiate_flags(0)).map_err(derr);
+        ran?;
+        graph?.map(Some).ok_or_else(|| Error::Backend("the captured step holds no work".into()))
+    }
+
+    fn replay(&self, _st: &mut GpuState, g: &CudaGraph) -> Result<()> {
+        g.launch().map_err(derr)
+    }
+}
+
+/// `out = down(silu(gate(y)) * up(y))` with gate|up stacked: the shared expert and the dense MLP.
+#[allow(clippy::too_many_arguments)]
+fn dense_ffn(
+    gpu: &Gpu,
+    lin: &mut LinScratch,
+    gu: &mut CudaSlice<bf16>,
+    hbuf: &mut CudaSlice<bf16>,
+    y: &CudaSlice<bf16>,
+    t: usize,
+    gate_up: &GpuWeight,
+    down: &GpuWeight,
+    out: &mut CudaSlice<bf16>,
+    off: &Tensor<i32, 1>,
+) -> Result<()> {
+    let two_i = gate_up.shape()[0];
+    gpu.lin(lin, y, t, gate_up, gu, off, "gate_up")?;
+    swiglu::swiglu(gpu.stream(), &tv(gu, [t, two_i])?, &mut tm(hbuf, [t, two_i / 2])?).map_err(kerr)?;
+    gpu.lin(lin, hbuf, t, down, out, off, "down")
+}
