@@ -8,7 +8,11 @@ computes for them.
 
 Each fixture directory holds config.json, the weights (model.safetensors, or shards plus
 model.safetensors.index.json), golden.json (input ids, the transformers version) and logits.safetensors (tensor
-"logits" [T, vocab] f32: the full forward pass of transformers, eager attention, f32, CPU). Weights stored in
+"logits" [T, vocab] f32: the full forward pass of transformers, eager attention, f32, CPU). Beside them, the
+error budgets of the GPU path, measured on the same checkpoint and ids: logits_bf16.safetensors (transformers in
+bf16) and logits_bf16_fp8.safetensors (bf16 with the routed experts in FP8 rowwise as our kernels run them; see
+fp8_experts_forward); golden.json records both runs' relative L2 error against the f32 logits. The gpu_*
+fixtures are the ones the GPU kernels can run (head_dim 64 / 128). Weights stored in
 bf16 or f16 are compared against transformers run in f32 on the upcast weights, i.e. exactly what is on disk.
 
 Every fixture whose files transformers can load itself (all but the multimodal and per-expert layouts) is
@@ -94,12 +98,95 @@ FIXTURES = [
                   floor_scale=3, rope_parameters={"rope_theta": 1000.0, "rope_type": "default"})),
 ]
 
+# Fixtures the GPU kernels can run: head_dim 64 / 128, widths that are multiples of 128, small non-power-of-two
+# chunks crossed several times by sequences of a few hundred tokens, a small floor_scale so the NoPE temperature
+# is active.
+FIXTURES += [
+    # Scout-like at head_dim 128: every layer MoE, GQA 4/2, QK norm, llama3 band, chunk 37, layer 2 NoPE.
+    dict(name="gpu_scout128", seed=11, seq=300, disk="bf16", init=0.05,
+         cfg=dict(vocab_size=512, hidden_size=256, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=128, intermediate_size=128, num_local_experts=4,
+                  interleave_moe_layer_step=1, use_qk_norm=True, no_rope_layer_interval=3,
+                  attention_chunk_size=37, floor_scale=16, attn_scale=0.1,
+                  rope_parameters={"rope_theta": 10000.0, **LLAMA3_BAND})),
+    # Maverick-like at head_dim 64: a dense layer (intermediate_size_mlp 256) then a MoE layer (8 experts),
+    # GQA 4/2 (group 2), no QK norm, plain rope, layer 1 NoPE, chunk 50, f32 on disk.
+    dict(name="gpu_maverick64", seed=12, seq=260, disk="f32", init=0.05,
+         cfg=dict(vocab_size=384, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=64, intermediate_size=128, intermediate_size_mlp=256,
+                  num_local_experts=8, interleave_moe_layer_step=2, use_qk_norm=False,
+                  no_rope_layer_interval=2, attention_chunk_size=50, floor_scale=24, attn_scale=0.1,
+                  rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
+    # MQA (1 KV head), two experts per token, f16 on disk with per-expert unfused experts, chunk 29.
+    dict(name="gpu_top2_mqa", seed=13, seq=200, disk="f16", unfused=True, init=0.05,
+         cfg=dict(vocab_size=256, hidden_size=256, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=1, head_dim=64, intermediate_size=128, num_local_experts=4,
+                  num_experts_per_tok=2, use_qk_norm=True, no_rope_layer_interval=3, attention_chunk_size=29,
+                  floor_scale=16, attn_scale=0.1, rope_parameters={"rope_theta": 10000.0, **LLAMA3_BAND})),
+    # Tied embeddings, bf16, one chunked RoPE layer and one NoPE layer, head_dim 128 (2 heads, no GQA), chunk 45.
+    dict(name="gpu_tied_bf16", seed=14, seq=240, disk="bf16", init=0.05,
+         cfg=dict(vocab_size=320, hidden_size=256, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=128, intermediate_size=128, num_local_experts=4,
+                  use_qk_norm=True, no_rope_layer_interval=2, attention_chunk_size=45, floor_scale=16,
+                  attn_scale=0.1, tie_word_embeddings=True,
+                  rope_parameters={"rope_theta": 10000.0, **LLAMA3_BAND})),
+]
+
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def fp8_rowwise(x):
+    """FP8 E4M3 rowwise over the last axis as the kernels quantize (kernels/quant.cu): `scale = max(amax,
+    1e-12) / 448`, `q = e4m3(clamp(x * (1 / scale), -448, 448))` to nearest even. Returns the codes as f32 values
+    and the scales, so that `q * scale` is the dequantized tensor."""
+    x = x.float()
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 448.0
+    q = (x * (1.0 / scale)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).float()
+    return q, scale
+
+
+def fp8_experts_forward(self, hidden_states):
+    """`Llama4TextExperts.forward` of transformers 5.17 with both expert GEMMs in FP8 rowwise, as our grouped GEMM
+    runs them: weights per expert and output channel, activation rows per token, products accumulated in f32 on
+    the quantized values, times both scales, rounded to the activation dtype. The bf16 roundings in between are
+    transformers' own (silu(gate) rounded, then up * it rounded). Zero rows (unchosen experts) stay exactly 0."""
+    dtype = hidden_states.dtype
+    x = hidden_states.view(self.gate_up_proj.shape[0], -1, self.hidden_size)
+
+    def gemm(a, w):  # a [E, R, K] @ w [E, K, N]
+        qa, sa = fp8_rowwise(a)
+        qw, sw = fp8_rowwise(w.transpose(1, 2))  # [E, N, K]: one scale per (expert, output channel)
+        return (torch.bmm(qa, qw.transpose(1, 2)) * sa * sw.transpose(1, 2)).to(dtype)
+
+    gate, up = gemm(x, self.gate_up_proj).chunk(2, dim=-1)
+    next_states = gemm(up * self.act_fn(gate), self.down_proj)
+    return next_states.view(-1, self.hidden_size)
+
+
+def reduced_precision_logits(model, ids):
+    """transformers' own bf16 run of the same checkpoint (the GPU path's error budget), and the same with the
+    routed experts in FP8 as we run them. Returns (bf16 logits, bf16 + FP8-experts logits), both as f32."""
+    from transformers.models.llama4 import modeling_llama4 as m
+
+    bf = model.to(torch.bfloat16)
+    try:
+        plain = logits_of(bf, ids)
+        original = m.Llama4TextExperts.forward
+        m.Llama4TextExperts.forward = fp8_experts_forward
+        try:
+            fp8 = logits_of(bf, ids)
+        finally:
+            m.Llama4TextExperts.forward = original
+    finally:
+        model.to(torch.float32)
+    return plain, fp8
 
 
 def build(fx):
     torch.manual_seed(fx["seed"])
-    cfg = Llama4TextConfig(initializer_range=0.15, **fx["cfg"])
+    # The tiny fixtures' 0.15 would make the wider GPU fixtures chaotic (activations grow ~sqrt(H) * 0.15 per
+    # projection): those use about 1 / sqrt(H), so that bf16 noise does not dominate their logits.
+    cfg = Llama4TextConfig(initializer_range=fx.get("init", 0.15), **fx["cfg"])
     cfg._attn_implementation = "eager"
     model = Llama4ForCausalLM(cfg).eval()
     with torch.no_grad():
@@ -253,12 +340,18 @@ def make(fx, root):
         write_tokenizer(out, cfg.vocab_size)
     save_file({"logits": logits}, os.path.join(out, "logits.safetensors"))
     prompt, greedy = greedy_run(model, ids[:, :4], 8)
+    bf16, bf16_fp8 = reduced_precision_logits(model, ids)
+    save_file({"logits": bf16}, os.path.join(out, "logits_bf16.safetensors"))
+    save_file({"logits": bf16_fp8}, os.path.join(out, "logits_bf16_fp8.safetensors"))
+    rel = lambda a: ((a - logits).norm() / logits.norm()).item()
     with open(os.path.join(out, "golden.json"), "w") as f:
         json.dump({"input_ids": ids[0].tolist(), "greedy_prompt": prompt, "greedy_tokens": greedy,
                    "transformers": transformers.__version__, "torch": torch.__version__,
-                   "weights_on_disk": fx["disk"]}, f, indent=2)
+                   "weights_on_disk": fx["disk"], "bf16_rel_l2": rel(bf16), "bf16_fp8_rel_l2": rel(bf16_fp8)},
+                  f, indent=2)
     size = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out))
-    print(f"{fx['name']:>16}: {fx['seq']} tokens, logits {tuple(logits.shape)}, {size / 1024:.0f} KiB")
+    print(f"{fx['name']:>16}: {fx['seq']} tokens, logits {tuple(logits.shape)}, {size / 1024:.0f} KiB, "
+          f"bf16 rel L2 {rel(bf16):.3e}, bf16 + FP8 experts {rel(bf16_fp8):.3e}")
 
 
 def write_fuzz_seeds(fixtures_root, corpus):
