@@ -168,7 +168,13 @@ def reduced_precision_logits(model, ids):
     routed experts in FP8 as we run them. Returns (bf16 logits, bf16 + FP8-experts logits), both as f32."""
     from transformers.models.llama4 import modeling_llama4 as m
 
+    # `.to(bfloat16)` would also round RoPE's inv_freq buffers, which `from_pretrained(dtype=bfloat16)` (how a
+    # bf16 model is really run) keeps in f32: put the f32 buffers back.
+    rope = {n: b.clone() for n, b in model.named_buffers() if "inv_freq" in n}
     bf = model.to(torch.bfloat16)
+    for n, b in bf.named_buffers():
+        if n in rope:
+            b.data = rope[n]
     try:
         plain = logits_of(bf, ids)
         original = m.Llama4TextExperts.forward
