@@ -1,4 +1,4 @@
-//! router/{sigmoid_top1,softmax_top8}/<tokens>xE<experts>: ids, weights, counts, offsets and destinations from
+//! router/{sigmoid_top1,sigmoid_top2,softmax_top8}/<tokens>xE<experts>: ids, weights, counts, offsets and destinations from
 //! bf16 logits. Latency-bound; bytes = logits read + ids, weights, dest written + dest re-read and rewritten by
 //! the fix-up kernel + ids read there + counts and offsets (the [tiles, E] workspace histogram, a few KB, is
 //! left out).
@@ -14,6 +14,7 @@ fn bench(c: &mut Criterion) {
     let cases = [
         (16, RouterKind::SigmoidTop1, "sigmoid_top1"),
         (128, RouterKind::SigmoidTop1, "sigmoid_top1"),
+        (128, RouterKind::SigmoidTopK { k: 2 }, "sigmoid_top2"),
         (128, RouterKind::SoftmaxTopK { k: 8, renormalize: true }, "softmax_top8"),
     ];
     for (e, kind, variant) in cases {

@@ -120,6 +120,48 @@ l4k_status l4k_dequant_fp8(const void* q, const float* scales, float* out, int64
 l4k_status l4k_quantize_expert_weights(const void* w, void* q, float* scales, int64_t experts, int64_t k, int64_t n,
                                        l4k_stream_t stream);
 
+/* ---- embedding: row gather ----------------------------------------------------------------------------
+ * out[t] = table[ids[t]] for t < tokens, bytes copied exactly: the token embedding (table = embed_tokens
+ * [vocab, hidden]) or a gather of activation rows (each sequence's last token before lm_head). table: [rows,
+ * hidden] bf16; ids: [tokens] int32 ON THE DEVICE; out: [tokens, hidden] bf16. An id outside [0, rows) is never
+ * read: its row of out is zeros, and 1 is added to *bad_ids (one device uint32, may be NULL). */
+l4k_status l4k_embedding(const void* table, const int32_t* ids, void* out, int64_t rows, int64_t tokens,
+                         int64_t hidden, uint32_t* bad_ids, l4k_stream_t stream);
+
+/* ---- argmax: greedy sampling on the device ------------------------------------------------------------
+ * out[r] = the index of the largest value of logits[r] (torch.argmax: the lowest index on ties, -0 ties +0,
+ * +-inf are ordinary values), or -1 when the row holds any NaN (torch would return the NaN's index: report it
+ * as an error). logits: [rows, cols] f32 with 1 <= cols <= INT32_MAX; out: [rows] int32. */
+l4k_status l4k_argmax(const float* logits, int32_t* out, int64_t rows, int64_t cols, l4k_stream_t stream);
+
+/* ---- linear: dense projections (nn.Linear weights [out, in]) ---------------------------------------------
+ * l4k_linear_bf16: y [m, n] = x [m, k] . w [n, k]^T on cuBLASLt (libcublasLt.so, loaded at run time), bf16
+ * inputs, f32 accumulation, y bf16 (rounded once) or f32 (out_dtype). The handle caches one plan (descriptors
+ * and the heuristic's algorithm) per shape, output dtype and pointer alignment, up to 4096 of them (then it
+ * starts over): the first call of a shape runs the heuristic on the host, so make it before capturing a graph;
+ * later calls only enqueue the GEMM (capturable). Any n, k >= 1; a shape cuBLASLt has no algorithm for is
+ * L4K_ERROR_UNSUPPORTED. x, w, y 2-byte aligned (4 for f32 y); workspace 256-byte aligned with at least
+ * L4K_LINEAR_WORKSPACE_BYTES bytes. A handle may be used from several threads and streams at once, each call
+ * with its own workspace; it plans for the device current when it was created. m == 0 is a no-op.
+ * l4k_blas_create: L4K_ERROR_NO_DEVICE when libcublasLt cannot be loaded. l4k_blas_destroy(NULL) is a no-op.
+ *
+ * l4k_linear_fp8: the FP8 rowwise linear, l4k_grouped_gemm_fp8 with one expert: y [m, n] bf16 =
+ * bf16((x_q . w_q^T) * x_scales[r] * w_scales[c]); x_q [m, k] and w_q [n, k] E4M3 with one f32 scale per row
+ * (l4k_quant_fp8 of the activations and of the nn.Linear weight); offsets: 2 int32 ON THE DEVICE holding
+ * {0, m}; workspace: l4k_grouped_gemm_workspace_size(1) bytes. k % 16 == 0, n % 8 == 0, alignment as
+ * l4k_grouped_gemm_fp8; schedule chosen as its schedule 0. */
+typedef struct l4k_blas l4k_blas;
+enum { L4K_LINEAR_OUT_BF16 = 0, L4K_LINEAR_OUT_F32 = 1 };
+#define L4K_LINEAR_WORKSPACE_BYTES ((size_t)32 << 20)
+
+l4k_status l4k_blas_create(l4k_blas** blas);
+l4k_status l4k_blas_destroy(l4k_blas* blas);
+l4k_status l4k_linear_bf16(l4k_blas* blas, const void* x, const void* w, void* y, int32_t out_dtype, int64_t m,
+                           int64_t n, int64_t k, void* workspace, size_t workspace_bytes, l4k_stream_t stream);
+l4k_status l4k_linear_fp8(const void* x_q, const float* x_scales, const void* w_q, const float* w_scales,
+                          const int32_t* offsets, void* y, int64_t m, int64_t n, int64_t k, void* workspace,
+                          size_t workspace_bytes, l4k_stream_t stream);
+
 /* ---- router: MoE routing on the device ----------------------------------------------------------------
  * Layout (read by l4k_permute*, l4k_unpermute and the grouped GEMM, all int32 on the device):
  *   expert e owns rows [offsets[e], offsets[e + 1]) of the permuted buffers; the first counts[e] are its
@@ -135,8 +177,9 @@ enum { L4K_LOGITS_BF16 = 0, L4K_LOGITS_F32 = 1 };
 l4k_status l4k_router_workspace_size(int64_t tokens, int32_t experts, int32_t logits_dtype, size_t* bytes);
 
 /* logits: [tokens, experts] bf16 or f32 (logits_dtype), experts 1..256.
- * mode L4K_ROUTER_SIGMOID_TOP1 (Llama 4; k must be 1): expert = argmax of the raw logits, weight =
- *   sigmoid(logit) in f32, rounded to bf16 when the logits are bf16.
+ * mode L4K_ROUTER_SIGMOID_TOP1 (Llama 4, num_experts_per_tok = k, 1..min(8, experts); the name is historical):
+ *   the k largest raw logits, best first, each weighted by sigmoid(its logit) in f32, rounded to bf16 when the
+ *   logits are bf16 (no softmax, no renormalisation; renormalize is ignored).
  * mode L4K_ROUTER_SOFTMAX_TOPK: softmax over all experts in f32 (NaN logits as -inf), the k (1..min(8,
  *   experts)) largest probabilities, best first; renormalize != 0 divides them by their f32 sum.
  * Outputs: ids, dest [tokens, k] int32; weights [tokens, k] f32; counts [experts]; offsets [experts + 1];

@@ -23,6 +23,8 @@ extern "C" size_t l4k_internal_params_size(int which) {
     case L4K_PARAMS_GROUPED_GEMM: return sizeof(L4kGroupedGemmParams);
     case L4K_PARAMS_ATTENTION: return sizeof(L4kAttentionParams);
     case L4K_PARAMS_WEIGHT_PREP: return sizeof(L4kWeightPrepParams);
+    case L4K_PARAMS_EMBEDDING: return sizeof(L4kEmbeddingParams);
+    case L4K_PARAMS_ARGMAX: return sizeof(L4kArgmaxParams);
     default: return 0;
   }
 }

@@ -97,7 +97,7 @@ typedef struct L4kRouterParams {
   int64_t workspace_bytes;
   int64_t tokens;
   int32_t experts;        // 1 ..= L4K_ROUTER_MAX_EXPERTS
-  int32_t k;              // 1 ..= min(experts, L4K_ROUTER_MAX_TOP_K); 1 for L4K_ROUTER_SIGMOID_TOP1
+  int32_t k;              // 1 ..= min(experts, L4K_ROUTER_MAX_TOP_K), either mode
   int32_t mode;           // L4kRouterMode
   int32_t logits_dtype;   // L4kLogitsDtype
   int32_t renormalize;    // softmax mode: divide the k weights by their sum
@@ -149,6 +149,28 @@ typedef struct L4kWeightPrepParams {
   int64_t n;
 } L4kWeightPrepParams;
 
+// Row gather (embedding.cu): out[t] = table[ids[t]], the token embedding or a gather of activation rows (each
+// sequence's last token before lm_head). An id outside [0, rows) is never read: its row of out is zeros and
+// *bad_ids (when not NULL) counts it, so a bad id is visible without a host check in the middle of a graph.
+typedef struct L4kEmbeddingParams {
+  const void* table;      // [rows, hidden] bf16
+  const int32_t* ids;     // [tokens]
+  void* out;              // [tokens, hidden] bf16
+  uint32_t* bad_ids;      // optional counter of ids outside [0, rows)
+  int64_t rows;
+  int64_t tokens;
+  int64_t hidden;
+} L4kEmbeddingParams;
+
+// Greedy sampling (argmax.cu): out[r] = the lowest index of the largest value of logits[r] (torch.argmax; -0
+// ties +0), or -1 when the row holds a NaN (torch would answer the NaN's index; the caller reports an error).
+typedef struct L4kArgmaxParams {
+  const float* logits;    // [rows, cols] f32
+  int32_t* out;           // [rows]
+  int64_t rows;
+  int64_t cols;           // 1 ..= INT32_MAX
+} L4kArgmaxParams;
+
 // Which struct l4k_internal_params_size reports.
 typedef enum L4kParamsId {
   L4K_PARAMS_RMSNORM = 0,
@@ -161,6 +183,8 @@ typedef enum L4kParamsId {
   L4K_PARAMS_GROUPED_GEMM = 7,
   L4K_PARAMS_ATTENTION = 8,
   L4K_PARAMS_WEIGHT_PREP = 9,
+  L4K_PARAMS_EMBEDDING = 10,
+  L4K_PARAMS_ARGMAX = 11,
 } L4kParamsId;
 
 #ifdef __cplusplus

@@ -4,13 +4,16 @@
 //! Panics never cross the boundary: they become `L4K_ERROR_INVALID_ARGUMENT` with the panic message.
 
 use crate::error::{Error, Result, Status};
+use crate::ffi::{ArgmaxParams, EmbeddingParams};
 use crate::ffi::{
     AttentionParams, GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8,
 };
 use crate::ffi::{PermuteParams, RouterParams, UnpermuteParams, WeightPrepParams, PERMUTE_BF16, PERMUTE_FP8};
+use crate::linear::{Blas, LinearArgs};
 use crate::rope::{self, HeadLayout, LayerKind, Llama3Scaling, Temperature};
 use crate::{
-    attention, attention_decode, attention_prefill, grouped_gemm, permute, quant, rmsnorm, router, swiglu, weight_prep,
+    argmax, attention, attention_decode, attention_prefill, embedding, grouped_gemm, permute, quant, rmsnorm, router,
+    swiglu, weight_prep,
 };
 use cudarc::driver::sys::CUstream;
 use std::cell::RefCell;
@@ -272,6 +275,122 @@ pub extern "C" fn l4k_quantize_expert_weights(
     stream: CUstream,
 ) -> Status {
     guard(|| weight_prep::launch(&WeightPrepParams { w, out: q, scales, experts, k, n }, stream))
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_embedding(
+    table: *const c_void,
+    ids: *const i32,
+    out: *mut c_void,
+    rows: i64,
+    tokens: i64,
+    hidden: i64,
+    bad_ids: *mut u32,
+    stream: CUstream,
+) -> Status {
+    guard(|| embedding::launch(&EmbeddingParams { table, ids, out, bad_ids, rows, tokens, hidden }, stream))
+}
+
+#[no_mangle]
+pub extern "C" fn l4k_argmax(logits: *const f32, out: *mut i32, rows: i64, cols: i64, stream: CUstream) -> Status {
+    guard(|| argmax::launch(&ArgmaxParams { logits, out, rows, cols }, stream))
+}
+
+/// A cuBLASLt handle with its plan cache for the current device, written to `*blas`; free it with
+/// `l4k_blas_destroy`.
+///
+/// # Safety
+/// `blas` must be NULL (an error) or point to a writable pointer.
+#[no_mangle]
+pub unsafe extern "C" fn l4k_blas_create(blas: *mut *mut Blas) -> Status {
+    guard(|| {
+        if blas.is_null() {
+            return Err(Error::InvalidArgument("linear: blas is null".into()));
+        }
+        let b = Box::new(Blas::on_current_device()?);
+        // SAFETY: non-null, writable per the contract.
+        unsafe { *blas = Box::into_raw(b) };
+        Ok(())
+    })
+}
+
+/// Frees a handle from `l4k_blas_create` (NULL: nothing). GEMMs already enqueued with it still run.
+///
+/// # Safety
+/// `blas` must be NULL or a handle from `l4k_blas_create` not freed yet, with no call using it in flight.
+#[no_mangle]
+pub unsafe extern "C" fn l4k_blas_destroy(blas: *mut Blas) -> Status {
+    guard(|| {
+        if !blas.is_null() {
+            // SAFETY: made by Box::into_raw in l4k_blas_create, freed once per the contract.
+            drop(unsafe { Box::from_raw(blas) });
+        }
+        Ok(())
+    })
+}
+
+/// # Safety
+/// `blas` must be NULL (an error) or a live handle from `l4k_blas_create`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_linear_bf16(
+    blas: *const Blas,
+    x: *const c_void,
+    w: *const c_void,
+    y: *mut c_void,
+    out_dtype: i32,
+    m: i64,
+    n: i64,
+    k: i64,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        // SAFETY: NULL or live, per the contract.
+        let blas = unsafe { blas.as_ref() }.ok_or_else(|| Error::InvalidArgument("linear: blas is null".into()))?;
+        blas.launch(&LinearArgs { x, w, y, out: out_dtype, m, n, k, workspace, workspace_bytes }, stream)
+    })
+}
+
+/// The FP8 rowwise linear: `l4k_grouped_gemm_fp8` with one expert (offsets {0, m} on the device), schedule auto.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn l4k_linear_fp8(
+    x_q: *const c_void,
+    x_scales: *const f32,
+    w_q: *const c_void,
+    w_scales: *const f32,
+    offsets: *const i32,
+    y: *mut c_void,
+    m: i64,
+    n: i64,
+    k: i64,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let p = GroupedGemmParams {
+            a: x_q,
+            scale_a: x_scales,
+            b: w_q,
+            scale_b: w_scales,
+            offsets,
+            counts: ptr::null(),
+            d: y,
+            bad_offsets: ptr::null_mut(),
+            workspace,
+            workspace_bytes: i64::try_from(workspace_bytes).unwrap_or(i64::MAX),
+            rows: m,
+            n,
+            k,
+            experts: 1,
+            schedule: grouped_gemm::Schedule::Auto.code(usize::try_from(m).unwrap_or(0), 1),
+        };
+        grouped_gemm::launch(&p, stream)
+    })
 }
 
 /// Workspace bytes of `l4k_router` for these sizes, written to `*bytes`.

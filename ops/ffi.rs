@@ -146,6 +146,27 @@ pub struct UnpermuteParams {
     pub _pad: i32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EmbeddingParams {
+    pub table: *const c_void,
+    pub ids: *const i32,
+    pub out: *mut c_void,
+    pub bad_ids: *mut u32,
+    pub rows: i64,
+    pub tokens: i64,
+    pub hidden: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ArgmaxParams {
+    pub logits: *const f32,
+    pub out: *mut i32,
+    pub rows: i64,
+    pub cols: i64,
+}
+
 pub const PARAMS_RMSNORM: c_int = 0;
 pub const PARAMS_ROPE: c_int = 1;
 pub const PARAMS_SWIGLU: c_int = 2;
@@ -156,6 +177,8 @@ pub const PARAMS_UNPERMUTE: c_int = 6;
 pub const PARAMS_GROUPED_GEMM: c_int = 7;
 pub const PARAMS_ATTENTION: c_int = 8;
 pub const PARAMS_WEIGHT_PREP: c_int = 9;
+pub const PARAMS_EMBEDDING: c_int = 10;
+pub const PARAMS_ARGMAX: c_int = 11;
 
 /// kernels/grouped_gemm_params.h
 #[repr(C)]
@@ -221,6 +244,8 @@ extern "C" {
     pub fn l4k_launch_weight_prep_gate_up_interleaved(p: *const WeightPrepParams, stream: CUstream) -> c_int;
     pub fn l4k_internal_weight_prep_strip_path(p: *const WeightPrepParams) -> c_int;
     pub fn l4k_launch_router(p: *const RouterParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_embedding(p: *const EmbeddingParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_argmax(p: *const ArgmaxParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_permute(p: *const PermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_unpermute(p: *const UnpermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_attention_decode(p: *const AttentionParams, stream: CUstream) -> c_int;

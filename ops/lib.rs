@@ -12,12 +12,15 @@
 mod error;
 mod ffi;
 
+pub mod argmax;
 pub mod attention;
 pub mod attention_decode;
 pub mod attention_prefill;
 pub mod capi;
 pub mod device;
+pub mod embedding;
 pub mod grouped_gemm;
+pub mod linear;
 pub mod permute;
 pub mod quant;
 pub mod rmsnorm;
@@ -34,7 +37,7 @@ pub use tensor::{bf16, Element, Tensor, TensorMut, E4M3};
 
 /// Sizes of the launch parameter structs on the CUDA side, for the ABI test.
 #[doc(hidden)]
-pub fn cuda_params_sizes() -> [(usize, usize); 10] {
+pub fn cuda_params_sizes() -> [(usize, usize); 12] {
     use std::mem::size_of;
     // SAFETY: a pure function of its argument.
     let c = |id| unsafe { ffi::l4k_internal_params_size(id) };
@@ -49,6 +52,8 @@ pub fn cuda_params_sizes() -> [(usize, usize); 10] {
         (c(ffi::PARAMS_GROUPED_GEMM), size_of::<ffi::GroupedGemmParams>()),
         (c(ffi::PARAMS_ATTENTION), size_of::<ffi::AttentionParams>()),
         (c(ffi::PARAMS_WEIGHT_PREP), size_of::<ffi::WeightPrepParams>()),
+        (c(ffi::PARAMS_EMBEDDING), size_of::<ffi::EmbeddingParams>()),
+        (c(ffi::PARAMS_ARGMAX), size_of::<ffi::ArgmaxParams>()),
     ]
 }
 

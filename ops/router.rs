@@ -9,9 +9,11 @@
 //! a multiple of `align`. `dest[t, c]` is the row of (token t, choice c); `offsets[E]` is the padded total.
 //!
 //! Styles: [`RouterKind::SigmoidTop1`] (Llama 4: top-1 on the raw logit, weight `sigmoid(logit)` in f32, rounded
-//! to bf16 when the logits are bf16) and [`RouterKind::SoftmaxTopK`] (softmax over E in f32, top-k of the
-//! probabilities, optionally renormalised). Ties go to the lowest expert; a NaN logit is never chosen over a
-//! number (the reference module documents the whole rule). T = 0 launches nothing and writes nothing.
+//! to bf16 when the logits are bf16), [`RouterKind::SigmoidTopK`] (the same with `num_experts_per_tok = k`: the
+//! k largest raw logits, each weighted by its own sigmoid) and [`RouterKind::SoftmaxTopK`] (softmax over E in
+//! f32, top-k of the probabilities, optionally renormalised). Ties go to the lowest expert; a NaN logit is never
+//! chosen over a number (the reference module documents the whole rule). T = 0 launches nothing and writes
+//! nothing.
 
 use crate::error::{ensure, Error, Result};
 use crate::ffi::{self, check_grid, check_ptr, launched, RouterParams};
@@ -28,6 +30,10 @@ pub const MAX_TOP_K: usize = ffi::ROUTER_MAX_TOP_K;
 pub enum RouterKind {
     /// Llama 4 (`Llama4Router`): the expert with the largest raw logit, weight `sigmoid(logit)`.
     SigmoidTop1,
+    /// Llama 4 with `num_experts_per_tok = k` (1..=[`MAX_TOP_K`]): the k largest raw logits, best first, each
+    /// weighted by `sigmoid(its logit)` (no softmax, no renormalisation;
+    /// llama4_reference::router::route_sigmoid_topk). k = 1 is [`RouterKind::SigmoidTop1`].
+    SigmoidTopK { k: usize },
     /// Mixtral / Qwen style: `softmax(logits)` in f32, the k largest probabilities, divided by their sum when
     /// `renormalize`.
     SoftmaxTopK { k: usize, renormalize: bool },
@@ -38,7 +44,7 @@ impl RouterKind {
     pub fn k(self) -> usize {
         match self {
             RouterKind::SigmoidTop1 => 1,
-            RouterKind::SoftmaxTopK { k, .. } => k,
+            RouterKind::SigmoidTopK { k } | RouterKind::SoftmaxTopK { k, .. } => k,
         }
     }
 }
@@ -135,7 +141,8 @@ pub fn router<L: RouterLogits>(
     let (pd, _gd) = out.dest.ptr_mut(stream);
     let (pws, _gws) = workspace.device_ptr_mut(stream);
     let (mode, renormalize) = match kind {
-        RouterKind::SigmoidTop1 => (ffi::ROUTER_SIGMOID_TOP1, 0),
+        // One kernel mode: it takes its top-1 fast path only for k == 1.
+        RouterKind::SigmoidTop1 | RouterKind::SigmoidTopK { .. } => (ffi::ROUTER_SIGMOID_TOP1, 0),
         RouterKind::SoftmaxTopK { renormalize, .. } => (ffi::ROUTER_SOFTMAX_TOPK, renormalize as i32),
     };
     let p = RouterParams {
@@ -162,20 +169,17 @@ pub fn router<L: RouterLogits>(
 pub(crate) fn launch(p: &RouterParams, stream: CUstream) -> Result<()> {
     check_grid(OP, "tokens", p.tokens)?;
     check_experts(p.experts)?;
-    match p.mode {
-        ffi::ROUTER_SIGMOID_TOP1 => ensure!(p.k == 1, "{OP}: sigmoid top-1 routing has k = 1 (got {})", p.k),
-        ffi::ROUTER_SOFTMAX_TOPK => {
-            ensure!(p.k >= 1, "{OP}: k must be positive (got {})", p.k);
-            if p.k as usize > MAX_TOP_K {
-                return Err(Error::Unsupported(format!(
-                    "{OP}: k = {}; at most {MAX_TOP_K} choices are supported",
-                    p.k
-                )));
-            }
-            ensure!(p.k <= p.experts, "{OP}: k = {} > {} experts", p.k, p.experts);
-        }
-        m => return Err(Error::InvalidArgument(format!("{OP}: unknown routing mode {m}"))),
+    // ROUTER_SIGMOID_TOP1 is the sigmoid mode for every k (its name predates k > 1; the C ABI keeps it).
+    ensure!(
+        p.mode == ffi::ROUTER_SIGMOID_TOP1 || p.mode == ffi::ROUTER_SOFTMAX_TOPK,
+        "{OP}: unknown routing mode {}",
+        p.mode
+    );
+    ensure!(p.k >= 1, "{OP}: k must be positive (got {})", p.k);
+    if p.k as usize > MAX_TOP_K {
+        return Err(Error::Unsupported(format!("{OP}: k = {}; at most {MAX_TOP_K} choices are supported", p.k)));
     }
+    ensure!(p.k <= p.experts, "{OP}: k = {} > {} experts", p.k, p.experts);
     ensure!(p.renormalize == 0 || p.renormalize == 1, "{OP}: renormalize must be 0 or 1 (got {})", p.renormalize);
     ensure!(p.align >= 1, "{OP}: align must be at least 1 (got {})", p.align);
     // Every row index, padded total included, is an int32.

@@ -64,6 +64,12 @@ impl<'a, T: Element, const N: usize> Tensor<'a, T, N> {
         self.data.stream()
     }
 
+    /// The same elements viewed as another shape of the same size (a dense linear weight [n, k] as the grouped
+    /// GEMM's one-expert [1, n, k]).
+    pub(crate) fn reshape<const M: usize>(&self, shape: [usize; M]) -> Result<Tensor<'a, T, M>> {
+        Tensor::new(self.data.slice(..), shape)
+    }
+
     /// The device address for a read on `stream`; cudarc orders it after earlier writes while the guard lives.
     pub(crate) fn ptr<'s>(&'s self, stream: &'s CudaStream) -> (u64, SyncOnDrop<'s>) {
         self.data.device_ptr(stream)

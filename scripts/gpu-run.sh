@@ -103,7 +103,7 @@ if has model; then
   done
   d=$(ls -d "$L4K_FIXTURES"/gpu_* | head -1)
   ids=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['input_ids'][:32])))" "$d/golden.json")
-  ncu --csv --metrics gpu__time_duration.sum "$here/bin/llama4-run" "$d" --device cuda --no-graphs --tokens "$ids" --max-new 9 \
+  ncu --clock-control none --csv --metrics gpu__time_duration.sum "$here/bin/llama4-run" "$d" --device cuda --no-graphs --tokens "$ids" --max-new 9 \
     >"$out/ncu-decode.csv" 2>>"$out/model.log" && python3 "$here/peers/model_profile.py" "$out/ncu-decode.csv" 8 | tee -a "$summary" \
     || { note "decode profile: FAILED"; status=1; }
 fi

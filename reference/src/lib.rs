@@ -4,6 +4,7 @@
 //!
 //! One module per op family, named as in `kernels/` and `ops/`.
 
+pub mod argmax;
 pub mod attention;
 pub mod check;
 pub mod dtype;

@@ -82,6 +82,29 @@ int main(void) {
                                      256, 2, 3, (void*)0x7000, 1 << 20, NULL, NULL);
   CHECK(s == L4K_ERROR_UNSUPPORTED, "blockwise fast accumulation: %d %s", (int)s, l4k_last_error());
 
+  /* Row gather and greedy sampling: validation before any launch. */
+  s = l4k_embedding((const void*)0x1000, NULL, (void*)0x2000, 100, 4, 64, NULL, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "ids is null") != NULL, "null ids: %d %s",
+        (int)s, l4k_last_error());
+  s = l4k_embedding(NULL, NULL, NULL, 100, 0, 64, NULL, NULL);
+  CHECK(s == L4K_OK, "zero tokens must be a no-op: %d %s", (int)s, l4k_last_error());
+  s = l4k_argmax((const float*)0x1000, (int32_t*)0x2000, 4, 0, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "cols") != NULL, "argmax cols 0: %d %s",
+        (int)s, l4k_last_error());
+
+  /* Dense linear: the handle is checked first; the FP8 path has the grouped GEMM's limits. */
+  CHECK(L4K_LINEAR_WORKSPACE_BYTES == (size_t)33554432, "linear workspace constant");
+  s = l4k_linear_bf16(NULL, (const void*)0x1000, (const void*)0x2000, (void*)0x3000, L4K_LINEAR_OUT_BF16, 4, 5,
+                      40, (void*)0x4000, L4K_LINEAR_WORKSPACE_BYTES, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "blas is null") != NULL, "null blas: %d %s",
+        (int)s, l4k_last_error());
+  s = l4k_blas_destroy(NULL);
+  CHECK(s == L4K_OK, "destroying NULL: %d %s", (int)s, l4k_last_error());
+  s = l4k_linear_fp8((const void*)0x1000, (const float*)0x2000, (const void*)0x3000, (const float*)0x4000,
+                     (const int32_t*)0x5000, (void*)0x6000, 4, 5, 64, (void*)0x7000, 1 << 20, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "multiple of 8") != NULL,
+        "fp8 linear n = 5: %d %s", (int)s, l4k_last_error());
+
   if (failures) {
     fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;

@@ -4,13 +4,16 @@
 
 mod common;
 
+mod argmax;
 mod attention;
 mod attention_decode;
 mod attention_prefill;
 mod capi;
+mod embedding;
 mod grouped_gemm;
 mod grouped_gemm_blockwise;
 mod grouped_gemm_swiglu;
+mod linear;
 mod permute;
 mod quant;
 mod rmsnorm;
