@@ -32,6 +32,7 @@ pub mod engine;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz_entry;
+#[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod host_tensor;
 mod json;

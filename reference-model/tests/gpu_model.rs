@@ -4,6 +4,7 @@
 //! on the same checkpoint; several sequences in one step get what they get alone; a replayed graph gives the
 //! bytes of eager launches; configs the kernels cannot serve are refused at load. Needs an sm_90 GPU: run
 //! with `--include-ignored` (the staged runner does); without one these tests fail.
+#![cfg(feature = "cuda")]
 
 mod common;
 

@@ -13,7 +13,6 @@
 use llama4_model::backend::Backend;
 use llama4_model::cpu::Cpu;
 use llama4_model::engine::GenOptions;
-use llama4_model::gpu::{Gpu, GpuOptions};
 use llama4_model::logits_file;
 use llama4_model::model::Model;
 use llama4_model::Error;
@@ -121,10 +120,16 @@ fn run(args: &Args) -> Result<(), Error> {
     }
     match args.device.as_str() {
         "cpu" => run_on(args, Cpu),
+        #[cfg(feature = "cuda")]
         "cuda" => {
+            use llama4_model::gpu::{Gpu, GpuOptions};
             let gpu = Gpu::new(GpuOptions { device: 0, fp8_dense: args.fp8_dense })?;
             println!("device: {}", gpu.describe());
             run_on(args, gpu)
+        }
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => {
+            Err(Error::Input("--device cuda: this build has no GPU backend (built without the `cuda` feature)".into()))
         }
         d => Err(Error::Input(format!("--device {d}: expected cpu or cuda"))),
     }
