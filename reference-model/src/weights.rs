@@ -74,11 +74,6 @@ impl<W> Sink<'_, W> {
     }
 }
 
-/// Checkpoint bytes of the tensors the text model reads (what a progress bar counts up to).
-pub fn text_bytes(ck: &Checkpoint) -> u64 {
-    ck.text_tensor_bytes()
-}
-
 impl<W> Weights<W> {
     /// Streams every tensor the model needs from `ck` into `sink`, checking shapes against `ck.config`.
     pub fn load(ck: &Checkpoint, sink: &mut Sink<'_, W>) -> Result<Self> {
