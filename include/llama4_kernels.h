@@ -134,6 +134,14 @@ l4k_status l4k_embedding(const void* table, const int32_t* ids, void* out, int64
  * as an error). logits: [rows, cols] f32 with 1 <= cols <= INT32_MAX; out: [rows] int32. */
 l4k_status l4k_argmax(const float* logits, int32_t* out, int64_t rows, int64_t cols, l4k_stream_t stream);
 
+/* ---- random: synthetic weights ------------------------------------------------------------------------
+ * out[i] = bf16(u(seed, first + i) * bound) for i < n, u in (-1, 1): the top 24 bits b of splitmix64 over
+ * seed + (first + i + 1) * 0x9E3779B97F4A7C15, as (2b + 1 - 2^24) / 2^24, times bound in f32 (one rounding),
+ * rounded to nearest even bf16. Element j depends only on (seed, j): pieces filled with first = their offset
+ * equal one fill of the whole. out: [n] bf16 (2-byte aligned; 16-byte aligned is faster); bound finite, >= 0. */
+l4k_status l4k_random_uniform_bf16(void* out, int64_t n, uint64_t seed, uint64_t first, float bound,
+                                   l4k_stream_t stream);
+
 /* ---- linear: dense projections (nn.Linear weights [out, in]) ---------------------------------------------
  * l4k_linear_bf16: y [m, n] = x [m, k] . w [n, k]^T on cuBLASLt (libcublasLt.so, loaded at run time), bf16
  * inputs, f32 accumulation, y bf16 (rounded once) or f32 (out_dtype). The handle caches one plan (descriptors

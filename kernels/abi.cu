@@ -25,6 +25,7 @@ extern "C" size_t l4k_internal_params_size(int which) {
     case L4K_PARAMS_WEIGHT_PREP: return sizeof(L4kWeightPrepParams);
     case L4K_PARAMS_EMBEDDING: return sizeof(L4kEmbeddingParams);
     case L4K_PARAMS_ARGMAX: return sizeof(L4kArgmaxParams);
+    case L4K_PARAMS_RANDOM: return sizeof(L4kRandomParams);
     default: return 0;
   }
 }

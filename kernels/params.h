@@ -171,6 +171,16 @@ typedef struct L4kArgmaxParams {
   int64_t cols;           // 1 ..= INT32_MAX
 } L4kArgmaxParams;
 
+// Counter-based uniform random bf16 (random.cu): out[i] = bf16(u(seed, first + i) * bound), u in (-1, 1) from
+// splitmix64 of the element's index, so a tensor filled in pieces equals one filled whole (synthetic weights).
+typedef struct L4kRandomParams {
+  void* out;              // [n] bf16
+  int64_t n;
+  uint64_t seed;
+  uint64_t first;         // index of out[0] in the stream
+  float bound;            // finite, >= 0
+} L4kRandomParams;
+
 // Which struct l4k_internal_params_size reports.
 typedef enum L4kParamsId {
   L4K_PARAMS_RMSNORM = 0,
@@ -185,6 +195,7 @@ typedef enum L4kParamsId {
   L4K_PARAMS_WEIGHT_PREP = 9,
   L4K_PARAMS_EMBEDDING = 10,
   L4K_PARAMS_ARGMAX = 11,
+  L4K_PARAMS_RANDOM = 12,
 } L4kParamsId;
 
 #ifdef __cplusplus

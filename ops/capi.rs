@@ -4,7 +4,7 @@
 //! Panics never cross the boundary: they become `L4K_ERROR_INVALID_ARGUMENT` with the panic message.
 
 use crate::error::{Error, Result, Status};
-use crate::ffi::{ArgmaxParams, EmbeddingParams};
+use crate::ffi::{ArgmaxParams, EmbeddingParams, RandomParams};
 use crate::ffi::{
     AttentionParams, GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8,
 };
@@ -12,8 +12,8 @@ use crate::ffi::{PermuteParams, RouterParams, UnpermuteParams, WeightPrepParams,
 use crate::linear::{Blas, LinearArgs};
 use crate::rope::{self, HeadLayout, LayerKind, Llama3Scaling, Temperature};
 use crate::{
-    argmax, attention, attention_decode, attention_prefill, embedding, grouped_gemm, permute, quant, rmsnorm, router,
-    swiglu, weight_prep,
+    argmax, attention, attention_decode, attention_prefill, embedding, grouped_gemm, permute, quant, random, rmsnorm,
+    router, swiglu, weight_prep,
 };
 use cudarc::driver::sys::CUstream;
 use std::cell::RefCell;
@@ -295,6 +295,18 @@ pub extern "C" fn l4k_embedding(
 #[no_mangle]
 pub extern "C" fn l4k_argmax(logits: *const f32, out: *mut i32, rows: i64, cols: i64, stream: CUstream) -> Status {
     guard(|| argmax::launch(&ArgmaxParams { logits, out, rows, cols }, stream))
+}
+
+#[no_mangle]
+pub extern "C" fn l4k_random_uniform_bf16(
+    out: *mut c_void,
+    n: i64,
+    seed: u64,
+    first: u64,
+    bound: f32,
+    stream: CUstream,
+) -> Status {
+    guard(|| random::launch(&RandomParams { out, n, seed, first, bound }, stream))
 }
 
 /// A cuBLASLt handle with its plan cache for the current device, written to `*blas`; free it with

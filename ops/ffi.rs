@@ -160,6 +160,16 @@ pub struct EmbeddingParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+pub struct RandomParams {
+    pub out: *mut c_void,
+    pub n: i64,
+    pub seed: u64,
+    pub first: u64,
+    pub bound: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
 pub struct ArgmaxParams {
     pub logits: *const f32,
     pub out: *mut i32,
@@ -179,6 +189,7 @@ pub const PARAMS_ATTENTION: c_int = 8;
 pub const PARAMS_WEIGHT_PREP: c_int = 9;
 pub const PARAMS_EMBEDDING: c_int = 10;
 pub const PARAMS_ARGMAX: c_int = 11;
+pub const PARAMS_RANDOM: c_int = 12;
 
 /// kernels/grouped_gemm_params.h
 #[repr(C)]
@@ -246,6 +257,7 @@ extern "C" {
     pub fn l4k_launch_router(p: *const RouterParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_embedding(p: *const EmbeddingParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_argmax(p: *const ArgmaxParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_random_uniform_bf16(p: *const RandomParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_permute(p: *const PermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_unpermute(p: *const UnpermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_attention_decode(p: *const AttentionParams, stream: CUstream) -> c_int;

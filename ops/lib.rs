@@ -23,6 +23,7 @@ pub mod grouped_gemm;
 pub mod linear;
 pub mod permute;
 pub mod quant;
+pub mod random;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
@@ -37,7 +38,7 @@ pub use tensor::{bf16, Element, Tensor, TensorMut, E4M3};
 
 /// Sizes of the launch parameter structs on the CUDA side, for the ABI test.
 #[doc(hidden)]
-pub fn cuda_params_sizes() -> [(usize, usize); 12] {
+pub fn cuda_params_sizes() -> [(usize, usize); 13] {
     use std::mem::size_of;
     // SAFETY: a pure function of its argument.
     let c = |id| unsafe { ffi::l4k_internal_params_size(id) };
@@ -54,6 +55,7 @@ pub fn cuda_params_sizes() -> [(usize, usize); 12] {
         (c(ffi::PARAMS_WEIGHT_PREP), size_of::<ffi::WeightPrepParams>()),
         (c(ffi::PARAMS_EMBEDDING), size_of::<ffi::EmbeddingParams>()),
         (c(ffi::PARAMS_ARGMAX), size_of::<ffi::ArgmaxParams>()),
+        (c(ffi::PARAMS_RANDOM), size_of::<ffi::RandomParams>()),
     ]
 }
 

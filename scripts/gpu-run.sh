@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the staged bundle (scripts/stage-gpu.sh copies this file to gpu-bundle/run.sh).
-#   run.sh [tests] [sanitize] [model] [sweep] [gemmsweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
+#   run.sh [tests] [sanitize] [model] [scout] [sweep] [gemmsweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
 # L4K_ONLY=<family>[,<family>...] limits bench and peers to those families (torch_peers.py gets --only).
 # Results go to $OUT (the device tool's folder) or gpu-bundle/results: tests.log, sanitizer.log, bench.log,
 # ours.jsonl, peers.jsonl, bench.md, summary.txt. Exit status: non-zero if any test or sanitizer run failed.
@@ -106,6 +106,27 @@ if has model; then
   ncu --clock-control none --csv --metrics gpu__time_duration.sum "$here/bin/llama4-run" "$d" --device cuda --no-graphs --tokens "$ids" --max-new 9 \
     >"$out/ncu-decode.csv" 2>>"$out/model.log" && python3 "$here/peers/model_profile.py" "$out/ncu-decode.csv" 8 | tee -a "$summary" \
     || { note "decode profile: FAILED"; status=1; }
+fi
+
+if has scout; then
+  # Issue 14: full-size Scout with synthetic weights, ours then the PyTorch composition, both recipes, in this one
+  # command (bench/model_report.py collates them). L4K_SCOUT_ARGS narrows the cases (e.g. "--batches 1 --layers 8").
+  for recipe in meta fp8-dense; do
+    flag=$([[ $recipe == fp8-dense ]] && echo --fp8-dense || true)
+    start=$SECONDS
+    "$here/bin/llama4-bench" --synthetic scout $flag ${L4K_SCOUT_ARGS:-} --json "$out/scout-ours.jsonl" \
+      >>"$out/scout.log" 2>&1 && note "llama4-bench scout $recipe: $((SECONDS - start)) s" \
+      || { note "llama4-bench scout $recipe: FAILED ($(tail -1 "$out/scout.log"))"; status=1; }
+    start=$SECONDS
+    python3 "$here/peers/torch_scout.py" $flag ${L4K_SCOUT_PEER_ARGS:-} --json "$out/scout-peer.jsonl" \
+      >>"$out/scout-peer.log" 2>&1 && note "torch_scout $recipe: $((SECONDS - start)) s" \
+      || { note "torch_scout $recipe: FAILED ($(tail -1 "$out/scout-peer.log"))"; status=1; }
+  done
+  # The shared expert in line, for the gain of running it beside the routed path.
+  "$here/bin/llama4-bench" --synthetic scout --no-overlap --batches 1,8,32 --contexts 1024,8192 --cases decode \
+    ${L4K_SCOUT_ARGS:-} --json "$out/scout-ours.jsonl" >>"$out/scout.log" 2>&1 || { note "llama4-bench --no-overlap: FAILED"; status=1; }
+  [[ -f "$here/peers/model_report.py" ]] && python3 "$here/peers/model_report.py" "$out/scout-ours.jsonl" \
+    "$out/scout-peer.jsonl" >"$out/scout.md" 2>>"$out/scout.log" && cat "$out/scout.md" >>"$summary"
 fi
 
 if has sweep; then

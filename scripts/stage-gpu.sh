@@ -23,8 +23,9 @@ for line in sys.stdin:
 }
 
 cargo build --release -p llama4-kernels --lib
-cargo build --release -p llama4-model --bin llama4-run
+cargo build --release -p llama4-model --bins
 strip -o "$bundle/bin/llama4-run" target/release/llama4-run
+strip -o "$bundle/bin/llama4-bench" target/release/llama4-bench
 {
   cargo test --release -p llama4-kernels --no-run --message-format=json 2>/dev/null
   # The model's GPU tests (the other model tests are CPU-only and run in CI).
@@ -50,7 +51,7 @@ cc -std=c99 -Wall -Wextra -Werror -pedantic -Iinclude tests/c/abi_smoke.c target
 strip "$bundle/bin/abi_smoke"
 
 # The binaries travel compressed (each carries every kernel's SASS, CUTLASS's included); run.sh unpacks them.
-tar -C "$bundle" -cf - bin | xz -T0 -6 >"$bundle/bin.tar.xz"
+tar -C "$bundle" -cf - bin | xz -T0 -1 >"$bundle/bin.tar.xz"
 rm -rf "$bundle/bin"
 
 # CUTLASS headers for the experiments the runner compiles there (bench/experiments/).
@@ -60,7 +61,7 @@ tar -C "$cutlass" -cf - include/cutlass include/cute | xz -T0 -6 >"$bundle/cutla
 cp scripts/gpu-run.sh "$bundle/run.sh"
 cp scripts/gpu-final-check.sh "$bundle/final.sh"
 cp scripts/sanitizer-probe.cu "$bundle/"
-cp bench/peers/*.py bench/report.py bench/model_profile.py "$bundle/peers/"
+cp bench/peers/*.py bench/report.py bench/model_profile.py bench/model_report.py "$bundle/peers/"
 size=$(du -sm "$bundle" | cut -f1)
 ls -la "$bundle"
 echo "staged $bundle: ${size} MiB"

@@ -113,6 +113,13 @@ pub struct Plan {
     pub layers: Vec<LayerSpec>,
 }
 
+impl Plan {
+    /// KV slots of all layers together (each layer holds its kind's pool).
+    pub fn kv_slots(&self) -> usize {
+        self.layers.iter().map(|s| self.blocks[s.kv as usize] * self.limits.block_size).sum()
+    }
+}
+
 /// The shape of one step as the ops see it. A graph-replayed decode step is padded to its bucket: padding
 /// tokens write no KV (slot -1) and belong to padding sequences of no queries and no keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -170,6 +177,29 @@ pub enum Act {
     F,
 }
 
+/// How a synthetic weight is drawn ([`Backend::synthesize`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Every element 1 (norm weights).
+    Ones,
+    /// Elements `0..n` of the stream `seed` of `llama4_reference::random`, in (-bound, bound), rounded to bf16
+    /// (in the tensor's row-major order, so every backend draws the same bits).
+    Uniform { seed: u64, bound: f32 },
+}
+
+impl Init {
+    /// The tensor on the host, in bf16 (what a backend without its own generator uploads).
+    pub fn host(self, shape: &[usize]) -> Result<HostTensor> {
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let n = n.ok_or_else(|| crate::Error::Input(format!("a synthetic tensor of shape {shape:?} overflows")))?;
+        let data = match self {
+            Init::Ones => vec![half::bf16::ONE; n],
+            Init::Uniform { seed, bound } => llama4_reference::random::uniform_bf16(n, seed, 0, bound),
+        };
+        Ok(HostTensor { shape: shape.to_vec(), data: crate::host_tensor::HostData::Bf16(data) })
+    }
+}
+
 /// The weights of one MoE block, borrowed from the model (layouts as in [`crate::weights::FfnWeights::Moe`]).
 pub struct MoeRef<'a, W> {
     pub router: &'a W,
@@ -197,6 +227,13 @@ pub trait Backend {
 
     /// Stores one weight of the checkpoint (in its stored dtype) the backend's way for its role.
     fn upload(&self, role: Role, name: &str, t: HostTensor) -> Result<Self::Weight>;
+
+    /// A synthetic weight of `shape` drawn as `init`, stored as [`Backend::upload`] would store it (full-size
+    /// benchmarks without a checkpoint). The default draws it on the host; a backend with a device generator
+    /// draws the same bits where the weight lives.
+    fn synthesize(&self, role: Role, name: &str, shape: &[usize], init: Init) -> Result<Self::Weight> {
+        self.upload(role, name, init.host(shape)?)
+    }
 
     /// Plans every buffer a step can need.
     fn plan(&self, config: &TextConfig, plan: &Plan) -> Result<Self::State>;

@@ -85,17 +85,12 @@ impl<'m, B: Backend> Engine<'m, B> {
                 l.max_tokens, l.max_logit_rows, l.max_seqs
             )));
         }
-        let chunk = model.config.attention_chunk_size;
+        let plan = Self::plan(model, limits);
         let mut kinds_used = [false; 2];
         for spec in model.layer_specs() {
             kinds_used[spec.kv as usize] = true;
         }
-        let blocks = [KvKind::Global, KvKind::Chunked].map(|k| match kinds_used[k as usize] {
-            true => pool_blocks(k, chunk, l.max_seqs, l.max_context, l.max_tokens, l.block_size),
-            false => 0,
-        });
-        let max_blocks = l.max_context.div_ceil(l.block_size);
-        let plan = Plan { limits, blocks, max_blocks, layers: model.layer_specs().to_vec() };
+        let (blocks, max_blocks) = (plan.blocks, plan.max_blocks);
         let state = model.backend.plan(&model.config, &plan)?;
         Ok(Engine {
             model,
@@ -111,6 +106,23 @@ impl<'m, B: Backend> Engine<'m, B> {
             default_seq: None,
             kinds_used,
         })
+    }
+
+    /// What an engine of these limits plans: the block pools and tables (to size a KV cache before making one).
+    pub fn plan(model: &Model<B>, l: Limits) -> Plan {
+        let chunk = model.config.attention_chunk_size;
+        let used = |k: KvKind| model.layer_specs().iter().any(|s| s.kv == k);
+        let blocks = [KvKind::Global, KvKind::Chunked].map(|k| match used(k) {
+            true => pool_blocks(k, chunk, l.max_seqs, l.max_context, l.max_tokens, l.block_size),
+            false => 0,
+        });
+        let max_blocks = l.max_context.div_ceil(l.block_size);
+        Plan { limits: l, blocks, max_blocks, layers: model.layer_specs().to_vec() }
+    }
+
+    /// The backend's planned buffers (for memory figures).
+    pub fn backend_state(&self) -> &B::State {
+        &self.state
     }
 
     pub fn limits(&self) -> Limits {
@@ -139,6 +151,37 @@ impl<'m, B: Backend> Engine<'m, B> {
         if self.default_seq == Some(id) {
             self.default_seq = None;
         }
+    }
+
+    /// For benchmarks at long contexts: makes the new, empty sequence `id` hold `len` positions without running
+    /// them, its blocks reserved and released as a prefill of `len` tokens would leave them. Later steps' attention
+    /// reads those blocks at full cost, whatever the pools hold there (zeros after planning, or keys of freed
+    /// sequences): the timing is the real one, the logits are not those of any prompt.
+    pub fn skip_prefill(&mut self, id: SeqId, len: usize) -> Result<()> {
+        let bs = self.limits.block_size;
+        if len > self.limits.max_context {
+            return Err(Error::Input(format!(
+                "{len} positions; the engine was planned for {}",
+                self.limits.max_context
+            )));
+        }
+        let mask = self.model.layer_specs().iter().map(|l| l.mask).find(|m| m.kv_kind() == KvKind::Chunked);
+        let st = self.seqs.get_mut(&id).ok_or_else(|| Error::Input(format!("sequence {id:?} does not exist")))?;
+        if st.len != 0 {
+            return Err(Error::Input(format!("sequence {id:?} already holds {} positions", st.len)));
+        }
+        for k in [KvKind::Global, KvKind::Chunked] {
+            if !self.kinds_used[k as usize] {
+                continue;
+            }
+            let lo = match (k, mask) {
+                (KvKind::Chunked, Some(m)) => first_visible(m, len),
+                _ => 0,
+            };
+            st.tables[k as usize].reserve(&mut self.pools[k as usize], k, bs, lo, len)?;
+        }
+        st.len = len;
+        Ok(())
     }
 
     /// Positions a sequence holds.

@@ -12,23 +12,26 @@
 //! synchronizes with the host until [`Backend::tokens`] reads the greedy ids (and the device's error
 //! counters: out-of-range ids or slots, inconsistent attention metadata, bad expert offsets).
 
-use crate::backend::{Act, AttnMask, Backend, Heads, LayerSpec, MoeRef, Plan, StepMeta, StepShape};
+use crate::backend::{Act, AttnMask, Backend, Heads, Init, LayerSpec, MoeRef, Plan, StepMeta, StepShape};
 use crate::config::{Ffn, TextConfig};
 use crate::error::{Error, Result};
 use crate::host_tensor::HostTensor;
 use crate::weights::Role;
 use llama4_kernels::attention::{self, PagedKv, QueryBatch};
 use llama4_kernels::attention_decode::{self, DecodeShape};
-use llama4_kernels::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use llama4_kernels::cudarc::driver::{CudaGraph, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits};
+use llama4_kernels::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use llama4_kernels::cudarc::driver::{
+    CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits,
+};
 use llama4_kernels::grouped_gemm::{self, GroupedGemm, Schedule};
 use llama4_kernels::linear::{linear_fp8, Blas, LINEAR_WORKSPACE_BYTES};
 use llama4_kernels::rope::{HeadLayout, LayerKind as RopeKind, Temperature};
 use llama4_kernels::router::{router, router_workspace_size, RouterKind, RouterOutputs};
-use llama4_kernels::{argmax, bf16, embedding, permute, quant, rmsnorm, rope, swiglu, weight_prep};
+use llama4_kernels::{argmax, bf16, embedding, permute, quant, random, rmsnorm, rope, swiglu, weight_prep};
 use llama4_kernels::{Element, Tensor, TensorMut, E4M3};
 use llama4_reference::rope::LayerKind;
 use ndarray::Array2;
+use std::cell::RefCell;
 use std::sync::Arc;
 
 /// Steps whose sequences bring at most this many tokens each run the decode attention kernel (split-KV, one
@@ -50,6 +53,23 @@ pub struct Gpu {
     gpu: llama4_kernels::Gpu,
     blas: Blas,
     opts: GpuOptions,
+    /// While profiling ([`Gpu::start_profile`]): an event recorded at the start of each op, with its label.
+    profile: RefCell<Option<Vec<(&'static str, CudaEvent)>>>,
+    /// The shared expert's stream: it runs beside the routed path (router, permute, expert GEMMs) and joins
+    /// before the combine. Events fork and join it, so a captured step holds both branches.
+    side: Arc<CudaStream>,
+    fork: CudaEvent,
+    join: CudaEvent,
+    overlap: std::cell::Cell<bool>,
+}
+
+/// Time of one op family within profiled steps.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpTime {
+    pub label: &'static str,
+    /// Summed over its calls, milliseconds.
+    pub ms: f64,
+    pub calls: usize,
 }
 
 fn kerr(e: llama4_kernels::Error) -> Error {
@@ -68,7 +88,12 @@ impl Gpu {
         // SAFETY: this backend launches everything on its one stream.
         unsafe { gpu.context().disable_event_tracking() };
         let blas = Blas::new(gpu.stream()).map_err(kerr)?;
-        Ok(Gpu { gpu, blas, opts })
+        let ctx = gpu.context();
+        let side = ctx.new_stream().map_err(derr)?;
+        let fork = ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(derr)?;
+        let join = ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(derr)?;
+        let overlap = std::cell::Cell::new(true);
+        Ok(Gpu { gpu, blas, opts, profile: RefCell::new(None), side, fork, join, overlap })
     }
 
     pub fn describe(&self) -> String {
@@ -102,12 +127,16 @@ impl Gpu {
         Ok((q, sc))
     }
 
-    /// Routed experts `[E, K, N]` (as `x @ W`) -> FP8 `[E, N, K]` + scales `[E, N]`, a group of experts at a time.
-    fn prep_experts(&self, t: &HostTensor) -> Result<GpuWeight> {
-        let [e, k, n] = t.shape[..] else {
-            return Err(Error::Weight(format!("expert weights of shape {:?}", t.shape)));
+    /// Routed experts `[E, K, N]` (as `x @ W`) -> FP8 `[E, N, K]` + scales `[E, N]`, a group of experts at a time:
+    /// `fill(scratch, e0, g)` writes experts `e0 .. e0 + g` in bf16 (from the host, or drawn on the device).
+    fn prep_experts(
+        &self,
+        shape: &[usize],
+        fill: &mut dyn FnMut(&mut CudaViewMut<bf16>, usize, usize) -> Result<()>,
+    ) -> Result<GpuWeight> {
+        let [e, k, n] = shape[..] else {
+            return Err(Error::Weight(format!("expert weights of shape {shape:?}")));
         };
-        let host = t.data.to_bf16();
         let per = k * n;
         let group = (PREP_GROUP_BYTES / (2 * per).max(1)).clamp(1, e.max(1));
         let mut q = self.alloc::<E4M3>(e * per)?;
@@ -116,7 +145,7 @@ impl Gpu {
         let s = self.stream();
         for e0 in (0..e).step_by(group) {
             let g = group.min(e - e0);
-            s.memcpy_htod(&host[e0 * per..(e0 + g) * per], &mut scratch.slice_mut(..g * per)).map_err(derr)?;
+            fill(&mut scratch.slice_mut(..g * per), e0, g)?;
             let w = Tensor::new(scratch.slice(..g * per), [g, k, n]).map_err(kerr)?;
             let mut out = TensorMut::new(q.slice_mut(e0 * per..(e0 + g) * per), [g, n, k]).map_err(kerr)?;
             let mut scales = TensorMut::new(sc.slice_mut(e0 * n..(e0 + g) * n), [g, n]).map_err(kerr)?;
@@ -124,6 +153,91 @@ impl Gpu {
         }
         // The scratch is freed when the prep above has run (stream order).
         Ok(GpuWeight::Fp8 { q, scales: sc, shape: vec![e, n, k] })
+    }
+
+    /// A bf16 weight already on the device, stored the way `role` is (FP8 rows for a linear under fp8_dense).
+    fn store(&self, role: Role, w: CudaSlice<bf16>, shape: Vec<usize>) -> Result<GpuWeight> {
+        match (role, &shape[..]) {
+            (Role::Linear, &[n, k]) if self.opts.fp8_dense => {
+                let (q, scales) = self.quantize_rows(&w, n, k)?;
+                Ok(GpuWeight::Fp8 { q, scales, shape })
+            }
+            (Role::Linear, _) if self.opts.fp8_dense => Err(Error::Weight(format!("linear weight of shape {shape:?}"))),
+            _ => Ok(GpuWeight::Bf16 { w, shape }),
+        }
+    }
+
+    /// Whether the shared expert runs on its own stream beside the routed experts (the default), or in line.
+    /// Profiled steps run it in line, so that each op's time is its own.
+    pub fn set_overlap_shared_expert(&self, on: bool) {
+        self.overlap.set(on);
+    }
+
+    /// Device memory (free, total) in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.gpu.context().mem_get_info().map_err(derr)
+    }
+
+    /// Device-to-device copy bandwidth in GB/s (bytes read + written) measured now: back-to-back async copies of
+    /// 256 MiB between events, the median of 5 samples of 10 (the ceiling the benches hold memory-bound work to).
+    pub fn copy_ceiling_gbps(&self) -> Result<f64> {
+        let n = 256usize << 20;
+        let s = self.stream();
+        let src = self.alloc::<u8>(n)?;
+        let mut dst = self.alloc::<u8>(n)?;
+        let ev = || self.gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(derr);
+        let (a, b) = (ev()?, ev()?);
+        for _ in 0..3 {
+            s.memcpy_dtod(&src, &mut dst).map_err(derr)?;
+        }
+        let mut gbps = Vec::new();
+        for _ in 0..5 {
+            a.record(s).map_err(derr)?;
+            for _ in 0..10 {
+                s.memcpy_dtod(&src, &mut dst).map_err(derr)?;
+            }
+            b.record(s).map_err(derr)?;
+            let ms = a.elapsed_ms(&b).map_err(derr)? as f64;
+            gbps.push(10.0 * 2.0 * n as f64 / (ms * 1e-3) / 1e9);
+        }
+        gbps.sort_by(f64::total_cmp);
+        Ok(gbps[2])
+    }
+
+    /// Starts timing every op of the steps that follow, which must run eagerly (not captured).
+    pub fn start_profile(&self) {
+        *self.profile.borrow_mut() = Some(Vec::new());
+    }
+
+    /// Ends a profile: waits for the steps and returns each op family's time (from the start of one op to the
+    /// start of the next, launch gaps included), in the order first seen.
+    pub fn finish_profile(&self) -> Result<Vec<OpTime>> {
+        self.mark("end")?;
+        let marks = self.profile.borrow_mut().take().unwrap_or_default();
+        self.stream().synchronize().map_err(derr)?;
+        let mut out: Vec<OpTime> = Vec::new();
+        for w in marks.windows(2) {
+            let ms = w[0].1.elapsed_ms(&w[1].1).map_err(derr)? as f64;
+            match out.iter_mut().find(|o| o.label == w[0].0) {
+                Some(o) => {
+                    o.ms += ms;
+                    o.calls += 1;
+                }
+                None => out.push(OpTime { label: w[0].0, ms, calls: 1 }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks the start of an op while profiling.
+    fn mark(&self, label: &'static str) -> Result<()> {
+        let mut p = self.profile.borrow_mut();
+        if let Some(marks) = p.as_mut() {
+            let ev = self.gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(derr)?;
+            ev.record(self.stream()).map_err(derr)?;
+            marks.push((label, ev));
+        }
+        Ok(())
     }
 }
 
@@ -136,6 +250,14 @@ pub enum GpuWeight {
 }
 
 impl GpuWeight {
+    /// Device bytes the weight holds (scales included).
+    pub fn bytes(&self) -> usize {
+        match self {
+            GpuWeight::Bf16 { w, .. } => 2 * w.len(),
+            GpuWeight::Fp8 { q, scales, .. } => q.len() + 4 * scales.len(),
+        }
+    }
+
     fn shape(&self) -> &[usize] {
         match self {
             GpuWeight::Bf16 { shape, .. } | GpuWeight::Fp8 { shape, .. } => shape,
@@ -269,8 +391,11 @@ struct FfnScratch {
     as_: CudaSlice<f32>,
     /// [rows, H] routed expert outputs.
     eo: CudaSlice<bf16>,
-    /// [T, H] shared expert output.
+    /// [T, H] shared expert output, and its own [T, 2I] gate|up and [T, I] SwiGLU scratch (it runs beside
+    /// the routed path).
     shared: CudaSlice<bf16>,
+    shared_gu: CudaSlice<bf16>,
+    shared_h: CudaSlice<bf16>,
     router_ws: CudaSlice<u8>,
 }
 
@@ -301,6 +426,8 @@ pub struct GpuState {
     acts: [CudaSlice<bf16>; 5],
     q: CudaSlice<bf16>,
     lin: LinScratch,
+    /// The shared expert's linears' scratch (on the side stream).
+    side_lin: LinScratch,
     ffn: FfnScratch,
     attn_ws: CudaSlice<u8>,
     kv: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)>,
@@ -357,6 +484,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     fn lin(
         &self,
+        s: &CudaStream,
         lin: &mut LinScratch,
         x: &CudaSlice<bf16>,
         m: usize,
@@ -365,7 +493,6 @@ impl Gpu {
         off: &Tensor<i32, 1>,
         what: &str,
     ) -> Result<()> {
-        let s = self.stream();
         let (n, k) = match w.shape() {
             [n, k] => (*n, *k),
             sh => return Err(Error::Backend(format!("{what}: linear weight of shape {sh:?}"))),
@@ -457,17 +584,41 @@ impl Backend for Gpu {
 
     fn upload(&self, role: Role, name: &str, t: HostTensor) -> Result<GpuWeight> {
         let what = |e: Error| Error::Weight(format!("{name}: {e}"));
+        let host = t.data.to_bf16();
         match role {
-            Role::ExpertsGateUp | Role::ExpertsDown => self.prep_experts(&t).map_err(what),
-            Role::Linear if self.opts.fp8_dense => {
-                let [n, k] = t.shape[..] else {
-                    return Err(Error::Weight(format!("{name}: linear weight of shape {:?}", t.shape)));
+            Role::ExpertsGateUp | Role::ExpertsDown => {
+                let per = t.shape.get(1..).map_or(0, |d| d.iter().product::<usize>());
+                let s = self.stream();
+                let mut fill = |dst: &mut CudaViewMut<bf16>, e0: usize, g: usize| {
+                    s.memcpy_htod(&host[e0 * per..(e0 + g) * per], dst).map_err(derr)
                 };
-                let w = self.upload_bf16(&t.data.to_bf16()).map_err(what)?;
-                let (q, scales) = self.quantize_rows(&w, n, k).map_err(what)?;
-                Ok(GpuWeight::Fp8 { q, scales, shape: t.shape })
+                self.prep_experts(&t.shape, &mut fill).map_err(what)
             }
-            _ => Ok(GpuWeight::Bf16 { w: self.upload_bf16(&t.data.to_bf16()).map_err(what)?, shape: t.shape }),
+            _ => self.store(role, self.upload_bf16(&host).map_err(what)?, t.shape).map_err(what),
+        }
+    }
+
+    fn synthesize(&self, role: Role, name: &str, shape: &[usize], init: Init) -> Result<GpuWeight> {
+        // Norm weights (ones) are a few KB: drawn on the host.
+        let Init::Uniform { seed, bound } = init else { return self.upload(role, name, init.host(shape)?) };
+        let what = |e: Error| Error::Weight(format!("synthetic {name}: {e}"));
+        let s = self.stream();
+        match role {
+            Role::ExpertsGateUp | Role::ExpertsDown => {
+                let per = shape.get(1..).map_or(0, |d| d.iter().product::<usize>());
+                let mut fill = |dst: &mut CudaViewMut<bf16>, e0: usize, _g: usize| {
+                    let n = dst.len();
+                    let mut v = TensorMut::new(dst.slice_mut(..), [n]).map_err(kerr)?;
+                    random::random_uniform_bf16(s, &mut v, seed, (e0 * per) as u64, bound).map_err(kerr)
+                };
+                self.prep_experts(shape, &mut fill).map_err(what)
+            }
+            _ => {
+                let n = shape.iter().product();
+                let mut w = self.alloc::<bf16>(n).map_err(what)?;
+                random::random_uniform_bf16(s, &mut tm(&mut w, [n])?, seed, 0, bound).map_err(kerr).map_err(what)?;
+                self.store(role, w, shape.to_vec()).map_err(what)
+            }
         }
     }
 
@@ -503,12 +654,16 @@ impl Backend for Gpu {
         let gemm_ws =
             grouped_gemm::workspace_size(e).map_err(kerr)?.max(grouped_gemm::workspace_size(1).map_err(kerr)?);
         let kmax = h.max(qw).max(i).max(im);
-        let lin = LinScratch {
-            xq: self.alloc(t.max(l.max_logit_rows) * kmax)?,
-            xs: self.alloc(t.max(l.max_logit_rows))?,
-            blas_ws: self.alloc(LINEAR_WORKSPACE_BYTES)?,
-            gemm_ws: self.alloc(gemm_ws)?,
+        let lin_scratch = |rows: usize, kmax: usize| -> Result<LinScratch> {
+            Ok(LinScratch {
+                xq: self.alloc(rows * kmax)?,
+                xs: self.alloc(rows)?,
+                blas_ws: self.alloc(LINEAR_WORKSPACE_BYTES)?,
+                gemm_ws: self.alloc(gemm_ws)?,
+            })
         };
+        let lin = lin_scratch(t.max(l.max_logit_rows), kmax)?;
+        let side_lin = lin_scratch(if any_moe { t } else { 1 }, if any_moe { h.max(i) } else { 1 })?;
         let ffn = FfnScratch {
             gu: self.alloc((rows * 2 * i).max(t * 2 * i.max(im)))?,
             h: self.alloc(t * i.max(im))?,
@@ -524,6 +679,8 @@ impl Backend for Gpu {
             as_: self.alloc(rows)?,
             eo: self.alloc(rows * h)?,
             shared: self.alloc(t * h)?,
+            shared_gu: self.alloc(if any_moe { t * 2 * i } else { 1 })?,
+            shared_h: self.alloc(if any_moe { t * i } else { 1 })?,
             router_ws: self.alloc(if any_moe { router_workspace_size::<bf16>(t, e).map_err(kerr)? } else { 1 })?,
         };
         let kv_row = heads.n_kv_heads * heads.head_dim;
@@ -545,6 +702,11 @@ impl Backend for Gpu {
             + gemm_ws
             + attn_ws
             + 2 * (ffn.gu.len() + ffn.h.len() + ffn.eo.len() + ffn.shared.len() + ffn.router_logits.len())
+            + 2 * (ffn.shared_gu.len() + ffn.shared_h.len())
+            + side_lin.xq.len()
+            + 4 * side_lin.xs.len()
+            + LINEAR_WORKSPACE_BYTES
+            + gemm_ws
             + ffn.hq.len()
             + ffn.aq.len()
             + 4 * l.max_logit_rows * v;
@@ -563,6 +725,7 @@ impl Backend for Gpu {
             acts,
             q: self.alloc(t * qw)?,
             lin,
+            side_lin,
             ffn,
             attn_ws: self.alloc(attn_ws)?,
             kv,
@@ -597,6 +760,7 @@ impl Backend for Gpu {
     }
 
     fn embed(&self, st: &mut GpuState, table: &GpuWeight) -> Result<()> {
+        self.mark("embedding")?;
         let (t, h) = (st.shape.tokens, st.hidden);
         let [v, _] = table.shape()[..] else { return Err(Error::Backend("embedding table rank".into())) };
         let table = tv(table.bf16("embedding")?, [v, h])?;
@@ -607,6 +771,7 @@ impl Backend for Gpu {
     }
 
     fn norm(&self, st: &mut GpuState, w: &GpuWeight, eps: f32, add: bool) -> Result<()> {
+        self.mark("rmsnorm")?;
         let (t, h) = (st.shape.tokens, st.hidden);
         let w = tv(w.bf16("norm")?, [h])?;
         let [x, y, _, _, f] = &mut st.acts;
@@ -628,12 +793,18 @@ impl Backend for Gpu {
                 w.shape()
             )));
         }
+        self.mark(match (input, output) {
+            (Act::Y, Act::Qkv) => "qkv_proj",
+            (Act::Attn, Act::F) => "o_proj",
+            _ => "linear",
+        })?;
         let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
         let (x, y) = in_out(&mut st.acts, input, output)?;
-        self.lin(&mut st.lin, x, t, w, y, &off, "linear")
+        self.lin(self.stream(), &mut st.lin, x, t, w, y, &off, "linear")
     }
 
     fn rope(&self, st: &mut GpuState, layer: usize, spec: &LayerSpec) -> Result<()> {
+        self.mark("rope")?;
         let (t, h) = (st.shape.tokens, st.heads);
         let qkv = tv(&st.acts[Act::Qkv as usize], [t, (h.n_heads + 2 * h.n_kv_heads) * h.head_dim])?;
         let pos = meta1::<i32>(&st.arena, st.layout.pos, t)?;
@@ -679,10 +850,12 @@ impl Backend for Gpu {
         let mut bad = TensorMut::new(st.counters.slice_mut(BAD_SEQS..BAD_SEQS + 1), [1]).map_err(kerr)?;
         let (mask, scale, s) = (ops_mask(spec.mask), attention::default_scale(h.head_dim), self.stream());
         if sh.max_q_len <= DECODE_MAX_Q {
+            self.mark("attention_decode")?;
             let n = st.attn_ws.len();
             let mut ws = tm(&mut st.attn_ws, [n])?;
             attention_decode::attention_decode(s, &queries, &kv, mask, scale, &mut out, &mut ws, Some(&mut bad))
         } else {
+            self.mark("attention_prefill")?;
             llama4_kernels::attention_prefill::attention_prefill(
                 s,
                 &queries,
@@ -697,10 +870,11 @@ impl Backend for Gpu {
     }
 
     fn mlp(&self, st: &mut GpuState, gate_up: &GpuWeight, down: &GpuWeight) -> Result<()> {
+        self.mark("dense_mlp")?;
         let t = st.shape.tokens;
         let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
         let [_, y, _, _, f] = &mut st.acts;
-        dense_ffn(self, &mut st.lin, &mut st.ffn.gu, &mut st.ffn.h, y, t, gate_up, down, f, &off)
+        dense_ffn(self, self.stream(), &mut st.lin, &mut st.ffn.gu, &mut st.ffn.h, y, t, gate_up, down, f, &off)
     }
 
     fn moe(&self, st: &mut GpuState, w: MoeRef<'_, GpuWeight>) -> Result<()> {
@@ -710,11 +884,23 @@ impl Backend for Gpu {
         let [_, y, _, _, f] = &mut st.acts;
         let ffn = &mut st.ffn;
         // The shared expert sees the unscaled y.
+        // On its own stream unless profiling (then each op's time must be its own); it has its own scratch.
+        self.mark("shared_expert")?;
+        let overlap = self.overlap.get() && self.profile.borrow().is_none();
+        let side: &CudaStream = match overlap {
+            true => {
+                self.fork.record(s).map_err(derr)?;
+                self.side.wait(&self.fork).map_err(derr)?;
+                &self.side
+            }
+            false => s,
+        };
         dense_ffn(
             self,
-            &mut st.lin,
-            &mut ffn.gu,
-            &mut ffn.h,
+            side,
+            &mut st.side_lin,
+            &mut ffn.shared_gu,
+            &mut ffn.shared_h,
             y,
             t,
             w.shared_gate_up,
@@ -722,7 +908,11 @@ impl Backend for Gpu {
             &mut ffn.shared,
             &off,
         )?;
+        if overlap {
+            self.join.record(&self.side).map_err(derr)?;
+        }
         // Routing on the bf16 router logits (as transformers' bf16 model): ids, sigmoid weights, the sorted layout.
+        self.mark("router")?;
         let rw = w.router.bf16("router")?;
         {
             let mut ws = tm(&mut st.lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
@@ -744,6 +934,7 @@ impl Backend for Gpu {
         }
         let rows = t * k;
         // The score scales the expert INPUT: bf16(y * w), then rowwise FP8.
+        self.mark("permute")?;
         permute::permute_fp8(
             s,
             &tv(y, [t, h])?,
@@ -760,6 +951,7 @@ impl Backend for Gpu {
         let i = two_i / 2;
         let ws_len = st.lin.gemm_ws.len();
         let offsets = tv(&ffn.offsets, [e + 1])?;
+        self.mark("experts_gate_up")?;
         {
             let g = GroupedGemm {
                 a: &tv(&ffn.aq, [rows, h])?,
@@ -780,6 +972,7 @@ impl Backend for Gpu {
             )
             .map_err(kerr)?;
         }
+        self.mark("swiglu")?;
         swiglu::swiglu_fp8(
             s,
             &tv(&ffn.gu, [rows, two_i])?,
@@ -787,6 +980,7 @@ impl Backend for Gpu {
             &mut tm(&mut ffn.hs, [rows])?,
         )
         .map_err(kerr)?;
+        self.mark("experts_down")?;
         {
             let g = GroupedGemm {
                 a: &tv(&ffn.hq, [rows, i])?,
@@ -808,6 +1002,10 @@ impl Backend for Gpu {
             .map_err(kerr)?;
         }
         // F = bf16(sum of the chosen experts' outputs + shared), one rounding.
+        self.mark("unpermute")?;
+        if overlap {
+            s.wait(&self.join).map_err(derr)?;
+        }
         permute::unpermute(
             s,
             &tv(&ffn.eo, [rows, h])?,
@@ -824,6 +1022,7 @@ impl Backend for Gpu {
         if r == 0 {
             return Ok(());
         }
+        self.mark("lm_head")?;
         let s = self.stream();
         let rows = meta1::<i32>(&st.arena, st.layout.logit_rows, r)?;
         embedding::embedding(s, &tv(&st.acts[Act::Y as usize], [t, h])?, &rows, &mut tm(&mut st.ysel, [r, h])?, None)
@@ -856,6 +1055,9 @@ impl Backend for Gpu {
     }
 
     fn capture(&self, st: &mut GpuState, f: &mut dyn FnMut(&mut GpuState) -> Result<()>) -> Result<Option<CudaGraph>> {
+        if self.profile.borrow().is_some() {
+            return Err(Error::Backend("a profiled step cannot be captured: run it eagerly".into()));
+        }
         let s = self.stream();
         s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(derr)?;
         let ran = f(st);
@@ -874,6 +1076,7 @@ impl Backend for Gpu {
 #[allow(clippy::too_many_arguments)]
 fn dense_ffn(
     gpu: &Gpu,
+    s: &CudaStream,
     lin: &mut LinScratch,
     gu: &mut CudaSlice<bf16>,
     hbuf: &mut CudaSlice<bf16>,
@@ -885,7 +1088,7 @@ fn dense_ffn(
     off: &Tensor<i32, 1>,
 ) -> Result<()> {
     let two_i = gate_up.shape()[0];
-    gpu.lin(lin, y, t, gate_up, gu, off, "gate_up")?;
-    swiglu::swiglu(gpu.stream(), &tv(gu, [t, two_i])?, &mut tm(hbuf, [t, two_i / 2])?).map_err(kerr)?;
-    gpu.lin(lin, hbuf, t, down, out, off, "down")
+    gpu.lin(s, lin, y, t, gate_up, gu, off, "gate_up")?;
+    swiglu::swiglu(s, &tv(gu, [t, two_i])?, &mut tm(hbuf, [t, two_i / 2])?).map_err(kerr)?;
+    gpu.lin(s, lin, hbuf, t, down, out, off, "down")
 }

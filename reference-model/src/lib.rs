@@ -39,7 +39,10 @@ mod json;
 pub mod kv_cache;
 pub mod logits_file;
 pub mod model;
+#[cfg(feature = "cuda")]
+pub mod perf;
 pub mod safetensors_file;
+pub mod synthetic;
 pub mod weights;
 
 pub use error::{Error, Result};

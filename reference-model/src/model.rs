@@ -36,7 +36,7 @@ impl<B: Backend> Model<B> {
     pub fn load_with_progress(dir: &Path, backend: B, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
         let ck = Checkpoint::open(dir)?;
         backend.check_config(&ck.config)?;
-        let layers = layer_specs(&ck.config)?;
+        layer_specs(&ck.config)?;
         let total = ck.text_tensor_bytes();
         let mut done = 0u64;
         let weights = {
@@ -47,9 +47,42 @@ impl<B: Backend> Model<B> {
             };
             Weights::load(&ck, &mut Sink { upload: &mut upload, progress: &mut step })?
         };
-        let c = ck.config;
+        Self::from_weights(ck.config, backend, weights)
+    }
+
+    /// A model over weights already in `backend` (loaded or synthetic).
+    pub fn from_weights(c: TextConfig, backend: B, weights: Weights<B::Weight>) -> Result<Self> {
+        let layers = layer_specs(&c)?;
         let heads = Heads { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
         Ok(Model { backend, config: c, weights, layers, heads })
+    }
+
+    /// Calls `f(role, weight)` for every weight of the model (memory accounting).
+    pub fn for_each_weight(&self, f: &mut dyn FnMut(crate::weights::Role, &B::Weight)) {
+        use crate::weights::Role;
+        let w = &self.weights;
+        f(Role::Embedding, &w.embed);
+        for l in &w.layers {
+            f(Role::Norm, &l.input_norm);
+            f(Role::Linear, &l.qkv);
+            f(Role::Linear, &l.o);
+            f(Role::Norm, &l.post_norm);
+            match &l.ffn {
+                FfnWeights::Dense { gate_up, down } => {
+                    f(Role::Linear, gate_up);
+                    f(Role::Linear, down);
+                }
+                FfnWeights::Moe { router, gate_up, down, shared_gate_up, shared_down } => {
+                    f(Role::Router, router);
+                    f(Role::ExpertsGateUp, gate_up);
+                    f(Role::ExpertsDown, down);
+                    f(Role::Linear, shared_gate_up);
+                    f(Role::Linear, shared_down);
+                }
+            }
+        }
+        f(Role::Norm, &w.norm);
+        f(Role::LmHead, &w.lm_head);
     }
 
     /// The layer plan: what each layer does before attention, its mask and its KV pool.

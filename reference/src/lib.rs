@@ -14,6 +14,7 @@ pub mod grouped_gemm;
 pub mod linear;
 pub mod moe;
 pub mod permute;
+pub mod random;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;

@@ -16,6 +16,7 @@ mod grouped_gemm_swiglu;
 mod linear;
 mod permute;
 mod quant;
+mod random;
 mod rmsnorm;
 mod rope;
 mod router;

@@ -1,0 +1,242 @@
+//! Full-size speed on the GPU, measured the way a user would see it: decode steps driven through
+//! [`Engine::step`] (graph replays, one host round trip per generated token for the greedy ids), prefill as
+//! time to first token, each beside its limit. Used by `llama4-bench` and bench/model.rs.
+//!
+//! Limits. A decode step must at least read every weight it touches once and each sequence's visible KV
+//! (global layers: all positions; chunked layers: the current chunk's): those bytes over the device's copy
+//! bandwidth measured in the same process ([`Gpu::copy_ceiling_gbps`]) are its weight-read limit. Routed experts
+//! count as touched with the expectation under uniform routing, `E (1 - (1 - 1/E)^(B k))` per MoE layer (one
+//! at batch 1, nearly all at 32 and more).
+
+use crate::backend::Limits;
+use crate::config::Ffn;
+use crate::engine::{Engine, Logits, SeqStep};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, OpTime};
+use crate::model::Model;
+use std::time::Instant;
+
+/// Bytes of device memory left free beside a case's KV cache (cuBLASLt, CUDA graphs, fragmentation).
+const HEADROOM: usize = 3 << 30;
+
+/// Timings of one case, milliseconds per step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timing {
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub samples: usize,
+}
+
+impl Timing {
+    fn of(mut ms: Vec<f64>) -> Timing {
+        ms.sort_by(f64::total_cmp);
+        Timing { median_ms: ms[ms.len() / 2], min_ms: ms[0], max_ms: ms[ms.len() - 1], samples: ms.len() }
+    }
+}
+
+/// What one decode or prefill case measured.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Ran {
+        time: Timing,
+        /// Generated (decode) or prompt (prefill) tokens per second at the median.
+        tokens_per_s: f64,
+        /// KV cache the engine planned, bytes.
+        kv_bytes: usize,
+        /// Activations, scratch and workspaces the engine planned beside the KV cache, bytes.
+        workspace_bytes: usize,
+        /// Decode: weight and KV bytes a step must read; its limit at the copy ceiling; the fraction reached.
+        read_bytes: usize,
+        limit_ms: f64,
+        /// One eagerly run step, by op family.
+        profile: Vec<OpTime>,
+    },
+    /// The case's KV cache does not fit beside the weights.
+    NoFit { kv_bytes: usize, free_bytes: usize },
+}
+
+/// Weight bytes a decode step of `batch` sequences reads (see the module doc).
+pub fn decode_weight_bytes(model: &Model<Gpu>, weight_bytes: &WeightBytes, batch: usize) -> usize {
+    let c = &model.config;
+    let e = c.num_local_experts.max(1) as f64;
+    let touched = e * (1.0 - (1.0 - 1.0 / e).powi((batch * c.num_experts_per_tok) as i32));
+    let moe_layers = c.ffn.iter().filter(|f| **f == Ffn::Moe).count().max(1) as f64;
+    let per_expert = weight_bytes.experts as f64 / moe_layers / e;
+    // The embedding table is gathered by row: a decode step reads `batch` rows of it.
+    let embed_rows = batch * c.hidden_size * 2;
+    weight_bytes.dense + embed_rows + (per_expert * touched * moe_layers) as usize
+}
+
+/// Bytes of KV a decode step reads for `batch` sequences at `context` positions (the new token's included).
+pub fn decode_kv_bytes(model: &Model<Gpu>, batch: usize, context: usize) -> usize {
+    let c = &model.config;
+    let row = 2 * 2 * c.num_key_value_heads * c.head_dim; // K and V, bf16
+    let p = context; // the new token's position; keys 0..=p
+    let keys: usize = model
+        .layer_specs()
+        .iter()
+        .map(|s| match s.mask {
+            crate::backend::AttnMask::Causal => p + 1,
+            crate::backend::AttnMask::Chunked(ch) => p % ch + 1,
+        })
+        .sum();
+    batch * keys * row
+}
+
+/// A model's weight bytes on the device: routed experts, and the rest (embedding table excluded: it is read by
+/// row).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WeightBytes {
+    pub experts: usize,
+    pub dense: usize,
+    pub embedding: usize,
+}
+
+impl WeightBytes {
+    pub fn total(&self) -> usize {
+        self.experts + self.dense + self.embedding
+    }
+}
+
+fn limits(batch: usize, tokens: usize, context: usize, block_size: usize) -> Limits {
+    Limits {
+        max_tokens: tokens,
+        max_seqs: batch,
+        max_context: context,
+        max_logit_rows: batch,
+        block_size,
+        ..Limits::default()
+    }
+}
+
+/// The engine for a case, or how much KV it would need when it does not fit.
+fn engine<'m>(model: &'m Model<Gpu>, l: Limits) -> Result<std::result::Result<Engine<'m, Gpu>, (usize, usize)>> {
+    let plan = Engine::plan(model, l);
+    let c = &model.config;
+    let kv_bytes = plan.kv_slots() * 2 * 2 * c.num_key_value_heads * c.head_dim;
+    let (free, _) = model.backend.mem_info()?;
+    if kv_bytes + HEADROOM > free {
+        return Ok(Err((kv_bytes, free)));
+    }
+    Ok(Ok(Engine::new(model, l)?))
+}
+
+/// Decode: `batch` sequences holding `context` positions each ([`Engine::skip_prefill`]), `steps` timed greedy
+/// steps after `warmup` (the first captures the batch's graph).
+pub fn decode(
+    model: &Model<Gpu>,
+    weights: &WeightBytes,
+    copy_gbps: f64,
+    batch: usize,
+    context: usize,
+    steps: usize,
+    block_size: usize,
+) -> Result<Outcome> {
+    let warmup = 3;
+    let l = limits(batch, batch, context + warmup + steps + 2, block_size);
+    let mut eng = match engine(model, l)? {
+        Ok(e) => e,
+        Err((kv_bytes, free_bytes)) => return Ok(Outcome::NoFit { kv_bytes, free_bytes }),
+    };
+    let seqs: Vec<_> = (0..batch).map(|_| eng.add_sequence()).collect();
+    for &s in &seqs {
+        eng.skip_prefill(s, context)?;
+    }
+    let vocab = model.config.vocab_size as u32;
+    let mut next: Vec<u32> = (0..batch as u32).map(|b| (b * 7919 + 11) % vocab).collect();
+    let run = |eng: &mut Engine<Gpu>, next: &mut Vec<u32>| -> Result<f64> {
+        let toks = next.clone();
+        let batch_steps: Vec<SeqStep> = seqs
+            .iter()
+            .zip(&toks)
+            .map(|(&seq, t)| SeqStep { seq, tokens: std::slice::from_ref(t), logits: Logits::Last })
+            .collect();
+        let t0 = Instant::now();
+        let out = eng.step(&batch_steps, false)?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        for (n, o) in next.iter_mut().zip(out) {
+            *n = o.tokens[0];
+        }
+        Ok(ms)
+    };
+    // The profiled step runs eagerly, before the graph exists (same positions as a replayed one, one later).
+    eng.use_graphs = false;
+    model.backend.start_profile();
+    let profiled = run(&mut eng, &mut next);
+    let profile = model.backend.finish_profile()?;
+    profiled?;
+    eng.use_graphs = true;
+    for _ in 0..warmup {
+        run(&mut eng, &mut next)?;
+    }
+    let ms = (0..steps).map(|_| run(&mut eng, &mut next)).collect::<Result<Vec<_>>>()?;
+    let time = Timing::of(ms);
+    let read_bytes = decode_weight_bytes(model, weights, batch) + decode_kv_bytes(model, batch, context);
+    let kv_bytes = kv_planned(model, &eng);
+    Ok(Outcome::Ran {
+        tokens_per_s: batch as f64 / time.median_ms * 1e3,
+        time,
+        kv_bytes,
+        workspace_bytes: eng.backend_state().bytes - kv_bytes,
+        read_bytes,
+        limit_ms: read_bytes as f64 / (copy_gbps * 1e9) * 1e3,
+        profile,
+    })
+}
+
+fn kv_planned(model: &Model<Gpu>, eng: &Engine<Gpu>) -> usize {
+    let c = &model.config;
+    Engine::plan(model, eng.limits()).kv_slots() * 2 * 2 * c.num_key_value_heads * c.head_dim
+}
+
+/// Prefill of one `prompt`-token sequence in steps of at most `step_tokens` tokens: time to first token,
+/// `runs` timed runs after one warm-up (each a fresh sequence), then one profiled run.
+pub fn prefill(
+    model: &Model<Gpu>,
+    prompt: usize,
+    step_tokens: usize,
+    runs: usize,
+    block_size: usize,
+) -> Result<Outcome> {
+    if prompt == 0 || step_tokens == 0 {
+        return Err(Error::Input("a prefill needs a prompt and a step size".into()));
+    }
+    let piece = step_tokens.min(prompt);
+    let l = Limits { max_logit_rows: 1, ..limits(1, piece, prompt + 1, block_size) };
+    let mut eng = match engine(model, l)? {
+        Ok(e) => e,
+        Err((kv_bytes, free_bytes)) => return Ok(Outcome::NoFit { kv_bytes, free_bytes }),
+    };
+    let vocab = model.config.vocab_size as u32;
+    let ids: Vec<u32> = (0..prompt as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab).collect();
+    let once = |eng: &mut Engine<Gpu>| -> Result<f64> {
+        let seq = eng.add_sequence();
+        let t0 = Instant::now();
+        let pieces: Vec<&[u32]> = ids.chunks(piece).collect();
+        for (i, p) in pieces.iter().enumerate() {
+            let logits = if i + 1 == pieces.len() { Logits::Last } else { Logits::None };
+            eng.step(&[SeqStep { seq, tokens: p, logits }], false)?;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        eng.free(seq);
+        Ok(ms)
+    };
+    once(&mut eng)?;
+    let ms = (0..runs.max(1)).map(|_| once(&mut eng)).collect::<Result<Vec<_>>>()?;
+    model.backend.start_profile();
+    let profiled = once(&mut eng);
+    let profile = model.backend.finish_profile()?;
+    profiled?;
+    let time = Timing::of(ms);
+    let kv_bytes = kv_planned(model, &eng);
+    Ok(Outcome::Ran {
+        tokens_per_s: prompt as f64 / time.median_ms * 1e3,
+        time,
+        kv_bytes,
+        workspace_bytes: eng.backend_state().bytes - kv_bytes,
+        read_bytes: 0,
+        limit_ms: 0.0,
+        profile,
+    })
+}
