@@ -171,18 +171,32 @@ pub fn decode(
         run(&mut eng, &mut next)?;
     }
     let ms = (0..steps).map(|_| run(&mut eng, &mut next)).collect::<Result<Vec<_>>>()?;
-    let time = Timing::of(ms);
     let read_bytes = decode_weight_bytes(model, weights, batch) + decode_kv_bytes(model, batch, context);
-    let kv_bytes = kv_planned(model, &eng);
-    Ok(Outcome::Ran {
-        tokens_per_s: batch as f64 / time.median_ms * 1e3,
+    let limit_ms = read_bytes as f64 / (copy_gbps * 1e9) * 1e3;
+    Ok(ran(model, &eng, ms, batch, read_bytes, limit_ms, profile))
+}
+
+/// The outcome of a case that ran: `tokens` per step at the median of `ms`, the engine's memory.
+fn ran(
+    model: &Model<Gpu>,
+    eng: &Engine<Gpu>,
+    ms: Vec<f64>,
+    tokens: usize,
+    read_bytes: usize,
+    limit_ms: f64,
+    profile: Vec<OpTime>,
+) -> Outcome {
+    let time = Timing::of(ms);
+    let kv_bytes = kv_planned(model, eng);
+    Outcome::Ran {
+        tokens_per_s: tokens as f64 / time.median_ms * 1e3,
         time,
         kv_bytes,
         workspace_bytes: eng.backend_state().bytes - kv_bytes,
         read_bytes,
-        limit_ms: read_bytes as f64 / (copy_gbps * 1e9) * 1e3,
+        limit_ms,
         profile,
-    })
+    }
 }
 
 fn kv_planned(model: &Model<Gpu>, eng: &Engine<Gpu>) -> usize {
@@ -228,15 +242,5 @@ pub fn prefill(
     let profiled = once(&mut eng);
     let profile = model.backend.finish_profile()?;
     profiled?;
-    let time = Timing::of(ms);
-    let kv_bytes = kv_planned(model, &eng);
-    Ok(Outcome::Ran {
-        tokens_per_s: prompt as f64 / time.median_ms * 1e3,
-        time,
-        kv_bytes,
-        workspace_bytes: eng.backend_state().bytes - kv_bytes,
-        read_bytes: 0,
-        limit_ms: 0.0,
-        profile,
-    })
+    Ok(ran(model, &eng, ms, prompt, 0, 0.0, profile))
 }
