@@ -21,7 +21,7 @@ use llama4_kernels::attention::{self, PagedKv, QueryBatch};
 use llama4_kernels::attention_decode::{self, DecodeShape};
 use llama4_kernels::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use llama4_kernels::cudarc::driver::{
-    CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, ValidAsZeroBits,
+    CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
 };
 use llama4_kernels::grouped_gemm::{self, GroupedGemm, Schedule};
 use llama4_kernels::linear::{linear_fp8, Blas, LINEAR_WORKSPACE_BYTES};
@@ -171,6 +171,16 @@ impl Gpu {
     /// Profiled steps run it in line, so that each op's time is its own.
     pub fn set_overlap_shared_expert(&self, on: bool) {
         self.overlap.set(on);
+    }
+
+    /// `n` zeroed bytes of page-locked host memory.
+    fn pinned_zeros(&self, n: usize) -> Result<PinnedHostSlice<u8>> {
+        // SAFETY: the bytes are zeroed through the raw pointer before any slice of them is made.
+        unsafe {
+            let mut p = self.gpu.context().alloc_pinned::<u8>(n).map_err(derr)?;
+            std::ptr::write_bytes(p.as_mut_ptr().map_err(derr)?, 0, n);
+            Ok(p)
+        }
     }
 
     /// Device memory (free, total) in bytes.
@@ -421,7 +431,8 @@ pub struct GpuState {
     max_blocks: usize,
     kinds: Vec<RopeKind>,
     layout: MetaLayout,
-    staging: Vec<u8>,
+    /// Page-locked, so the step's one upload is a true async copy (a pageable source may block the host).
+    staging: PinnedHostSlice<u8>,
     arena: CudaSlice<u8>,
     acts: [CudaSlice<bf16>; 5],
     q: CudaSlice<bf16>,
@@ -719,7 +730,7 @@ impl Backend for Gpu {
             block_size: l.block_size,
             max_blocks: plan.max_blocks,
             kinds: plan.layers.iter().map(|s| rope_kind(&s.kind)).collect(),
-            staging: vec![0u8; layout.bytes],
+            staging: self.pinned_zeros(layout.bytes.max(1))?,
             arena: self.alloc(layout.bytes)?,
             layout,
             acts,
@@ -743,16 +754,18 @@ impl Backend for Gpu {
         if m.max_blocks != st.max_blocks {
             return Err(Error::Backend(format!("block tables of {} columns; planned {}", m.max_blocks, st.max_blocks)));
         }
-        put(&mut st.staging, l.ids, &m.ids)?;
-        put(&mut st.staging, l.pos, &m.pos)?;
+        // Waits only for the previous step's copy out of this buffer (long done: its tokens were read).
+        let buf = st.staging.as_mut_slice().map_err(derr)?;
+        put(buf, l.ids, &m.ids)?;
+        put(buf, l.pos, &m.pos)?;
         for k in 0..2 {
-            put(&mut st.staging, l.slots[k], &m.slots[k])?;
-            put(&mut st.staging, l.tables[k], &m.block_tables[k])?;
+            put(buf, l.slots[k], &m.slots[k])?;
+            put(buf, l.tables[k], &m.block_tables[k])?;
         }
-        put(&mut st.staging, l.cu, &m.cu_seqlens)?;
-        put(&mut st.staging, l.seq_lens, &m.seq_lens)?;
-        put(&mut st.staging, l.logit_rows, &m.logit_rows)?;
-        put(&mut st.staging, l.gemm_off, &[0i32, shape.tokens as i32, 0, shape.logit_rows as i32])?;
+        put(buf, l.cu, &m.cu_seqlens)?;
+        put(buf, l.seq_lens, &m.seq_lens)?;
+        put(buf, l.logit_rows, &m.logit_rows)?;
+        put(buf, l.gemm_off, &[0i32, shape.tokens as i32, 0, shape.logit_rows as i32])?;
         // The step's one upload.
         self.stream().memcpy_htod(&st.staging, &mut st.arena).map_err(derr)?;
         st.shape = shape;
