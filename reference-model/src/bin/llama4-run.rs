@@ -8,7 +8,8 @@
 //! kernels (routed experts FP8, the rest bf16; `--fp8-dense` makes the dense linears FP8 too), each decode step
 //! replayed from a CUDA graph. `--teacher-force K` prefills all but the last K prompt tokens and feeds those K
 //! one at a time through decode steps. Any failure (bad checkpoint, bad arguments, no GPU) is one line on
-//! stderr and a non-zero exit: 2 for usage, 1 for everything else.
+//! stderr and a non-zero exit: 2 for usage (checked before anything is loaded), 1 for everything else. When
+//! stdout's reader leaves (`| head`), nothing more is printed and the run ends quietly.
 
 use clap::error::ErrorKind;
 use clap::{ArgGroup, Parser, ValueEnum};
