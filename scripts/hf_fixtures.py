@@ -367,7 +367,7 @@ def write_fuzz_seeds(fixtures_root, corpus):
     from safetensors.torch import load_file
 
     cfg_dir, st_dir = os.path.join(corpus, "config"), os.path.join(corpus, "safetensors")
-    for d in (cfg_dir, st_dir):
+    for d in (cfg_dir, st_dir, os.path.join(corpus, "index")):
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
     for name in sorted(os.listdir(fixtures_root)):
@@ -385,6 +385,70 @@ def write_fuzz_seeds(fixtures_root, corpus):
     unfused = load_file(os.path.join(fixtures_root, "unfused_f16", "model.safetensors"))
     keep = [k for k in sorted(unfused) if ".experts.0." in k]
     save_file({k: unfused[k] for k in keep}, os.path.join(st_dir, "unfused_expert_f16.safetensors"))
+    write_hostile_seeds(fixtures_root, corpus)
+
+
+def write_hostile_seeds(fixtures_root, corpus):
+    """One seed per class of hostile input that once got past the loaders (issue 18): a header length a few
+    bytes short, a name listed twice, overlapping ranges, NaN/inf values, an empty tensor whose other axes
+    overflow, a newline in a name; configs whose RoPE or NoPE temperature is not finite, huge expert sizes,
+    rope_scaling beside rope_parameters; shard indexes with many shards, path traversal, a non-string shard."""
+    import json
+    import struct
+
+    def st(path, header, data, pad=0, short=0):
+        t = (header if isinstance(header, str) else json.dumps(header)) + " " * pad
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(t) - short) + t.encode() + data)
+
+    def f32(xs):
+        return b"".join(struct.pack("<f", x) for x in xs)
+
+    s = os.path.join(corpus, "safetensors")
+    t = {"dtype": "F32", "shape": [1]}
+    st(os.path.join(s, "header_length_short.safetensors"),
+       {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, f32([1, 2]), pad=8, short=4)
+    st(os.path.join(s, "name_twice.safetensors"),
+       '{"a":%s,"b":%s,"a":%s}' % tuple(json.dumps(dict(t, data_offsets=o)) for o in ([0, 4], [4, 8], [4, 8])),
+       f32([1, 2]))
+    st(os.path.join(s, "overlap.safetensors"),
+       {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": dict(t, data_offsets=[4, 8]),
+        "c": dict(t, data_offsets=[8, 12])}, f32([1, 2, 3]))
+    st(os.path.join(s, "non_finite.safetensors"),
+       {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+        "b": {"dtype": "BF16", "shape": [2], "data_offsets": [12, 16]}},
+       f32([float("nan"), float("inf"), 1]) + bytes([0x80, 0x7F, 0xC0, 0x7F]))
+    st(os.path.join(s, "zero_axis_overflow.safetensors"),
+       {"a": {"dtype": "F32", "shape": [0, 1 << 62, 4], "data_offsets": [0, 0]}}, b"")
+    st(os.path.join(s, "odd_names_dtypes.safetensors"),
+       {"a\nb": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}, "__metadata__": {"format": "pt"}},
+       b"\x01\x02")
+
+    with open(os.path.join(fixtures_root, "scout_tiny", "config.json")) as f:
+        base = json.load(f)
+
+    def cfg(name, edit):
+        c = json.loads(json.dumps(base))
+        edit(c)
+        with open(os.path.join(corpus, "config", name), "w") as f:
+            json.dump(c, f, indent=1)
+
+    def scaling_beside_parameters(c):
+        c["rope_scaling"] = {k: v for k, v in c["rope_parameters"].items() if k != "rope_theta"}
+
+    cfg("rope_factor_tiny.json", lambda c: c["rope_parameters"].__setitem__("factor", 1e-45))
+    cfg("floor_scale_tiny.json", lambda c: c.__setitem__("floor_scale", 1e-45))
+    cfg("huge_experts.json", lambda c: c.update(num_local_experts=1 << 24, intermediate_size=1 << 24))
+    cfg("rope_scaling_beside_parameters.json", scaling_beside_parameters)
+
+    i = os.path.join(corpus, "index")
+    shutil.copy(os.path.join(fixtures_root, "multimodal_tiny", "model.safetensors.index.json"),
+                os.path.join(i, "multimodal_tiny.json"))
+    for name, index in [("many_shards.json", {"weight_map": {f"t{n}": f"shard{n}.safetensors" for n in range(2000)}}),
+                        ("traversal.json", {"weight_map": {"a": "../model.safetensors", "b": "x\\y"}}),
+                        ("non_string_shard.json", {"metadata": {}, "weight_map": {"a": 3}})]:
+        with open(os.path.join(i, name), "w") as f:
+            json.dump(index, f)
 
 
 def main():

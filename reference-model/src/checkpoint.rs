@@ -4,6 +4,7 @@
 
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
+use crate::files::{read_capped, MAX_CONFIG_BYTES, MAX_INDEX_BYTES};
 use crate::host_tensor::HostTensor;
 use crate::safetensors_file::SafeFile;
 use std::cell::RefCell;
@@ -26,10 +27,10 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Opens `dir/config.json` and the weight files, validating every header.
     pub fn open(dir: &Path) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let text = read_capped(&dir.join("config.json"), MAX_CONFIG_BYTES)?;
         let config = TextConfig::parse(&text)?;
-        let files = weight_files(dir)?.iter().map(|p| SafeFile::open(p)).collect::<Result<Vec<_>>>()?;
+        let (paths, index) = weight_files(dir)?;
+        let files = paths.iter().map(|p| SafeFile::open(p)).collect::<Result<Vec<_>>>()?;
         let mut names = BTreeMap::new();
         for (fi, f) in files.iter().enumerate() {
             for stored in f.header.tensors.keys() {
@@ -43,6 +44,17 @@ impl Checkpoint {
                 }
             }
         }
+        // The index must say where each tensor is: a tensor it names must be in the shard it names.
+        let by_name: BTreeMap<_, _> = files.iter().filter_map(|f| Some((f.path.file_name()?, f))).collect();
+        for (name, shard) in &index {
+            let held = by_name.get(std::ffi::OsStr::new(shard)).is_some_and(|f| f.header.tensors.contains_key(name));
+            if !held {
+                return Err(Error::Format(format!(
+                    "{}: tensor `{name}` is mapped to shard `{shard}`, which does not hold it",
+                    dir.join(INDEX).display()
+                )));
+            }
+        }
         Ok(Checkpoint { dir: dir.to_path_buf(), config, files, names, read: RefCell::default() })
     }
 
@@ -50,10 +62,13 @@ impl Checkpoint {
         self.names.contains_key(name)
     }
 
-    /// Reads `name` (prefix already stripped) in its stored dtype and checks its shape against `want`.
+    /// Reads `name` (prefix already stripped) in its stored dtype, checking its shape against `want` before
+    /// anything is allocated, and its values for NaN and infinity.
     pub fn read_host(&self, name: &str, want: &[usize]) -> Result<HostTensor> {
         let (file, stored) = self.locate(name, want)?;
-        file.read_host(stored)
+        let t = file.read_host(stored)?;
+        t.check_finite(name)?;
+        Ok(t)
     }
 
     fn locate(&self, name: &str, want: &[usize]) -> Result<(&SafeFile, &str)> {
@@ -118,34 +133,42 @@ impl Checkpoint {
     }
 }
 
-/// The safetensors files of `dir`, in a fixed order.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
+/// The shard index's file name.
+pub const INDEX: &str = "model.safetensors.index.json";
+
+/// The `weight_map` of a shard index (tensor name -> shard file name), every shard a plain file name in the
+/// checkpoint directory. `what` names the index in errors.
+pub fn parse_index(text: &str, what: &str) -> Result<BTreeMap<String, String>> {
+    #[derive(serde::Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
     }
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::Format(format!("{}: not JSON: {e}", index.display())))?;
-        let map = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| Error::Format(format!("{}: no `weight_map` object", index.display())))?;
-        let mut files: Vec<PathBuf> = Vec::new();
-        for f in map.values() {
-            let f = f.as_str().ok_or_else(|| Error::Format(format!("{}: non-string shard name", index.display())))?;
-            // A shard name is a file in this directory, never a path out of it.
-            if f.contains('/') || f.contains('\\') || f == ".." {
-                return Err(Error::Format(format!("{}: shard `{f}` is not a plain file name", index.display())));
-            }
-            if !files.iter().any(|p| p.ends_with(f)) {
-                files.push(dir.join(f));
-            }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let index: Index = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| Error::Format(format!("{what}: `{}`: {}", e.path(), e.inner())))?;
+    for shard in index.weight_map.values() {
+        // A shard name is a file in this directory, never a path out of it.
+        if shard.is_empty() || shard == "." || shard == ".." || shard.contains(['/', '\\', '\0']) {
+            return Err(Error::Format(format!("{what}: shard `{shard}` is not a plain file name")));
         }
-        files.sort();
-        return Ok(files);
+    }
+    Ok(index.weight_map)
+}
+
+/// The safetensors files of `dir`, in a fixed order, and the index's weight map if there is an index.
+fn weight_files(dir: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, String>)> {
+    // Whatever is there under a weight file's name is opened (and refused unless it is a regular file).
+    let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    let single = dir.join("model.safetensors");
+    if present(&single) {
+        return Ok((vec![single], BTreeMap::new()));
+    }
+    let index = dir.join(INDEX);
+    if present(&index) {
+        let text = read_capped(&index, MAX_INDEX_BYTES)?;
+        let map = parse_index(&text, &index.display().to_string())?;
+        let shards: BTreeSet<&str> = map.values().map(String::as_str).collect();
+        return Ok((shards.into_iter().map(|f| dir.join(f)).collect(), map));
     }
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut files: Vec<PathBuf> = entries
@@ -156,5 +179,5 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if files.is_empty() {
         return Err(Error::Io(format!("{}: no model.safetensors, index or *.safetensors file", dir.display())));
     }
-    Ok(files)
+    Ok((files, BTreeMap::new()))
 }

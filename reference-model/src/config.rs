@@ -9,9 +9,9 @@
 //! attention_chunk_size when a layer is chunked. Everything else takes transformers' default, listed in
 //! [`TextConfig::from_json`], because the checkpoint was produced against those defaults.
 
+use crate::config_raw::{Int, RawText};
 use crate::error::{Error, Result};
-use crate::json::Obj;
-use llama4_reference::rope::{inv_freq, LayerKind, Llama3Scaling};
+use llama4_reference::rope::{inv_freq, temperature, LayerKind, Llama3Scaling};
 use serde_json::Value;
 
 /// Which attention mask a layer uses (`layer_types` in transformers 5.x).
@@ -76,46 +76,51 @@ impl TextConfig {
     /// no_rope_layer_interval 4, use_qk_norm true, attn_temperature_tuning true, floor_scale 8192,
     /// attn_scale 0.1, num_experts_per_tok 1, tie_word_embeddings false, hidden_act "silu", attention_bias false.
     pub fn from_json(v: &Value) -> Result<Self> {
-        let top = Obj::new(v, "config.json")?;
+        if !v.is_object() {
+            return Err(Error::Config("config.json is not a JSON object".into()));
+        }
         // Multimodal checkpoints nest the text model; their top level has no text sizes of its own.
-        let c = match top.get("text_config") {
-            Some(t) => Obj::new(t, "text_config")?,
-            None => top,
+        let (v, name) = match v.get("text_config") {
+            Some(t) if t.is_object() => (t, "text_config"),
+            Some(_) => return Err(Error::Config("text_config is not a JSON object".into())),
+            None => (v, "config.json"),
         };
-        let req = |k: &str| c.usize_req(k).and_then(|n| positive(&c, k, n));
-        let vocab_size = req("vocab_size")?;
-        let hidden_size = req("hidden_size")?;
-        let layers = req("num_hidden_layers")?;
-        let heads = req("num_attention_heads")?;
-        let kv_heads = req("num_key_value_heads")?;
+        let raw = crate::config_raw::read(v, name)?;
+        let c = Keys { raw: &raw, name };
+        let req = |k: &str, x: Option<Int>| c.req(k, x).and_then(|n| c.positive(k, n));
+        let vocab_size = req("vocab_size", raw.vocab_size)?;
+        let hidden_size = req("hidden_size", raw.hidden_size)?;
+        let layers = req("num_hidden_layers", raw.num_hidden_layers)?;
+        let heads = req("num_attention_heads", raw.num_attention_heads)?;
+        let kv_heads = req("num_key_value_heads", raw.num_key_value_heads)?;
         if heads % kv_heads != 0 {
             return Err(
                 c.err(format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"))
             );
         }
-        let head_dim = match c.get("head_dim") {
+        let head_dim = match raw.head_dim {
             None => 128,
-            Some(Value::Null) => hidden_size / heads,
-            Some(_) => c.usize_req("head_dim")?,
+            Some(None) => hidden_size / heads,
+            Some(Some(Int(d))) => d,
         };
-        positive(&c, "head_dim", head_dim)?;
-        if c.str_or("hidden_act", "silu")? != "silu" {
+        c.positive("head_dim", head_dim)?;
+        if raw.hidden_act.as_ref().is_some_and(|a| a.0 != "silu") {
             return Err(c.err("hidden_act must be \"silu\" (the only activation Llama 4 uses)".into()));
         }
-        if c.bool_or("attention_bias", false)? {
+        if raw.attention_bias.is_some_and(|b| b.0) {
             return Err(c.err("attention_bias true is not supported (Llama 4 has no attention biases)".into()));
         }
-        let num_experts_per_tok = c.usize_or("num_experts_per_tok", 1)?;
+        let num_experts_per_tok = raw.num_experts_per_tok.map_or(1, |n| n.0);
 
         let ffn = moe_layers(&c, layers)?;
         let uses_rope = rope_layers(&c, layers)?;
         let masks = layer_masks(&c, &uses_rope)?;
         let any_moe = ffn.contains(&Ffn::Moe);
         let any_dense = ffn.contains(&Ffn::Dense);
-        let cond = |k: &str, needed: bool| if needed { req(k) } else { c.usize_or(k, 0) };
-        let intermediate_size = cond("intermediate_size", any_moe)?;
-        let intermediate_size_mlp = cond("intermediate_size_mlp", any_dense)?;
-        let num_local_experts = cond("num_local_experts", any_moe)?;
+        let cond = |k: &str, x: Option<Int>, needed: bool| if needed { req(k, x) } else { Ok(x.map_or(0, |n| n.0)) };
+        let intermediate_size = cond("intermediate_size", raw.intermediate_size, any_moe)?;
+        let intermediate_size_mlp = cond("intermediate_size_mlp", raw.intermediate_size_mlp, any_dense)?;
+        let num_local_experts = cond("num_local_experts", raw.num_local_experts, any_moe)?;
         if any_moe && !(1..=num_local_experts).contains(&num_experts_per_tok) {
             return Err(c.err(format!(
                 "num_experts_per_tok {num_experts_per_tok} must be between 1 and num_local_experts ({num_local_experts})"
@@ -123,22 +128,36 @@ impl TextConfig {
         }
         let attention_chunk_size = match masks.contains(&Mask::Chunked) {
             // Not capped: a chunk size allocates nothing.
-            true => Some(c.usize_req("attention_chunk_size").and_then(|n| match n {
-                0 => Err(c.err("`attention_chunk_size` is 0".into())),
-                n => Ok(n),
-            })?),
+            true => Some(match c.req("attention_chunk_size", raw.attention_chunk_size)? {
+                0 => return Err(c.err("`attention_chunk_size` is 0".into())),
+                n => n,
+            }),
             false => None,
         };
         let (rope_theta, rope_scaling) = crate::config_rope::rope(&c)?;
-        if uses_rope.contains(&true) && head_dim % 2 != 0 {
-            return Err(c.err(format!("head_dim {head_dim} is odd: RoPE rotates pairs")));
+        if uses_rope.contains(&true) {
+            if head_dim % 2 != 0 {
+                return Err(c.err(format!("head_dim {head_dim} is odd: RoPE rotates pairs")));
+            }
+            crate::config_rope::check_angles(&c, rope_theta, head_dim, rope_scaling)?;
         }
-        let floor_scale = c.f32_or("floor_scale", 8192.0)?;
-        let attn_temperature_tuning = c.flag_or("attn_temperature_tuning", true)?;
-        if attn_temperature_tuning && uses_rope.contains(&false) && floor_scale <= 0.0 {
-            return Err(c.err(format!("floor_scale {floor_scale} must be positive")));
+        let floor_scale = raw.floor_scale.map_or(8192.0, |x| x.f32());
+        let attn_scale = raw.attn_scale.map_or(0.1, |x| x.f32());
+        let attn_temperature_tuning = raw.attn_temperature_tuning.is_none_or(|f| f.0);
+        if attn_temperature_tuning && uses_rope.contains(&false) {
+            if floor_scale <= 0.0 {
+                return Err(c.err(format!("floor_scale {floor_scale} must be positive")));
+            }
+            // The temperature grows with the position: it must stay finite up to the last one a step can hold.
+            let t = temperature(MAX_POSITION, floor_scale, attn_scale);
+            if !t.is_finite() {
+                return Err(c.err(format!(
+                    "floor_scale {floor_scale:?} and attn_scale {attn_scale:?} make the NoPE query temperature {t} at \
+                     position {MAX_POSITION}"
+                )));
+            }
         }
-        let rms_norm_eps = c.f32_or("rms_norm_eps", 1e-5)?;
+        let rms_norm_eps = raw.rms_norm_eps.map_or(1e-5, |x| x.f32());
         if rms_norm_eps < 0.0 {
             return Err(c.err(format!("rms_norm_eps {rms_norm_eps} is negative")));
         }
@@ -156,12 +175,12 @@ impl TextConfig {
             rms_norm_eps,
             rope_theta,
             rope_scaling,
-            use_qk_norm: c.bool_or("use_qk_norm", true)?,
+            use_qk_norm: raw.use_qk_norm.is_none_or(|b| b.0),
             attn_temperature_tuning,
             floor_scale,
-            attn_scale: c.f32_or("attn_scale", 0.1)?,
+            attn_scale,
             attention_chunk_size,
-            tie_word_embeddings: c.bool_or("tie_word_embeddings", false)?,
+            tie_word_embeddings: raw.tie_word_embeddings.is_some_and(|b| b.0),
             uses_rope,
             masks,
             ffn,
@@ -183,35 +202,54 @@ impl TextConfig {
     }
 }
 
+/// The last position a sequence can reach (positions are i32 on every backend).
+pub const MAX_POSITION: u32 = i32::MAX as u32;
+
 /// Bounds every size so that a hostile config.json cannot make the parser (or anything sized from the config
 /// before the weights are seen) allocate without limit. Real Llama 4: vocab 202048, hidden 5120, 48 layers.
 const MAX_DIM: usize = 1 << 24;
 const MAX_LAYERS: usize = 1 << 12;
 const MAX_HEAD_DIM: usize = 1 << 12;
 
-fn positive(c: &Obj, key: &str, n: usize) -> Result<usize> {
-    let max = match key {
-        "num_hidden_layers" => MAX_LAYERS,
-        "head_dim" => MAX_HEAD_DIM,
-        _ => MAX_DIM,
-    };
-    if n == 0 || n > max {
-        return Err(c.err(format!("`{key}` is {n}; it must lie in 1..={max}")));
+/// The parsed keys of the text object and the name it is reported under.
+pub(crate) struct Keys<'a> {
+    pub raw: &'a RawText,
+    pub name: &'a str,
+}
+
+impl Keys<'_> {
+    pub fn err(&self, msg: String) -> Error {
+        Error::Config(format!("{}: {msg}", self.name))
     }
-    Ok(n)
+
+    pub fn req(&self, key: &str, x: Option<Int>) -> Result<usize> {
+        x.map(|n| n.0).ok_or_else(|| self.err(format!("missing required key `{key}`")))
+    }
+
+    fn positive(&self, key: &str, n: usize) -> Result<usize> {
+        let max = match key {
+            "num_hidden_layers" => MAX_LAYERS,
+            "head_dim" => MAX_HEAD_DIM,
+            _ => MAX_DIM,
+        };
+        if n == 0 || n > max {
+            return Err(self.err(format!("`{key}` is {n}; it must lie in 1..={max}")));
+        }
+        Ok(n)
+    }
 }
 
 /// `moe_layers` if given, else `range(step - 1, L, step)`.
-fn moe_layers(c: &Obj, layers: usize) -> Result<Vec<Ffn>> {
-    let list = match c.get("moe_layers") {
-        Some(Value::Null) | None => {
-            let step = c.usize_or("interleave_moe_layer_step", 1)?;
+fn moe_layers(c: &Keys, layers: usize) -> Result<Vec<Ffn>> {
+    let list = match &c.raw.moe_layers {
+        None => {
+            let step = c.raw.interleave_moe_layer_step.map_or(1, |n| n.0);
             if step == 0 {
                 return Err(c.err("interleave_moe_layer_step is 0 and no moe_layers list is given".into()));
             }
             (step - 1..layers).step_by(step).collect()
         }
-        Some(_) => c.usize_list("moe_layers")?,
+        Some(l) => l.0.clone(),
     };
     let mut ffn = vec![Ffn::Dense; layers];
     for &i in &list {
@@ -225,13 +263,10 @@ fn moe_layers(c: &Obj, layers: usize) -> Result<Vec<Ffn>> {
 }
 
 /// `no_rope_layers[i] == 1` means layer i USES RoPE; absent or empty: every `no_rope_layer_interval`-th is NoPE.
-fn rope_layers(c: &Obj, layers: usize) -> Result<Vec<bool>> {
-    let list = match c.get("no_rope_layers") {
-        Some(Value::Null) | None => Vec::new(),
-        Some(_) => c.usize_list("no_rope_layers")?,
-    };
+fn rope_layers(c: &Keys, layers: usize) -> Result<Vec<bool>> {
+    let list = c.raw.no_rope_layers.as_ref().map_or(&[][..], |l| &l.0[..]);
     if list.is_empty() {
-        let interval = c.usize_or("no_rope_layer_interval", 4)?;
+        let interval = c.raw.no_rope_layer_interval.map_or(4, |n| n.0);
         if interval == 0 {
             return Err(c.err("no_rope_layer_interval is 0 and no no_rope_layers list is given".into()));
         }
@@ -251,22 +286,19 @@ fn rope_layers(c: &Obj, layers: usize) -> Result<Vec<bool>> {
 
 /// transformers picks each layer's mask from `layer_types` when the config has it (5.x writes it), else RoPE
 /// layers are chunked and NoPE layers global. Following the same key keeps us equal to the oracle.
-fn layer_masks(c: &Obj, uses_rope: &[bool]) -> Result<Vec<Mask>> {
-    let derived = || uses_rope.iter().map(|&r| if r { Mask::Chunked } else { Mask::Full }).collect();
-    let items = match c.get("layer_types") {
-        Some(Value::Null) | None => return Ok(derived()),
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err(c.err("layer_types is not a list".into())),
+fn layer_masks(c: &Keys, uses_rope: &[bool]) -> Result<Vec<Mask>> {
+    let Some(items) = &c.raw.layer_types else {
+        return Ok(uses_rope.iter().map(|&r| if r { Mask::Chunked } else { Mask::Full }).collect());
     };
     if items.len() != uses_rope.len() {
         return Err(c.err(format!("layer_types has {} entries for {} layers", items.len(), uses_rope.len())));
     }
     items
         .iter()
-        .map(|t| match t.as_str() {
-            Some("chunked_attention") => Ok(Mask::Chunked),
-            Some("full_attention") => Ok(Mask::Full),
-            _ => Err(c.err(format!("layer_types holds {t}; expected \"chunked_attention\" or \"full_attention\""))),
+        .map(|t| match t.0.as_str() {
+            "chunked_attention" => Ok(Mask::Chunked),
+            "full_attention" => Ok(Mask::Full),
+            t => Err(c.err(format!("layer_types holds {t:?}; expected \"chunked_attention\" or \"full_attention\""))),
         })
         .collect()
 }

@@ -5,6 +5,7 @@
 use crate::backend::{Act, Backend, Heads, LayerSpec, MoeRef, Plan, StepMeta};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
+use crate::host_memory::filled;
 use crate::host_tensor::HostTensor;
 use crate::kv_cache::first_visible;
 use crate::weights::Role;
@@ -79,22 +80,22 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn upload(&self, _role: Role, _name: &str, t: HostTensor) -> Result<ArrayD<f32>> {
-        Ok(t.to_f32_array())
+    fn upload(&self, _role: Role, name: &str, t: HostTensor) -> Result<ArrayD<f32>> {
+        t.to_f32_array().map_err(|e| e.context(&format!("tensor `{name}`")))
     }
 
     fn plan(&self, c: &TextConfig, plan: &Plan) -> Result<CpuState> {
         let heads = Heads { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
         let bs = plan.limits.block_size;
         let row = heads.n_kv_heads * heads.head_dim;
-        let kv = plan
-            .layers
-            .iter()
-            .map(|l| {
-                let n = plan.blocks[l.kv as usize] * bs * row;
-                (vec![0.0; n], vec![0.0; n])
+        let kv = (plan.layers.iter().enumerate())
+            .map(|(i, l)| {
+                let slots = plan.blocks[l.kv as usize].saturating_mul(bs);
+                let n = slots.saturating_mul(row);
+                let what = format!("layer {i}'s KV cache ({slots} slots)");
+                Ok((filled(n, 0.0, &what)?, filled(n, 0.0, &what)?))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let empty = || Array2::zeros((0, 0));
         Ok(CpuState {
             meta: StepMeta::default(),

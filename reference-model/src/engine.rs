@@ -9,6 +9,7 @@
 //! one token runs as a recorded graph per batch-size bucket where the backend records graphs.
 
 use crate::backend::{Backend, KvKind, Limits, Plan, StepMeta, StepShape};
+use crate::config::MAX_POSITION;
 use crate::error::{Error, Result};
 use crate::kv_cache::{first_visible, pool_blocks, BlockPool, BlockTable};
 use crate::model::Model;
@@ -77,6 +78,11 @@ impl<'m, B: Backend> Engine<'m, B> {
         let l = limits;
         if l.max_tokens == 0 || l.max_seqs == 0 || l.max_context == 0 || l.block_size == 0 {
             return Err(Error::Input(format!("limits must be positive: {l:?}")));
+        }
+        if l.max_context.max(l.max_tokens) > MAX_POSITION as usize {
+            return Err(Error::Input(format!(
+                "limits out of range: {l:?} (positions and rows are at most {MAX_POSITION})"
+            )));
         }
         if l.max_tokens < l.max_seqs || l.max_logit_rows < l.max_seqs {
             return Err(Error::Input(format!(
@@ -383,14 +389,24 @@ impl<'m, B: Backend> Engine<'m, B> {
                 Logits::All => s.tokens.len(),
             };
             let ids = tokens.get(row..row + n).ok_or_else(|| Error::Backend("too few argmax rows".into()))?;
-            let ids = ids
-                .iter()
-                .map(|&t| match u32::try_from(t) {
-                    Ok(t) => Ok(t),
-                    Err(_) => Err(Error::Backend(format!("the logits of sequence {:?} hold a NaN", s.seq))),
-                })
+            // The sequence's positions are committed: its rows are the last n positions.
+            let pos = |r: usize| self.seqs.get(&s.seq).map_or(0, |st| st.len) - n + r;
+            let non_finite = |r: usize, what: String| {
+                Error::Backend(format!(
+                    "the logits of sequence {:?} at position {} hold {what}: the model computed NaN or infinity",
+                    s.seq,
+                    pos(r)
+                ))
+            };
+            let ids = (ids.iter().enumerate())
+                .map(|(r, &t)| u32::try_from(t).map_err(|_| non_finite(r, "NaN or infinity (no greedy token)".into())))
                 .collect::<Result<Vec<u32>>>()?;
             let l = logits.as_ref().map(|l| l.slice(s![row..row + n, ..]).to_owned());
+            if let Some(l) = &l {
+                if let Some(((r, j), v)) = l.indexed_iter().find(|(_, v)| !v.is_finite()) {
+                    return Err(non_finite(r, format!("{v} at vocab id {j}")));
+                }
+            }
             out.push(SeqOut { tokens: ids, logits: l });
             row += n;
         }
@@ -496,12 +512,19 @@ impl<B: Backend> Model<B> {
                 prompt.len()
             )));
         }
+        let context = prompt.len().checked_add(max_new.max(1)).filter(|&n| n <= MAX_POSITION as usize);
+        let Some(context) = context else {
+            return Err(Error::Input(format!(
+                "a prompt of {} tokens and {max_new} new ones exceed the {MAX_POSITION} positions a sequence can hold",
+                prompt.len()
+            )));
+        };
         let prefill_len = prompt.len() - opt.teacher_force;
         let piece = if opt.max_prefill == 0 { prefill_len } else { opt.max_prefill.min(prefill_len) };
         let limits = Limits {
             max_tokens: piece,
             max_seqs: 1,
-            max_context: prompt.len() + max_new.max(1),
+            max_context: context,
             max_logit_rows: if opt.keep_logits { piece } else { 1 },
             ..Limits::default()
         };
@@ -536,7 +559,7 @@ impl<B: Backend> Model<B> {
             record(run(&mut engine, &prompt[t..t + 1], Logits::Last)?, &mut last, &mut kept);
         }
         let prefill = t0.elapsed();
-        let mut tokens = Vec::with_capacity(max_new);
+        let mut tokens = Vec::new();
         let mut steps = Vec::new();
         let mut took = prefill;
         while tokens.len() < max_new {
@@ -562,12 +585,13 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// Index of the largest logit, the lowest index on ties (as `torch.argmax`); NaN is an error, not a token.
+/// Index of the largest logit, the lowest index on ties (as `torch.argmax`); NaN or infinity is an error, not
+/// a token.
 pub fn argmax(row: ArrayView1<f32>) -> Result<u32> {
     let mut best: Option<(usize, f32)> = None;
     for (i, &v) in row.iter().enumerate() {
-        if v.is_nan() {
-            return Err(Error::Backend(format!("logit {i} is NaN")));
+        if !v.is_finite() {
+            return Err(Error::Backend(format!("logit {i} is {v}")));
         }
         if best.is_none_or(|(_, b)| v > b) {
             best = Some((i, v));

@@ -1,7 +1,8 @@
-//! The two entry points the fuzz targets (`fuzz/fuzz_targets/`) drive, kept in the library so that the plain
+//! The entry points the fuzz targets (`fuzz/fuzz_targets/`) drive, kept in the library so that the plain
 //! `cargo test` regression test (tests/no_panic.rs) runs exactly the same code on the seed corpora.
-//! Neither may panic or allocate more than a small multiple of its input, whatever the bytes.
+//! None may panic or allocate more than a small multiple of its input, whatever the bytes.
 
+use crate::checkpoint::parse_index;
 use crate::config::TextConfig;
 use crate::safetensors_file::{parse_header, read_f32};
 
@@ -24,5 +25,12 @@ pub fn safetensors(data: &[u8]) {
         for (name, info) in &h.tensors {
             let _ = read_f32(data, &h, info, name);
         }
+    }
+}
+
+/// model.safetensors.index.json bytes → its weight map, every shard name checked.
+pub fn index(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = parse_index(text, "fuzz input");
     }
 }

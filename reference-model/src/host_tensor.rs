@@ -4,6 +4,7 @@
 //! no f32 copy of a whole bf16 checkpoint is ever made.
 
 use crate::error::{Error, Result};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 
@@ -60,21 +61,43 @@ impl HostData {
         }
     }
 
-    /// Exact upcast.
+    /// Exact upcast (half's slice conversions).
     pub fn to_f32(&self) -> Vec<f32> {
         match self {
             HostData::F32(v) => v.clone(),
-            HostData::Bf16(v) => v.iter().map(|x| x.to_f32()).collect(),
-            HostData::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            HostData::Bf16(v) => v.to_f32_vec(),
+            HostData::F16(v) => v.to_f32_vec(),
         }
+    }
+
+    /// [`HostData::to_f32`] into a vector allocated only if the host can hold it (`what` names it).
+    pub fn try_to_f32(&self, what: &str) -> Result<Vec<f32>> {
+        let mut out = crate::host_memory::filled(self.len(), 0.0f32, what)?;
+        match self {
+            HostData::F32(v) => out.copy_from_slice(v),
+            HostData::Bf16(v) => v.convert_to_f32_slice(&mut out),
+            HostData::F16(v) => v.convert_to_f32_slice(&mut out),
+        }
+        Ok(out)
     }
 
     /// Rounded to bf16 to nearest even, as `tensor.to(torch.bfloat16)` (f16 goes through its exact f32 value).
     pub fn to_bf16(&self) -> Vec<bf16> {
+        let mut out = vec![bf16::ZERO; self.len()];
         match self {
-            HostData::F32(v) => v.iter().map(|&x| bf16::from_f32(x)).collect(),
-            HostData::Bf16(v) => v.clone(),
-            HostData::F16(v) => v.iter().map(|x| bf16::from_f32(x.to_f32())).collect(),
+            HostData::F32(v) => out.convert_from_f32_slice(v),
+            HostData::Bf16(v) => out.copy_from_slice(v),
+            HostData::F16(v) => out.convert_from_f32_slice(&v.to_f32_vec()),
+        }
+        out
+    }
+
+    /// The index and value of the first NaN or infinity, if any.
+    pub fn first_non_finite(&self) -> Option<(usize, f32)> {
+        match self {
+            HostData::F32(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
+            HostData::Bf16(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i].to_f32())),
+            HostData::F16(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i].to_f32())),
         }
     }
 }
@@ -88,8 +111,22 @@ impl HostTensor {
         (self.data.len() * self.data.element_bytes()) as u64
     }
 
-    pub fn to_f32_array(&self) -> ArrayD<f32> {
-        ArrayD::from_shape_vec(IxDyn(&self.shape), self.data.to_f32()).expect("shape matches the element count")
+    /// The f32 array of the tensor, allocated only if the host can hold it.
+    pub fn to_f32_array(&self) -> Result<ArrayD<f32>> {
+        let what = format!("an f32 copy of shape {:?}", self.shape);
+        let v = self.data.try_to_f32(&what)?;
+        ArrayD::from_shape_vec(IxDyn(&self.shape), v).map_err(|e| Error::Weight(format!("{what}: {e}")))
+    }
+
+    /// Fails, naming the tensor `name`, the element and its value, if the tensor holds NaN or infinity.
+    pub fn check_finite(&self, name: &str) -> Result<()> {
+        match self.data.first_non_finite() {
+            None => Ok(()),
+            Some((i, v)) => Err(Error::Weight(format!(
+                "tensor `{name}` holds {v} at element {i} (of shape {:?}): weights must be finite",
+                self.shape
+            ))),
+        }
     }
 
     /// Stacks tensors along their first axis (q, k, v into one projection; gate and up into one). Tensors of
@@ -101,21 +138,32 @@ impl HostTensor {
             return Err(Error::Weight(format!("{what}: shapes {:?} and {:?} do not stack", first.shape, p.shape)));
         }
         let rows = parts.iter().map(|p| p.shape[0]).sum();
+        let total: usize = parts.iter().map(|p| p.data.len()).sum();
         let same = parts.iter().all(|p| std::mem::discriminant(&p.data) == std::mem::discriminant(&first.data));
-        let data = if same {
-            let mut it = parts.into_iter().map(|p| p.data);
-            let mut acc = it.next().expect("non-empty");
-            for d in it {
-                match (&mut acc, d) {
-                    (HostData::F32(a), HostData::F32(b)) => a.extend(b),
-                    (HostData::Bf16(a), HostData::Bf16(b)) => a.extend(b),
-                    (HostData::F16(a), HostData::F16(b)) => a.extend(b),
-                    _ => unreachable!("dtypes checked equal"),
+        // Every piece in one allocation, made only if the host can hold it.
+        macro_rules! join {
+            ($variant:ident) => {{
+                let mut v = crate::host_memory::with_capacity(total, what)?;
+                for p in &parts {
+                    if let HostData::$variant(x) = &p.data {
+                        v.extend_from_slice(x);
+                    }
                 }
+                HostData::$variant(v)
+            }};
+        }
+        let data = if same {
+            match first.data {
+                HostData::F32(_) => join!(F32),
+                HostData::Bf16(_) => join!(Bf16),
+                HostData::F16(_) => join!(F16),
             }
-            acc
         } else {
-            HostData::F32(parts.iter().flat_map(|p| p.data.to_f32()).collect())
+            let mut v = crate::host_memory::with_capacity(total, what)?;
+            for p in &parts {
+                v.extend(p.data.try_to_f32(what)?);
+            }
+            HostData::F32(v)
         };
         let mut shape = vec![rows];
         shape.extend(tail);

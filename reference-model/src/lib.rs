@@ -26,16 +26,18 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod config;
+mod config_raw;
 mod config_rope;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod files;
 #[doc(hidden)]
 pub mod fuzz_entry;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod host_memory;
 pub mod host_tensor;
-mod json;
 pub mod kv_cache;
 pub mod logits_file;
 pub mod model;

@@ -1,18 +1,19 @@
-//! A safetensors reader that never trusts the file: `[u64 LE header length][JSON header][data]`, every
-//! tensor's dtype, shape and byte range checked against each other and against the bytes actually present, with
-//! explicit caps on the header size, the tensor count and the rank so that no input makes it allocate more than
-//! a small multiple of its own size. Files are memory-mapped; tensors are upcast to f32 when read.
-//!
-//! Written here rather than taken from the `safetensors` crate so that the limits and the error text are ours
-//! (and fuzzed here); the crate is still used to write files and, in tests, as a second opinion.
+//! safetensors files through the `safetensors` crate, which decides what a valid header is: tensors in data
+//! order must cover the data section exactly (no gap, no overlap, nothing after), each one's byte range must
+//! match its dtype and shape, nothing may overflow. On top of the crate: every name at most once (the JSON
+//! header could otherwise repeat one and the last copy would silently win), caps on the header size, the
+//! tensor count and the rank so that no input makes the reader allocate more than a small multiple of its own
+//! size, shapes that ndarray can hold, and errors that name the tensor at fault. Files are memory-mapped;
+//! tensors are copied out in their stored dtype.
 
 use crate::error::{Error, Result};
 use crate::host_tensor::{HostData, HostTensor};
 use memmap2::Mmap;
-use ndarray::{ArrayD, IxDyn};
-use serde_json::Value;
-use std::collections::BTreeMap;
-use std::fs::File;
+use ndarray::ArrayD;
+use safetensors::tensor::{Metadata, TensorInfo as StInfo};
+use serde::de::{DeserializeSeed, Error as _, MapAccess, Visitor};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Largest header accepted. Real Llama 4 shards have headers of tens of KiB; a single-file checkpoint with
@@ -23,37 +24,23 @@ pub const MAX_TENSORS: usize = 1 << 18;
 /// Highest rank accepted; the model uses 1 to 3.
 pub const MAX_RANK: usize = 8;
 
-/// Element types. Only the three float types can be read as weights; the others are recognised so that a
-/// file holding, say, integer vision buffers still opens.
+/// Element types. Only the three float types can be read as weights; the others (any dtype the format
+/// defines) are kept by name so that a file holding, say, integer vision buffers still opens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Dtype {
     F32,
     Bf16,
     F16,
-    /// Any other dtype, with its element size in bytes when the format defines one.
-    Other(String, Option<usize>),
+    Other(String),
 }
 
 impl Dtype {
-    fn parse(s: &str) -> Dtype {
-        let size = match s {
-            "F32" => return Dtype::F32,
-            "BF16" => return Dtype::Bf16,
-            "F16" => return Dtype::F16,
-            "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => Some(1),
-            "U16" | "I16" => Some(2),
-            "U32" | "I32" => Some(4),
-            "U64" | "I64" | "F64" | "C64" => Some(8),
-            _ => None,
-        };
-        Dtype::Other(s.chars().take(16).collect(), size)
-    }
-
-    fn size(&self) -> Option<usize> {
-        match self {
-            Dtype::F32 => Some(4),
-            Dtype::Bf16 | Dtype::F16 => Some(2),
-            Dtype::Other(_, s) => *s,
+    fn of(d: safetensors::Dtype) -> Dtype {
+        match d {
+            safetensors::Dtype::F32 => Dtype::F32,
+            safetensors::Dtype::BF16 => Dtype::Bf16,
+            safetensors::Dtype::F16 => Dtype::F16,
+            d => Dtype::Other(d.to_string()),
         }
     }
 
@@ -62,7 +49,7 @@ impl Dtype {
             Dtype::F32 => "F32",
             Dtype::Bf16 => "BF16",
             Dtype::F16 => "F16",
-            Dtype::Other(s, _) => s,
+            Dtype::Other(s) => s,
         }
     }
 }
@@ -101,80 +88,139 @@ pub fn parse_header(bytes: &[u8], what: &str) -> Result<Header> {
         return Err(err(format!("truncated: header needs {n} bytes but only {} follow", bytes.len() - 8)));
     };
     let data_len = bytes.len() - 8 - n;
-    let v: Value = serde_json::from_slice(text).map_err(|e| err(format!("header is not JSON: {e}")))?;
-    let Value::Object(map) = v else {
-        return Err(err("header is not a JSON object".into()));
+    let entries = entries(text).map_err(err)?;
+    let mut tensors = entries.tensors;
+    tensors.sort_by_key(|(_, t)| t.data_offsets);
+    // The crate's validation; its errors are explained per tensor.
+    let meta = match Metadata::new(entries.metadata, tensors.clone()) {
+        Ok(m) => m,
+        Err(e) => return Err(err(explain(&tensors, &e))),
     };
-    if map.len() > MAX_TENSORS + 1 {
-        return Err(err(format!("header declares {} entries, over the limit of {MAX_TENSORS}", map.len())));
+    let covered = meta.data_len();
+    if covered > data_len {
+        return Err(err(format!(
+            "truncated: the tensors need {covered} data bytes but the file holds only {data_len}"
+        )));
     }
-    let mut tensors = BTreeMap::new();
-    for (name, entry) in map {
-        if name == "__metadata__" {
-            continue;
-        }
-        let info = tensor_info(&entry).map_err(|m| err(format!("tensor `{name}`: {m}")))?;
-        if info.end > data_len {
-            return Err(err(format!(
-                "truncated: tensor `{name}` ends at data byte {} but the file holds only {data_len} data bytes",
-                info.end
-            )));
-        }
-        tensors.insert(name, info);
+    if covered < data_len {
+        return Err(err(format!(
+            "the tensors cover {covered} data bytes but the file holds {data_len}: the header length or the \
+             offsets are wrong (every data byte must belong to exactly one tensor)"
+        )));
     }
-    Ok(Header { tensors, data_offset: 8 + n })
+    let mut out = BTreeMap::new();
+    for (name, t) in tensors {
+        if t.shape.len() > MAX_RANK {
+            return Err(err(format!("tensor `{name}`: rank {} exceeds {MAX_RANK}", t.shape.len())));
+        }
+        // ndarray bounds the product of the non-zero axes by isize::MAX, even for an empty tensor.
+        let nonzero = t.shape.iter().filter(|&&d| d != 0).try_fold(1usize, |a, &d| a.checked_mul(d));
+        if nonzero.is_none_or(|p| p > isize::MAX as usize) {
+            return Err(err(format!("tensor `{name}`: shape {:?} overflows", t.shape)));
+        }
+        let (start, end) = t.data_offsets;
+        out.insert(name, TensorInfo { dtype: Dtype::of(t.dtype), shape: t.shape, start, end });
+    }
+    Ok(Header { tensors: out, data_offset: 8 + n })
 }
 
-fn tensor_info(entry: &Value) -> std::result::Result<TensorInfo, String> {
-    let dtype = entry.get("dtype").and_then(Value::as_str).ok_or("no string `dtype`")?;
-    let dtype = Dtype::parse(dtype);
-    let shape = entry.get("shape").and_then(Value::as_array).ok_or("no list `shape`")?;
-    if shape.len() > MAX_RANK {
-        return Err(format!("rank {} exceeds {MAX_RANK}", shape.len()));
+/// The header's entries, each name once, each tensor's entry typed by the crate.
+struct Entries {
+    metadata: Option<HashMap<String, String>>,
+    tensors: Vec<(String, StInfo)>,
+}
+
+fn entries(text: &[u8]) -> std::result::Result<Entries, String> {
+    let mut current = None;
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let parsed = EntriesSeed { current: &mut current }.deserialize(&mut de).and_then(|e| de.end().map(|()| e));
+    parsed.map_err(|e| match current {
+        Some(name) if name == "__metadata__" => format!("`__metadata__` must map strings to strings: {e}"),
+        Some(name) => format!("tensor `{name}`: {e}"),
+        None => format!("header is not a JSON object of tensor entries: {e}"),
+    })
+}
+
+/// Reads the header object, remembering the name being read so that an error can name it.
+struct EntriesSeed<'a> {
+    current: &'a mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for EntriesSeed<'_> {
+    type Value = Entries;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Entries, D::Error> {
+        d.deserialize_map(self)
     }
-    let shape: Vec<usize> = shape
-        .iter()
-        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()).ok_or("shape holds a non-integer"))
-        .collect::<std::result::Result<_, _>>()?;
-    let offs = entry.get("data_offsets").and_then(Value::as_array).ok_or("no list `data_offsets`")?;
-    let off = |i: usize| offs.get(i).and_then(Value::as_u64).and_then(|o| usize::try_from(o).ok());
-    let (Some(start), Some(end), 2) = (off(0), off(1), offs.len()) else {
-        return Err("`data_offsets` must be two non-negative integers".into());
-    };
-    if end < start {
-        return Err(format!("data_offsets [{start}, {end}] run backwards"));
+}
+
+impl<'de> Visitor<'de> for EntriesSeed<'_> {
+    type Value = Entries;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
     }
-    let elems = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("shape overflows")?;
-    if let Some(size) = dtype.size() {
-        let bytes = elems.checked_mul(size).ok_or("shape overflows")?;
-        if bytes != end - start {
-            return Err(format!(
-                "shape {shape:?} of {} needs {bytes} bytes but data_offsets [{start}, {end}] hold {}",
-                dtype.name(),
-                end - start
-            ));
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+        let mut out = Entries { metadata: None, tensors: Vec::new() };
+        let mut seen = HashSet::new();
+        while let Some(name) = map.next_key::<String>()? {
+            *self.current = Some(name.clone());
+            if !seen.insert(name.clone()) {
+                return Err(A::Error::custom("listed twice"));
+            }
+            if seen.len() > MAX_TENSORS + 1 {
+                return Err(A::Error::custom(format!("over the limit of {MAX_TENSORS} tensors")));
+            }
+            match name.as_str() {
+                "__metadata__" => out.metadata = Some(map.next_value()?),
+                _ => out.tensors.push((name, map.next_value()?)),
+            }
+        }
+        *self.current = None;
+        Ok(out)
+    }
+}
+
+/// Which tensor the crate's validation refused, and why, in the order it checks them.
+fn explain(sorted: &[(String, StInfo)], e: &safetensors::SafeTensorError) -> String {
+    let mut at = 0;
+    for (name, t) in sorted {
+        let (s, end) = t.data_offsets;
+        if end < s {
+            return format!("tensor `{name}`: data_offsets [{s}, {end}] run backwards");
+        }
+        if s != at {
+            let how = if s < at { "overlaps the tensor before it" } else { "leaves a gap after the tensor before it" };
+            return format!(
+                "tensor `{name}`: data_offsets [{s}, {end}] {how} (which ends at {at}): the tensors must cover the \
+                 data section exactly"
+            );
+        }
+        at = end;
+        let bits = t.shape.iter().try_fold(t.dtype.bitsize(), |a, &d| a.checked_mul(d));
+        match bits {
+            None => return format!("tensor `{name}`: shape {:?} overflows", t.shape),
+            Some(b) if b % 8 != 0 => {
+                return format!("tensor `{name}`: shape {:?} of {} is not a whole number of bytes", t.shape, t.dtype)
+            }
+            Some(b) if b / 8 != end - s => {
+                return format!(
+                    "tensor `{name}`: shape {:?} of {} needs {} bytes but data_offsets [{s}, {end}] hold {}",
+                    t.shape,
+                    t.dtype,
+                    b / 8,
+                    end - s
+                )
+            }
+            Some(_) => {}
         }
     }
-    Ok(TensorInfo { dtype, shape, start, end })
+    e.to_string()
 }
 
 /// Reads a tensor of a validated header out of the file bytes, upcast to f32.
 pub fn read_f32(bytes: &[u8], header: &Header, info: &TensorInfo, name: &str) -> Result<ArrayD<f32>> {
-    let range = header.data_offset + info.start..header.data_offset + info.end;
-    let raw =
-        bytes.get(range).ok_or_else(|| Error::Format(format!("tensor `{name}` lies outside the file (truncated?)")))?;
-    let le2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
-    let values: Vec<f32> = match info.dtype {
-        Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::Bf16 => raw.chunks_exact(2).map(|c| half::bf16::from_bits(le2(c)).to_f32()).collect(),
-        Dtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_bits(le2(c)).to_f32()).collect(),
-        Dtype::Other(ref d, _) => {
-            return Err(Error::Weight(format!(
-                "tensor `{name}` has dtype {d}; only F32, BF16 and F16 weights are supported"
-            )))
-        }
-    };
-    ArrayD::from_shape_vec(IxDyn(&info.shape), values).map_err(|e| Error::Format(format!("tensor `{name}`: {e}")))
+    read_host(bytes, header, info, name)?.to_f32_array().map_err(|e| e.context(&format!("tensor `{name}`")))
 }
 
 /// Reads a tensor of a validated header out of the file bytes in its stored dtype (F32, BF16 or F16): what
@@ -183,20 +229,25 @@ pub fn read_host(bytes: &[u8], header: &Header, info: &TensorInfo, name: &str) -
     let range = header.data_offset + info.start..header.data_offset + info.end;
     let raw =
         bytes.get(range).ok_or_else(|| Error::Format(format!("tensor `{name}` lies outside the file (truncated?)")))?;
-    let le2 = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
+    let what = format!("tensor `{name}`");
     let data = match info.dtype {
-        Dtype::F32 => {
-            HostData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-        }
-        Dtype::Bf16 => HostData::Bf16(raw.chunks_exact(2).map(|c| half::bf16::from_bits(le2(c))).collect()),
-        Dtype::F16 => HostData::F16(raw.chunks_exact(2).map(|c| half::f16::from_bits(le2(c))).collect()),
-        Dtype::Other(ref d, _) => {
+        Dtype::F32 => HostData::F32(elements(raw, &what, f32::from_le_bytes)?),
+        Dtype::Bf16 => HostData::Bf16(elements(raw, &what, half::bf16::from_le_bytes)?),
+        Dtype::F16 => HostData::F16(elements(raw, &what, half::f16::from_le_bytes)?),
+        Dtype::Other(ref d) => {
             return Err(Error::Weight(format!(
                 "tensor `{name}` has dtype {d}; only F32, BF16 and F16 weights are supported"
             )))
         }
     };
     Ok(HostTensor { shape: info.shape.clone(), data })
+}
+
+/// Little-endian elements of `N` bytes, in a vector allocated only if the host can hold it.
+fn elements<T, const N: usize>(raw: &[u8], what: &str, from: fn([u8; N]) -> T) -> Result<Vec<T>> {
+    let mut v = crate::host_memory::with_capacity(raw.len() / N, what)?;
+    v.extend(raw.chunks_exact(N).map(|c| from(c.try_into().expect("N bytes"))));
+    Ok(v)
 }
 
 /// One memory-mapped safetensors file and its header.
@@ -208,7 +259,7 @@ pub struct SafeFile {
 
 impl SafeFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::files::open_regular(path)?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let what = path.display().to_string();
         if len < 8 {

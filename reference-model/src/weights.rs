@@ -158,7 +158,8 @@ fn experts(ck: &Checkpoint, ff: &str, e: usize, h: usize, im: usize) -> Result<(
         let down = ck.read_host(&format!("{ff}.experts.down_proj"), &[e, im, h])?;
         return Ok((ck.read_host(&fused, &[e, h, 2 * im])?, down));
     }
-    let (mut gu, mut dn) = (Vec::with_capacity(e), Vec::with_capacity(e));
+    // Grown as the experts are read (each checked against the file first), never sized from config.json.
+    let (mut gu, mut dn) = (Vec::new(), Vec::new());
     for j in 0..e {
         let one = |n: &str, shape: &[usize]| ck.read_host(&format!("{ff}.experts.{j}.{n}_proj.weight"), shape);
         // x @ gate_up uses [H, 2I]: the transpose of the stacked nn.Linear [2I, H] (gate rows first).

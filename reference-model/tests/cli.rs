@@ -61,6 +61,7 @@ fn cuda_without_a_gpu_or_with_an_unservable_config_is_one_line() {
     let dir = fixtures_root().join("scout_tiny");
     let out = run(&[dir.to_str().unwrap(), "--tokens", "1", "--device", "cuda"]);
     match std::env::var("L4K_EXPECT_GPU").as_deref() {
+        _ if cfg!(not(feature = "cuda")) => assert_one_error_line(&out, 1, "--device cuda: this build has no GPU"),
         Ok("1") => assert_one_error_line(&out, 1, "head_dim 16"),
         _ => assert_one_error_line(&out, 1, "--device cuda: no usable GPU"),
     }

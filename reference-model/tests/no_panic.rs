@@ -179,3 +179,59 @@ fn safetensors_headers_with_hostile_entries_are_errors() {
     assert_eq!(h.tensors["t"].shape, [2, 2]);
     assert!(!h.tensors.contains_key("__metadata__"));
 }
+
+#[test]
+fn index_parser_survives_seeds_truncations_and_mutations() {
+    let mut seeds = corpus("index");
+    seeds.push(std::fs::read(common::fixtures_root().join("multimodal_tiny/model.safetensors.index.json")).unwrap());
+    let mut rng = StdRng::seed_from_u64(11);
+    for seed in &seeds {
+        fuzz_entry::index(seed);
+        for n in truncations(seed) {
+            fuzz_entry::index(&seed[..n]);
+        }
+        for _ in 0..300 {
+            fuzz_entry::index(&mutate(seed, &mut rng));
+        }
+    }
+}
+
+/// The seeds of issue 18's classes are refused by the parsers themselves (the loader tests in hostile.rs run
+/// the same attacks on whole checkpoints).
+#[test]
+fn hostile_seeds_are_refused() {
+    use llama4_model::checkpoint::parse_index;
+    use llama4_model::config::TextConfig;
+    use llama4_model::safetensors_file::{parse_header, read_host};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let read = |p: &str| std::fs::read(dir.join(p)).unwrap();
+    for (file, want) in [
+        ("header_length_short", "the tensors cover 8 data bytes but the file holds 12"),
+        ("name_twice", "tensor `a`: listed twice"),
+        ("overlap", "tensor `b`: data_offsets [4, 8] overlaps"),
+        ("zero_axis_overflow", "overflows"),
+    ] {
+        let e = parse_header(&read(&format!("safetensors/{file}.safetensors")), file).unwrap_err().to_string();
+        assert!(e.contains(want) && !e.contains('\n'), "{file}: {e}");
+    }
+    let bytes = read("safetensors/non_finite.safetensors");
+    let h = parse_header(&bytes, "non_finite").unwrap();
+    for (name, info) in &h.tensors {
+        let e = read_host(&bytes, &h, info, name).unwrap().check_finite(name).unwrap_err().to_string();
+        assert!(e.contains(&format!("tensor `{name}` holds")), "{e}");
+    }
+    let odd = read("safetensors/odd_names_dtypes.safetensors");
+    assert!(parse_header(&odd, "odd").unwrap().tensors.contains_key("a\nb"));
+    for (file, want) in [("rope_factor_tiny", "inverse frequency inf"), ("floor_scale_tiny", "temperature inf")] {
+        let text = String::from_utf8(read(&format!("config/{file}.json"))).unwrap();
+        let e = TextConfig::parse(&text).unwrap_err().to_string();
+        assert!(e.contains(want), "{file}: {e}");
+    }
+    let text = String::from_utf8(read("config/rope_scaling_beside_parameters.json")).unwrap();
+    assert_eq!(TextConfig::parse(&text).unwrap().rope_theta, 10000.0);
+    for (file, want) in [("traversal", "not a plain file name"), ("non_string_shard", "`weight_map.a`")] {
+        let text = String::from_utf8(read(&format!("index/{file}.json"))).unwrap();
+        let e = parse_index(&text, file).unwrap_err().to_string();
+        assert!(e.contains(want), "{file}: {e}");
+    }
+}

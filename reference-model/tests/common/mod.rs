@@ -222,7 +222,7 @@ pub fn write_entries(path: &Path, e: &Entries) {
         .iter()
         .map(|(n, (d, s, b))| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
-    safetensors::serialize_to_file(views, &None, path).unwrap();
+    safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
 /// Edits `dir/config.json` (the text config, nested or not) in place.
