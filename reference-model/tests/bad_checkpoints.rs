@@ -2,24 +2,11 @@
 
 mod common;
 
-use common::{copy_fixture, edit_config, read_entries, write_entries};
-use llama4_model::cpu::Cpu;
-use llama4_model::model::Model;
+use common::{copy_fixture, edit_config, load_err, read_entries, write_entries};
 use llama4_model::Error;
 use std::path::Path;
 
 const Q: &str = "model.layers.1.self_attn.q_proj.weight";
-
-fn load_err(dir: &Path) -> Error {
-    match Model::load(dir, Cpu) {
-        Ok(_) => panic!("{} loaded although broken", dir.display()),
-        Err(e) => {
-            let line = e.to_string();
-            assert!(!line.contains('\n') && !line.is_empty(), "not one line: {line:?}");
-            e
-        }
-    }
-}
 
 fn weights_path(dir: &Path) -> std::path::PathBuf {
     dir.join("model.safetensors")

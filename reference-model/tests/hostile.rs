@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{copy_fixture, edit_config, read_entries, scratch, write_entries};
+use common::{copy_fixture, edit_config, load_err, read_entries, scratch, write_entries};
 use llama4_model::checkpoint::{parse_index, Checkpoint};
 use llama4_model::cpu::Cpu;
 use llama4_model::model::Model;
@@ -14,17 +14,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const Q: &str = "model.layers.1.self_attn.q_proj.weight";
-
-fn load_err(dir: &Path) -> Error {
-    match Model::load(dir, Cpu) {
-        Ok(_) => panic!("{} loaded although hostile", dir.display()),
-        Err(e) => {
-            let line = e.to_string();
-            assert!(!line.contains('\n') && !line.is_empty(), "not one line: {line:?}");
-            e
-        }
-    }
-}
 
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_llama4-run")).args(args).output().unwrap()

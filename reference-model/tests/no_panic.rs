@@ -62,14 +62,19 @@ fn config_parser_survives_seeds_truncations_and_mutations() {
     for dir in common::fixtures() {
         seeds.push(std::fs::read(dir.join("config.json")).unwrap());
     }
-    let mut rng = StdRng::seed_from_u64(3);
-    for seed in &seeds {
-        fuzz_entry::config(seed);
+    survives(&seeds, 3, fuzz_entry::config);
+}
+
+/// Every seed, its truncations and 300 mutations of it through `entry`.
+fn survives(seeds: &[Vec<u8>], rng_seed: u64, entry: fn(&[u8])) {
+    let mut rng = StdRng::seed_from_u64(rng_seed);
+    for seed in seeds {
+        entry(seed);
         for n in truncations(seed) {
-            fuzz_entry::config(&seed[..n]);
+            entry(&seed[..n]);
         }
         for _ in 0..300 {
-            fuzz_entry::config(&mutate(seed, &mut rng));
+            entry(&mutate(seed, &mut rng));
         }
     }
 }
@@ -184,16 +189,7 @@ fn safetensors_headers_with_hostile_entries_are_errors() {
 fn index_parser_survives_seeds_truncations_and_mutations() {
     let mut seeds = corpus("index");
     seeds.push(std::fs::read(common::fixtures_root().join("multimodal_tiny/model.safetensors.index.json")).unwrap());
-    let mut rng = StdRng::seed_from_u64(11);
-    for seed in &seeds {
-        fuzz_entry::index(seed);
-        for n in truncations(seed) {
-            fuzz_entry::index(&seed[..n]);
-        }
-        for _ in 0..300 {
-            fuzz_entry::index(&mutate(seed, &mut rng));
-        }
-    }
+    survives(&seeds, 11, fuzz_entry::index);
 }
 
 /// The seeds of issue 18's classes are refused by the parsers themselves (the loader tests in hostile.rs run

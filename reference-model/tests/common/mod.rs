@@ -234,3 +234,15 @@ pub fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Map<String, serde
     f(text);
     std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
+
+/// The error loading `dir` gives, checked to be one line; a panic if it loads.
+pub fn load_err(dir: &Path) -> llama4_model::Error {
+    match llama4_model::model::Model::load(dir, llama4_model::cpu::Cpu) {
+        Ok(_) => panic!("{} loaded although broken", dir.display()),
+        Err(e) => {
+            let line = e.to_string();
+            assert!(!line.contains('\n') && !line.is_empty(), "not one line: {line:?}");
+            e
+        }
+    }
+}
