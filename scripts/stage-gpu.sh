@@ -60,7 +60,7 @@ tar -C "$cutlass" -cf - include/cutlass include/cute | xz -T0 -6 >"$bundle/cutla
 
 cp scripts/gpu-run.sh "$bundle/run.sh"
 cp scripts/gpu-final-check.sh "$bundle/final.sh"
-cp scripts/sanitizer-probe.cu "$bundle/"
+cp scripts/sanitizer-probe.cu scripts/hostile_cuda.py "$bundle/"
 cp bench/peers/*.py bench/report.py bench/model_profile.py bench/model_report.py "$bundle/peers/"
 size=$(du -sm "$bundle" | cut -f1)
 ls -la "$bundle"
