@@ -31,7 +31,11 @@ strip -o "$bundle/bin/llama4-bench" target/release/llama4-bench
   # The model's GPU tests (the other model tests are CPU-only and run in CI).
   cargo test --release -p llama4-model --test gpu_model --no-run --message-format=json 2>/dev/null
 } | executables >"$bundle/tests.txt"
-cargo bench -p llama4-kernels --no-run --message-format=json 2>/dev/null | executables >"$bundle/benches.txt"
+{
+  cargo bench -p llama4-kernels --no-run --message-format=json 2>/dev/null
+  # The full-size model through criterion (bench/model.rs, in the model crate).
+  cargo bench -p llama4-model --bench model --no-run --message-format=json 2>/dev/null
+} | executables >"$bundle/benches.txt"
 while read -r kind name exe; do
   case "$kind" in
     unit) dest="test-unit" ;;

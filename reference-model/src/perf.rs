@@ -10,7 +10,7 @@
 
 use crate::backend::Limits;
 use crate::config::Ffn;
-use crate::engine::{Engine, Logits, SeqStep};
+use crate::engine::{Engine, Logits, SeqId, SeqStep};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, OpTime};
 use crate::model::Model;
@@ -122,8 +122,80 @@ fn engine<'m>(model: &'m Model<Gpu>, l: Limits) -> Result<std::result::Result<En
     Ok(Ok(Engine::new(model, l)?))
 }
 
+/// Greedy decode steps of `batch` sequences at about `context` positions, for timing: the sequences are made
+/// with [`Engine::skip_prefill`] and made again at `context` when they reach the engine's planned length, so a
+/// case can run any number of steps.
+pub struct DecodeCase<'m> {
+    eng: Engine<'m, Gpu>,
+    seqs: Vec<SeqId>,
+    next: Vec<u32>,
+    context: usize,
+    room: usize,
+}
+
+impl<'m> DecodeCase<'m> {
+    /// The case, or `Err((kv_bytes, free_bytes))` when its KV cache does not fit; `room` steps run before the
+    /// sequences are made again.
+    pub fn new(
+        model: &'m Model<Gpu>,
+        batch: usize,
+        context: usize,
+        room: usize,
+        block_size: usize,
+    ) -> Result<std::result::Result<Self, (usize, usize)>> {
+        let l = limits(batch, batch, context + room.max(1) + 1, block_size);
+        let eng = match engine(model, l)? {
+            Ok(e) => e,
+            Err(no_fit) => return Ok(Err(no_fit)),
+        };
+        let vocab = model.config.vocab_size as u32;
+        let next = (0..batch as u32).map(|b| (b * 7919 + 11) % vocab).collect();
+        let mut case = DecodeCase { eng, seqs: Vec::new(), next, context, room: room.max(1) };
+        case.reset()?;
+        Ok(Ok(case))
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        for s in self.seqs.drain(..) {
+            self.eng.free(s);
+        }
+        for _ in 0..self.next.len() {
+            let s = self.eng.add_sequence();
+            self.eng.skip_prefill(s, self.context)?;
+            self.seqs.push(s);
+        }
+        Ok(())
+    }
+
+    /// Replays decode steps from recorded graphs (the default) or launches them eagerly.
+    pub fn use_graphs(&mut self, on: bool) {
+        self.eng.use_graphs = on;
+    }
+
+    /// One greedy step of every sequence; returns its wall-clock milliseconds (the step's one host round trip
+    /// included).
+    pub fn step(&mut self) -> Result<f64> {
+        if self.eng.seq_len(self.seqs[0]) >= Some(self.context + self.room) {
+            self.reset()?;
+        }
+        let batch: Vec<SeqStep> = self
+            .seqs
+            .iter()
+            .zip(&self.next)
+            .map(|(&seq, t)| SeqStep { seq, tokens: std::slice::from_ref(t), logits: Logits::Last })
+            .collect();
+        let t0 = Instant::now();
+        let out = self.eng.step(&batch, false)?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        for (n, o) in self.next.iter_mut().zip(out) {
+            *n = o.tokens[0];
+        }
+        Ok(ms)
+    }
+}
+
 /// Decode: `batch` sequences holding `context` positions each ([`Engine::skip_prefill`]), `steps` timed greedy
-/// steps after `warmup` (the first captures the batch's graph).
+/// steps after a warm-up (the first captures the batch's graph).
 pub fn decode(
     model: &Model<Gpu>,
     weights: &WeightBytes,
@@ -134,46 +206,24 @@ pub fn decode(
     block_size: usize,
 ) -> Result<Outcome> {
     let warmup = 3;
-    let l = limits(batch, batch, context + warmup + steps + 2, block_size);
-    let mut eng = match engine(model, l)? {
-        Ok(e) => e,
+    let mut case = match DecodeCase::new(model, batch, context, warmup + steps + 1, block_size)? {
+        Ok(c) => c,
         Err((kv_bytes, free_bytes)) => return Ok(Outcome::NoFit { kv_bytes, free_bytes }),
     };
-    let seqs: Vec<_> = (0..batch).map(|_| eng.add_sequence()).collect();
-    for &s in &seqs {
-        eng.skip_prefill(s, context)?;
-    }
-    let vocab = model.config.vocab_size as u32;
-    let mut next: Vec<u32> = (0..batch as u32).map(|b| (b * 7919 + 11) % vocab).collect();
-    let run = |eng: &mut Engine<Gpu>, next: &mut Vec<u32>| -> Result<f64> {
-        let toks = next.clone();
-        let batch_steps: Vec<SeqStep> = seqs
-            .iter()
-            .zip(&toks)
-            .map(|(&seq, t)| SeqStep { seq, tokens: std::slice::from_ref(t), logits: Logits::Last })
-            .collect();
-        let t0 = Instant::now();
-        let out = eng.step(&batch_steps, false)?;
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        for (n, o) in next.iter_mut().zip(out) {
-            *n = o.tokens[0];
-        }
-        Ok(ms)
-    };
     // The profiled step runs eagerly, before the graph exists (same positions as a replayed one, one later).
-    eng.use_graphs = false;
+    case.use_graphs(false);
     model.backend.start_profile();
-    let profiled = run(&mut eng, &mut next);
+    let profiled = case.step();
     let profile = model.backend.finish_profile()?;
     profiled?;
-    eng.use_graphs = true;
+    case.use_graphs(true);
     for _ in 0..warmup {
-        run(&mut eng, &mut next)?;
+        case.step()?;
     }
-    let ms = (0..steps).map(|_| run(&mut eng, &mut next)).collect::<Result<Vec<_>>>()?;
+    let ms = (0..steps).map(|_| case.step()).collect::<Result<Vec<_>>>()?;
     let read_bytes = decode_weight_bytes(model, weights, batch) + decode_kv_bytes(model, batch, context);
     let limit_ms = read_bytes as f64 / (copy_gbps * 1e9) * 1e3;
-    Ok(ran(model, &eng, ms, batch, read_bytes, limit_ms, profile))
+    Ok(ran(model, &case.eng, ms, batch, read_bytes, limit_ms, profile))
 }
 
 /// The outcome of a case that ran: `tokens` per step at the median of `ms`, the engine's memory.
@@ -204,6 +254,50 @@ fn kv_planned(model: &Model<Gpu>, eng: &Engine<Gpu>) -> usize {
     Engine::plan(model, eng.limits()).kv_slots() * 2 * 2 * c.num_key_value_heads * c.head_dim
 }
 
+/// Time to first token of one `prompt`-token sequence, prefilled in steps of at most `step_tokens` tokens.
+pub struct PrefillCase<'m> {
+    eng: Engine<'m, Gpu>,
+    ids: Vec<u32>,
+    piece: usize,
+}
+
+impl<'m> PrefillCase<'m> {
+    /// The case, or `Err((kv_bytes, free_bytes))` when its KV cache does not fit.
+    pub fn new(
+        model: &'m Model<Gpu>,
+        prompt: usize,
+        step_tokens: usize,
+        block_size: usize,
+    ) -> Result<std::result::Result<Self, (usize, usize)>> {
+        if prompt == 0 || step_tokens == 0 {
+            return Err(Error::Input("a prefill needs a prompt and a step size".into()));
+        }
+        let piece = step_tokens.min(prompt);
+        let l = Limits { max_logit_rows: 1, ..limits(1, piece, prompt + 1, block_size) };
+        let eng = match engine(model, l)? {
+            Ok(e) => e,
+            Err(no_fit) => return Ok(Err(no_fit)),
+        };
+        let vocab = model.config.vocab_size as u32;
+        let ids = (0..prompt as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab).collect();
+        Ok(Ok(PrefillCase { eng, ids, piece }))
+    }
+
+    /// Prefills a fresh sequence up to its first token; returns the wall-clock milliseconds.
+    pub fn run(&mut self) -> Result<f64> {
+        let seq = self.eng.add_sequence();
+        let t0 = Instant::now();
+        let pieces: Vec<&[u32]> = self.ids.chunks(self.piece).collect();
+        for (i, p) in pieces.iter().enumerate() {
+            let logits = if i + 1 == pieces.len() { Logits::Last } else { Logits::None };
+            self.eng.step(&[SeqStep { seq, tokens: p, logits }], false)?;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.eng.free(seq);
+        Ok(ms)
+    }
+}
+
 /// Prefill of one `prompt`-token sequence in steps of at most `step_tokens` tokens: time to first token,
 /// `runs` timed runs after one warm-up (each a fresh sequence), then one profiled run.
 pub fn prefill(
@@ -213,34 +307,15 @@ pub fn prefill(
     runs: usize,
     block_size: usize,
 ) -> Result<Outcome> {
-    if prompt == 0 || step_tokens == 0 {
-        return Err(Error::Input("a prefill needs a prompt and a step size".into()));
-    }
-    let piece = step_tokens.min(prompt);
-    let l = Limits { max_logit_rows: 1, ..limits(1, piece, prompt + 1, block_size) };
-    let mut eng = match engine(model, l)? {
-        Ok(e) => e,
+    let mut case = match PrefillCase::new(model, prompt, step_tokens, block_size)? {
+        Ok(c) => c,
         Err((kv_bytes, free_bytes)) => return Ok(Outcome::NoFit { kv_bytes, free_bytes }),
     };
-    let vocab = model.config.vocab_size as u32;
-    let ids: Vec<u32> = (0..prompt as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab).collect();
-    let once = |eng: &mut Engine<Gpu>| -> Result<f64> {
-        let seq = eng.add_sequence();
-        let t0 = Instant::now();
-        let pieces: Vec<&[u32]> = ids.chunks(piece).collect();
-        for (i, p) in pieces.iter().enumerate() {
-            let logits = if i + 1 == pieces.len() { Logits::Last } else { Logits::None };
-            eng.step(&[SeqStep { seq, tokens: p, logits }], false)?;
-        }
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        eng.free(seq);
-        Ok(ms)
-    };
-    once(&mut eng)?;
-    let ms = (0..runs.max(1)).map(|_| once(&mut eng)).collect::<Result<Vec<_>>>()?;
+    case.run()?;
+    let ms = (0..runs.max(1)).map(|_| case.run()).collect::<Result<Vec<_>>>()?;
     model.backend.start_profile();
-    let profiled = once(&mut eng);
+    let profiled = case.run();
     let profile = model.backend.finish_profile()?;
     profiled?;
-    Ok(ran(model, &eng, ms, prompt, 0, 0.0, profile))
+    Ok(ran(model, &case.eng, ms, prompt, 0, 0.0, profile))
 }
