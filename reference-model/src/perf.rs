@@ -112,9 +112,7 @@ fn limits(batch: usize, tokens: usize, context: usize, block_size: usize) -> Lim
 
 /// The engine for a case, or how much KV it would need when it does not fit.
 fn engine<'m>(model: &'m Model<Gpu>, l: Limits) -> Result<std::result::Result<Engine<'m, Gpu>, (usize, usize)>> {
-    let plan = Engine::plan(model, l);
-    let c = &model.config;
-    let kv_bytes = plan.kv_slots() * 2 * 2 * c.num_key_value_heads * c.head_dim;
+    let kv_bytes = kv_planned(model, l);
     let (free, _) = model.backend.mem_info()?;
     if kv_bytes + HEADROOM > free {
         return Ok(Err((kv_bytes, free)));
@@ -237,7 +235,7 @@ fn ran(
     profile: Vec<OpTime>,
 ) -> Outcome {
     let time = Timing::of(ms);
-    let kv_bytes = kv_planned(model, eng);
+    let kv_bytes = kv_planned(model, eng.limits());
     Outcome::Ran {
         tokens_per_s: tokens as f64 / time.median_ms * 1e3,
         time,
@@ -249,9 +247,10 @@ fn ran(
     }
 }
 
-fn kv_planned(model: &Model<Gpu>, eng: &Engine<Gpu>) -> usize {
+/// Bytes of the KV cache an engine of limits `l` plans: K and V, bf16, every layer's pool.
+fn kv_planned(model: &Model<Gpu>, l: Limits) -> usize {
     let c = &model.config;
-    Engine::plan(model, eng.limits()).kv_slots() * 2 * 2 * c.num_key_value_heads * c.head_dim
+    Engine::plan(model, l).kv_slots() * 2 * 2 * c.num_key_value_heads * c.head_dim
 }
 
 /// Time to first token of one `prompt`-token sequence, prefilled in steps of at most `step_tokens` tokens.

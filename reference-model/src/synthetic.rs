@@ -41,27 +41,26 @@ impl Preset {
         if layers == 0 {
             return Err(Error::Input("a synthetic model needs at least one layer".into()));
         }
-        let json = match self {
-            Preset::Scout => format!(
-                r#"{{"vocab_size": 202048, "hidden_size": 5120, "num_hidden_layers": {layers},
-                "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
-                "intermediate_size": 8192, "intermediate_size_mlp": 16384, "num_local_experts": 16,
-                "num_experts_per_tok": 1, "interleave_moe_layer_step": 1, "rms_norm_eps": 1e-5,
-                "rope_theta": 500000.0, "rope_scaling": {{"rope_type": "llama3", "factor": 16.0,
-                "low_freq_factor": 1.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 8192}},
-                "use_qk_norm": true, "attn_temperature_tuning": true, "floor_scale": 8192, "attn_scale": 0.1,
-                "attention_chunk_size": 8192, "tie_word_embeddings": false}}"#
+        // The two releases differ in experts, the MoE interleave, QK norm and RoPE scaling.
+        let (experts, step, qk_norm, scaling) = match self {
+            Preset::Scout => (
+                16,
+                1,
+                true,
+                r#"{"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 1.0,
+                "original_max_position_embeddings": 8192}"#,
             ),
-            Preset::Maverick => format!(
-                r#"{{"vocab_size": 202048, "hidden_size": 5120, "num_hidden_layers": {layers},
-                "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
-                "intermediate_size": 8192, "intermediate_size_mlp": 16384, "num_local_experts": 128,
-                "num_experts_per_tok": 1, "interleave_moe_layer_step": 2, "rms_norm_eps": 1e-5,
-                "rope_theta": 500000.0, "rope_scaling": null, "use_qk_norm": false,
-                "attn_temperature_tuning": true, "floor_scale": 8192, "attn_scale": 0.1,
-                "attention_chunk_size": 8192, "tie_word_embeddings": false}}"#
-            ),
+            Preset::Maverick => (128, 2, false, "null"),
         };
+        let json = format!(
+            r#"{{"vocab_size": 202048, "hidden_size": 5120, "num_hidden_layers": {layers},
+            "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128,
+            "intermediate_size": 8192, "intermediate_size_mlp": 16384, "num_local_experts": {experts},
+            "num_experts_per_tok": 1, "interleave_moe_layer_step": {step}, "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0, "rope_scaling": {scaling}, "use_qk_norm": {qk_norm},
+            "attn_temperature_tuning": true, "floor_scale": 8192, "attn_scale": 0.1,
+            "attention_chunk_size": 8192, "tie_word_embeddings": false}}"#
+        );
         TextConfig::parse(&json)
     }
 }
@@ -136,5 +135,24 @@ impl<B: Backend> Model<B> {
             Ok(w)
         })?;
         Model::from_weights(c, backend, weights)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_the_released_configs() {
+        let s = Preset::Scout.config(None).unwrap();
+        assert_eq!((s.num_hidden_layers, s.num_local_experts, s.hidden_size, s.vocab_size), (48, 16, 5120, 202048));
+        assert!(s.ffn.iter().all(|f| *f == Ffn::Moe) && s.use_qk_norm && s.rope_scaling.is_some());
+        assert_eq!(s.uses_rope.iter().filter(|r| !**r).count(), 12, "every 4th layer NoPE");
+        assert!(!s.uses_rope[3] && s.uses_rope[4]);
+        let m = Preset::Maverick.config(Some(4)).unwrap();
+        assert_eq!((m.num_hidden_layers, m.num_local_experts), (4, 128));
+        assert_eq!(m.ffn, vec![Ffn::Dense, Ffn::Moe, Ffn::Dense, Ffn::Moe]);
+        assert!(!m.use_qk_norm && m.rope_scaling.is_none());
+        assert!(Preset::Scout.config(Some(0)).is_err() && Preset::parse("llama").is_err());
     }
 }
