@@ -16,18 +16,16 @@ use std::ptr;
 /// Head dims the kernels are built for.
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 
-/// Which keys a query may attend to (positions are absolute).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mask {
-    /// Global causal attention (NoPE layers): key `k` visible from query `q` iff `k <= q`.
-    Causal,
-    /// Chunked causal attention (RoPE layers): additionally `k / chunk == q / chunk`.
-    Chunked { chunk: usize },
+pub use llama4_contract::Mask;
+
+/// The kernels' encoding of a mask (`AttentionParams::chunk`): 0 for causal, C for chunked. A trait only because
+/// `Mask` lives in llama4-contract, which knows nothing of the kernels.
+pub(crate) trait MaskCode {
+    fn encode(self, op: &str) -> Result<i32>;
 }
 
-impl Mask {
-    /// The kernel's encoding: 0 for causal, C for chunked.
-    pub(crate) fn encode(self, op: &str) -> Result<i32> {
+impl MaskCode for Mask {
+    fn encode(self, op: &str) -> Result<i32> {
         match self {
             Mask::Causal => Ok(0),
             Mask::Chunked { chunk } => {

@@ -8,7 +8,7 @@
 //! range (`max_blocks * block_size`, or one chunk) and the SM count: nothing synchronizes, and the call can be
 //! captured in a CUDA graph. The partial results live in the caller's workspace ([`workspace_size`] bytes).
 
-use crate::attention::{bind_and_launch, Mask, PagedKv, QueryBatch};
+use crate::attention::{bind_and_launch, Mask, MaskCode, PagedKv, QueryBatch};
 use crate::error::{ensure, Result};
 use crate::ffi::{self, check_ptr, launched, AttentionParams};
 use crate::tensor::{bf16, TensorMut};

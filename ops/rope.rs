@@ -14,17 +14,9 @@ use cudarc::driver::sys::CUstream;
 use cudarc::driver::CudaStream;
 use std::ptr;
 
-const OP: &str = "rope";
+pub use llama4_contract::{HeadLayout, LayerKind, Llama3Scaling, Temperature};
 
-/// llama3 frequency scaling (`rope_scaling.rope_type == "llama3"`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Llama3Scaling {
-    pub factor: f32,
-    pub low_freq_factor: f32,
-    pub high_freq_factor: f32,
-    pub original_max_position_embeddings: f32,
-}
+const OP: &str = "rope";
 
 /// RoPE frequencies `inv_freq[j]`, j < head_dim / 2, in f32 as transformers computes them. With low == high the
 /// smooth band is empty and nothing divides by zero. Computed once per model on the host.
@@ -57,30 +49,6 @@ pub fn inv_freq(theta: f32, head_dim: usize, scaling: Option<Llama3Scaling>) -> 
             }
         })
         .collect())
-}
-
-/// Head counts and size of one layer's attention.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeadLayout {
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// NoPE-layer query temperature: `log(floor((p + 1) / floor_scale) + 1) * attn_scale + 1`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Temperature {
-    pub floor_scale: f32,
-    pub attn_scale: f32,
-}
-
-/// What the layer does before attention.
-#[derive(Clone, Debug, PartialEq)]
-pub enum LayerKind {
-    /// RoPE layer (chunked attention): rotate q and k by `inv_freq`; `qk_norm: Some(eps)` then normalises them.
-    Rope { inv_freq: Vec<f32>, qk_norm: Option<f32> },
-    /// NoPE layer (global attention): q optionally scaled by the temperature.
-    NoPe { temperature: Option<Temperature> },
 }
 
 /// Pre-processes `qkv` [T, (Hq + 2 Hkv) * D] at absolute positions `pos` [T]: writes q to `q_out` [T, Hq, D]

@@ -20,25 +20,8 @@ use crate::config::TextConfig;
 use crate::error::Result;
 use crate::host_tensor::HostTensor;
 use crate::weights::Role;
-use llama4_reference::rope::LayerKind;
+use llama4_contract::{LayerKind, Mask};
 use ndarray::Array2;
-
-/// Head geometry of the attention layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Heads {
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-}
-
-/// The attention mask, with the chunk size resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttnMask {
-    /// `k <= q` (NoPE layers).
-    Causal,
-    /// `k <= q && k / chunk == q / chunk` on absolute positions (RoPE layers).
-    Chunked(usize),
-}
 
 /// Which block pool (and block table) a layer's KV cache uses: global layers keep every position, chunked
 /// layers only the current chunk, so the two kinds are paged separately.
@@ -46,6 +29,16 @@ pub enum AttnMask {
 pub enum KvKind {
     Global = 0,
     Chunked = 1,
+}
+
+impl KvKind {
+    /// The pool a layer with `mask` pages its KV cache in.
+    pub fn of(mask: Mask) -> KvKind {
+        match mask {
+            Mask::Causal => KvKind::Global,
+            Mask::Chunked { .. } => KvKind::Chunked,
+        }
+    }
 }
 
 /// KV cache element type (room for an FP8 cache).
@@ -60,17 +53,8 @@ pub enum KvDtype {
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerSpec {
     pub kind: LayerKind,
-    pub mask: AttnMask,
+    pub mask: Mask,
     pub kv: KvKind,
-}
-
-impl AttnMask {
-    pub fn kv_kind(self) -> KvKind {
-        match self {
-            AttnMask::Causal => KvKind::Global,
-            AttnMask::Chunked(_) => KvKind::Chunked,
-        }
-    }
 }
 
 /// Limits a backend plans its buffers from, fixed for an engine's lifetime.

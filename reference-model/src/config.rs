@@ -11,17 +11,11 @@
 
 use crate::config_raw::{Int, RawText};
 use crate::error::{Error, Result};
-use llama4_reference::rope::{inv_freq, temperature, LayerKind, Llama3Scaling};
+use llama4_contract::{HeadLayout, LayerKind, Llama3Scaling, Temperature};
+use llama4_reference::rope::{inv_freq, temperature};
 use serde_json::Value;
 
-/// Which attention mask a layer uses (`layer_types` in transformers 5.x).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mask {
-    /// Causal within chunks of `attention_chunk_size` absolute positions.
-    Chunked,
-    /// Plain causal over everything before.
-    Full,
-}
+pub use llama4_contract::Mask;
 
 /// The feed-forward block of a layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +53,7 @@ pub struct TextConfig {
     pub tie_word_embeddings: bool,
     /// Per layer: does it use RoPE (`no_rope_layers[i] == 1`)?
     pub uses_rope: Vec<bool>,
+    /// Per layer: its attention mask, chunked ones carrying `attention_chunk_size`.
     pub masks: Vec<Mask>,
     pub ffn: Vec<Ffn>,
 }
@@ -114,7 +109,16 @@ impl TextConfig {
 
         let ffn = moe_layers(&c, layers)?;
         let uses_rope = rope_layers(&c, layers)?;
-        let masks = layer_masks(&c, &uses_rope)?;
+        let chunk_size = || match c.req("attention_chunk_size", raw.attention_chunk_size)? {
+            // Not capped: a chunk size allocates nothing.
+            0 => Err(c.err("`attention_chunk_size` is 0".into())),
+            n => Ok(n),
+        };
+        let masks = layer_masks(&c, &uses_rope, chunk_size)?;
+        let attention_chunk_size = masks.iter().find_map(|m| match *m {
+            Mask::Chunked { chunk } => Some(chunk),
+            Mask::Causal => None,
+        });
         let any_moe = ffn.contains(&Ffn::Moe);
         let any_dense = ffn.contains(&Ffn::Dense);
         let cond = |k: &str, x: Option<Int>, needed: bool| if needed { req(k, x) } else { Ok(x.map_or(0, |n| n.0)) };
@@ -126,14 +130,6 @@ impl TextConfig {
                 "num_experts_per_tok {num_experts_per_tok} must be between 1 and num_local_experts ({num_local_experts})"
             )));
         }
-        let attention_chunk_size = match masks.contains(&Mask::Chunked) {
-            // Not capped: a chunk size allocates nothing.
-            true => Some(match c.req("attention_chunk_size", raw.attention_chunk_size)? {
-                0 => return Err(c.err("`attention_chunk_size` is 0".into())),
-                n => n,
-            }),
-            false => None,
-        };
         let (rope_theta, rope_scaling) = crate::config_rope::rope(&c)?;
         if uses_rope.contains(&true) {
             if head_dim % 2 != 0 {
@@ -187,17 +183,21 @@ impl TextConfig {
         })
     }
 
-    /// What layer `i` does to q and k before attention, in the reference's terms.
+    /// The attention heads of every layer.
+    pub fn head_layout(&self) -> HeadLayout {
+        HeadLayout { n_heads: self.num_attention_heads, n_kv_heads: self.num_key_value_heads, head_dim: self.head_dim }
+    }
+
+    /// What layer `i` does to q and k before attention (the frequencies are the reference's).
     pub fn layer_kind(&self, i: usize) -> LayerKind {
         if self.uses_rope[i] {
             LayerKind::Rope {
                 inv_freq: inv_freq(self.rope_theta, self.head_dim, self.rope_scaling),
-                qk_norm: self.use_qk_norm,
-                eps: self.rms_norm_eps,
+                qk_norm: self.use_qk_norm.then_some(self.rms_norm_eps),
             }
         } else {
-            let t = self.attn_temperature_tuning.then_some((self.floor_scale, self.attn_scale));
-            LayerKind::NoPe { temperature: t }
+            let t = Temperature { floor_scale: self.floor_scale, attn_scale: self.attn_scale };
+            LayerKind::NoPe { temperature: self.attn_temperature_tuning.then_some(t) }
         }
     }
 }
@@ -285,10 +285,14 @@ fn rope_layers(c: &Keys, layers: usize) -> Result<Vec<bool>> {
 }
 
 /// transformers picks each layer's mask from `layer_types` when the config has it (5.x writes it), else RoPE
-/// layers are chunked and NoPE layers global. Following the same key keeps us equal to the oracle.
-fn layer_masks(c: &Keys, uses_rope: &[bool]) -> Result<Vec<Mask>> {
+/// layers are chunked and NoPE layers global. Following the same key keeps us equal to the oracle. `chunk` reads
+/// attention_chunk_size, which only a config with a chunked layer must have.
+fn layer_masks(c: &Keys, uses_rope: &[bool], chunk: impl Fn() -> Result<usize>) -> Result<Vec<Mask>> {
     let Some(items) = &c.raw.layer_types else {
-        return Ok(uses_rope.iter().map(|&r| if r { Mask::Chunked } else { Mask::Full }).collect());
+        return uses_rope
+            .iter()
+            .map(|&r| Ok(if r { Mask::Chunked { chunk: chunk()? } } else { Mask::Causal }))
+            .collect();
     };
     if items.len() != uses_rope.len() {
         return Err(c.err(format!("layer_types has {} entries for {} layers", items.len(), uses_rope.len())));
@@ -296,8 +300,8 @@ fn layer_masks(c: &Keys, uses_rope: &[bool]) -> Result<Vec<Mask>> {
     items
         .iter()
         .map(|t| match t.0.as_str() {
-            "chunked_attention" => Ok(Mask::Chunked),
-            "full_attention" => Ok(Mask::Full),
+            "chunked_attention" => Ok(Mask::Chunked { chunk: chunk()? }),
+            "full_attention" => Ok(Mask::Causal),
             t => Err(c.err(format!("layer_types holds {t:?}; expected \"chunked_attention\" or \"full_attention\""))),
         })
         .collect()

@@ -2,14 +2,15 @@
 //! metadata and the same paged KV cache (block tables, slots, recycled chunk blocks) as the GPU, so the model
 //! run on it is the oracle the GPU backend is held to, and the engine's batching is checked on it too.
 
-use crate::backend::{Act, Backend, Heads, LayerSpec, MoeRef, Plan, StepMeta};
+use crate::backend::{Act, Backend, LayerSpec, MoeRef, Plan, StepMeta};
 use crate::config::TextConfig;
 use crate::error::{Error, Result};
 use crate::host_memory::filled;
 use crate::host_tensor::HostTensor;
 use crate::kv_cache::first_visible;
 use crate::weights::Role;
-use llama4_reference::attention::{attention, Mask};
+use llama4_contract::HeadLayout;
+use llama4_reference::attention::attention;
 use llama4_reference::linear::linear;
 use llama4_reference::moe::{llama4_moe_topk, MoeWeights};
 use llama4_reference::rmsnorm::rmsnorm;
@@ -29,7 +30,7 @@ pub struct Cpu;
 /// Activations, the step's metadata and the KV pools, f32.
 pub struct CpuState {
     meta: StepMeta,
-    heads: Heads,
+    heads: HeadLayout,
     block_size: usize,
     acts: [Array2<f32>; 5],
     /// q of the layer in flight, [T, Hq, D].
@@ -85,7 +86,7 @@ impl Backend for Cpu {
     }
 
     fn plan(&self, c: &TextConfig, plan: &Plan) -> Result<CpuState> {
-        let heads = Heads { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+        let heads = c.head_layout();
         let bs = plan.limits.block_size;
         let row = heads.n_kv_heads * heads.head_dim;
         let kv = (plan.layers.iter().enumerate())
@@ -149,7 +150,7 @@ impl Backend for Cpu {
     fn rope(&self, st: &mut CpuState, layer: usize, spec: &LayerSpec) -> Result<()> {
         let h = st.heads;
         let pos: Vec<u32> = st.meta.pos.iter().map(|&p| p as u32).collect();
-        let (q, k, v) = prepare_qkv(st.act(Act::Qkv).view(), &pos, h.n_heads, h.n_kv_heads, h.head_dim, &spec.kind, P);
+        let (q, k, v) = prepare_qkv(st.act(Act::Qkv).view(), &pos, h, &spec.kind, P);
         let row = h.n_kv_heads * h.head_dim;
         let (kc, vc) = &mut st.kv[layer];
         for (t, &slot) in st.meta.slots[spec.kv as usize].iter().enumerate() {
@@ -172,10 +173,6 @@ impl Backend for Cpu {
         let (bs, m) = (st.block_size, &st.meta);
         let row = h.n_kv_heads * h.head_dim;
         let mut out = Array3::<f32>::zeros((rows(m), h.n_heads, h.head_dim));
-        let mask = match spec.mask {
-            crate::backend::AttnMask::Causal => Mask::Causal,
-            crate::backend::AttnMask::Chunked(chunk) => Mask::Chunked { chunk },
-        };
         let table = &m.block_tables[spec.kv as usize];
         let (kc, vc) = &st.kv[layer];
         for b in 0..m.seq_lens.len() {
@@ -200,7 +197,7 @@ impl Backend for Cpu {
             let shape = (k_pos.len(), h.n_kv_heads, h.head_dim);
             let k = ArrayView3::from_shape(shape, &k).map_err(|e| Error::Backend(e.to_string()))?;
             let v = ArrayView3::from_shape(shape, &v).map_err(|e| Error::Backend(e.to_string()))?;
-            let o = attention(st.q.slice(s![r0..r1, .., ..]), k, v, &q_pos, &k_pos, mask, P);
+            let o = attention(st.q.slice(s![r0..r1, .., ..]), k, v, &q_pos, &k_pos, spec.mask, P);
             out.slice_mut(s![r0..r1, .., ..]).assign(&o);
         }
         let t = out.dim().0;

@@ -171,7 +171,7 @@ impl<'m, B: Backend> Engine<'m, B> {
                 self.limits.max_context
             )));
         }
-        let mask = self.model.layer_specs().iter().map(|l| l.mask).find(|m| m.kv_kind() == KvKind::Chunked);
+        let mask = self.model.layer_specs().iter().map(|l| l.mask).find(|&m| KvKind::of(m) == KvKind::Chunked);
         let st = self.seqs.get_mut(&id).ok_or_else(|| Error::Input(format!("sequence {id:?} does not exist")))?;
         if st.len != 0 {
             return Err(Error::Input(format!("sequence {id:?} already holds {} positions", st.len)));
@@ -248,7 +248,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             false => None,
         };
         // The step ran: commit the new positions and free the chunked blocks now behind every chunk.
-        let mask = model.layer_specs().iter().map(|l| l.mask).find(|m| m.kv_kind() == KvKind::Chunked);
+        let mask = model.layer_specs().iter().map(|l| l.mask).find(|&m| KvKind::of(m) == KvKind::Chunked);
         for s in batch {
             let st = self.seqs.get_mut(&s.seq).expect("checked");
             st.len += s.tokens.len();

@@ -12,11 +12,12 @@
 //! synchronizes with the host until [`Backend::tokens`] reads the greedy ids (and the device's error
 //! counters: out-of-range ids or slots, inconsistent attention metadata, bad expert offsets).
 
-use crate::backend::{Act, AttnMask, Backend, Heads, Init, LayerSpec, MoeRef, Plan, StepMeta, StepShape};
+use crate::backend::{Act, Backend, Init, LayerSpec, MoeRef, Plan, StepMeta, StepShape};
 use crate::config::{Ffn, TextConfig};
 use crate::error::{Error, Result};
 use crate::host_tensor::HostTensor;
 use crate::weights::Role;
+use llama4_contract::HeadLayout;
 use llama4_kernels::attention::{self, PagedKv, QueryBatch};
 use llama4_kernels::attention_decode::{self, DecodeShape};
 use llama4_kernels::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -25,11 +26,9 @@ use llama4_kernels::cudarc::driver::{
 };
 use llama4_kernels::grouped_gemm::{self, GroupedGemm, Schedule};
 use llama4_kernels::linear::{linear_fp8, Blas, LINEAR_WORKSPACE_BYTES};
-use llama4_kernels::rope::{HeadLayout, LayerKind as RopeKind, Temperature};
 use llama4_kernels::router::{router, router_workspace_size, RouterKind, RouterOutputs};
 use llama4_kernels::{argmax, bf16, embedding, permute, quant, random, rmsnorm, rope, swiglu, weight_prep};
 use llama4_kernels::{Element, Tensor, TensorMut, E4M3};
-use llama4_reference::rope::LayerKind;
 use ndarray::Array2;
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -423,13 +422,12 @@ const COUNTERS: [&str; 4] = [
 
 pub struct GpuState {
     shape: StepShape,
-    heads: Heads,
+    heads: HeadLayout,
     hidden: usize,
     vocab: usize,
     experts: usize,
     block_size: usize,
     max_blocks: usize,
-    kinds: Vec<RopeKind>,
     layout: MetaLayout,
     /// Page-locked, so the step's one upload is a true async copy (a pageable source may block the host).
     staging: PinnedHostSlice<u8>,
@@ -469,24 +467,6 @@ fn in_out(acts: &mut [CudaSlice<bf16>; 5], i: Act, o: Act) -> Result<(&CudaSlice
     }
     let (lo, hi) = acts.split_at_mut(i.max(o));
     Ok(if i < o { (&lo[i], &mut hi[0]) } else { (&hi[0], &mut lo[o]) })
-}
-
-fn rope_kind(k: &LayerKind) -> RopeKind {
-    match k {
-        LayerKind::Rope { inv_freq, qk_norm, eps } => {
-            RopeKind::Rope { inv_freq: inv_freq.clone(), qk_norm: qk_norm.then_some(*eps) }
-        }
-        LayerKind::NoPe { temperature } => RopeKind::NoPe {
-            temperature: temperature.map(|(floor_scale, attn_scale)| Temperature { floor_scale, attn_scale }),
-        },
-    }
-}
-
-fn ops_mask(m: AttnMask) -> attention::Mask {
-    match m {
-        AttnMask::Causal => attention::Mask::Causal,
-        AttnMask::Chunked(chunk) => attention::Mask::Chunked { chunk },
-    }
 }
 
 impl Gpu {
@@ -635,7 +615,7 @@ impl Backend for Gpu {
 
     fn plan(&self, c: &TextConfig, plan: &Plan) -> Result<GpuState> {
         let l = plan.limits;
-        let heads = Heads { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+        let heads = c.head_layout();
         let (t, h, v) = (l.max_tokens, c.hidden_size, c.vocab_size);
         let qkv = (heads.n_heads + 2 * heads.n_kv_heads) * heads.head_dim;
         let qw = heads.n_heads * heads.head_dim;
@@ -656,7 +636,7 @@ impl Backend for Gpu {
                         head_dim: heads.head_dim,
                         max_q_len: q,
                         max_kv_len: plan.max_blocks * l.block_size,
-                        mask: ops_mask(spec.mask),
+                        mask: spec.mask,
                     };
                     attn_ws = attn_ws.max(attention_decode::workspace_size(shape).map_err(kerr)?);
                 }
@@ -729,7 +709,6 @@ impl Backend for Gpu {
             experts: e,
             block_size: l.block_size,
             max_blocks: plan.max_blocks,
-            kinds: plan.layers.iter().map(|s| rope_kind(&s.kind)).collect(),
             staging: self.pinned_zeros(layout.bytes.max(1))?,
             arena: self.alloc(layout.bytes)?,
             layout,
@@ -822,26 +801,14 @@ impl Backend for Gpu {
         let qkv = tv(&st.acts[Act::Qkv as usize], [t, (h.n_heads + 2 * h.n_kv_heads) * h.head_dim])?;
         let pos = meta1::<i32>(&st.arena, st.layout.pos, t)?;
         let slots = meta1::<i64>(&st.arena, st.layout.slots[spec.kv as usize], t)?;
-        let layout = HeadLayout { n_heads: h.n_heads, n_kv_heads: h.n_kv_heads, head_dim: h.head_dim };
         let (kc, vc) = &mut st.kv[layer];
         let slots_n = kc.len() / (h.n_kv_heads * h.head_dim);
         let mut k = tm(kc, [slots_n, h.n_kv_heads, h.head_dim])?;
         let mut v = tm(vc, [slots_n, h.n_kv_heads, h.head_dim])?;
         let mut q = tm(&mut st.q, [t, h.n_heads, h.head_dim])?;
         let mut bad = TensorMut::new(st.counters.slice_mut(BAD_SLOTS..BAD_SLOTS + 1), [1]).map_err(kerr)?;
-        rope::rope_qkv(
-            self.stream(),
-            &qkv,
-            &pos,
-            &slots,
-            layout,
-            &st.kinds[layer],
-            &mut q,
-            &mut k,
-            &mut v,
-            Some(&mut bad),
-        )
-        .map_err(kerr)
+        rope::rope_qkv(self.stream(), &qkv, &pos, &slots, h, &spec.kind, &mut q, &mut k, &mut v, Some(&mut bad))
+            .map_err(kerr)
     }
 
     fn attention(&self, st: &mut GpuState, layer: usize, spec: &LayerSpec) -> Result<()> {
@@ -861,7 +828,7 @@ impl Backend for Gpu {
         let queries = QueryBatch { q: &q, cu_seqlens: &cu, max_q_len: sh.max_q_len };
         let mut out = tm(&mut st.acts[Act::Attn as usize], [sh.tokens, h.n_heads, h.head_dim])?;
         let mut bad = TensorMut::new(st.counters.slice_mut(BAD_SEQS..BAD_SEQS + 1), [1]).map_err(kerr)?;
-        let (mask, scale, s) = (ops_mask(spec.mask), attention::default_scale(h.head_dim), self.stream());
+        let (mask, scale, s) = (spec.mask, attention::default_scale(h.head_dim), self.stream());
         if sh.max_q_len <= DECODE_MAX_Q {
             self.mark("attention_decode")?;
             let n = st.attn_ws.len();

@@ -8,8 +8,9 @@
 //! wholly before the chunk of the sequence's next position are returned to the pool: a chunked layer's cache
 //! never holds much more than one chunk, however long the sequence.
 
-use crate::backend::{AttnMask, KvKind};
+use crate::backend::KvKind;
 use crate::error::{Error, Result};
+use llama4_contract::Mask;
 
 /// Free blocks of one pool.
 #[derive(Clone, Debug)]
@@ -105,10 +106,10 @@ impl BlockTable {
 }
 
 /// The first position a query at `p` can see under `mask`, which is where a kind's blocks must start.
-pub fn first_visible(mask: AttnMask, p: usize) -> usize {
+pub fn first_visible(mask: Mask, p: usize) -> usize {
     match mask {
-        AttnMask::Causal => 0,
-        AttnMask::Chunked(c) => p / c * c,
+        Mask::Causal => 0,
+        Mask::Chunked { chunk } => p / chunk * chunk,
     }
 }
 
@@ -145,7 +146,7 @@ mod tests {
         assert_eq!(t.slot(4, 5), t.blocks[1] as i64 * 4 + 1);
         // Next position 13 is in chunk 1 (10..20): blocks 0 and 1 (positions 0..8) go; block 2 (8..12) holds
         // positions 10 and 11 and stays.
-        t.release_before(&mut pool, 4, first_visible(AttnMask::Chunked(10), 13));
+        t.release_before(&mut pool, 4, first_visible(Mask::Chunked { chunk: 10 }, 13));
         assert_eq!(t.blocks[..2], [-1, -1]);
         assert_eq!((t.held(), pool.free_blocks()), (2, 6));
         t.release_all(&mut pool);

@@ -9,11 +9,12 @@
 //! One pass serves any step (prefill, continued prefill, decode, or a mix of sequences): the ops see only the
 //! step's metadata. Sequences, the KV cache and sampling are the engine's ([`crate::engine`]).
 
-use crate::backend::{Act, AttnMask, Backend, Heads, LayerSpec, MoeRef};
+use crate::backend::{Act, Backend, KvKind, LayerSpec, MoeRef};
 use crate::checkpoint::Checkpoint;
-use crate::config::{Mask, TextConfig};
-use crate::error::{Error, Result};
+use crate::config::TextConfig;
+use crate::error::Result;
 use crate::weights::{FfnWeights, Sink, Weights};
+use llama4_contract::HeadLayout;
 use std::path::Path;
 
 pub use crate::engine::{argmax, Engine, Generation, Logits};
@@ -23,7 +24,7 @@ pub struct Model<B: Backend> {
     pub config: TextConfig,
     pub(crate) weights: Weights<B::Weight>,
     pub(crate) layers: Vec<LayerSpec>,
-    pub heads: Heads,
+    pub heads: HeadLayout,
 }
 
 impl<B: Backend> Model<B> {
@@ -36,7 +37,6 @@ impl<B: Backend> Model<B> {
     pub fn load_with_progress(dir: &Path, backend: B, progress: &mut dyn FnMut(u64, u64)) -> Result<Self> {
         let ck = Checkpoint::open(dir)?;
         backend.check_config(&ck.config)?;
-        layer_specs(&ck.config)?;
         let total = ck.text_tensor_bytes();
         let mut done = 0u64;
         let weights = {
@@ -52,8 +52,8 @@ impl<B: Backend> Model<B> {
 
     /// A model over weights already in `backend` (loaded or synthetic).
     pub fn from_weights(c: TextConfig, backend: B, weights: Weights<B::Weight>) -> Result<Self> {
-        let layers = layer_specs(&c)?;
-        let heads = Heads { n_heads: c.num_attention_heads, n_kv_heads: c.num_key_value_heads, head_dim: c.head_dim };
+        let layers = layer_specs(&c);
+        let heads = c.head_layout();
         Ok(Model { backend, config: c, weights, layers, heads })
     }
 
@@ -115,17 +115,8 @@ impl<B: Backend> Model<B> {
     }
 }
 
-fn layer_specs(c: &TextConfig) -> Result<Vec<LayerSpec>> {
+fn layer_specs(c: &TextConfig) -> Vec<LayerSpec> {
     (0..c.num_hidden_layers)
-        .map(|i| {
-            let mask = match (c.masks[i], c.attention_chunk_size) {
-                (Mask::Chunked, Some(ch)) => AttnMask::Chunked(ch),
-                (Mask::Full, _) => AttnMask::Causal,
-                (Mask::Chunked, None) => {
-                    return Err(Error::Config("a chunked layer without attention_chunk_size".into()))
-                }
-            };
-            Ok(LayerSpec { kind: c.layer_kind(i), mask, kv: mask.kv_kind() })
-        })
+        .map(|i| LayerSpec { kind: c.layer_kind(i), mask: c.masks[i], kv: KvKind::of(c.masks[i]) })
         .collect()
 }

@@ -14,6 +14,7 @@ use crate::engine::{Engine, Logits, SeqId, SeqStep};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, OpTime};
 use crate::model::Model;
+use llama4_contract::Mask;
 use std::time::Instant;
 
 /// Bytes of device memory left free beside a case's KV cache (cuBLASLt, CUDA graphs, fragmentation).
@@ -77,8 +78,8 @@ pub fn decode_kv_bytes(model: &Model<Gpu>, batch: usize, context: usize) -> usiz
         .layer_specs()
         .iter()
         .map(|s| match s.mask {
-            crate::backend::AttnMask::Causal => p + 1,
-            crate::backend::AttnMask::Chunked(ch) => p % ch + 1,
+            Mask::Causal => p + 1,
+            Mask::Chunked { chunk } => p % chunk + 1,
         })
         .sum();
     batch * keys * row

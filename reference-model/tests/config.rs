@@ -1,9 +1,9 @@
 //! config.json parsing: both layouts, nesting, the int-or-bool flag, explicit and derived layer lists,
 //! defaults, and clear errors.
 
+use llama4_contract::{LayerKind, Llama3Scaling};
 use llama4_model::config::{Ffn, Mask, TextConfig};
 use llama4_model::Error;
-use llama4_reference::rope::Llama3Scaling;
 use serde_json::{json, Value};
 
 /// A minimal transformers 5.x style text config with 4 layers.
@@ -112,13 +112,14 @@ fn moe_layers_explicit_or_derived() {
 fn no_rope_layers_explicit_or_derived() {
     let c = parse(&base()).unwrap();
     assert_eq!(c.uses_rope, [true, true, true, false], "interval 4: layer 3 is NoPE");
-    assert_eq!(c.masks, [Mask::Chunked, Mask::Chunked, Mask::Chunked, Mask::Full]);
+    let (ch, full) = (Mask::Chunked { chunk: 5 }, Mask::Causal);
+    assert_eq!(c.masks, [ch, ch, ch, full]);
     let c = parse(&with(base(), "no_rope_layer_interval", json!(2))).unwrap();
     assert_eq!(c.uses_rope, [true, false, true, false]);
     // 1 means "uses RoPE" despite the name.
     let c = parse(&with(base(), "no_rope_layers", json!([0, 1, 1, 0]))).unwrap();
     assert_eq!(c.uses_rope, [false, true, true, false]);
-    assert_eq!(c.masks, [Mask::Full, Mask::Chunked, Mask::Chunked, Mask::Full]);
+    assert_eq!(c.masks, [full, ch, ch, full]);
     let c = parse(&with(base(), "no_rope_layers", json!([]))).unwrap();
     assert_eq!(c.uses_rope, [true, true, true, false], "empty list: derived");
     assert!(err(&with(base(), "no_rope_layers", json!([1, 2, 1, 1]))).contains("must be 0 or 1"));
@@ -132,8 +133,12 @@ fn layer_types_decide_the_mask_when_present() {
         json!(["full_attention", "chunked_attention", "chunked_attention", "full_attention"]),
     );
     let c = parse(&v).unwrap();
-    assert_eq!(c.masks[0], Mask::Full);
+    assert_eq!(c.masks[..2], [Mask::Causal, Mask::Chunked { chunk: 5 }]);
     assert!(c.uses_rope[0], "RoPE still follows no_rope_layers");
+    // With no chunked layer the chunk size is not needed, and no mask carries one.
+    let full = with(without(base(), "attention_chunk_size"), "layer_types", json!(vec!["full_attention"; 4]));
+    let c = parse(&full).unwrap();
+    assert_eq!((c.masks, c.attention_chunk_size), (vec![Mask::Causal; 4], None));
     assert!(
         err(&with(base(), "layer_types", json!(["sliding", "sliding", "sliding", "sliding"]))).contains("layer_types")
     );
@@ -223,7 +228,7 @@ fn equal_low_and_high_factors_are_scouts_setting() {
                                   "original_max_position_embeddings": 8192});
     let c = parse(&v).unwrap();
     match c.layer_kind(0) {
-        llama4_reference::rope::LayerKind::Rope { inv_freq, .. } => {
+        LayerKind::Rope { inv_freq, .. } => {
             assert!(inv_freq.iter().all(|f| f.is_finite()))
         }
         k => panic!("{k:?}"),

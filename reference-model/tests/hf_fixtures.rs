@@ -5,7 +5,7 @@
 mod common;
 
 use common::{fixtures, golden, rel_l2, TOL};
-use llama4_model::backend::{AttnMask, KvKind};
+use llama4_model::backend::KvKind;
 use llama4_model::config::Mask;
 use llama4_model::cpu::Cpu;
 use llama4_model::model::{Logits, Model};
@@ -46,10 +46,10 @@ fn decode_through_the_cache_matches_transformers() {
                 let bs = cache.limits().block_size;
                 let (held_g, held_c) =
                     (cache.held_blocks(seq, KvKind::Global), cache.held_blocks(seq, KvKind::Chunked));
-                if model.config.masks.contains(&Mask::Full) {
+                if model.config.masks.contains(&Mask::Causal) {
                     assert_eq!(held_g, (t + 1).div_ceil(bs), "global blocks after {} tokens", t + 1);
                 }
-                if let (true, Some(ch)) = (model.config.masks.contains(&Mask::Chunked), chunk) {
+                if let Some(ch) = chunk {
                     let from = (t + 1) / ch * ch;
                     assert_eq!(held_c, (t + 1).div_ceil(bs) - from / bs, "chunked blocks after {} tokens", t + 1);
                 }
@@ -105,7 +105,7 @@ fn attention_masks_are_as_configured() {
     assert_eq!(scout.attention_chunk_size, Some(4));
     let one = load("one_kv_head");
     assert_eq!(one.uses_rope, [true, false, true]);
-    assert_eq!(one.masks, [Mask::Chunked, Mask::Full, Mask::Chunked]);
+    let chunked = Mask::Chunked { chunk: one.attention_chunk_size.unwrap() };
+    assert_eq!(one.masks, [chunked, Mask::Causal, chunked]);
     assert!(one.attn_temperature_tuning && one.num_key_value_heads == 1);
-    let _ = AttnMask::Causal;
 }

@@ -16,14 +16,7 @@ use crate::dtype::Precision;
 use ndarray::{Array3, ArrayView3};
 use std::ops::Range;
 
-/// Which keys a query may attend to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mask {
-    /// Global causal attention: `k <= q`.
-    Causal,
-    /// Chunked causal attention (`attention_chunk_size` C): `k <= q && k / C == q / C`.
-    Chunked { chunk: usize },
-}
+pub use llama4_contract::Mask;
 
 /// Whether a query at absolute position `q_pos` sees the key at absolute position `k_pos`.
 ///

@@ -7,14 +7,7 @@ use crate::dtype::Precision;
 use crate::rmsnorm::inv_rms;
 use ndarray::{s, Array3, ArrayView2};
 
-/// llama3 frequency scaling (`rope_scaling` with rope_type "llama3").
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Llama3Scaling {
-    pub factor: f32,
-    pub low_freq_factor: f32,
-    pub high_freq_factor: f32,
-    pub original_max_position_embeddings: f32,
-}
+pub use llama4_contract::{HeadLayout, LayerKind, Llama3Scaling, Temperature};
 
 /// `inv_freq[j]` for j in 0..head_dim/2, in f32 exactly as transformers computes it:
 /// `1 / theta^((2j) / D)`, then, with llama3 scaling, per j with `wl = 2 pi / inv`: `inv / factor` when
@@ -90,26 +83,16 @@ pub fn apply_temperature(q: &mut Array3<f32>, pos: &[u32], floor_scale: f32, att
     }
 }
 
-/// What one layer does to its projections before attention.
-#[derive(Clone, Debug, PartialEq)]
-pub enum LayerKind {
-    /// RoPE layer (chunked attention): rotate q and k, then optionally QK-norm them.
-    Rope { inv_freq: Vec<f32>, qk_norm: bool, eps: f32 },
-    /// NoPE layer (global attention): optionally scale q by the position temperature.
-    NoPe { temperature: Option<(f32, f32)> },
-}
-
 /// Splits a fused projection `qkv` [T, (Hq + 2 Hkv) * D] (q heads, then k heads, then v heads) and applies the
 /// layer's pre-processing. Returns `(q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D])`.
 pub fn prepare_qkv(
     qkv: ArrayView2<f32>,
     pos: &[u32],
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
+    layout: HeadLayout,
     kind: &LayerKind,
     p: Precision,
 ) -> (Array3<f32>, Array3<f32>, Array3<f32>) {
+    let HeadLayout { n_heads, n_kv_heads, head_dim } = layout;
     let t = qkv.nrows();
     let (qw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
     assert_eq!(qkv.ncols(), qw + 2 * kw, "prepare_qkv: qkv has {} columns", qkv.ncols());
@@ -120,15 +103,15 @@ pub fn prepare_qkv(
     let mut k = split(qw, qw + kw, n_kv_heads);
     let v = split(qw + kw, qw + 2 * kw, n_kv_heads);
     match kind {
-        LayerKind::Rope { inv_freq, qk_norm: norm, eps } => {
+        LayerKind::Rope { inv_freq, qk_norm: norm } => {
             apply_rope(&mut q, pos, inv_freq, p);
             apply_rope(&mut k, pos, inv_freq, p);
-            if *norm {
-                qk_norm(&mut q, *eps, p);
-                qk_norm(&mut k, *eps, p);
+            if let Some(eps) = *norm {
+                qk_norm(&mut q, eps, p);
+                qk_norm(&mut k, eps, p);
             }
         }
-        LayerKind::NoPe { temperature: Some((floor_scale, attn_scale)) } => {
+        LayerKind::NoPe { temperature: Some(Temperature { floor_scale, attn_scale }) } => {
             apply_temperature(&mut q, pos, *floor_scale, *attn_scale, p)
         }
         LayerKind::NoPe { temperature: None } => {}

@@ -7,7 +7,7 @@ use llama4_kernels::attention::{default_scale, Mask, PagedKv, QueryBatch};
 use llama4_kernels::attention_decode::{attention_decode, workspace_size, DecodeShape};
 use llama4_kernels::attention_prefill::attention_prefill;
 use llama4_kernels::{bf16, Tensor, TensorMut};
-use llama4_reference::attention::{attention, Mask as RefMask};
+use llama4_reference::attention::attention;
 use llama4_reference::check::assert_close;
 use llama4_reference::dtype::Precision;
 use ndarray::ArrayView3;
@@ -129,17 +129,13 @@ impl Cache {
         let r0 = self.row0(b);
         let q = &self.q[r0 * HQ * D..(r0 + n) * HQ * D];
         let pos: Vec<usize> = (0..n).collect();
-        let m = match mask {
-            Mask::Causal => RefMask::Causal,
-            Mask::Chunked { chunk } => RefMask::Chunked { chunk },
-        };
         let out = attention(
             ArrayView3::from_shape((n, HQ, D), q).unwrap(),
             ArrayView3::from_shape((n, HKV, D), &k).unwrap(),
             ArrayView3::from_shape((n, HKV, D), &v).unwrap(),
             &pos,
             &pos,
-            m,
+            mask,
             Precision::Bf16,
         );
         out.iter().copied().collect()

@@ -5,7 +5,7 @@ use crate::common::*;
 use llama4_kernels::attention::{default_scale, Mask, PagedKv, QueryBatch};
 use llama4_kernels::attention_decode::{attention_decode, splits, workspace_size, DecodeShape};
 use llama4_kernels::{bf16, Error, Tensor, TensorMut};
-use llama4_reference::attention::{attention, Mask as RefMask};
+use llama4_reference::attention::attention;
 use llama4_reference::dtype::Precision;
 use ndarray::{Array3, ArrayView3};
 use proptest::prelude::*;
@@ -163,13 +163,6 @@ fn run(bt: &Batch) -> (Vec<f32>, u32) {
     run_with(bt, &lens, &bt.cu, &bt.table)
 }
 
-fn ref_mask(m: Mask) -> RefMask {
-    match m {
-        Mask::Causal => RefMask::Causal,
-        Mask::Chunked { chunk } => RefMask::Chunked { chunk },
-    }
-}
-
 /// The reference rows of sequence b: [q_len, n_heads, d], f32 math (the kernel's softmax is f32).
 fn reference(bt: &Batch, b: usize) -> Vec<f32> {
     let (h, d, kvh, sl, ql) = (bt.n_heads, bt.d, bt.n_kv, bt.seq_lens[b], bt.q_lens[b]);
@@ -184,7 +177,7 @@ fn reference(bt: &Batch, b: usize) -> Vec<f32> {
     let (k, v) = (gather(&bt.k_bits), gather(&bt.v_bits));
     let q_pos: Vec<usize> = (sl - ql..sl).collect();
     let k_pos: Vec<usize> = (0..sl).collect();
-    attention(q, k.view(), v.view(), &q_pos, &k_pos, ref_mask(bt.mask), Precision::F32).iter().copied().collect()
+    attention(q, k.view(), v.view(), &q_pos, &k_pos, bt.mask, Precision::F32).iter().copied().collect()
 }
 
 fn rows(out: &[f32], bt: &Batch, b: usize) -> Vec<f32> {

@@ -26,13 +26,6 @@ struct Case {
     seed: u64,
 }
 
-fn ref_mask(m: Mask) -> reference::Mask {
-    match m {
-        Mask::Causal => reference::Mask::Causal,
-        Mask::Chunked { chunk } => reference::Mask::Chunked { chunk },
-    }
-}
-
 /// Host copy of a batch laid out in a paged cache.
 struct Batch {
     q: Vec<f32>,
@@ -95,7 +88,7 @@ fn reference_rows(c: &Case, bt: &Batch, b: usize) -> Vec<f32> {
     let v = Array3::from_shape_vec((len, hkv, d), bt.v[b].clone()).unwrap();
     let q_pos: Vec<usize> = (len - q_len..len).collect();
     let k_pos: Vec<usize> = (0..len).collect();
-    let out = reference::attention(q.view(), k.view(), v.view(), &q_pos, &k_pos, ref_mask(c.mask), Precision::Bf16);
+    let out = reference::attention(q.view(), k.view(), v.view(), &q_pos, &k_pos, c.mask, Precision::Bf16);
     out.into_raw_vec_and_offset().0
 }
 

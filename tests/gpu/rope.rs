@@ -71,17 +71,12 @@ fn check(c: &Case, bad: usize) {
     });
     let freqs = rope::inv_freq(theta, d, scaling).unwrap();
     let floor_scale = r.gen_range(1.0f32..64.0).floor();
-    let (kind, ref_kind) = match c.kind {
-        0 | 1 => (
-            LayerKind::Rope { inv_freq: freqs.clone(), qk_norm: (c.kind == 0).then_some(EPS) },
-            reference::LayerKind::Rope { inv_freq: freqs, qk_norm: c.kind == 0, eps: EPS },
-        ),
-        2 => (
-            LayerKind::NoPe { temperature: Some(Temperature { floor_scale, attn_scale: 0.1 }) },
-            reference::LayerKind::NoPe { temperature: Some((floor_scale, 0.1)) },
-        ),
-        _ => (LayerKind::NoPe { temperature: None }, reference::LayerKind::NoPe { temperature: None }),
+    let kind = match c.kind {
+        0 | 1 => LayerKind::Rope { inv_freq: freqs, qk_norm: (c.kind == 0).then_some(EPS) },
+        2 => LayerKind::NoPe { temperature: Some(Temperature { floor_scale, attn_scale: 0.1 }) },
+        _ => LayerKind::NoPe { temperature: None },
     };
+    let layout = HeadLayout { n_heads: hq, n_kv_heads: hkv, head_dim: d };
 
     let (dqkv, dpos, dslots) = (upload_bf16(&qkv), upload(&pos), upload(&slots));
     let mut q = poison_bf16(t * hq * d);
@@ -93,7 +88,7 @@ fn check(c: &Case, bad: usize) {
         &Tensor::of(&dqkv, [t, width]).unwrap(),
         &Tensor::of(&dpos, [t]).unwrap(),
         &Tensor::of(&dslots, [t]).unwrap(),
-        HeadLayout { n_heads: hq, n_kv_heads: hkv, head_dim: d },
+        layout,
         &kind,
         &mut TensorMut::of(&mut q, [t, hq, d]).unwrap(),
         &mut TensorMut::of(&mut kc, [cache_slots, hkv, d]).unwrap(),
@@ -106,10 +101,8 @@ fn check(c: &Case, bad: usize) {
     let (wq, wk, wv) = reference::prepare_qkv(
         Array2::from_shape_vec((t, width), qkv).unwrap().view(),
         &upos,
-        hq,
-        hkv,
-        d,
-        &ref_kind,
+        layout,
+        &kind,
         Precision::Bf16,
     );
     assert_matches("rope q", &download_bf16(&q), wq.as_slice().unwrap(), TOL_BF16, 0.99);
