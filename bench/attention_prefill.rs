@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
         let flops = seqs.iter().map(|&(s, ql)| pairs(s, ql, mask)).sum::<usize>() * 4 * hq * d;
         let kv_read: usize = seqs.iter().map(|s| s.0).sum::<usize>() * hkv * d * 2 * 2;
         let bytes = 2 * total_q * hq * d * 2 + kv_read;
-        run_gemm_case(c, "attention_prefill", variant, &shape, total_q, bytes, flops, |_| {
+        run_gemm_case(c, "attention_prefill", variant, &shape, total_q, bytes, Flops::bf16(flops), |_| {
             attention_prefill(
                 stream(),
                 &queries,

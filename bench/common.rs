@@ -1,6 +1,10 @@
 //! Shared by the benches: the GPU, timing by CUDA events around graph replays, rotating input sets so large
 //! L2 (50 MB on H100) does not flatter small shapes, the copy ceiling measured in the same process, and one
 //! JSON record per case (appended to $L4K_BENCH_JSON) for bench/report.py.
+//!
+//! The figure of a case is criterion's own estimate (written under $CRITERION_HOME, default target/criterion);
+//! the record says what criterion cannot know, the bytes and FLOPs of one call and the criterion id that
+//! bench/report.py joins them on, and carries no second timing of its own.
 #![allow(dead_code)]
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -105,12 +109,40 @@ pub fn copy_ceiling_gbps() -> f64 {
             .collect();
         us.sort_by(f64::total_cmp);
         let us = us[us.len() / 2];
-        record("copy", "dtod", "256MiB", 2 * n, us, 0);
-        2.0 * n as f64 / (us * 1e3)
+        let gbps = 2.0 * n as f64 / (us * 1e3);
+        write_record(serde_json::json!({
+            "source": "llama4-kernels", "family": "copy", "variant": "dtod", "shape": "256MiB", "bytes": 2 * n,
+            "us": us, "gbps": gbps, "device": gpu().describe(),
+        }));
+        gbps
     })
 }
 
-/// One measured case: criterion's report for people, and a JSON line for bench/report.py.
+/// Which tensor-core rate bounds a matrix case (bench/report.py holds each to its dense peak).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Math {
+    Bf16,
+    Fp8,
+}
+
+/// The matrix work of one call: `count` FLOPs (a multiply-add counts 2) at the `math` rate.
+#[derive(Clone, Copy, Debug)]
+pub struct Flops {
+    pub count: usize,
+    pub math: Math,
+}
+
+impl Flops {
+    pub fn bf16(count: usize) -> Flops {
+        Flops { count, math: Math::Bf16 }
+    }
+
+    pub fn fp8(count: usize) -> Flops {
+        Flops { count, math: Math::Fp8 }
+    }
+}
+
+/// One measured case, bound by the bytes it moves.
 pub fn run_case(
     c: &mut Criterion,
     family: &str,
@@ -120,10 +152,10 @@ pub fn run_case(
     bytes: usize,
     launch: impl FnMut(usize),
 ) {
-    run_gemm_case(c, family, variant, shape, tokens, bytes, 0, launch)
+    measure(c, family, variant, variant, None, shape, tokens, bytes, None, launch)
 }
 
-/// A matrix case: also reports TFLOP/s (`flops` per call).
+/// A matrix case: bytes and the FLOPs of one call.
 #[allow(clippy::too_many_arguments)]
 pub fn run_gemm_case(
     c: &mut Criterion,
@@ -132,10 +164,10 @@ pub fn run_gemm_case(
     shape: &str,
     tokens: usize,
     bytes: usize,
-    flops: usize,
+    flops: Flops,
     launch: impl FnMut(usize),
 ) {
-    measure(c, family, variant, variant, None, shape, tokens, bytes, flops, launch)
+    measure(c, family, variant, variant, None, shape, tokens, bytes, Some(flops), launch)
 }
 
 /// A peer timed in this process (a vendor library called through cudarc), recorded as a peer of our
@@ -151,10 +183,10 @@ pub fn run_peer_case(
     shape: &str,
     tokens: usize,
     bytes: usize,
-    flops: usize,
+    flops: Flops,
     launch: impl FnMut(usize),
 ) {
-    measure(c, family, label, variant, Some(peer), shape, tokens, bytes, flops, launch)
+    measure(c, family, label, variant, Some(peer), shape, tokens, bytes, Some(flops), launch)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -167,10 +199,11 @@ fn measure(
     shape: &str,
     tokens: usize,
     bytes: usize,
-    flops: usize,
+    flops: Option<Flops>,
     mut launch: impl FnMut(usize),
 ) {
-    if !selected(&format!("{family}/{label}/{shape}")) {
+    let id = format!("{family}/{label}/{shape}");
+    if !selected(&id) {
         return;
     }
     let ceiling = copy_ceiling_gbps();
@@ -184,18 +217,25 @@ fn measure(
         })
     });
     group.finish();
-    let us = time_per_call(reps, 30, &mut launch);
-    let gbps = bytes as f64 / (us * 1e3);
-    println!(
-        "{family}/{label}/{shape}: {us:.2} us, {gbps:.0} GB/s = {:.0}% of the {ceiling:.0} GB/s copy ceiling{}",
-        100.0 * gbps / ceiling,
-        if flops > 0 { format!(", {:.0} TFLOP/s", flops as f64 / (us * 1e6)) } else { String::new() }
-    );
-    write_record(family, variant, peer, shape, bytes, flops, us, tokens);
+    // What a reader of the log needs to turn criterion's time into a fraction of the ceilings.
+    let work = flops.map(|f| format!(", {} {:?} FLOP", f.count, f.math)).unwrap_or_default();
+    println!("{id}: {bytes} bytes{work} per call; copy ceiling {ceiling:.0} GB/s");
+    let mut line = serde_json::json!({
+        "source": "llama4-kernels", "id": id, "family": family, "variant": variant, "shape": shape,
+        "tokens": tokens, "bytes": bytes, "flops": flops.map_or(0, |f| f.count), "device": gpu().describe(),
+    });
+    if let Some(f) = flops {
+        line["math"] = (if f.math == Math::Fp8 { "fp8" } else { "bf16" }).into();
+    }
+    if let Some(peer) = peer {
+        line["source"] = "cudarc".into();
+        line["peer"] = peer.into();
+    }
+    write_record(line);
 }
 
 /// L4K_BENCH_ONLY=<substring>[,<substring>...]: only cases whose family/variant/shape contains one of them run
-/// (criterion's own filter would still run the JSON timing of every case).
+/// (criterion's own filter skips only the timing: the case's record would still be written).
 fn selected(case: &str) -> bool {
     match std::env::var("L4K_BENCH_ONLY") {
         Ok(only) if !only.is_empty() => only.split(',').any(|f| case.contains(f)),
@@ -203,31 +243,9 @@ fn selected(case: &str) -> bool {
     }
 }
 
-fn record(family: &str, variant: &str, shape: &str, bytes: usize, us: f64, tokens: usize) {
-    write_record(family, variant, None, shape, bytes, 0, us, tokens)
-}
-
-/// One JSON line; a `peer` record carries the peer's name (bench/report.py lists it with the peers).
-#[allow(clippy::too_many_arguments)]
-fn write_record(
-    family: &str,
-    variant: &str,
-    peer: Option<&str>,
-    shape: &str,
-    bytes: usize,
-    flops: usize,
-    us: f64,
-    tokens: usize,
-) {
+/// One JSON line appended to $L4K_BENCH_JSON (nothing when it is unset).
+fn write_record(line: serde_json::Value) {
     let Some(path) = std::env::var_os("L4K_BENCH_JSON") else { return };
-    let mut line = serde_json::json!({
-        "source": "llama4-kernels", "family": family, "variant": variant, "shape": shape, "tokens": tokens,
-        "bytes": bytes, "flops": flops, "us": us, "device": gpu().describe(),
-    });
-    if let Some(peer) = peer {
-        line["source"] = "cudarc".into();
-        line["peer"] = peer.into();
-    }
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
     writeln!(f, "{line}").unwrap();
 }

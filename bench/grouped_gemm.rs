@@ -61,17 +61,26 @@ fn bench(c: &mut Criterion) {
                     (Tensor::of(&weights, [experts, n, k]).unwrap(), Tensor::of(&scale_b, [experts, n]).unwrap());
                 let to = Tensor::of(&offs, [experts + 1]).unwrap();
                 let g = GroupedGemm { a: &ta, scale_a: &tsa, b: &tb, scale_b: &tsb, offsets: &to, counts: None };
-                run_gemm_case(c, "grouped_gemm", name, &format!("{proj}_T{t}_E{experts}"), t, bytes, flops, |_| {
-                    grouped_gemm_fp8(
-                        stream(),
-                        &g,
-                        &mut TensorMut::of(&mut d, [t, n]).unwrap(),
-                        &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
-                        None,
-                        schedule,
-                    )
-                    .unwrap()
-                });
+                run_gemm_case(
+                    c,
+                    "grouped_gemm",
+                    name,
+                    &format!("{proj}_T{t}_E{experts}"),
+                    t,
+                    bytes,
+                    Flops::fp8(flops),
+                    |_| {
+                        grouped_gemm_fp8(
+                            stream(),
+                            &g,
+                            &mut TensorMut::of(&mut d, [t, n]).unwrap(),
+                            &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
+                            None,
+                            schedule,
+                        )
+                        .unwrap()
+                    },
+                );
             }
             if experts == 16 {
                 let shape = format!("{proj}_T{t}_E{experts}");
@@ -90,7 +99,7 @@ fn bench(c: &mut Criterion) {
                         &shape,
                         t,
                         bytes,
-                        flops,
+                        Flops::fp8(flops),
                         |_| per_expert.run(&a, &weights, &dsa, &dsb, &mut d, experts),
                     ),
                     Some(Err(e)) => peer_failed(&format!("{shape}: {e}")),
@@ -116,7 +125,7 @@ fn bench(c: &mut Criterion) {
                         offsets: &to,
                         counts: None,
                     };
-                    run_gemm_case(c, "grouped_gemm", name, &shape, t, bytes, flops, |_| {
+                    run_gemm_case(c, "grouped_gemm", name, &shape, t, bytes, Flops::fp8(flops), |_| {
                         grouped_gemm_fp8_blockwise(
                             stream(),
                             &g,
@@ -160,37 +169,55 @@ fn bench_swiglu(c: &mut Criterion) {
             variants.push(("_fast", Schedule::PrefillFastAccum, Schedule::PrefillFastAccum));
         }
         for (suffix, plain, fused) in variants {
-            run_gemm_case(c, "grouped_gemm", &format!("swiglu_unfused{suffix}"), &shape, t, bytes, flops, |_| {
-                grouped_gemm_fp8(
-                    stream(),
-                    &g,
-                    &mut TensorMut::of(&mut d, [t, n]).unwrap(),
-                    &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
-                    None,
-                    plain,
-                )
-                .unwrap();
-                swiglu_fp8(
-                    stream(),
-                    &Tensor::of(&d, [t, n]).unwrap(),
-                    &mut TensorMut::of(&mut q, [t, half]).unwrap(),
-                    &mut TensorMut::of(&mut sq, [t]).unwrap(),
-                )
-                .unwrap()
-            });
-            run_gemm_case(c, "grouped_gemm", &format!("swiglu_fused{suffix}"), &shape, t, bytes, flops, |_| {
-                grouped_gemm_swiglu_fp8(
-                    stream(),
-                    &g,
-                    &mut TensorMut::of(&mut h, [t, half]).unwrap(),
-                    &mut TensorMut::of(&mut q, [t, half]).unwrap(),
-                    &mut TensorMut::of(&mut sq, [t]).unwrap(),
-                    &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
-                    None,
-                    fused,
-                )
-                .unwrap()
-            });
+            run_gemm_case(
+                c,
+                "grouped_gemm",
+                &format!("swiglu_unfused{suffix}"),
+                &shape,
+                t,
+                bytes,
+                Flops::fp8(flops),
+                |_| {
+                    grouped_gemm_fp8(
+                        stream(),
+                        &g,
+                        &mut TensorMut::of(&mut d, [t, n]).unwrap(),
+                        &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
+                        None,
+                        plain,
+                    )
+                    .unwrap();
+                    swiglu_fp8(
+                        stream(),
+                        &Tensor::of(&d, [t, n]).unwrap(),
+                        &mut TensorMut::of(&mut q, [t, half]).unwrap(),
+                        &mut TensorMut::of(&mut sq, [t]).unwrap(),
+                    )
+                    .unwrap()
+                },
+            );
+            run_gemm_case(
+                c,
+                "grouped_gemm",
+                &format!("swiglu_fused{suffix}"),
+                &shape,
+                t,
+                bytes,
+                Flops::fp8(flops),
+                |_| {
+                    grouped_gemm_swiglu_fp8(
+                        stream(),
+                        &g,
+                        &mut TensorMut::of(&mut h, [t, half]).unwrap(),
+                        &mut TensorMut::of(&mut q, [t, half]).unwrap(),
+                        &mut TensorMut::of(&mut sq, [t]).unwrap(),
+                        &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
+                        None,
+                        fused,
+                    )
+                    .unwrap()
+                },
+            );
         }
     }
 }

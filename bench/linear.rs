@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
             let bytes = 2 * n * k + 2 * m * k + out_elem * m * n;
             if lm_head {
                 let mut y = zeros::<f32>(m * n);
-                run_gemm_case(c, "linear", "bf16", &shape, m, bytes, flops, |i| {
+                run_gemm_case(c, "linear", "bf16", &shape, m, bytes, Flops::bf16(flops), |i| {
                     blas.linear_bf16(
                         stream(),
                         &Tensor::of(&x, [m, k]).unwrap(),
@@ -78,7 +78,7 @@ fn bench(c: &mut Criterion) {
                 });
             } else {
                 let mut y = zeros::<bf16>(m * n);
-                run_gemm_case(c, "linear", "bf16", &shape, m, bytes, flops, |i| {
+                run_gemm_case(c, "linear", "bf16", &shape, m, bytes, Flops::bf16(flops), |i| {
                     blas.linear_bf16(
                         stream(),
                         &Tensor::of(&x, [m, k]).unwrap(),
@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
             let offsets = stream().clone_htod(&[0i32, m as i32]).unwrap();
             let mut y = zeros::<bf16>(m * n);
             let bytes = n * k + m * k + 2 * m * n + 4 * (m + n);
-            run_gemm_case(c, "linear", "fp8", &shape, m, bytes, flops, |i| {
+            run_gemm_case(c, "linear", "fp8", &shape, m, bytes, Flops::fp8(flops), |i| {
                 linear_fp8(
                     stream(),
                     &Tensor::of(&xq, [m, k]).unwrap(),

@@ -6,12 +6,19 @@
 extern "C" {
 #endif
 
-// Which kernel configuration runs; AUTO picks by total rows (ops/grouped_gemm.rs documents the threshold).
+// Which kernel configuration runs; AUTO picks by rows per expert (ops/grouped_gemm.rs documents the threshold).
+// The tiles and why: the top comments of grouped_gemm.cu and grouped_gemm_blockwise.cu.
 typedef enum L4kGemmSchedule {
   L4K_GEMM_AUTO = 0,
-  L4K_GEMM_PREFILL = 1,  // cooperative 128x192x128 tiles, cluster 1x2: many rows per expert, tensor-core bound
-  L4K_GEMM_DECODE = 2,   // A/B swapped, 128x32x128 tiles: few rows per expert, bound by reading the weights
-  L4K_GEMM_PREFILL_FAST_ACCUM = 3,  // 256x128 tiles, FP8 accumulation without promotion (faster, less exact)
+  // Many rows per expert, tensor-core bound: cooperative tiles with promoted (accurate) FP8 accumulation and no
+  // cluster, 128x192x128 when n is within 2% of a multiple of 192 and the experts average more than 128 rows,
+  // else 128x128x128 (grouped_gemm.cu's prefill_wide); the SwiGLU epilogue 128x192x128. Blockwise: 128x128x128
+  // with a 1x2 cluster.
+  L4K_GEMM_PREFILL = 1,
+  L4K_GEMM_DECODE = 2,  // A/B swapped, 128x32x128 tiles: few rows per expert, bound by reading the weights
+  // FP8 accumulation without promotion (faster, less exact; rowwise only): 256x128x128 with a 1x2 cluster, or
+  // 128x256x128 with none where the experts average at most 128 rows.
+  L4K_GEMM_PREFILL_FAST_ACCUM = 3,
 } L4kGemmSchedule;
 
 // D[r, :] = bf16((A[r, :] . B[e]^T) * scale_a[r] * scale_b[e, :]) for the rows r of expert e:

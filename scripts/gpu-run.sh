@@ -3,7 +3,9 @@
 #   run.sh [tests] [sanitize] [model] [scout] [sweep] [gemmsweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
 # L4K_ONLY=<family>[,<family>...] limits bench and peers to those families (torch_peers.py gets --only).
 # Results go to $OUT (the device tool's folder) or gpu-bundle/results: tests.log, sanitizer.log, bench.log,
-# ours.jsonl, peers.jsonl, bench.md, summary.txt. Exit status: non-zero if any test or sanitizer run failed.
+# ours.jsonl, criterion.tar.xz (criterion's estimates), peers.jsonl, bench.md, summary.txt; under the device tool,
+# a folder of more than the 8 files it returns is packed into results.tar.xz beside summary.txt (bench/report.py
+# reads either). Exit status: non-zero if any test or sanitizer run failed.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$here/results}"
@@ -29,8 +31,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 export L4K_EXPECT_GPU=1
 # The model tests read the golden fixtures of the working tree the bundle sits in.
 export L4K_FIXTURES="$(cd "$here/.." && pwd)/reference-model/fixtures"
-# The grouped GEMM bench's cuBLASLt peer loads libcublasLt at run time; PyTorch's wheels carry it. Not found:
-# the bench panics saying so (a peer must not vanish silently).
+# libcublasLt is loaded at run time by the bf16 linears (llama4-run --device cuda, llama4-bench, the model and
+# linear tests and benches) and the grouped GEMM bench's cuBLASLt peer; PyTorch's wheels carry it. Not found:
+# those fail saying so (Blas::new names LD_LIBRARY_PATH; a peer must not vanish silently).
 cublaslt_dir="$(python3 - <<'EOF' 2>/dev/null
 import glob, os, site, sys
 roots = []
@@ -53,7 +56,7 @@ if [[ -n "$cublaslt_dir" ]]; then
   export LD_LIBRARY_PATH="$cublaslt_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   note "libcublasLt: $cublaslt_dir ($(ls "$cublaslt_dir" | grep -m1 libcublasLt))"
 else
-  note "libcublasLt: not found in PyTorch's wheels (the grouped GEMM bench will fail)"
+  note "libcublasLt: not found in PyTorch's wheels (the bf16 linears and the cuBLASLt peer will fail)"
 fi
 
 if has tests; then
@@ -157,11 +160,17 @@ if has gemmsweep; then
 fi
 
 if has bench; then
+  # Criterion's estimates are the figures (bench/report.py); a fresh folder holds this run's alone.
+  export CRITERION_HOME=/tmp/l4k-criterion
+  rm -rf "$CRITERION_HOME"
   for b in "$here"/bin/bench-*; do
     wanted "$b" || continue
-    L4K_BENCH_JSON="$out/ours.jsonl" "$b" --bench >>"$out/bench.log" 2>&1 || { note "bench $(basename "$b"): FAILED"; status=1; }
+    L4K_BENCH_JSON="$out/ours.jsonl" "$b" --bench --noplot >>"$out/bench.log" 2>&1 || { note "bench $(basename "$b"): FAILED"; status=1; }
   done
-  note "benches done: $(wc -l <"$out/ours.jsonl" 2>/dev/null || echo 0) records"
+  # One archive of criterion's */new/*.json: its folder tree is deeper and larger than the device tool returns.
+  [[ -d "$CRITERION_HOME" ]] && (cd "$CRITERION_HOME" && find . -path '*/new/*.json' -print0 | sort -z \
+    | tar --null -T - -cJf "$out/criterion.tar.xz")
+  note "benches done: $(wc -l <"$out/ours.jsonl" 2>/dev/null || echo 0) records, $(tar -tJf "$out/criterion.tar.xz" 2>/dev/null | grep -c estimates.json) criterion estimates"
 fi
 
 if has peers; then
@@ -177,8 +186,12 @@ if has peers; then
 fi
 
 if has bench; then
-  python3 "$here/peers/report.py" "$out/ours.jsonl" "$out/peers.jsonl" >"$out/bench.md" 2>>"$out/bench.log"
+  # The table; its plot is drawn where matplotlib is: python3 bench/report.py --run <this folder> --plot ...
+  python3 "$here/peers/report.py" --run "$out" >"$out/bench.md" 2>>"$out/bench.log"
   cat "$out/bench.md"
 fi
 note "overall: $([[ $status == 0 ]] && echo OK || echo FAILURES)"
+if [[ -n "${OUT:-}" ]] && (($(find "$out" -type f | wc -l) > 8)); then
+  (cd "$out" && find . -type f ! -name summary.txt ! -name results.tar.xz -print0 | sort -z | tar --null -T - --remove-files -cJf "$out/results.tar.xz")
+fi
 exit $status

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from torch_peers import time_us
+from torch_peers import spread, time_us
 
 H, KVH, D = 40, 8, 128
 SHAPES = [(64, 8192), (8, 32768), (64, 1024)]
@@ -29,7 +29,8 @@ def main():
 
     def record(shape, tokens, nbytes, peer, us):
         sink.write(json.dumps(dict(source="torch", peer=peer, family="attention_decode", variant="causal",
-                                   shape=shape, tokens=tokens, bytes=nbytes, flops=0, us=us, device=name)) + "\n")
+                                   shape=shape, tokens=tokens, bytes=nbytes, flops=0, **spread(us),
+                                   device=name)) + "\n")
         sink.flush()
         print(f"attention_decode/causal/{shape} [{peer}]: {us:.2f} us, {nbytes / us / 1e3:.0f} GB/s", flush=True)
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from torch_peers import time_us
+from torch_peers import spread, time_us
 
 NH, NKV, D = 40, 8, 128
 dev = "cuda"
@@ -32,7 +32,8 @@ def main():
 
     def record(variant, shape, tokens, flops, peer, us):
         sink.write(json.dumps(dict(source="torch", peer=peer, family="attention_prefill", variant=variant,
-                                   shape=shape, tokens=tokens, bytes=0, flops=flops, us=us, device=name)) + "\n")
+                                   shape=shape, tokens=tokens, bytes=0, flops=flops, math="bf16", **spread(us),
+                                   device=name)) + "\n")
         sink.flush()
         print(f"attention_prefill/{variant}/{shape} [{peer}]: {us:.1f} us, {flops / us / 1e6:.0f} TFLOP/s", flush=True)
 

@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from torch_peers import time_us
+from torch_peers import spread, time_us
 
 dev = "cuda"
 
@@ -65,7 +65,8 @@ def main():
 
     def record(variant, shape, tokens, nbytes, flops, peer, us):
         sink.write(json.dumps(dict(source="torch", peer=peer, family="grouped_gemm", variant=variant, shape=shape,
-                                   tokens=tokens, bytes=nbytes, flops=flops, us=us, device=name)) + "\n")
+                                   tokens=tokens, bytes=nbytes, flops=flops, math="fp8", **spread(us),
+                                   device=name)) + "\n")
         sink.flush()
         print(f"grouped_gemm/{variant}/{shape} [{peer}]: {us:.1f} us, {flops / us / 1e6:.0f} TFLOP/s", flush=True)
 

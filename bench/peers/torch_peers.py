@@ -3,7 +3,8 @@
 For each op: eager PyTorch as an inference engine would write it, and the same function under torch.compile
 (Inductor fuses it into Triton kernels: the strongest off-the-shelf peer). Median microseconds per call over
 CUDA-graph-free event timing of back-to-back calls, inputs rotated so each pass overflows L2, random data.
-Writes one JSON line per case to --json. Run on the GPU machine: python3 bench/peers/torch_peers.py --json F
+Writes one JSON line per case to --json (the median and the fastest and slowest sample). Run on the GPU
+machine: python3 bench/peers/torch_peers.py --json F
 """
 import argparse
 import json
@@ -31,9 +32,28 @@ def rotation(bytes_per_call):
 WARMUP_S = float(os.environ.get("L4K_PEER_WARMUP_S", "1.3"))
 
 
+class Median(float):
+    """The median of timed samples, carrying the fastest and slowest of them (`lo`, `hi`) so a record can give
+    the spread beside the figure (bench/report.py prints it)."""
+
+    def __new__(cls, samples):
+        s = sorted(samples)
+        m = super().__new__(cls, s[len(s) // 2])
+        m.lo, m.hi = s[0], s[-1]
+        return m
+
+
+def spread(t, unit="us"):
+    """A timing's record fields: the median, and the samples' range when `t` is a Median."""
+    fields = {unit: float(t)}
+    if isinstance(t, Median):
+        fields.update({f"{unit}_min": t.lo, f"{unit}_max": t.hi})
+    return fields
+
+
 def time_us(fn, sets, reps=20, samples=15):
-    """Median over samples of (time of `reps` back-to-back calls) / reps, cycling through input sets, after
-    WARMUP_S seconds of back-to-back calls."""
+    """Median (a Median) over samples of (time of `reps` back-to-back calls) / reps, cycling through input sets,
+    after WARMUP_S seconds of back-to-back calls."""
     for k in range(3):
         fn(*sets[k % len(sets)])
     torch.cuda.synchronize()
@@ -52,8 +72,7 @@ def time_us(fn, sets, reps=20, samples=15):
         end.record()
         end.synchronize()
         out.append(start.elapsed_time(end) * 1e3 / reps)
-    out.sort()
-    return out[len(out) // 2]
+    return Median(out)
 
 
 def rand(*shape, dtype=torch.bfloat16):
@@ -164,7 +183,7 @@ def main():
     def record(family, variant, shape, tokens, nbytes, peer, us):
         # One line at a time: a run cut short still leaves every finished figure.
         sink.write(json.dumps(dict(source="torch", peer=peer, family=family, variant=variant, shape=shape,
-                                   tokens=tokens, bytes=nbytes, us=us, device=name)) + "\n")
+                                   tokens=tokens, bytes=nbytes, **spread(us), device=name)) + "\n")
         sink.flush()
         print(f"{family}/{variant}/{shape} [{peer}]: {us:.2f} us, {nbytes / us / 1e3:.0f} GB/s", flush=True)
 

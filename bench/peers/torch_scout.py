@@ -534,8 +534,14 @@ def capture(fn):
     return g, out
 
 
+def stats(samples):
+    """(median, fastest, slowest) of timed samples: the figure and its spread."""
+    s = sorted(samples)
+    return s[len(s) // 2], s[0], s[-1]
+
+
 def time_replays(g, reps=10, samples=15):
-    """Median ms per replay over `samples` runs of `reps` back-to-back replays, after WARMUP_S s of replays."""
+    """stats() of ms per replay over `samples` runs of `reps` back-to-back replays, after WARMUP_S s of replays."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < WARMUP_S:
         for _ in range(reps):
@@ -550,7 +556,7 @@ def time_replays(g, reps=10, samples=15):
         end.record()
         end.synchronize()
         out.append(start.elapsed_time(end) / reps)
-    return sorted(out)[len(out) // 2]
+    return stats(out)
 
 
 def time_prefill(m, ids, cache, runs=3):
@@ -564,7 +570,7 @@ def time_prefill(m, ids, cache, runs=3):
         end.record()
         end.synchronize()
         out.append(start.elapsed_time(end))
-    return sorted(out)[len(out) // 2], logits
+    return stats(out), logits
 
 
 def decode_case(m, b, length):
@@ -626,8 +632,9 @@ def benchmark(args, cfg, device, name):
             rec["error" if res.startswith("error: ") else "skipped"] = res
             line = res
         else:
-            ms, finite = res
-            rec.update(ms=ms, tokens_per_s=(batch if case == "decode" else context) / ms * 1e3, finite=finite)
+            (ms, ms_min, ms_max), finite = res
+            rec.update(ms=ms, ms_min=ms_min, ms_max=ms_max,
+                       tokens_per_s=(batch if case == "decode" else context) / ms * 1e3, finite=finite)
             line = (f"{ms:10.3f} ms {rec['tokens_per_s']:10.1f} tokens/s  kv cache {kv / 1e9:6.2f} GB"
                     f"{'' if finite else '  NON-FINITE LOGITS'}")
         if sink:  # one line at a time: a run cut short keeps every finished case

@@ -9,7 +9,7 @@ import json
 
 import torch
 
-from torch_peers import rand, time_us
+from torch_peers import rand, spread, time_us
 
 # (variant, shape, E, K, N): Scout gate_up [16, 5120, 16384] and down [16, 8192, 5120], as in the Rust bench.
 CASES = [("strip", "gate_up_E16", 16, 5120, 16384), ("strip", "down_E16", 16, 8192, 5120),
@@ -34,7 +34,7 @@ def main():
 
     def record(variant, shape, nbytes, peer, us):
         sink.write(json.dumps(dict(source="torch", peer=peer, family="weight_prep", variant=variant, shape=shape,
-                                   tokens=0, bytes=nbytes, us=us, device=name)) + "\n")
+                                   tokens=0, bytes=nbytes, **spread(us), device=name)) + "\n")
         sink.flush()
         print(f"weight_prep/{variant}/{shape} [{peer}]: {us:.2f} us, {nbytes / us / 1e3:.0f} GB/s", flush=True)
 

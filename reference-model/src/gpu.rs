@@ -95,6 +95,11 @@ impl Gpu {
         Ok(Gpu { gpu, blas, opts, profile: RefCell::new(None), side, fork, join, overlap })
     }
 
+    /// How this backend was opened (the recipe: `fp8_dense`).
+    pub fn options(&self) -> GpuOptions {
+        self.opts
+    }
+
     pub fn describe(&self) -> String {
         self.gpu.describe()
     }

@@ -7,13 +7,17 @@
 //! bandwidth measured in the same process ([`Gpu::copy_ceiling_gbps`]) are its weight-read limit. Routed experts
 //! count as touched with the expectation under uniform routing, `E (1 - (1 - 1/E)^(B k))` per MoE layer (one
 //! at batch 1, nearly all at 32 and more).
+//!
+//! Work. [`step_flops`] counts a step's matrix FLOPs and the part of them the recipe runs in FP8, so a case can
+//! also be held to the tensor-core ceilings (bench/report.py draws every case on one roofline).
 
 use crate::backend::Limits;
-use crate::config::Ffn;
+use crate::config::{Ffn, TextConfig};
 use crate::engine::{Engine, Logits, SeqId, SeqStep};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, OpTime};
+use crate::gpu::{Gpu, GpuWeight, OpTime};
 use crate::model::Model;
+use crate::weights::Role;
 use llama4_contract::Mask;
 use std::time::Instant;
 
@@ -50,6 +54,8 @@ pub enum Outcome {
         /// Decode: weight and KV bytes a step must read; its limit at the copy ceiling; the fraction reached.
         read_bytes: usize,
         limit_ms: f64,
+        /// Matrix work of the case's step (decode) or of the whole prefill.
+        flops: Flops,
         /// One eagerly run step, by op family.
         profile: Vec<OpTime>,
     },
@@ -95,9 +101,61 @@ pub struct WeightBytes {
 }
 
 impl WeightBytes {
+    /// What `model` holds on the device, by role.
+    pub fn of(model: &Model<Gpu>) -> WeightBytes {
+        let mut wb = WeightBytes::default();
+        model.for_each_weight(&mut |role, w: &GpuWeight| match role {
+            Role::ExpertsGateUp | Role::ExpertsDown => wb.experts += w.bytes(),
+            Role::Embedding => wb.embedding += w.bytes(),
+            _ => wb.dense += w.bytes(),
+        });
+        wb
+    }
+
     pub fn total(&self) -> usize {
         self.experts + self.dense + self.embedding
     }
+}
+
+/// Matrix FLOPs of a step (a multiply-add counts 2) and the part of them run in FP8; the rest is bf16.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flops {
+    pub total: usize,
+    pub fp8: usize,
+}
+
+/// The matrix work of one forward step over query tokens at `positions` (any mix of sequences: a token's work
+/// depends only on its position) with `logit_rows` rows of lm_head: every linear (qkv, o, router, the shared
+/// expert or dense MLP, the `num_experts_per_tok` routed experts a token goes to), lm_head, and attention's
+/// QK^T and PV at 4 * heads * head_dim per visible (query, key) pair, the FlashAttention convention
+/// bench/attention_prefill.rs uses (chunked layers see their chunk's keys only). FP8: the routed experts, and
+/// with `fp8_dense` the attention projections, shared expert and dense MLP ([`crate::gpu::GpuOptions`]).
+pub fn step_flops(c: &TextConfig, fp8_dense: bool, positions: &[usize], logit_rows: usize) -> Flops {
+    let (h, d, t) = (c.hidden_size, c.head_dim, positions.len());
+    let (nq, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+    let mut dense = 0; // per token: the linears fp8_dense quantizes
+    let mut experts = 0;
+    let mut bf16 = 2 * h * c.vocab_size * logit_rows;
+    for (i, ffn) in c.ffn.iter().enumerate() {
+        dense += 2 * h * (nq + 2 * nkv) * d + 2 * nq * d * h;
+        match ffn {
+            Ffn::Moe => {
+                dense += 6 * h * c.intermediate_size;
+                experts += c.num_experts_per_tok * 6 * h * c.intermediate_size;
+                bf16 += 2 * h * c.num_local_experts * t;
+            }
+            Ffn::Dense => dense += 6 * h * c.intermediate_size_mlp,
+        }
+        let chunk = match c.masks[i] {
+            Mask::Chunked { chunk } => chunk,
+            Mask::Causal => usize::MAX,
+        };
+        let keys: usize = positions.iter().map(|&p| p % chunk + 1).sum();
+        bf16 += 4 * nq * d * keys;
+    }
+    let (dense, experts) = (dense * t, experts * t);
+    let fp8 = experts + if fp8_dense { dense } else { 0 };
+    Flops { total: bf16 + dense + experts, fp8 }
 }
 
 fn limits(batch: usize, tokens: usize, context: usize, block_size: usize) -> Limits {
@@ -222,10 +280,22 @@ pub fn decode(
     let ms = (0..steps).map(|_| case.step()).collect::<Result<Vec<_>>>()?;
     let read_bytes = decode_weight_bytes(model, weights, batch) + decode_kv_bytes(model, batch, context);
     let limit_ms = read_bytes as f64 / (copy_gbps * 1e9) * 1e3;
-    Ok(ran(model, &case.eng, ms, batch, read_bytes, limit_ms, profile))
+    let flops = decode_flops(model, batch, context);
+    Ok(ran(model, &case.eng, ms, batch, read_bytes, limit_ms, flops, profile))
+}
+
+/// [`step_flops`] of a decode step of `batch` sequences at `context` positions (the new token's at `context`).
+pub fn decode_flops(model: &Model<Gpu>, batch: usize, context: usize) -> Flops {
+    step_flops(&model.config, model.backend.options().fp8_dense, &vec![context; batch], batch)
+}
+
+/// [`step_flops`] of prefilling one `prompt`-token sequence to its first token (one logit row).
+pub fn prefill_flops(model: &Model<Gpu>, prompt: usize) -> Flops {
+    step_flops(&model.config, model.backend.options().fp8_dense, &(0..prompt).collect::<Vec<_>>(), 1)
 }
 
 /// The outcome of a case that ran: `tokens` per step at the median of `ms`, the engine's memory.
+#[allow(clippy::too_many_arguments)]
 fn ran(
     model: &Model<Gpu>,
     eng: &Engine<Gpu>,
@@ -233,6 +303,7 @@ fn ran(
     tokens: usize,
     read_bytes: usize,
     limit_ms: f64,
+    flops: Flops,
     profile: Vec<OpTime>,
 ) -> Outcome {
     let time = Timing::of(ms);
@@ -244,6 +315,7 @@ fn ran(
         workspace_bytes: eng.backend_state().bytes - kv_bytes,
         read_bytes,
         limit_ms,
+        flops,
         profile,
     }
 }
@@ -317,5 +389,64 @@ pub fn prefill(
     let profiled = case.run();
     let profile = model.backend.finish_profile()?;
     profiled?;
-    Ok(ran(model, &case.eng, ms, prompt, 0, 0.0, profile))
+    Ok(ran(model, &case.eng, ms, prompt, 0, 0.0, prefill_flops(model, prompt), profile))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Mask;
+    use crate::synthetic::{self, Preset};
+
+    /// Elements of the weights of `c` a token multiplies (linears, router, all experts, lm_head), from the shapes
+    /// the synthetic model draws: the checkpoint's own layout, counted independently of [`step_flops`].
+    fn elements(c: &TextConfig) -> (usize, usize, usize, usize) {
+        let (mut linear, mut router, mut experts, mut head) = (0, 0, 0, 0);
+        synthetic::weights(c, 0, &mut |role, _, shape, _| {
+            let n: usize = shape.iter().product();
+            match role {
+                Role::Linear => linear += n,
+                Role::Router => router += n,
+                Role::ExpertsGateUp | Role::ExpertsDown => experts += n,
+                Role::LmHead => head += n,
+                Role::Embedding | Role::Norm => {}
+            }
+            Ok(())
+        })
+        .unwrap();
+        (linear, router, experts, head)
+    }
+
+    #[test]
+    fn a_tokens_linear_work_is_twice_the_weights_it_multiplies() {
+        for preset in [Preset::Scout, Preset::Maverick] {
+            let c = preset.config(Some(4)).unwrap();
+            let (linear, router, experts, head) = elements(&c);
+            let routed = experts / c.num_local_experts * c.num_experts_per_tok;
+            // Position 0 sees one key in every layer.
+            let attention = 4 * c.num_attention_heads * c.head_dim * c.num_hidden_layers;
+            for fp8_dense in [false, true] {
+                let f = step_flops(&c, fp8_dense, &[0], 1);
+                assert_eq!(f.total, 2 * (linear + router + routed + head) + attention, "{preset:?}");
+                assert_eq!(f.fp8, 2 * (routed + if fp8_dense { linear } else { 0 }), "{preset:?} {fp8_dense}");
+                // Tokens add their linear work; lm_head counts the logit rows asked for.
+                let two = step_flops(&c, fp8_dense, &[0, 0], 2);
+                assert_eq!(two.total, 2 * f.total);
+                assert_eq!(step_flops(&c, fp8_dense, &[0, 0], 1).total, two.total - 2 * head);
+            }
+        }
+    }
+
+    #[test]
+    fn attention_work_counts_the_keys_each_layer_sees() {
+        let c = Preset::Scout.config(Some(4)).unwrap();
+        let chunked = Mask::Chunked { chunk: 8192 };
+        assert_eq!(c.masks, vec![chunked, chunked, chunked, Mask::Causal]);
+        let per_pair = 4 * c.num_attention_heads * c.head_dim;
+        let at = |p: usize| step_flops(&c, false, &[p], 1).total - step_flops(&c, false, &[0], 1).total;
+        // Past the first 8192-position chunk the chunked layers see only their chunk; the global layer all.
+        assert_eq!(at(10000), per_pair * (3 * (10000 % 8192) + 10000));
+        assert_eq!(at(8191), per_pair * 4 * 8191);
+        assert_eq!(at(8192), per_pair * 8192);
+    }
 }

@@ -11,11 +11,10 @@
 //! `--json` (appended) for bench/model_report.py. Any failure is one line on stderr and exit 1 (2 for usage).
 
 use clap::Parser;
-use llama4_model::gpu::{Gpu, GpuOptions, GpuWeight, OpTime};
+use llama4_model::gpu::{Gpu, GpuOptions, OpTime};
 use llama4_model::model::Model;
 use llama4_model::perf::{self, Outcome, WeightBytes};
 use llama4_model::synthetic::Preset;
-use llama4_model::weights::Role;
 use llama4_model::Error;
 use std::io::Write;
 use std::path::PathBuf;
@@ -129,7 +128,7 @@ fn run(args: &Args) -> Result<(), Error> {
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    let wb = weight_bytes(&model);
+    let wb = WeightBytes::of(&model);
     let (free, total) = model.backend.mem_info()?;
     println!(
         "{} ({recipe}): {} layers, weights {:.2} GB (routed experts {:.2}, other {:.2}, embedding {:.2}) built in \
@@ -187,16 +186,6 @@ fn run(args: &Args) -> Result<(), Error> {
     Ok(())
 }
 
-fn weight_bytes(model: &Model<Gpu>) -> WeightBytes {
-    let mut wb = WeightBytes::default();
-    model.for_each_weight(&mut |role, w: &GpuWeight| match role {
-        Role::ExpertsGateUp | Role::ExpertsDown => wb.experts += w.bytes(),
-        Role::Embedding => wb.embedding += w.bytes(),
-        _ => wb.dense += w.bytes(),
-    });
-    wb
-}
-
 fn report(out: &Outcome, case: &str) {
     match out {
         Outcome::Ran { time, tokens_per_s, kv_bytes, workspace_bytes, limit_ms, profile, .. } => {
@@ -234,17 +223,19 @@ fn breakdown(p: &[OpTime]) -> String {
 fn outcome_json(case: &str, batch: usize, tokens: usize, out: &Outcome) -> String {
     let key = if case == "decode" { "context" } else { "prompt" };
     match out {
-        Outcome::Ran { time, tokens_per_s, kv_bytes, workspace_bytes, read_bytes, limit_ms, profile } => {
+        Outcome::Ran { time, tokens_per_s, kv_bytes, workspace_bytes, read_bytes, limit_ms, flops, profile } => {
             let prof: Vec<String> = profile
                 .iter()
                 .map(|o| format!(r#"{{"op":"{}","ms":{:.4},"calls":{}}}"#, o.label, o.ms, o.calls))
                 .collect();
             format!(
-                r#""case":"{case}","batch":{batch},"{key}":{tokens},"ms":{:.4},"min_ms":{:.4},"max_ms":{:.4},"samples":{},"tokens_per_s":{tokens_per_s:.2},"kv_bytes":{kv_bytes},"workspace_bytes":{workspace_bytes},"read_bytes":{read_bytes},"limit_ms":{limit_ms:.4},"profile":[{}]"#,
+                r#""case":"{case}","batch":{batch},"{key}":{tokens},"ms":{:.4},"min_ms":{:.4},"max_ms":{:.4},"samples":{},"tokens_per_s":{tokens_per_s:.2},"kv_bytes":{kv_bytes},"workspace_bytes":{workspace_bytes},"read_bytes":{read_bytes},"limit_ms":{limit_ms:.4},"flops":{},"fp8_flops":{},"profile":[{}]"#,
                 time.median_ms,
                 time.min_ms,
                 time.max_ms,
                 time.samples,
+                flops.total,
+                flops.fp8,
                 prof.join(",")
             )
         }
