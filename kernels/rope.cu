@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(kRopeWarps * 32) rope_kernel(const L4kRopePara
   const float temperature =
       p.temperature ? logf(floorf((static_cast<float>(pos) + 1.f) / p.floor_scale) + 1.f) * p.attn_scale + 1.f : 1.f;
   const int64_t slot = p.slots[t];
-  if (slot >= p.cache_slots && p.bad_slots != nullptr && threadIdx.x == 0) atomicAdd(p.bad_slots, 1u);
+  if ((slot < -1 || slot >= p.cache_slots) && p.bad_slots != nullptr && threadIdx.x == 0) atomicAdd(p.bad_slots, 1u);
 
   // Two heads per warp per step, both loaded before either is processed: twice the bytes in flight.
   const bf16* row = static_cast<const bf16*>(p.qkv) + t * heads * p.head_dim;

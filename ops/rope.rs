@@ -18,8 +18,9 @@ pub use llama4_contract::{HeadLayout, LayerKind, Llama3Scaling, Temperature};
 
 const OP: &str = "rope";
 
-/// RoPE frequencies `inv_freq[j]`, j < head_dim / 2, in f32 as transformers computes them. With low == high the
-/// smooth band is empty and nothing divides by zero. Computed once per model on the host.
+/// RoPE frequencies `inv_freq[j]`, j < head_dim / 2, in f32 as transformers computes them, bit for bit
+/// ([`llama4_contract::rope_inv_freq`] gives PyTorch's order of roundings). With low == high the smooth band is
+/// empty and nothing divides by zero. Computed once per model on the host.
 pub fn inv_freq(theta: f32, head_dim: usize, scaling: Option<Llama3Scaling>) -> Result<Vec<f32>> {
     ensure!(head_dim >= 2 && head_dim % 2 == 0, "{OP}: head_dim {head_dim} must be even and positive");
     ensure!(theta.is_finite() && theta > 1.0, "{OP}: rope_theta {theta} must be finite and > 1");
@@ -33,22 +34,7 @@ pub fn inv_freq(theta: f32, head_dim: usize, scaling: Option<Llama3Scaling>) -> 
              positive original_max_position_embeddings (got {s:?})"
         );
     }
-    Ok((0..head_dim / 2)
-        .map(|j| {
-            let inv = 1.0f32 / theta.powf((2 * j) as f32 / head_dim as f32);
-            let Some(s) = scaling else { return inv };
-            let orig = s.original_max_position_embeddings;
-            let wl = 2.0 * std::f32::consts::PI / inv;
-            if wl > orig / s.low_freq_factor {
-                inv / s.factor
-            } else if wl < orig / s.high_freq_factor || s.high_freq_factor == s.low_freq_factor {
-                inv
-            } else {
-                let smooth = (orig / wl - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-                (1.0 - smooth) * inv / s.factor + smooth * inv
-            }
-        })
-        .collect())
+    Ok(llama4_contract::rope_inv_freq(theta, head_dim, scaling))
 }
 
 /// Pre-processes `qkv` [T, (Hq + 2 Hkv) * D] at absolute positions `pos` [T]: writes q to `q_out` [T, Hq, D]

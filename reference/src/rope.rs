@@ -9,37 +9,11 @@ use ndarray::{s, Array3, ArrayView2};
 
 pub use llama4_contract::{HeadLayout, LayerKind, Llama3Scaling, Temperature};
 
-/// `inv_freq[j]` for j in 0..head_dim/2, in f32 exactly as transformers computes it:
-/// `1 / theta^((2j) / D)`, then, with llama3 scaling, per j with `wl = 2 pi / inv`: `inv / factor` when
-/// `wl > orig / low`, `inv` when `wl < orig / high`, else `(1 - s) * inv / factor + s * inv` with
-/// `s = (orig / wl - low) / (high - low)`. When low == high the middle band is empty (only a wavelength of
-/// exactly `orig / low` could land there; it is treated as unscaled), so nothing divides by zero.
+/// `inv_freq[j]` for j in 0..head_dim/2, in f32 exactly as transformers computes it: the contract's one
+/// derivation, [`llama4_contract::rope_inv_freq`] (which spells out PyTorch's order of roundings).
 pub fn inv_freq(theta: f32, head_dim: usize, scaling: Option<Llama3Scaling>) -> Vec<f32> {
     assert!(head_dim % 2 == 0, "rope: head_dim {head_dim} is odd");
-    (0..head_dim / 2)
-        .map(|j| {
-            let inv = 1.0f32 / theta.powf((2 * j) as f32 / head_dim as f32);
-            match scaling {
-                None => inv,
-                Some(sc) => llama3_scale(inv, sc),
-            }
-        })
-        .collect()
-}
-
-fn llama3_scale(inv: f32, sc: Llama3Scaling) -> f32 {
-    let orig = sc.original_max_position_embeddings;
-    let low_wl = orig / sc.low_freq_factor;
-    let high_wl = orig / sc.high_freq_factor;
-    let wl = 2.0 * std::f32::consts::PI / inv;
-    if wl > low_wl {
-        inv / sc.factor
-    } else if wl < high_wl || sc.high_freq_factor == sc.low_freq_factor {
-        inv
-    } else {
-        let s = (orig / wl - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor);
-        (1.0 - s) * inv / sc.factor + s * inv
-    }
+    llama4_contract::rope_inv_freq(theta, head_dim, scaling)
 }
 
 /// Rotates every head of `x` [T, heads, D] in place: token t by angle `pos[t] * inv_freq[j]` (f32 product),
