@@ -61,7 +61,12 @@ typedef struct l4k_llama3_scaling {
   float original_max_position_embeddings;
 } l4k_llama3_scaling;
 
-/* Host-side, once per model: inv_freq[j] for j < head_dim / 2, f32, exactly as transformers computes them.
+/* Host-side, once per model: inv_freq[j] for j < head_dim / 2, f32: transformers' expression op by op with
+ * PyTorch's roundings (`2 pi / inv_freq` is a reciprocal then a multiply, as PyTorch evaluates scalar / tensor),
+ * and theta ** (2j / head_dim) correctly rounded. Against transformers 5.17 on CPU (36 configurations: theta
+ * 1e4, 5e5, 1e6, head_dim 64, 96, 128, four llama3 scalings) the result is identical except where PyTorch's CPU
+ * pow (SLEEF, 1 ulp) is not correctly rounded: one entry in 12 configurations, 1 to 3 ulp. transformers on CUDA
+ * differs from its own CPU result in every configuration (up to 42 ulp), so no one bit pattern is "its" value.
  * scaling may be NULL (plain RoPE). inv_freq: head_dim / 2 host floats. */
 l4k_status l4k_rope_inv_freq(float theta, int32_t head_dim, const l4k_llama3_scaling* scaling, float* inv_freq);
 
@@ -241,10 +246,15 @@ l4k_status l4k_unpermute(const void* expert_out, const float* weights, const int
  * k a multiple of 16, n a multiple of 8; a, b, d 16-byte aligned; workspace 256-byte aligned.
  * schedule: 0 auto (decode path up to 32 rows per expert on average, else prefill), 1 prefill (promoted FP8
  * accumulation), 2 decode (A/B swapped, weight-bandwidth bound), 3 prefill with fast accumulation.
+ * Auto decides by `rows`, A's row count: the routed rows for an unpadded layout (router align 1), but with the
+ * router's align > 1 up to experts x (align - 1) of them are padding. Such a caller asks
+ * l4k_grouped_gemm_auto_schedule(tokens * k, experts, &schedule) and passes that schedule.
  * Offsets that are inconsistent (outside [0, rows], decreasing, counts past their range) cannot be seen from
  * the host without a sync: then nothing is computed and *bad_offsets (one device uint32, may be NULL) is set
  * to 1. No host synchronization: capturable in a CUDA graph. */
 l4k_status l4k_grouped_gemm_workspace_size(int32_t experts, size_t* bytes);
+/* The schedule (1 prefill, 2 decode) auto picks for routed_rows real (token, expert) rows over experts experts. */
+l4k_status l4k_grouped_gemm_auto_schedule(int64_t routed_rows, int32_t experts, int32_t* schedule);
 l4k_status l4k_grouped_gemm_fp8(const void* a, const float* scale_a, const void* b, const float* scale_b,
                                 const int32_t* offsets, const int32_t* counts, void* d, int64_t rows, int64_t n,
                                 int64_t k, int32_t experts, int32_t schedule, void* workspace,

@@ -630,6 +630,32 @@ pub unsafe extern "C" fn l4k_grouped_gemm_workspace_size(experts: i32, bytes: *m
     })
 }
 
+/// The schedule code (1 prefill, 2 decode) that schedule 0 (auto) of `l4k_grouped_gemm_fp8` and its blockwise
+/// variant picks for `routed_rows` real (token, expert) rows over `experts` experts, written to `*schedule`. A
+/// caller with a padded layout (router align > 1) passes tokens x k here and the result as `schedule`: auto
+/// itself only sees the padded `rows`.
+///
+/// # Safety
+/// `schedule` must be NULL (an error) or point to a writable int32_t.
+#[no_mangle]
+pub unsafe extern "C" fn l4k_grouped_gemm_auto_schedule(routed_rows: i64, experts: i32, schedule: *mut i32) -> Status {
+    guard(|| {
+        if schedule.is_null() {
+            return Err(Error::InvalidArgument("grouped_gemm: schedule is null".into()));
+        }
+        let r = usize::try_from(routed_rows)
+            .map_err(|_| Error::InvalidArgument(format!("grouped_gemm: routed_rows = {routed_rows} < 0")))?;
+        let e = usize::try_from(experts)
+            .ok()
+            .filter(|e| (1..=grouped_gemm::MAX_EXPERTS).contains(e))
+            .ok_or_else(|| Error::InvalidArgument(format!("grouped_gemm: experts = {experts} outside 1..=4096")))?;
+        let code = grouped_gemm::Schedule::AutoRouted { routed_rows: r }.code(r, e);
+        // SAFETY: non-null, writable per the contract.
+        unsafe { *schedule = code };
+        Ok(())
+    })
+}
+
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub extern "C" fn l4k_grouped_gemm_fp8(

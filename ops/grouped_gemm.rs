@@ -26,8 +26,13 @@ const OP: &str = "grouped_gemm";
 /// Which kernel configuration runs (kernels/grouped_gemm.cu explains both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
-    /// By total rows: `Decode` up to [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average, else `Prefill`.
+    /// By A's row count: `Decode` up to [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average, else
+    /// `Prefill`. Right for an unpadded layout (the router's align = 1), where the rows are the routed pairs;
+    /// a padded layout's rows include up to experts x (align - 1) padding rows: use [`Schedule::AutoRouted`].
     Auto,
+    /// As `Auto`, deciding by `routed_rows`, the number of real (token, expert) rows (tokens x k, which the
+    /// caller knows on the host) instead of A's padded row count.
+    AutoRouted { routed_rows: usize },
     /// Cooperative tiles with promoted (accurate) FP8 accumulation: tensor-core bound shapes. 128x192, or
     /// 128x128 where n is not within 2% of a multiple of 192 or the experts average at most 128 rows.
     Prefill,
@@ -41,15 +46,34 @@ pub enum Schedule {
 /// Decode tiles hold 32 tokens of one expert; past that the weights would be read once per 32 tokens.
 pub const DECODE_MAX_ROWS_PER_EXPERT: usize = 32;
 
+/// Auto's rule: the decode (swapped) schedule up to [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average.
+fn auto_code(rows: usize, experts: usize) -> i32 {
+    if rows <= DECODE_MAX_ROWS_PER_EXPERT * experts.max(1) {
+        2
+    } else {
+        1
+    }
+}
+
 impl Schedule {
-    /// The launcher's code for this schedule (L4kGemmSchedule), AUTO resolved by the total row count.
+    /// The launcher's code for this schedule (L4kGemmSchedule), AUTO resolved by `rows` (A's row count),
+    /// AutoRouted by its routed rows.
     pub(crate) fn code(self, rows: usize, experts: usize) -> i32 {
         match self {
             Schedule::Prefill => 1,
             Schedule::Decode => 2,
             Schedule::PrefillFastAccum => 3,
-            Schedule::Auto if rows <= DECODE_MAX_ROWS_PER_EXPERT * experts => 2,
-            Schedule::Auto => 1,
+            Schedule::Auto => auto_code(rows, experts),
+            Schedule::AutoRouted { routed_rows } => auto_code(routed_rows, experts),
+        }
+    }
+
+    /// The concrete schedule `Auto` picks for `routed_rows` real rows over `experts` experts.
+    pub fn resolve(routed_rows: usize, experts: usize) -> Schedule {
+        if auto_code(routed_rows, experts) == 2 {
+            Schedule::Decode
+        } else {
+            Schedule::Prefill
         }
     }
 }
@@ -141,7 +165,7 @@ pub fn grouped_gemm_swiglu_fp8(
     let ([rows, _], [_, n, _]) = (g.a.shape(), g.b.shape());
     ensure!(n % 16 == 0, "{OP}: SwiGLU needs n = {n} (gate and up interleaved) to be a multiple of 16");
     let code = match schedule {
-        Schedule::Auto | Schedule::Prefill => 1,
+        Schedule::Auto | Schedule::AutoRouted { .. } | Schedule::Prefill => 1,
         Schedule::PrefillFastAccum => 3,
         Schedule::Decode => {
             return Err(crate::Error::InvalidArgument(format!(
@@ -401,4 +425,39 @@ fn check_params(p: &GroupedGemmParams) -> Result<bool> {
     // (sizing every configuration here as well would ask CUTLASS twice per call).
     ensure!(p.workspace_bytes >= 0, "{OP}: workspace_bytes is negative");
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_routed_decides_by_the_routed_rows_not_the_padding() {
+        // 512 decode tokens, top-1 over 16 experts, the router's align = 128: up to 16 x 127 padding rows.
+        let (tokens, experts) = (512, 16);
+        let padded = crate::permute::permuted_rows(tokens, 1, experts, 128);
+        assert_eq!(Schedule::Auto.code(padded, experts), 1, "plain auto sees the padded rows");
+        assert_eq!(Schedule::AutoRouted { routed_rows: tokens }.code(padded, experts), 2);
+        assert_eq!(Schedule::resolve(tokens, experts), Schedule::Decode);
+        // Past 32 rows per expert on average the weights are re-read per 32-token tile: prefill.
+        assert_eq!(Schedule::AutoRouted { routed_rows: 32 * experts + 1 }.code(0, experts), 1);
+        assert_eq!(Schedule::resolve(32 * experts + 1, experts), Schedule::Prefill);
+    }
+
+    #[test]
+    fn auto_schedule_through_the_c_abi() {
+        let mut code = -1;
+        // SAFETY: a valid out pointer; then a null one, which must be refused.
+        unsafe {
+            assert_eq!(crate::capi::l4k_grouped_gemm_auto_schedule(512, 16, &mut code), crate::error::Status::Ok);
+            assert_eq!(code, 2);
+            assert_eq!(crate::capi::l4k_grouped_gemm_auto_schedule(100_000, 16, &mut code), crate::error::Status::Ok);
+            assert_eq!(code, 1);
+            assert_ne!(crate::capi::l4k_grouped_gemm_auto_schedule(512, 0, &mut code), crate::error::Status::Ok);
+            assert_ne!(
+                crate::capi::l4k_grouped_gemm_auto_schedule(512, 16, std::ptr::null_mut()),
+                crate::error::Status::Ok
+            );
+        }
+    }
 }
