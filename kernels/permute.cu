@@ -81,46 +81,38 @@ __device__ __forceinline__ void store_row_e4m3_bf16w(uint8_t* out, const Pack<8>
   }
 }
 
+// The FP8 row write for a weight that is not a bf16 value: bf16(x * w) from the f32 products, both of a pair
+// rounded by one conversion (each rounds as alone), then the pair's E4M3 encoding.
+template <int VPT>
+__device__ __forceinline__ void store_row_e4m3_f32w(uint8_t* out, const Pack<8> (&v)[VPT], float w, float inv,
+                                                    int64_t hidden) {
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * 8;
+    if (c < hidden) {
+      uint2 raw;
+      __nv_fp8x2_storage_t* b = reinterpret_cast<__nv_fp8x2_storage_t*>(&raw);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const float2 y = __bfloat1622float2(__floats2bfloat162_rn(__fmul_rn(v[i][2 * q], w), __fmul_rn(v[i][2 * q + 1], w)));
+        b[q] = __nv_cvt_float2_to_fp8x2(make_float2(y.x * inv, y.y * inv), __NV_SATFINITE, __NV_E4M3);
+      }
+      *reinterpret_cast<uint2*>(out + c) = raw;
+    }
+  }
+}
+
 // Registers decide how many token rows an SM holds in flight. Left alone, ptxas gives the FP8 kernel 64 per
 // thread (6 CTAs of 160 threads per SM at H = 5120); the bound below asks for 48 (8 CTAs), what quant gets.
 template <int VEC, int VPT, bool FP8>
 constexpr int permute_min_blocks() { return FP8 && VEC == 8 && VPT <= 4 ? 5 : 1; }
 
+// The token's k writes from its row in registers (v, and its amax |x| when FP8), destinations and weights in
+// shared memory.
 template <int VEC, int VPT, bool FP8>
-__global__ void __launch_bounds__(row_threads_cap<VEC>(), permute_min_blocks<VEC, VPT, FP8>()) permute_kernel(const L4kPermuteParams p) {
-  if (blockIdx.x >= p.tokens) {
-    zero_padding_row<VEC, FP8>(p, blockIdx.x - p.tokens);
-    return;
-  }
-  const int64_t t = blockIdx.x;
-  // Destinations and weights are read before the row, so their latency hides under the row's loads instead
-  // of following the amax reduction's barrier.
-  __shared__ int64_t rows_s[L4K_ROUTER_MAX_TOP_K];
-  __shared__ float w_s[L4K_ROUTER_MAX_TOP_K];
+__device__ __forceinline__ void write_choices(const L4kPermuteParams& p, const Pack<VEC> (&v)[VPT], float amax,
+                                              const int64_t* rows_s, const float* w_s) {
   const bool scaled = p.weights != nullptr;
-  if (threadIdx.x < p.k) {
-    rows_s[threadIdx.x] = p.dest[t * p.k + threadIdx.x];
-    w_s[threadIdx.x] = scaled ? p.weights[t * p.k + threadIdx.x] : 1.f;
-  }
-  const bf16* x = static_cast<const bf16*>(p.x) + t * p.hidden;
-  Pack<VEC> v[VPT];
-  float amax = 0.f;
-#pragma unroll
-  for (int i = 0; i < VPT; ++i) {
-    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
-    if (c < p.hidden) {
-      v[i] = load_pack<VEC>(x + c);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) amax = fmaxf(amax, fabsf(v[i][j]));
-    }
-  }
-  // One reduction per token, not per choice: rounding is monotone and odd, so the amax of bf16(x * w) over a
-  // row is bf16(amax|x| * |w|) exactly (NaN elements drop out of both; a NaN weight gives the floor scale).
-  if constexpr (FP8) {
-    amax = block_reduce(amax, MaxOp{}, 0.f);  // its barriers also publish rows_s / w_s
-  } else {
-    __syncthreads();
-  }
   for (int choice = 0; choice < p.k; ++choice) {
     // The same value for every thread: the skip below is uniform across the CTA.
     const int64_t row = rows_s[choice];
@@ -136,9 +128,10 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>(), permute_min_blocks<VEC
     if constexpr (FP8 && VEC == 8) {
       if (!scaled || round_bf16(w) == w) {  // CTA-uniform
         store_row_e4m3_bf16w<VPT>(static_cast<uint8_t*>(p.out) + row * p.hidden, v, scaled, w, inv, p.hidden);
-        continue;
+      } else {
+        store_row_e4m3_f32w<VPT>(static_cast<uint8_t*>(p.out) + row * p.hidden, v, w, inv, p.hidden);
       }
-    }
+    } else {
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
       const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
@@ -154,7 +147,55 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>(), permute_min_blocks<VEC
         }
       }
     }
+    }
   }
+}
+
+// One reduction per token, not per choice: rounding is monotone and odd, so the amax of bf16(x * w) over a
+// row is bf16(amax|x| * |w|) exactly (NaN elements drop out of both; a NaN weight gives the floor scale).
+// The reduction's barriers (or, for bf16, one barrier) also publish the destinations and weights.
+template <int VEC, int VPT, bool FP8>
+__device__ __forceinline__ float row_amax_and_sync(const Pack<VEC> (&v)[VPT], int64_t hidden) {
+  float amax = 0.f;
+  if constexpr (FP8) {
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+      if (c < hidden)
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) amax = fmaxf(amax, fabsf(v[i][j]));
+    }
+    amax = block_reduce(amax, MaxOp{}, 0.f);
+  } else {
+    __syncthreads();
+  }
+  return amax;
+}
+
+template <int VEC, int VPT, bool FP8>
+__global__ void __launch_bounds__(row_threads_cap<VEC>(), permute_min_blocks<VEC, VPT, FP8>()) permute_kernel(const L4kPermuteParams p) {
+  if (blockIdx.x >= p.tokens) {
+    zero_padding_row<VEC, FP8>(p, blockIdx.x - p.tokens);
+    return;
+  }
+  const int64_t t = blockIdx.x;
+  // Destinations and weights are read before the row, so their latency hides under the row's loads instead
+  // of following the amax reduction's barrier.
+  __shared__ int64_t rows_s[L4K_ROUTER_MAX_TOP_K];
+  __shared__ float w_s[L4K_ROUTER_MAX_TOP_K];
+  if (threadIdx.x < p.k) {
+    rows_s[threadIdx.x] = p.dest[t * p.k + threadIdx.x];
+    w_s[threadIdx.x] = p.weights != nullptr ? p.weights[t * p.k + threadIdx.x] : 1.f;
+  }
+  const bf16* x = static_cast<const bf16*>(p.x) + t * p.hidden;
+  Pack<VEC> v[VPT];
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < p.hidden) v[i] = load_pack<VEC>(x + c);
+  }
+  const float amax = row_amax_and_sync<VEC, VPT, FP8>(v, p.hidden);
+  write_choices<VEC, VPT, FP8>(p, v, amax, rows_s, w_s);
 }
 
 template <int VEC, bool FP8>
@@ -231,11 +272,68 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const
   }
 }
 
+// Top-1 unpermute (k == 1, every Llama 4 checkpoint): out[t] = bf16((0 + (w *) y[dest[t]]) + shared[t]), the
+// general kernel's sum with one source, without its f32 accumulators: fewer registers (4 CTAs of 160 threads
+// resident per SM instead of 3), so more loads are in flight. Every thread reads the destination itself (one
+// broadcast load) instead of waiting for it behind a barrier, with the shared row's loads already in flight.
+template <int VPT, int MAX_THREADS>
+__global__ void __launch_bounds__(MAX_THREADS) unpermute_top1_kernel(const L4kUnpermuteParams p) {
+  const int64_t t = blockIdx.x;
+  const bf16* shared = static_cast<const bf16*>(p.shared);
+  Pack<8> sh[VPT];
+  if (shared != nullptr) {
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * 8;
+      if (c < p.hidden) sh[i] = load_pack<8>(shared + t * p.hidden + c);
+    }
+  }
+  const int64_t d = p.dest[t];
+  const bool ok = d >= 0 && d < p.rows;  // uniform across the CTA
+  const float w = p.weights != nullptr ? p.weights[t] : 1.f;
+  Pack<8> r[VPT];
+  if (ok) {
+    const bf16* row = static_cast<const bf16*>(p.expert_out) + d * p.hidden;
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * 8;
+      if (c < p.hidden) r[i] = load_pack<8>(row + c);
+    }
+  }
+  bf16* out = static_cast<bf16*>(p.out) + t * p.hidden;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * 8;
+    if (c < p.hidden) {
+      Pack<8> o;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        // 0 + x, not x: the general kernel's sum starts at +0, which turns a -0 product into +0.
+        const float acc = ok ? __fadd_rn(0.f, p.weights != nullptr ? __fmul_rn(w, r[i][j]) : r[i][j]) : 0.f;
+        o.set(j, shared != nullptr ? __fadd_rn(acc, sh[i][j]) : acc);
+      }
+      store_pack<8>(out + c, o);
+    }
+  }
+}
+
+
 template <int VEC>
 int launch_unpermute(const L4kUnpermuteParams& p, cudaStream_t stream) {
   RowShape s;
   if (!row_shape<VEC>(p.hidden / VEC, &s)) return L4K_STATUS_TOO_LONG;
   const dim3 grid(static_cast<unsigned>(p.tokens)), block(s.threads);
+  if (VEC == 8 && p.k == 1) {
+    constexpr int kCap = row_threads_cap<8>();
+    switch (s.vpt) {
+      case 1: unpermute_top1_kernel<1, kCap><<<grid, block, 0, stream>>>(p); break;
+      case 2: unpermute_top1_kernel<2, kCap><<<grid, block, 0, stream>>>(p); break;
+      case 4: unpermute_top1_kernel<4, kCap><<<grid, block, 0, stream>>>(p); break;
+      case 8: unpermute_top1_kernel<8, kCap><<<grid, block, 0, stream>>>(p); break;
+      default: unpermute_top1_kernel<16, kCap><<<grid, block, 0, stream>>>(p); break;
+    }
+    return launch_status();
+  }
   switch (s.vpt) {
     case 1: unpermute_kernel<VEC, 1><<<grid, block, 0, stream>>>(p); break;
     case 2: unpermute_kernel<VEC, 2><<<grid, block, 0, stream>>>(p); break;
