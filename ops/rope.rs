@@ -7,6 +7,7 @@
 //! (`slot = block * block_size + offset`), so engines share and recycle memory by block; a chunked layer's
 //! cache only needs the slots of the current chunk.
 
+use crate::abi::c_struct;
 use crate::error::{ensure, Error, Result};
 use crate::ffi::{self, check_grid, check_ptr, launched, RopeParams, MAX_HEAD_DIM};
 use crate::tensor::{bf16, same_device, Tensor, TensorMut};
@@ -16,14 +17,15 @@ use std::ptr;
 
 const OP: &str = "rope";
 
-/// llama3 frequency scaling (`rope_scaling.rope_type == "llama3"`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Llama3Scaling {
-    pub factor: f32,
-    pub low_freq_factor: f32,
-    pub high_freq_factor: f32,
-    pub original_max_position_embeddings: f32,
+c_struct! {
+    /// llama3 frequency scaling (`rope_scaling.rope_type == "llama3"`), the C ABI's `l4k_llama3_scaling`.
+    #[derive(PartialEq)]
+    pub struct Llama3Scaling as "l4k_llama3_scaling" {
+        pub factor: f32,
+        pub low_freq_factor: f32,
+        pub high_freq_factor: f32,
+        pub original_max_position_embeddings: f32,
+    }
 }
 
 /// RoPE frequencies `inv_freq[j]`, j < head_dim / 2, in f32 as transformers computes them. With low == high the
