@@ -33,7 +33,8 @@ typedef enum l4k_status {
   L4K_ERROR_INVALID_ARGUMENT = 1, /* null/misaligned pointer, inconsistent shape, bad value; nothing launched */
   L4K_ERROR_UNSUPPORTED = 2,      /* valid request outside what is implemented (e.g. head_dim > 256) */
   L4K_ERROR_CUDA = 3,             /* the CUDA runtime reported an error (message in l4k_last_error) */
-  L4K_ERROR_NO_DEVICE = 4         /* no driver, no GPU, or a GPU this build has no code for (needs sm_90) */
+  L4K_ERROR_NO_DEVICE = 4,        /* no driver, no GPU, or a GPU this build has no code for (needs sm_90) */
+  L4K_ERROR_PANIC = 5             /* a bug in the library, caught at the boundary (message in l4k_last_error) */
 } l4k_status;
 
 /* Why the last l4k_* call on this thread failed; "" if it succeeded. Valid until the next call on the thread. */

@@ -1,5 +1,5 @@
 // Launch parameters of the attention kernels (kernels/attention_prefill.cu, kernels/attention_decode.cu), shared
-// with the Rust side (ops/ffi.rs mirrors the struct; a test compares sizes).
+// with the Rust side (ops/ffi.rs mirrors the struct; kernels/abi.cu's table checks it field by field).
 #pragma once
 #include <stdint.h>
 

@@ -38,10 +38,6 @@
 #include "attention_params.h"
 #include "common.cuh"
 
-// Launcher statuses beside cudaError_t codes; ops/attention_prefill.rs maps them.
-#define L4K_ATTN_STATUS_UNSUPPORTED (-20)
-#define L4K_ATTN_STATUS_BAD_ARGS (-21)
-
 namespace l4k {
 namespace attn_prefill {
 
@@ -758,23 +754,23 @@ int launch_ws(Fn fn, dim3 grid, size_t smem_tiles, cudaStream_t stream, const L4
 template <int D>
 int launch(const L4kAttentionParams& p, cudaStream_t stream) {
   const int tiles = p.max_q_len > 0 ? (p.max_q_len + kBlockM - 1) / kBlockM : 1;
-  if (tiles > 65535 || p.batch > 65535) return L4K_ATTN_STATUS_UNSUPPORTED;
+  if (tiles > 65535 || p.batch > 65535) return L4K_STATUS_UNSUPPORTED_SHAPE;
   const dim3 grid(p.n_heads, tiles, p.batch);
   return launch_ws(wgmma_ws::prefill_kernel<D>, grid, sizeof(wgmma_ws::Smem<D>), stream, p);
 }
 
 int launch_checked(const L4kAttentionParams* p, cudaStream_t stream) {
-  if (p == nullptr) return L4K_ATTN_STATUS_BAD_ARGS;
+  if (p == nullptr) return L4K_STATUS_BAD_PARAMS;
   if (p->batch < 0 || p->n_heads < 1 || p->n_kv_heads < 1 || p->n_heads % p->n_kv_heads != 0 ||
       p->block_size < 1 || p->max_blocks < 0 || p->max_q_len < 0 || p->chunk < 0 || p->total_q < 0 ||
       p->slots < 0 || p->slots % p->block_size != 0)
-    return L4K_ATTN_STATUS_BAD_ARGS;
-  if (p->head_dim != 64 && p->head_dim != 128) return L4K_ATTN_STATUS_UNSUPPORTED;
-  if (p->n_heads > 65535 || p->slots > INT32_MAX) return L4K_ATTN_STATUS_UNSUPPORTED;
+    return L4K_STATUS_BAD_PARAMS;
+  if (p->head_dim != 64 && p->head_dim != 128) return L4K_STATUS_UNSUPPORTED_SHAPE;
+  if (p->n_heads > 65535 || p->slots > INT32_MAX) return L4K_STATUS_UNSUPPORTED_SHAPE;
   if (p->batch == 0) return 0;
   if (p->q == nullptr || p->k_cache == nullptr || p->v_cache == nullptr || p->cu_seqlens_q == nullptr ||
       p->seq_lens_k == nullptr || p->block_table == nullptr || p->out == nullptr)
-    return L4K_ATTN_STATUS_BAD_ARGS;
+    return L4K_STATUS_BAD_PARAMS;
   return p->head_dim == 128 ? launch<128>(*p, stream) : launch<64>(*p, stream);
 }
 

@@ -110,7 +110,8 @@ __device__ __forceinline__ float block_reduce(float v, Op op, float identity) {
 // Pointers usable with 16-byte accesses.
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// Launchers return the launch's cudaError_t as int (0 = success), never synchronizing.
+// Launchers return the launch's cudaError_t as int (0 = success) or an L4kLaunchStatus (status.h), never
+// synchronizing.
 inline int launch_status() { return static_cast<int>(cudaGetLastError()); }
 
 // Row kernels: one CTA per row, each thread holding VPT accesses of VEC elements in registers, so a row is
@@ -140,6 +141,3 @@ inline bool row_shape(int64_t accesses, RowShape* s) {
 }
 
 }  // namespace l4k
-
-// Launcher status for a row longer than the register-resident kernels hold; ops/ maps it to Unsupported.
-#define L4K_STATUS_TOO_LONG (-1)

@@ -322,13 +322,13 @@ int run(const L4kGroupedGemmParams& p, cudaStream_t stream) {
   Descriptors<C> g(p.workspace, p.experts);
   const size_t desc = Descriptors<C>::bytes(p.experts);
   auto args = arguments<C>(p, g, sms);
-  if (static_cast<size_t>(p.workspace_bytes) < desc + C::Gemm::get_workspace_size(args)) return L4K_GEMM_STATUS_WORKSPACE;
+  if (static_cast<size_t>(p.workspace_bytes) < desc + C::Gemm::get_workspace_size(args)) return L4K_STATUS_BAD_WORKSPACE;
   setup_kernel<C><<<1, 256, 0, stream>>>(p, g);
   typename C::Gemm gemm;
-  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return L4K_GEMM_STATUS_CANNOT_IMPLEMENT;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return L4K_STATUS_GEMM_CANNOT_IMPLEMENT;
   if (gemm.initialize(args, static_cast<char*>(p.workspace) + desc, stream) != cutlass::Status::kSuccess)
-    return L4K_GEMM_STATUS_CUTLASS;
-  if (gemm.run(stream) != cutlass::Status::kSuccess) return L4K_GEMM_STATUS_CUTLASS;
+    return L4K_STATUS_GEMM_CUTLASS;
+  if (gemm.run(stream) != cutlass::Status::kSuccess) return L4K_STATUS_GEMM_CUTLASS;
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -84,10 +84,10 @@ extern "C" size_t l4k_internal_grouped_gemm_blockwise_workspace_size(int32_t exp
 // resolved by the caller, ops/grouped_gemm.rs).
 extern "C" int l4k_launch_grouped_gemm_blockwise(const L4kGroupedGemmParams* p, cudaStream_t stream) {
   using namespace l4k::grouped_gemm;
-  if (p->n % kScaleBlock || p->k % kScaleBlock) return L4K_GEMM_STATUS_CANNOT_IMPLEMENT;
+  if (p->n % kScaleBlock || p->k % kScaleBlock) return L4K_STATUS_GEMM_CANNOT_IMPLEMENT;
   switch (p->schedule) {
     case L4K_GEMM_PREFILL: return run<BlockwisePrefill>(*p, stream);
     case L4K_GEMM_DECODE: return run<BlockwiseDecode>(*p, stream);
-    default: return L4K_GEMM_STATUS_CANNOT_IMPLEMENT;
+    default: return L4K_STATUS_GEMM_CANNOT_IMPLEMENT;
   }
 }

@@ -1,6 +1,9 @@
-// Launch parameters of the FP8 grouped GEMM (grouped_gemm.cu), mirrored in ops/ffi.rs.
+// Launch parameters of the FP8 grouped GEMM (grouped_gemm.cu), mirrored in ops/ffi.rs (checked field by field
+// against kernels/abi.cu's table, as params.h says).
 #pragma once
 #include <stdint.h>
+
+#include "status.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -40,11 +43,6 @@ typedef struct L4kGroupedGemmParams {
   int32_t experts;
   int32_t schedule;        // L4kGemmSchedule
 } L4kGroupedGemmParams;
-
-// Launcher statuses beside the cudaError_t codes.
-#define L4K_GEMM_STATUS_WORKSPACE (-10)        // workspace smaller than l4k_grouped_gemm_workspace_size
-#define L4K_GEMM_STATUS_CANNOT_IMPLEMENT (-11) // CUTLASS refused the problem (alignment, sizes)
-#define L4K_GEMM_STATUS_CUTLASS (-12)          // CUTLASS failed to initialize or launch
 
 #ifdef __cplusplus
 }

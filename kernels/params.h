@@ -1,11 +1,15 @@
-// Launch parameters shared by the CUDA launchers and the Rust side (ops/ffi.rs mirrors each struct with
-// #[repr(C)]; a CPU test compares sizeof here with size_of there through l4k_internal_params_size).
+// Launch parameters shared by the CUDA launchers and the Rust side. ops/ffi.rs mirrors each struct with
+// #[repr(C)]; kernels/abi.cu exports every field's offset, size and kind, and a CPU test (ops/abi.rs) compares
+// them with the Rust mirror field by field. Padding is explicit (`_pad`): the fields tile the struct.
 //
 // Pointers are device pointers. bf16 is passed as its 16-bit pattern, FP8 E4M3 as one byte. Every launcher
 // assumes its arguments were validated by the Rust layer (ops/*.rs), which both the safe API and the C ABI
 // go through: shapes positive and consistent, pointers non-null, counts within int32 grid limits.
 #pragma once
 #include <stdint.h>
+
+#include "../include/llama4_kernels.h"  // the codes the C ABI passes through (router mode, logits dtype)
+#include "status.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -79,12 +83,9 @@ typedef struct L4kQuantParams {
 // Expert e owns rows [offsets[e], offsets[e + 1]) of the permuted buffers; its first counts[e] rows are real,
 // the rest (fewer than align) are padding. dest[t * k + c] is the row of (token t, choice c). All int32, on
 // the device, never copied to the host.
+// The router mode (L4K_ROUTER_SIGMOID_TOP1, L4K_ROUTER_SOFTMAX_TOPK) and logits dtype (L4K_LOGITS_BF16,
+// L4K_LOGITS_F32) codes are the C ABI's, from include/llama4_kernels.h.
 enum { L4K_ROUTER_MAX_EXPERTS = 256, L4K_ROUTER_MAX_TOP_K = 8 };
-typedef enum L4kRouterMode { L4K_ROUTER_SIGMOID_TOP1 = 0, L4K_ROUTER_SOFTMAX_TOPK = 1 } L4kRouterMode;
-typedef enum L4kLogitsDtype { L4K_LOGITS_BF16 = 0, L4K_LOGITS_F32 = 1 } L4kLogitsDtype;
-
-// Launcher status (beside the cudaError_t codes) for a workspace smaller than *_workspace_size asked for.
-#define L4K_STATUS_BAD_WORKSPACE (-2)
 
 typedef struct L4kRouterParams {
   const void* logits;     // [tokens, experts] bf16 or f32 (logits_dtype)
@@ -98,8 +99,8 @@ typedef struct L4kRouterParams {
   int64_t tokens;
   int32_t experts;        // 1 ..= L4K_ROUTER_MAX_EXPERTS
   int32_t k;              // 1 ..= min(experts, L4K_ROUTER_MAX_TOP_K), either mode
-  int32_t mode;           // L4kRouterMode
-  int32_t logits_dtype;   // L4kLogitsDtype
+  int32_t mode;           // L4K_ROUTER_SIGMOID_TOP1 or L4K_ROUTER_SOFTMAX_TOPK
+  int32_t logits_dtype;   // L4K_LOGITS_BF16 or L4K_LOGITS_F32
   int32_t renormalize;    // softmax mode: divide the k weights by their sum
   int32_t align;          // >= 1: each expert's rows padded to a multiple of align
 } L4kRouterParams;
@@ -179,24 +180,9 @@ typedef struct L4kRandomParams {
   uint64_t seed;
   uint64_t first;         // index of out[0] in the stream
   float bound;            // finite, >= 0
+  int32_t _pad;
 } L4kRandomParams;
 
-// Which struct l4k_internal_params_size reports.
-typedef enum L4kParamsId {
-  L4K_PARAMS_RMSNORM = 0,
-  L4K_PARAMS_ROPE = 1,
-  L4K_PARAMS_SWIGLU = 2,
-  L4K_PARAMS_QUANT = 3,
-  L4K_PARAMS_ROUTER = 4,
-  L4K_PARAMS_PERMUTE = 5,
-  L4K_PARAMS_UNPERMUTE = 6,
-  L4K_PARAMS_GROUPED_GEMM = 7,
-  L4K_PARAMS_ATTENTION = 8,
-  L4K_PARAMS_WEIGHT_PREP = 9,
-  L4K_PARAMS_EMBEDDING = 10,
-  L4K_PARAMS_ARGMAX = 11,
-  L4K_PARAMS_RANDOM = 12,
-} L4kParamsId;
 
 #ifdef __cplusplus
 }

@@ -20,9 +20,6 @@ const OP: &str = "attention_prefill";
 /// Query rows per CTA (kernels/attention_prefill.cu kBlockM): the grid has ceil(max_q_len / 128) tiles per
 /// sequence and head.
 pub const QUERY_TILE: usize = 128;
-/// Launcher statuses of kernels/attention_prefill.cu.
-const STATUS_UNSUPPORTED: i32 = -20;
-const STATUS_BAD_ARGS: i32 = -21;
 /// Grid limits of the launch: heads on x, query tiles on y, sequences on z.
 const MAX_GRID_YZ: usize = 65535;
 
@@ -91,10 +88,5 @@ pub(crate) fn launch(p: &AttentionParams, stream: CUstream) -> Result<()> {
         check_ptr(OP, "bad_seqs", p.bad_seqs as _, 4)?;
     }
     // SAFETY: the pointers are non-null and aligned; sizes agree (checked by `params` or promised by the C caller).
-    let code = unsafe { ffi::l4k_launch_attention_prefill(p, stream) };
-    match code {
-        STATUS_UNSUPPORTED => Err(Error::Unsupported(format!("{OP}: shape outside what the kernel is built for"))),
-        STATUS_BAD_ARGS => Err(Error::InvalidArgument(format!("{OP}: parameters rejected by the launcher"))),
-        c => launched(OP, c),
-    }
+    launched(OP, unsafe { ffi::l4k_launch_attention_prefill(p, stream) })
 }

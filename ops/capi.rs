@@ -1,10 +1,21 @@
 //! The C ABI (include/llama4_kernels.h): every op over raw device pointers, sizes and a stream, returning a
 //! status code; `l4k_last_error` tells why the last call on this thread failed. Each entry point validates
 //! through the same `launch` functions as the safe API, so both reject the same inputs with the same message.
-//! Panics never cross the boundary: they become `L4K_ERROR_INVALID_ARGUMENT` with the panic message.
+//! Panics never cross the boundary: they become `L4K_ERROR_PANIC` ([`Status::Panic`]) with the panic message.
+//! tests/c_header.rs checks that the header declares exactly these functions, with the same parameters.
+//!
+//! # Safety
+//!
+//! Every entry point that takes a pointer is `unsafe`: validation rejects null and misaligned pointers and
+//! inconsistent shapes, but cannot see whether the memory behind a pointer exists. The caller promises that each
+//! non-null device pointer addresses memory of the current device covering the shape the header gives it (and
+//! that outputs alias inputs only where the header allows it), that each host pointer is valid for what the
+//! header says is read or written through it, and that `stream` is NULL or a live stream of the current device.
+//! Kernels run after the call returns: the device memory must stay valid until the stream has run them.
 
+use crate::abi::c_struct;
 use crate::error::{Error, Result, Status};
-use crate::ffi::{ArgmaxParams, EmbeddingParams, RandomParams};
+use crate::ffi::{ArgmaxParams, EmbeddingParams, RandomParams, GEMM_AUTO};
 use crate::ffi::{
     AttentionParams, GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8,
 };
@@ -29,24 +40,26 @@ fn set_last_error(msg: &str) {
     LAST_ERROR.with(|e| *e.borrow_mut() = c);
 }
 
-/// Runs an entry point: records its error (or clears the last one) and turns panics into errors.
+/// Runs an entry point: records its error (or clears the last one) and turns a panic into `Status::Panic`, so
+/// a caller can tell a bug of the library from a call it got wrong.
 fn guard(f: impl FnOnce() -> Result<()>) -> Status {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
-        Err(Error::InvalidArgument(format!("internal panic: {msg}")))
-    });
-    match outcome {
-        Ok(()) => {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(())) => {
             set_last_error("");
             Status::Ok
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             set_last_error(&e.to_string());
             e.status()
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            set_last_error(&format!("internal panic: {msg}"));
+            Status::Panic
         }
     }
 }
@@ -63,8 +76,10 @@ pub extern "C" fn l4k_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr() as *const c_char
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
-pub extern "C" fn l4k_rmsnorm(
+pub unsafe extern "C" fn l4k_rmsnorm(
     x: *const c_void,
     weight: *const c_void,
     y: *mut c_void,
@@ -89,9 +104,11 @@ pub extern "C" fn l4k_rmsnorm(
     })
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_add_rmsnorm(
+pub unsafe extern "C" fn l4k_add_rmsnorm(
     x: *const c_void,
     residual: *mut c_void,
     weight: *const c_void,
@@ -136,23 +153,22 @@ pub unsafe extern "C" fn l4k_rope_inv_freq(
     })
 }
 
-pub const LAYER_ROPE: i32 = 0;
-pub const LAYER_NOPE: i32 = 1;
+pub use crate::ffi::{LAYER_NOPE, LAYER_ROPE};
 
-/// `l4k_rope_layer`: one layer's attention shape and pre-processing.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RopeLayer {
-    pub n_heads: i32,
-    pub n_kv_heads: i32,
-    pub head_dim: i32,
-    pub kind: i32,
-    pub inv_freq: *const f32,
-    pub qk_norm: i32,
-    pub qk_norm_eps: f32,
-    pub temperature: i32,
-    pub floor_scale: f32,
-    pub attn_scale: f32,
+c_struct! {
+    /// `l4k_rope_layer`: one layer's attention shape and pre-processing.
+    pub struct RopeLayer as "l4k_rope_layer" {
+        pub n_heads: i32,
+        pub n_kv_heads: i32,
+        pub head_dim: i32,
+        pub kind: i32,
+        pub inv_freq: *const f32,
+        pub qk_norm: i32,
+        pub qk_norm_eps: f32,
+        pub temperature: i32,
+        pub floor_scale: f32,
+        pub attn_scale: f32,
+    }
 }
 
 fn layer_kind(l: &RopeLayer) -> Result<(HeadLayout, LayerKind)> {
@@ -211,8 +227,10 @@ pub unsafe extern "C" fn l4k_rope_qkv(
     })
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
-pub extern "C" fn l4k_swiglu(
+pub unsafe extern "C" fn l4k_swiglu(
     gate_up: *const c_void,
     out: *mut c_void,
     tokens: i64,
@@ -225,8 +243,10 @@ pub extern "C" fn l4k_swiglu(
     })
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
-pub extern "C" fn l4k_swiglu_fp8(
+pub unsafe extern "C" fn l4k_swiglu_fp8(
     gate_up: *const c_void,
     q: *mut c_void,
     scales: *mut f32,
@@ -240,8 +260,10 @@ pub extern "C" fn l4k_swiglu_fp8(
     })
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
-pub extern "C" fn l4k_quant_fp8(
+pub unsafe extern "C" fn l4k_quant_fp8(
     x: *const c_void,
     q: *mut c_void,
     scales: *mut f32,
@@ -252,8 +274,10 @@ pub extern "C" fn l4k_quant_fp8(
     guard(|| quant::launch_quant(&QuantParams { x, out: q, scales, rows, cols }, stream))
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
-pub extern "C" fn l4k_dequant_fp8(
+pub unsafe extern "C" fn l4k_dequant_fp8(
     q: *const c_void,
     scales: *const f32,
     out: *mut f32,
@@ -264,8 +288,10 @@ pub extern "C" fn l4k_dequant_fp8(
     guard(|| quant::launch_dequant(&QuantParams { x: q, out: out as _, scales: scales as _, rows, cols }, stream))
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
-pub extern "C" fn l4k_quantize_expert_weights(
+pub unsafe extern "C" fn l4k_quantize_expert_weights(
     w: *const c_void,
     q: *mut c_void,
     scales: *mut f32,
@@ -277,9 +303,11 @@ pub extern "C" fn l4k_quantize_expert_weights(
     guard(|| weight_prep::launch(&WeightPrepParams { w, out: q, scales, experts, k, n }, stream))
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_embedding(
+pub unsafe extern "C" fn l4k_embedding(
     table: *const c_void,
     ids: *const i32,
     out: *mut c_void,
@@ -292,13 +320,23 @@ pub extern "C" fn l4k_embedding(
     guard(|| embedding::launch(&EmbeddingParams { table, ids, out, bad_ids, rows, tokens, hidden }, stream))
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
-pub extern "C" fn l4k_argmax(logits: *const f32, out: *mut i32, rows: i64, cols: i64, stream: CUstream) -> Status {
+pub unsafe extern "C" fn l4k_argmax(
+    logits: *const f32,
+    out: *mut i32,
+    rows: i64,
+    cols: i64,
+    stream: CUstream,
+) -> Status {
     guard(|| argmax::launch(&ArgmaxParams { logits, out, rows, cols }, stream))
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
-pub extern "C" fn l4k_random_uniform_bf16(
+pub unsafe extern "C" fn l4k_random_uniform_bf16(
     out: *mut c_void,
     n: i64,
     seed: u64,
@@ -306,7 +344,7 @@ pub extern "C" fn l4k_random_uniform_bf16(
     bound: f32,
     stream: CUstream,
 ) -> Status {
-    guard(|| random::launch(&RandomParams { out, n, seed, first, bound }, stream))
+    guard(|| random::launch(&RandomParams { out, n, seed, first, bound, _pad: 0 }, stream))
 }
 
 /// A cuBLASLt handle with its plan cache for the current device, written to `*blas`; free it with
@@ -347,7 +385,7 @@ pub unsafe extern "C" fn l4k_blas_destroy(blas: *mut Blas) -> Status {
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn l4k_linear_bf16(
-    blas: *const Blas,
+    blas: *mut Blas,
     x: *const c_void,
     w: *const c_void,
     y: *mut c_void,
@@ -367,9 +405,12 @@ pub unsafe extern "C" fn l4k_linear_bf16(
 }
 
 /// The FP8 rowwise linear: `l4k_grouped_gemm_fp8` with one expert (offsets {0, m} on the device), schedule auto.
+///
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_linear_fp8(
+pub unsafe extern "C" fn l4k_linear_fp8(
     x_q: *const c_void,
     x_scales: *const f32,
     w_q: *const c_void,
@@ -427,9 +468,11 @@ pub unsafe extern "C" fn l4k_router_workspace_size(
     })
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_router(
+pub unsafe extern "C" fn l4k_router(
     logits: *const c_void,
     logits_dtype: i32,
     tokens: i64,
@@ -479,8 +522,10 @@ pub extern "C" fn l4k_permuted_rows(tokens: i64, k: i32, experts: i32, align: i3
     i64::try_from(n).unwrap_or(-1)
 }
 
+/// # Safety
+/// As `l4k_permute_fp8` (`scales` NULL for bf16 rows).
 #[allow(clippy::too_many_arguments)]
-fn permute_c(
+unsafe fn permute_c(
     x: *const c_void,
     weights: *const f32,
     dest: *const i32,
@@ -518,9 +563,11 @@ fn permute_c(
     })
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_permute(
+pub unsafe extern "C" fn l4k_permute(
     x: *const c_void,
     weights: *const f32,
     dest: *const i32,
@@ -535,28 +582,33 @@ pub extern "C" fn l4k_permute(
     rows: i64,
     stream: CUstream,
 ) -> Status {
-    permute_c(
-        x,
-        weights,
-        dest,
-        counts,
-        offsets,
-        out,
-        ptr::null_mut(),
-        tokens,
-        hidden,
-        k,
-        experts,
-        align,
-        rows,
-        PERMUTE_BF16,
-        stream,
-    )
+    // SAFETY: the caller's promise, passed on.
+    unsafe {
+        permute_c(
+            x,
+            weights,
+            dest,
+            counts,
+            offsets,
+            out,
+            ptr::null_mut(),
+            tokens,
+            hidden,
+            k,
+            experts,
+            align,
+            rows,
+            PERMUTE_BF16,
+            stream,
+        )
+    }
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_permute_fp8(
+pub unsafe extern "C" fn l4k_permute_fp8(
     x: *const c_void,
     weights: *const f32,
     dest: *const i32,
@@ -572,28 +624,33 @@ pub extern "C" fn l4k_permute_fp8(
     rows: i64,
     stream: CUstream,
 ) -> Status {
-    permute_c(
-        x,
-        weights,
-        dest,
-        counts,
-        offsets,
-        q,
-        scales,
-        tokens,
-        hidden,
-        k,
-        experts,
-        align,
-        rows,
-        PERMUTE_FP8,
-        stream,
-    )
+    // SAFETY: the caller's promise, passed on.
+    unsafe {
+        permute_c(
+            x,
+            weights,
+            dest,
+            counts,
+            offsets,
+            q,
+            scales,
+            tokens,
+            hidden,
+            k,
+            experts,
+            align,
+            rows,
+            PERMUTE_FP8,
+            stream,
+        )
+    }
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_unpermute(
+pub unsafe extern "C" fn l4k_unpermute(
     expert_out: *const c_void,
     weights: *const f32,
     dest: *const i32,
@@ -656,9 +713,11 @@ pub unsafe extern "C" fn l4k_grouped_gemm_auto_schedule(routed_rows: i64, expert
     })
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_grouped_gemm_fp8(
+pub unsafe extern "C" fn l4k_grouped_gemm_fp8(
     a: *const c_void,
     scale_a: *const f32,
     b: *const c_void,
@@ -677,7 +736,7 @@ pub extern "C" fn l4k_grouped_gemm_fp8(
     stream: CUstream,
 ) -> Status {
     guard(|| {
-        let schedule = if schedule == 0 {
+        let schedule = if schedule == GEMM_AUTO {
             let r = usize::try_from(rows).unwrap_or(0);
             let e = usize::try_from(experts).unwrap_or(1).max(1);
             grouped_gemm::Schedule::Auto.code(r, e)
@@ -707,9 +766,12 @@ pub extern "C" fn l4k_grouped_gemm_fp8(
 
 /// The blockwise-scaled grouped GEMM (include/llama4_kernels.h): scale_a [rows, k / 128], scale_b
 /// [experts, n / 128, k / 128]; schedule 0 auto, 1 prefill, 2 decode. Workspace: l4k_grouped_gemm_workspace_size.
+///
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_grouped_gemm_fp8_blockwise(
+pub unsafe extern "C" fn l4k_grouped_gemm_fp8_blockwise(
     a: *const c_void,
     scale_a: *const f32,
     b: *const c_void,
@@ -792,9 +854,11 @@ pub unsafe extern "C" fn l4k_attention_decode_workspace_size(
     })
 }
 
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_attention_decode(
+pub unsafe extern "C" fn l4k_attention_decode(
     q: *const c_void,
     k_cache: *const c_void,
     v_cache: *const c_void,
@@ -849,9 +913,12 @@ pub extern "C" fn l4k_attention_decode(
 
 /// Prefill attention over the paged KV cache (see `attention_prefill` and include/llama4_kernels.h). Arguments in
 /// `l4k_attention_decode`'s order, less the workspace prefill does not need.
+///
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub extern "C" fn l4k_attention_prefill(
+pub unsafe extern "C" fn l4k_attention_prefill(
     q: *const c_void,
     k_cache: *const c_void,
     v_cache: *const c_void,
@@ -900,4 +967,29 @@ pub extern "C" fn l4k_attention_prefill(
         };
         attention_prefill::launch(&p, stream)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn last_error() -> String {
+        // SAFETY: l4k_last_error returns a valid C string.
+        unsafe { CStr::from_ptr(l4k_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_at_the_boundary_is_its_own_status() {
+        assert_eq!(guard(|| panic!("a literal message")), Status::Panic);
+        assert_eq!(last_error(), "internal panic: a literal message");
+        assert_eq!(guard(|| panic!("a {} message", "formatted")), Status::Panic);
+        assert_eq!(last_error(), "internal panic: a formatted message");
+
+        // An error is still the error's status, and success clears the message.
+        assert_eq!(guard(|| Err(Error::Unsupported("x".into()))), Status::Unsupported);
+        assert_eq!(last_error(), "unsupported: x");
+        assert_eq!(guard(|| Ok(())), Status::Ok);
+        assert_eq!(last_error(), "");
+    }
 }

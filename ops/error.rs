@@ -24,6 +24,8 @@ pub enum Status {
     Unsupported = 2,
     Cuda = 3,
     NoDevice = 4,
+    /// A panic inside the library, caught at the C boundary: a bug, whatever the arguments were.
+    Panic = 5,
 }
 
 impl Error {

@@ -1,243 +1,262 @@
-//! The CUDA launchers (kernels/*.cu) and their parameter structs, mirrored from kernels/params.h. The sizes are
-//! checked against the C side by a test (`params_sizes_match_the_cuda_side`).
+//! The CUDA launchers (kernels/*.cu), their parameter structs (kernels/params.h and kernels/*_params.h) and the
+//! constants shared with C, declared through [`c_struct!`] and [`c_consts!`] so that ops/abi.rs's tests compare
+//! every field and every value with the tables kernels/abi.cu exports. [`launched`] maps every launcher status
+//! (kernels/status.h) to an [`Error`].
 
+use crate::abi::{c_consts, c_struct};
 use crate::error::{ensure, Error, Result};
 use cudarc::driver::sys::CUstream;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-pub const MAX_HEAD_DIM: usize = 256;
+c_consts! {
+    // Launcher statuses (kernels/status.h), beside 0 (success) and the cudaError_t codes (> 0).
+    pub const STATUS_TOO_LONG: c_int = -1;
+    pub const STATUS_BAD_WORKSPACE: c_int = -2;
+    pub const STATUS_GEMM_CANNOT_IMPLEMENT: c_int = -11;
+    pub const STATUS_GEMM_CUTLASS: c_int = -12;
+    pub const STATUS_UNSUPPORTED_SHAPE: c_int = -20;
+    pub const STATUS_BAD_PARAMS: c_int = -21;
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RmsnormParams {
-    pub x: *const c_void,
-    pub residual: *const c_void,
-    pub residual_out: *mut c_void,
-    pub weight: *const c_void,
-    pub y: *mut c_void,
-    pub rows: i64,
-    pub cols: i64,
-    pub eps: f32,
-    pub _pad: i32,
+    pub const MAX_HEAD_DIM: usize = 256;
+    /// `l4k_rope_layer.kind` of a RoPE layer (RoPE and chunked attention).
+    pub const LAYER_ROPE: i32 = 0;
+    /// `l4k_rope_layer.kind` of a NoPE layer (global attention).
+    pub const LAYER_NOPE: i32 = 1;
+    // SwigluParams::out_kind.
+    pub const SWIGLU_BF16: i32 = 0;
+    pub const SWIGLU_FP8: i32 = 1;
+
+    pub const ROUTER_MAX_EXPERTS: usize = 256;
+    pub const ROUTER_MAX_TOP_K: usize = 8;
+    // RouterParams::mode and logits_dtype: the C ABI's codes, passed through.
+    pub const ROUTER_SIGMOID_TOP1: i32 = 0;
+    pub const ROUTER_SOFTMAX_TOPK: i32 = 1;
+    pub const LOGITS_BF16: i32 = 0;
+    pub const LOGITS_F32: i32 = 1;
+    // PermuteParams::out_kind.
+    pub const PERMUTE_BF16: i32 = 0;
+    pub const PERMUTE_FP8: i32 = 1;
+
+    // GroupedGemmParams::schedule (L4kGemmSchedule); the C ABI passes the same codes.
+    pub const GEMM_AUTO: i32 = 0;
+    pub const GEMM_PREFILL: i32 = 1;
+    pub const GEMM_DECODE: i32 = 2;
+    pub const GEMM_PREFILL_FAST_ACCUM: i32 = 3;
+
+    /// `out_dtype` of `l4k_linear_bf16` for a bf16 output.
+    pub const LINEAR_OUT_BF16: i32 = 0;
+    /// `out_dtype` of `l4k_linear_bf16` for an f32 output.
+    pub const LINEAR_OUT_F32: i32 = 1;
+    /// Workspace bytes [`crate::linear::Blas::linear_bf16`] needs (cuBLASLt's recommendation for Hopper). Plans
+    /// are made with this much, so a call refuses a smaller workspace.
+    pub const LINEAR_WORKSPACE_BYTES: usize = 32 << 20;
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RopeParams {
-    pub qkv: *const c_void,
-    pub pos: *const i32,
-    pub slots: *const i64,
-    pub q_out: *mut c_void,
-    pub k_cache: *mut c_void,
-    pub v_cache: *mut c_void,
-    pub bad_slots: *mut u32,
-    pub tokens: i64,
-    pub cache_slots: i64,
-    pub n_heads: i32,
-    pub n_kv_heads: i32,
-    pub head_dim: i32,
-    pub rope: i32,
-    pub qk_norm: i32,
-    pub temperature: i32,
-    pub eps: f32,
-    pub floor_scale: f32,
-    pub attn_scale: f32,
-    pub _pad: i32,
-    pub inv_freq: [f32; MAX_HEAD_DIM / 2],
+c_struct! {
+    pub struct RmsnormParams as "L4kRmsnormParams" {
+        pub x: *const c_void,
+        pub residual: *const c_void,
+        pub residual_out: *mut c_void,
+        pub weight: *const c_void,
+        pub y: *mut c_void,
+        pub rows: i64,
+        pub cols: i64,
+        pub eps: f32,
+        pub _pad: i32,
+    }
 }
 
-pub const SWIGLU_BF16: i32 = 0;
-pub const SWIGLU_FP8: i32 = 1;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct SwigluParams {
-    pub gate_up: *const c_void,
-    pub out: *mut c_void,
-    pub scales: *mut f32,
-    pub tokens: i64,
-    pub inter: i64,
-    pub out_kind: i32,
-    pub _pad: i32,
+c_struct! {
+    pub struct RopeParams as "L4kRopeParams" {
+        pub qkv: *const c_void,
+        pub pos: *const i32,
+        pub slots: *const i64,
+        pub q_out: *mut c_void,
+        pub k_cache: *mut c_void,
+        pub v_cache: *mut c_void,
+        pub bad_slots: *mut u32,
+        pub tokens: i64,
+        pub cache_slots: i64,
+        pub n_heads: i32,
+        pub n_kv_heads: i32,
+        pub head_dim: i32,
+        pub rope: i32,
+        pub qk_norm: i32,
+        pub temperature: i32,
+        pub eps: f32,
+        pub floor_scale: f32,
+        pub attn_scale: f32,
+        pub _pad: i32,
+        pub inv_freq: [f32; MAX_HEAD_DIM / 2],
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct QuantParams {
-    pub x: *const c_void,
-    pub out: *mut c_void,
-    pub scales: *mut f32,
-    pub rows: i64,
-    pub cols: i64,
+c_struct! {
+    pub struct SwigluParams as "L4kSwigluParams" {
+        pub gate_up: *const c_void,
+        pub out: *mut c_void,
+        pub scales: *mut f32,
+        pub tokens: i64,
+        pub inter: i64,
+        pub out_kind: i32,
+        pub _pad: i32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct WeightPrepParams {
-    pub w: *const c_void,
-    pub out: *mut c_void,
-    pub scales: *mut f32,
-    pub experts: i64,
-    pub k: i64,
-    pub n: i64,
+c_struct! {
+    pub struct QuantParams as "L4kQuantParams" {
+        pub x: *const c_void,
+        pub out: *mut c_void,
+        pub scales: *mut f32,
+        pub rows: i64,
+        pub cols: i64,
+    }
 }
 
-pub const ROUTER_MAX_EXPERTS: usize = 256;
-pub const ROUTER_MAX_TOP_K: usize = 8;
-pub const ROUTER_SIGMOID_TOP1: i32 = 0;
-pub const ROUTER_SOFTMAX_TOPK: i32 = 1;
-pub const LOGITS_BF16: i32 = 0;
-pub const LOGITS_F32: i32 = 1;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RouterParams {
-    pub logits: *const c_void,
-    pub ids: *mut i32,
-    pub weights: *mut f32,
-    pub counts: *mut i32,
-    pub offsets: *mut i32,
-    pub dest: *mut i32,
-    pub workspace: *mut c_void,
-    pub workspace_bytes: i64,
-    pub tokens: i64,
-    pub experts: i32,
-    pub k: i32,
-    pub mode: i32,
-    pub logits_dtype: i32,
-    pub renormalize: i32,
-    pub align: i32,
+c_struct! {
+    pub struct WeightPrepParams as "L4kWeightPrepParams" {
+        pub w: *const c_void,
+        pub out: *mut c_void,
+        pub scales: *mut f32,
+        pub experts: i64,
+        pub k: i64,
+        pub n: i64,
+    }
 }
 
-pub const PERMUTE_BF16: i32 = 0;
-pub const PERMUTE_FP8: i32 = 1;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct PermuteParams {
-    pub x: *const c_void,
-    pub weights: *const f32,
-    pub dest: *const i32,
-    pub counts: *const i32,
-    pub offsets: *const i32,
-    pub out: *mut c_void,
-    pub scales: *mut f32,
-    pub tokens: i64,
-    pub hidden: i64,
-    pub rows: i64,
-    pub k: i32,
-    pub experts: i32,
-    pub align: i32,
-    pub out_kind: i32,
+c_struct! {
+    pub struct RouterParams as "L4kRouterParams" {
+        pub logits: *const c_void,
+        pub ids: *mut i32,
+        pub weights: *mut f32,
+        pub counts: *mut i32,
+        pub offsets: *mut i32,
+        pub dest: *mut i32,
+        pub workspace: *mut c_void,
+        pub workspace_bytes: i64,
+        pub tokens: i64,
+        pub experts: i32,
+        pub k: i32,
+        pub mode: i32,
+        pub logits_dtype: i32,
+        pub renormalize: i32,
+        pub align: i32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct UnpermuteParams {
-    pub expert_out: *const c_void,
-    pub weights: *const f32,
-    pub dest: *const i32,
-    pub shared: *const c_void,
-    pub out: *mut c_void,
-    pub tokens: i64,
-    pub hidden: i64,
-    pub rows: i64,
-    pub k: i32,
-    pub _pad: i32,
+c_struct! {
+    pub struct PermuteParams as "L4kPermuteParams" {
+        pub x: *const c_void,
+        pub weights: *const f32,
+        pub dest: *const i32,
+        pub counts: *const i32,
+        pub offsets: *const i32,
+        pub out: *mut c_void,
+        pub scales: *mut f32,
+        pub tokens: i64,
+        pub hidden: i64,
+        pub rows: i64,
+        pub k: i32,
+        pub experts: i32,
+        pub align: i32,
+        pub out_kind: i32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct EmbeddingParams {
-    pub table: *const c_void,
-    pub ids: *const i32,
-    pub out: *mut c_void,
-    pub bad_ids: *mut u32,
-    pub rows: i64,
-    pub tokens: i64,
-    pub hidden: i64,
+c_struct! {
+    pub struct UnpermuteParams as "L4kUnpermuteParams" {
+        pub expert_out: *const c_void,
+        pub weights: *const f32,
+        pub dest: *const i32,
+        pub shared: *const c_void,
+        pub out: *mut c_void,
+        pub tokens: i64,
+        pub hidden: i64,
+        pub rows: i64,
+        pub k: i32,
+        pub _pad: i32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct RandomParams {
-    pub out: *mut c_void,
-    pub n: i64,
-    pub seed: u64,
-    pub first: u64,
-    pub bound: f32,
+c_struct! {
+    pub struct EmbeddingParams as "L4kEmbeddingParams" {
+        pub table: *const c_void,
+        pub ids: *const i32,
+        pub out: *mut c_void,
+        pub bad_ids: *mut u32,
+        pub rows: i64,
+        pub tokens: i64,
+        pub hidden: i64,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct ArgmaxParams {
-    pub logits: *const f32,
-    pub out: *mut i32,
-    pub rows: i64,
-    pub cols: i64,
+c_struct! {
+    pub struct RandomParams as "L4kRandomParams" {
+        pub out: *mut c_void,
+        pub n: i64,
+        pub seed: u64,
+        pub first: u64,
+        pub bound: f32,
+        pub _pad: i32,
+    }
 }
 
-pub const PARAMS_RMSNORM: c_int = 0;
-pub const PARAMS_ROPE: c_int = 1;
-pub const PARAMS_SWIGLU: c_int = 2;
-pub const PARAMS_QUANT: c_int = 3;
-pub const PARAMS_ROUTER: c_int = 4;
-pub const PARAMS_PERMUTE: c_int = 5;
-pub const PARAMS_UNPERMUTE: c_int = 6;
-pub const PARAMS_GROUPED_GEMM: c_int = 7;
-pub const PARAMS_ATTENTION: c_int = 8;
-pub const PARAMS_WEIGHT_PREP: c_int = 9;
-pub const PARAMS_EMBEDDING: c_int = 10;
-pub const PARAMS_ARGMAX: c_int = 11;
-pub const PARAMS_RANDOM: c_int = 12;
-
-/// kernels/grouped_gemm_params.h
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct GroupedGemmParams {
-    pub a: *const c_void,
-    pub scale_a: *const f32,
-    pub b: *const c_void,
-    pub scale_b: *const f32,
-    pub offsets: *const i32,
-    pub counts: *const i32,
-    pub d: *mut c_void,
-    pub bad_offsets: *mut u32,
-    pub workspace: *mut c_void,
-    pub workspace_bytes: i64,
-    pub rows: i64,
-    pub n: i64,
-    pub k: i64,
-    pub experts: i32,
-    pub schedule: i32,
+c_struct! {
+    pub struct ArgmaxParams as "L4kArgmaxParams" {
+        pub logits: *const f32,
+        pub out: *mut i32,
+        pub rows: i64,
+        pub cols: i64,
+    }
 }
 
-/// kernels/attention_params.h
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionParams {
-    pub q: *const c_void,
-    pub k_cache: *const c_void,
-    pub v_cache: *const c_void,
-    pub cu_seqlens_q: *const i32,
-    pub seq_lens_k: *const i32,
-    pub block_table: *const i32,
-    pub out: *mut c_void,
-    pub bad_seqs: *mut u32,
-    pub workspace: *mut c_void,
-    pub workspace_bytes: i64,
-    pub total_q: i64,
-    pub slots: i64,
-    pub batch: i32,
-    pub max_blocks: i32,
-    pub block_size: i32,
-    pub n_heads: i32,
-    pub n_kv_heads: i32,
-    pub head_dim: i32,
-    pub chunk: i32,
-    pub max_q_len: i32,
-    pub softmax_scale: f32,
-    pub _pad: i32,
+c_struct! {
+    /// kernels/grouped_gemm_params.h
+    pub struct GroupedGemmParams as "L4kGroupedGemmParams" {
+        pub a: *const c_void,
+        pub scale_a: *const f32,
+        pub b: *const c_void,
+        pub scale_b: *const f32,
+        pub offsets: *const i32,
+        pub counts: *const i32,
+        pub d: *mut c_void,
+        pub bad_offsets: *mut u32,
+        pub workspace: *mut c_void,
+        pub workspace_bytes: i64,
+        pub rows: i64,
+        pub n: i64,
+        pub k: i64,
+        pub experts: i32,
+        pub schedule: i32,
+    }
+}
+
+c_struct! {
+    /// kernels/attention_params.h
+    pub struct AttentionParams as "L4kAttentionParams" {
+        pub q: *const c_void,
+        pub k_cache: *const c_void,
+        pub v_cache: *const c_void,
+        pub cu_seqlens_q: *const i32,
+        pub seq_lens_k: *const i32,
+        pub block_table: *const i32,
+        pub out: *mut c_void,
+        pub bad_seqs: *mut u32,
+        pub workspace: *mut c_void,
+        pub workspace_bytes: i64,
+        pub total_q: i64,
+        pub slots: i64,
+        pub batch: i32,
+        pub max_blocks: i32,
+        pub block_size: i32,
+        pub n_heads: i32,
+        pub n_kv_heads: i32,
+        pub head_dim: i32,
+        pub chunk: i32,
+        pub max_q_len: i32,
+        pub softmax_scale: f32,
+        pub _pad: i32,
+    }
 }
 
 extern "C" {
@@ -283,19 +302,23 @@ extern "C" {
     pub fn l4k_internal_router_tile(experts: c_int, logits_dtype: c_int) -> c_int;
     pub fn l4k_internal_router_workspace(tokens: i64, experts: c_int, logits_dtype: c_int) -> i64;
     pub fn l4k_internal_cuda_error_string(code: c_int) -> *const c_char;
-    pub fn l4k_internal_params_size(which: c_int) -> usize;
+    #[cfg(test)]
+    pub fn l4k_internal_params_struct(which: c_int, size: *mut usize) -> *const c_char;
+    #[cfg(test)]
+    pub fn l4k_internal_params_field(
+        which: c_int,
+        index: c_int,
+        name: *mut *const c_char,
+        offset: *mut usize,
+        size: *mut usize,
+        kind: *mut c_char,
+    ) -> c_int;
+    #[cfg(test)]
+    pub fn l4k_internal_constant(index: c_int, value: *mut i64) -> *const c_char;
 }
 
-/// The launcher status for a row longer than the register-resident row kernels hold (kernels/common.cuh).
-const STATUS_TOO_LONG: c_int = -1;
-/// The launcher status for a workspace smaller than the op's *_workspace_size (kernels/params.h).
-const STATUS_BAD_WORKSPACE: c_int = -2;
-/// The grouped GEMM's launcher statuses (kernels/grouped_gemm_params.h).
-const GEMM_STATUS_WORKSPACE: c_int = -10;
-const GEMM_STATUS_CANNOT_IMPLEMENT: c_int = -11;
-const GEMM_STATUS_CUTLASS: c_int = -12;
-
-/// Maps a launcher's return code to a Result.
+/// Maps a launcher's return code to a Result: every launcher status (kernels/status.h) here, the rest as
+/// cudaError_t codes.
 pub fn launched(op: &str, code: c_int) -> Result<()> {
     match code {
         0 => Ok(()),
@@ -303,13 +326,17 @@ pub fn launched(op: &str, code: c_int) -> Result<()> {
             "{op}: rows longer than the kernel holds in registers (32768 elements when the row length is a \
              multiple of 8 and pointers are 16-byte aligned, else 16384)"
         ))),
-        STATUS_BAD_WORKSPACE | GEMM_STATUS_WORKSPACE => {
+        STATUS_BAD_WORKSPACE => {
             Err(Error::InvalidArgument(format!("{op}: workspace smaller than the op needs (see its workspace size)")))
         }
-        GEMM_STATUS_CANNOT_IMPLEMENT => {
+        STATUS_GEMM_CANNOT_IMPLEMENT => {
             Err(Error::Unsupported(format!("{op}: CUTLASS cannot implement this problem (sizes or alignment)")))
         }
-        GEMM_STATUS_CUTLASS => Err(Error::Cuda(format!("{op}: CUTLASS failed to initialize or launch the kernel"))),
+        STATUS_GEMM_CUTLASS => Err(Error::Cuda(format!("{op}: CUTLASS failed to initialize or launch the kernel"))),
+        STATUS_UNSUPPORTED_SHAPE => {
+            Err(Error::Unsupported(format!("{op}: shape outside what the kernel is built for")))
+        }
+        STATUS_BAD_PARAMS => Err(Error::InvalidArgument(format!("{op}: parameters rejected by the launcher"))),
         c => {
             // SAFETY: cudaGetErrorString returns a static NUL-terminated string for any code.
             let msg = unsafe { CStr::from_ptr(l4k_internal_cuda_error_string(c)) };

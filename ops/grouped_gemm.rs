@@ -16,6 +16,7 @@
 
 use crate::error::{ensure, Error, Result};
 use crate::ffi::{self, check_ptr, launched, GroupedGemmParams, QuantParams};
+use crate::ffi::{GEMM_AUTO, GEMM_DECODE, GEMM_PREFILL, GEMM_PREFILL_FAST_ACCUM};
 use crate::tensor::{bf16, same_device, Tensor, TensorMut, E4M3};
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::CudaStream;
@@ -49,9 +50,9 @@ pub const DECODE_MAX_ROWS_PER_EXPERT: usize = 32;
 /// Auto's rule: the decode (swapped) schedule up to [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average.
 fn auto_code(rows: usize, experts: usize) -> i32 {
     if rows <= DECODE_MAX_ROWS_PER_EXPERT * experts.max(1) {
-        2
+        GEMM_DECODE
     } else {
-        1
+        GEMM_PREFILL
     }
 }
 
@@ -60,9 +61,9 @@ impl Schedule {
     /// AutoRouted by its routed rows.
     pub(crate) fn code(self, rows: usize, experts: usize) -> i32 {
         match self {
-            Schedule::Prefill => 1,
-            Schedule::Decode => 2,
-            Schedule::PrefillFastAccum => 3,
+            Schedule::Prefill => GEMM_PREFILL,
+            Schedule::Decode => GEMM_DECODE,
+            Schedule::PrefillFastAccum => GEMM_PREFILL_FAST_ACCUM,
             Schedule::Auto => auto_code(rows, experts),
             Schedule::AutoRouted { routed_rows } => auto_code(routed_rows, experts),
         }
@@ -70,7 +71,7 @@ impl Schedule {
 
     /// The concrete schedule `Auto` picks for `routed_rows` real rows over `experts` experts.
     pub fn resolve(routed_rows: usize, experts: usize) -> Schedule {
-        if auto_code(routed_rows, experts) == 2 {
+        if auto_code(routed_rows, experts) == GEMM_DECODE {
             Schedule::Decode
         } else {
             Schedule::Prefill
@@ -165,8 +166,8 @@ pub fn grouped_gemm_swiglu_fp8(
     let ([rows, _], [_, n, _]) = (g.a.shape(), g.b.shape());
     ensure!(n % 16 == 0, "{OP}: SwiGLU needs n = {n} (gate and up interleaved) to be a multiple of 16");
     let code = match schedule {
-        Schedule::Auto | Schedule::AutoRouted { .. } | Schedule::Prefill => 1,
-        Schedule::PrefillFastAccum => 3,
+        Schedule::Auto | Schedule::AutoRouted { .. } | Schedule::Prefill => GEMM_PREFILL,
+        Schedule::PrefillFastAccum => GEMM_PREFILL_FAST_ACCUM,
         Schedule::Decode => {
             return Err(crate::Error::InvalidArgument(format!(
                 "{OP}: the SwiGLU epilogue has no decode (swapped) schedule"
@@ -353,7 +354,8 @@ pub(crate) fn launch(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
 /// The SwiGLU epilogue's GEMM: `p.d` is h [rows, n / 2] bf16; `p.n` a multiple of 16.
 fn launch_swiglu(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
     ensure!(p.n % 16 == 0, "{OP}: SwiGLU needs n = {} to be a multiple of 16", p.n);
-    ensure!(p.schedule == 1 || p.schedule == 3, "{OP}: SwiGLU runs the prefill schedules only (got {})", p.schedule);
+    let prefill = p.schedule == GEMM_PREFILL || p.schedule == GEMM_PREFILL_FAST_ACCUM;
+    ensure!(prefill, "{OP}: SwiGLU runs the prefill schedules only (got {})", p.schedule);
     if !check_rowwise(p)? {
         return Ok(());
     }
@@ -373,7 +375,7 @@ fn check_rowwise(p: &GroupedGemmParams) -> Result<bool> {
         "{OP}: n = {} must be a positive multiple of 8 (16-byte rows of bf16 output)",
         p.n
     );
-    ensure!((0..=3).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
+    ensure!((GEMM_AUTO..=GEMM_PREFILL_FAST_ACCUM).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
     check_params(p)
 }
 
@@ -381,12 +383,12 @@ fn check_rowwise(p: &GroupedGemmParams) -> Result<bool> {
 /// multiples of 128. rows == 0 is a no-op.
 pub(crate) fn launch_blockwise(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
     check_blocks(p.n, p.k)?;
-    ensure!((0..=3).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
+    ensure!((GEMM_AUTO..=GEMM_PREFILL_FAST_ACCUM).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
     let mut p = *p;
     let schedule = match p.schedule {
-        1 => Schedule::Prefill,
-        2 => Schedule::Decode,
-        3 => Schedule::PrefillFastAccum,
+        GEMM_PREFILL => Schedule::Prefill,
+        GEMM_DECODE => Schedule::Decode,
+        GEMM_PREFILL_FAST_ACCUM => Schedule::PrefillFastAccum,
         _ => Schedule::Auto,
     };
     p.schedule = blockwise_code(schedule, p.rows.max(0) as usize, p.experts.max(1) as usize)?;

@@ -9,6 +9,7 @@
 //! records events around each use of a buffer; engines that capture graphs across streams may prefer to turn
 //! it off with `CudaContext::disable_event_tracking`.)
 
+mod abi;
 mod error;
 mod ffi;
 
@@ -35,36 +36,3 @@ pub use cudarc;
 pub use device::Gpu;
 pub use error::{Error, Result, Status};
 pub use tensor::{bf16, Element, Tensor, TensorMut, E4M3};
-
-/// Sizes of the launch parameter structs on the CUDA side, for the ABI test.
-#[doc(hidden)]
-pub fn cuda_params_sizes() -> [(usize, usize); 13] {
-    use std::mem::size_of;
-    // SAFETY: a pure function of its argument.
-    let c = |id| unsafe { ffi::l4k_internal_params_size(id) };
-    [
-        (c(ffi::PARAMS_RMSNORM), size_of::<ffi::RmsnormParams>()),
-        (c(ffi::PARAMS_ROPE), size_of::<ffi::RopeParams>()),
-        (c(ffi::PARAMS_SWIGLU), size_of::<ffi::SwigluParams>()),
-        (c(ffi::PARAMS_QUANT), size_of::<ffi::QuantParams>()),
-        (c(ffi::PARAMS_ROUTER), size_of::<ffi::RouterParams>()),
-        (c(ffi::PARAMS_PERMUTE), size_of::<ffi::PermuteParams>()),
-        (c(ffi::PARAMS_UNPERMUTE), size_of::<ffi::UnpermuteParams>()),
-        (c(ffi::PARAMS_GROUPED_GEMM), size_of::<ffi::GroupedGemmParams>()),
-        (c(ffi::PARAMS_ATTENTION), size_of::<ffi::AttentionParams>()),
-        (c(ffi::PARAMS_WEIGHT_PREP), size_of::<ffi::WeightPrepParams>()),
-        (c(ffi::PARAMS_EMBEDDING), size_of::<ffi::EmbeddingParams>()),
-        (c(ffi::PARAMS_ARGMAX), size_of::<ffi::ArgmaxParams>()),
-        (c(ffi::PARAMS_RANDOM), size_of::<ffi::RandomParams>()),
-    ]
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn params_sizes_match_the_cuda_side() {
-        for (i, (c, rust)) in super::cuda_params_sizes().into_iter().enumerate() {
-            assert_eq!(c, rust, "params struct {i}: {c} bytes in CUDA, {rust} in Rust");
-        }
-    }
-}

@@ -31,17 +31,13 @@ use std::sync::{Arc, Mutex};
 
 const OP: &str = "linear";
 
-/// Workspace bytes [`Blas::linear_bf16`] needs (cuBLASLt's recommendation for Hopper). Plans are made with this
-/// much, so a call refuses a smaller workspace.
-pub const LINEAR_WORKSPACE_BYTES: usize = 32 << 20;
+pub use crate::ffi::LINEAR_WORKSPACE_BYTES;
 
 /// Plans a [`Blas`] keeps; one more shape starts the cache over (a model has a few dozen shapes, so only a
 /// caller sweeping token counts gets here).
 pub const MAX_CACHED_PLANS: usize = 4096;
 
-/// Output codes of the C ABI (`L4K_LINEAR_OUT_*`).
-pub const LINEAR_OUT_BF16: i32 = 0;
-pub const LINEAR_OUT_F32: i32 = 1;
+pub use crate::ffi::{LINEAR_OUT_BF16, LINEAR_OUT_F32};
 
 mod sealed {
     pub trait Sealed {}

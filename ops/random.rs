@@ -24,7 +24,7 @@ pub fn random_uniform_bf16(
     same_device(stream, &[out.stream()])?;
     let [n] = out.shape();
     let (po, _g) = out.ptr_mut(stream);
-    launch(&RandomParams { out: po as _, n: n as i64, seed, first, bound }, stream.cu_stream())
+    launch(&RandomParams { out: po as _, n: n as i64, seed, first, bound, _pad: 0 }, stream.cu_stream())
 }
 
 /// Validates raw parameters (the C ABI enters here too) and launches. n == 0 is a no-op.

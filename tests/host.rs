@@ -15,24 +15,30 @@ fn last_error() -> String {
 
 #[test]
 fn c_abi_rejects_bad_arguments_before_launching() {
+    // SAFETY (every unsafe call of this test): validation refuses the arguments, or they describe no work,
+    // before any pointer is used.
     let p = |a: usize| a as *const std::ffi::c_void;
-    let s = l4k_rmsnorm(ptr::null(), p(0x100), p(0x200) as _, 4, 64, 1e-5, ptr::null_mut());
+    let s = unsafe { l4k_rmsnorm(ptr::null(), p(0x100), p(0x200) as _, 4, 64, 1e-5, ptr::null_mut()) };
     assert_eq!(s, Status::InvalidArgument);
     assert!(last_error().contains("x is null"), "{}", last_error());
-    let s = l4k_rmsnorm(p(0x101), p(0x100), p(0x200) as _, 4, 64, 1e-5, ptr::null_mut());
+    let s = unsafe { l4k_rmsnorm(p(0x101), p(0x100), p(0x200) as _, 4, 64, 1e-5, ptr::null_mut()) };
     assert!(s == Status::InvalidArgument && last_error().contains("2-byte aligned"), "{}", last_error());
-    let s = l4k_rmsnorm(p(0x100), p(0x100), p(0x200) as _, 1 << 40, 64, 1e-5, ptr::null_mut());
+    let s = unsafe { l4k_rmsnorm(p(0x100), p(0x100), p(0x200) as _, 1 << 40, 64, 1e-5, ptr::null_mut()) };
     assert!(s == Status::InvalidArgument && last_error().contains("grid limit"), "{}", last_error());
-    let s = l4k_add_rmsnorm(p(0x100), ptr::null_mut(), p(0x100), p(0x200) as _, 4, 64, 1e-5, ptr::null_mut());
+    let s =
+        unsafe { l4k_add_rmsnorm(p(0x100), ptr::null_mut(), p(0x100), p(0x200) as _, 4, 64, 1e-5, ptr::null_mut()) };
     assert!(s == Status::InvalidArgument && last_error().contains("residual"), "{}", last_error());
-    let s = l4k_swiglu(p(0x100), p(0x200) as _, 4, 0, ptr::null_mut());
+    let s = unsafe { l4k_swiglu(p(0x100), p(0x200) as _, 4, 0, ptr::null_mut()) };
     assert!(s == Status::InvalidArgument && last_error().contains("inter"), "{}", last_error());
-    let s = l4k_quant_fp8(p(0x100), p(0x200) as _, p(0x302) as _, 4, 8, ptr::null_mut());
+    let s = unsafe { l4k_quant_fp8(p(0x100), p(0x200) as _, p(0x302) as _, 4, 8, ptr::null_mut()) };
     assert!(s == Status::InvalidArgument && last_error().contains("scales"), "{}", last_error());
-    let s = l4k_dequant_fp8(p(0x100), p(0x200) as _, p(0x300) as _, -1, 8, ptr::null_mut());
+    let s = unsafe { l4k_dequant_fp8(p(0x100), p(0x200) as _, p(0x300) as _, -1, 8, ptr::null_mut()) };
     assert!(s == Status::InvalidArgument && last_error().contains("negative"), "{}", last_error());
     // A no-op succeeds and clears the message.
-    assert_eq!(l4k_quant_fp8(ptr::null(), ptr::null_mut(), ptr::null_mut(), 0, 8, ptr::null_mut()), Status::Ok);
+    assert_eq!(
+        unsafe { l4k_quant_fp8(ptr::null(), ptr::null_mut(), ptr::null_mut(), 0, 8, ptr::null_mut()) },
+        Status::Ok
+    );
     assert_eq!(last_error(), "");
 }
 
@@ -100,6 +106,8 @@ proptest! {
 
 #[test]
 fn c_abi_routing_validation() {
+    // SAFETY (every unsafe call of this test): validation refuses the arguments, or they describe no work,
+    // before any pointer is used.
     let d = |a: usize| a as *mut std::ffi::c_void;
     let mut ws = 0usize;
     // SAFETY: a valid out-pointer.
@@ -107,7 +115,7 @@ fn c_abi_routing_validation() {
     assert!(ws > 16);
     assert_eq!(unsafe { l4k_router_workspace_size(16, 257, 0, &mut ws) }, Status::Unsupported);
     assert!(last_error().contains("257 experts"), "{}", last_error());
-    let route = |e: i32, mode: i32, k: i32, align: i32, logits: usize, ws_bytes: usize| {
+    let route = |e: i32, mode: i32, k: i32, align: i32, logits: usize, ws_bytes: usize| unsafe {
         l4k_router(
             d(logits),
             0,
@@ -148,31 +156,35 @@ fn c_abi_routing_validation() {
     assert_eq!(route(64, 7, 1, 1, 0x100, big), Status::InvalidArgument);
     assert!(last_error().contains("unknown routing mode"), "{}", last_error());
     // T = 0 is a no-op even with null pointers.
-    let s = l4k_router(
-        ptr::null(),
-        0,
-        0,
-        16,
-        0,
-        1,
-        0,
-        1,
-        ptr::null_mut(),
-        ptr::null_mut(),
-        ptr::null_mut(),
-        ptr::null_mut(),
-        ptr::null_mut(),
-        ptr::null_mut(),
-        0,
-        ptr::null_mut(),
-    );
+    let s = unsafe {
+        l4k_router(
+            ptr::null(),
+            0,
+            0,
+            16,
+            0,
+            1,
+            0,
+            1,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            0,
+            ptr::null_mut(),
+        )
+    };
     assert_eq!(s, Status::Ok, "{}", last_error());
 }
 
 #[test]
 fn c_abi_gather_sampling_and_linear_validation() {
+    // SAFETY (every unsafe call of this test): validation refuses the arguments, or they describe no work,
+    // before any pointer is used.
     let d = |a: usize| a as *mut std::ffi::c_void;
-    let emb = |table: usize, rows: i64, tokens: i64, hidden: i64, bad: usize| {
+    let emb = |table: usize, rows: i64, tokens: i64, hidden: i64, bad: usize| unsafe {
         l4k_embedding(d(table), d(0x2000) as _, d(0x3000), rows, tokens, hidden, d(bad) as _, ptr::null_mut())
     };
     assert_eq!(emb(0x1001, 10, 4, 8, 0), Status::InvalidArgument);
@@ -185,8 +197,9 @@ fn c_abi_gather_sampling_and_linear_validation() {
     assert_eq!(emb(0x1000, 10, -1, 8, 0), Status::InvalidArgument);
     assert_eq!(emb(0, 10, 0, 8, 0), Status::Ok, "{}", last_error());
 
-    let am =
-        |logits: usize, rows: i64, cols: i64| l4k_argmax(d(logits) as _, d(0x2000) as _, rows, cols, ptr::null_mut());
+    let am = |logits: usize, rows: i64, cols: i64| unsafe {
+        l4k_argmax(d(logits) as _, d(0x2000) as _, rows, cols, ptr::null_mut())
+    };
     assert_eq!(am(0x1002, 2, 8), Status::InvalidArgument);
     assert!(last_error().contains("logits") && last_error().contains("4-byte aligned"), "{}", last_error());
     assert_eq!(am(0x1000, 2, 1 << 31), Status::InvalidArgument);
@@ -198,7 +211,7 @@ fn c_abi_gather_sampling_and_linear_validation() {
         assert_eq!(l4k_blas_create(ptr::null_mut()), Status::InvalidArgument);
         assert_eq!(l4k_blas_destroy(ptr::null_mut()), Status::Ok);
         let s = l4k_linear_bf16(
-            ptr::null(),
+            ptr::null_mut(),
             d(0x1000),
             d(0x2000),
             d(0x3000),
@@ -212,7 +225,7 @@ fn c_abi_gather_sampling_and_linear_validation() {
         );
         assert!(s == Status::InvalidArgument && last_error().contains("blas is null"), "{}", last_error());
     }
-    let fp8 = |n: i64, k: i64| {
+    let fp8 = |n: i64, k: i64| unsafe {
         l4k_linear_fp8(
             d(0x1000),
             d(0x2000) as _,
@@ -236,10 +249,12 @@ fn c_abi_gather_sampling_and_linear_validation() {
 
 #[test]
 fn c_abi_permute_validation() {
+    // SAFETY (every unsafe call of this test): validation refuses the arguments, or they describe no work,
+    // before any pointer is used.
     let d = |a: usize| a as *mut std::ffi::c_void;
     assert_eq!(l4k_permuted_rows(100, 2, 16, 128), 200 + 16 * 127);
     assert_eq!(l4k_permuted_rows(-1, 1, 1, 1), -1);
-    let perm = |x: usize, k: i32, align: i32, rows: i64, counts: usize| {
+    let perm = |x: usize, k: i32, align: i32, rows: i64, counts: usize| unsafe {
         l4k_permute_fp8(
             d(x),
             ptr::null(),
@@ -264,7 +279,7 @@ fn c_abi_permute_validation() {
     assert_eq!(perm(0x1000, 9, 1, 1000, 0), Status::Unsupported);
     assert_eq!(perm(0x1000, 1, 8, 10 + 16 * 7, 0), Status::InvalidArgument);
     assert!(last_error().contains("counts is null"), "{}", last_error());
-    let un = |k: i32, shared: usize| {
+    let un = |k: i32, shared: usize| unsafe {
         l4k_unpermute(d(0x1000), ptr::null(), d(0x2000) as _, d(shared), d(0x3000), 10, 64, k, 10, ptr::null_mut())
     };
     assert_eq!(un(9, 0), Status::Unsupported);
@@ -274,8 +289,10 @@ fn c_abi_permute_validation() {
 
 #[test]
 fn c_abi_grouped_gemm_blockwise_validation() {
+    // SAFETY (every unsafe call of this test): validation refuses the arguments, or they describe no work,
+    // before any pointer is used.
     let d = |a: usize| a as *mut std::ffi::c_void;
-    let call = |rows: i64, n: i64, k: i64, schedule: i32, scale_a: usize| {
+    let call = |rows: i64, n: i64, k: i64, schedule: i32, scale_a: usize| unsafe {
         l4k_grouped_gemm_fp8_blockwise(
             d(0x1000),
             d(scale_a) as _,

@@ -139,7 +139,8 @@ fn c_argmax_equals_the_safe_api() {
     let status = {
         let (pl, _a) = d.device_ptr(s);
         let (po, _b) = out.device_ptr_mut(s);
-        capi::l4k_argmax(pl as _, po as _, rows as i64, cols as i64, s.cu_stream())
+        // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
+        unsafe { capi::l4k_argmax(pl as _, po as _, rows as i64, cols as i64, s.cu_stream()) }
     };
     assert_eq!(status, Status::Ok);
     assert_eq!(download(&out), safe);

@@ -34,7 +34,8 @@ fn c_rmsnorm_equals_the_safe_api() {
         let (px, _a) = dx.device_ptr(s);
         let (pw, _b) = dw.device_ptr(s);
         let (py, _c) = c_out.device_ptr(s);
-        capi::l4k_rmsnorm(px as _, pw as _, py as _, rows as i64, cols as i64, 1e-5, s.cu_stream())
+        // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
+        unsafe { capi::l4k_rmsnorm(px as _, pw as _, py as _, rows as i64, cols as i64, 1e-5, s.cu_stream()) }
     };
     // SAFETY: l4k_last_error returns a valid C string.
     let msg = unsafe { CStr::from_ptr(capi::l4k_last_error()) }.to_string_lossy().into_owned();
@@ -166,53 +167,59 @@ fn c_attention(b: &PagedBatch, mask: Mask, decode: bool, out_offset: usize) {
             (HEADS as i32, KV_HEADS as i32, D as i32, BLOCK as i32, MAX_BLOCKS as i32, b.max_q_len as i32);
         let scale = default_scale(D);
         if decode {
-            capi::l4k_attention_decode(
-                pq as _,
-                pk as _,
-                pv as _,
-                pcu as _,
-                plen as _,
-                ptab as _,
-                po as _,
-                total_q,
-                batch,
-                h,
-                kvh,
-                d,
-                slots,
-                bs,
-                mb,
-                mq,
-                chunk,
-                scale,
-                pw as _,
-                n,
-                pc as _,
-                s.cu_stream(),
-            )
+            // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
+            unsafe {
+                capi::l4k_attention_decode(
+                    pq as _,
+                    pk as _,
+                    pv as _,
+                    pcu as _,
+                    plen as _,
+                    ptab as _,
+                    po as _,
+                    total_q,
+                    batch,
+                    h,
+                    kvh,
+                    d,
+                    slots,
+                    bs,
+                    mb,
+                    mq,
+                    chunk,
+                    scale,
+                    pw as _,
+                    n,
+                    pc as _,
+                    s.cu_stream(),
+                )
+            }
         } else {
-            capi::l4k_attention_prefill(
-                pq as _,
-                pk as _,
-                pv as _,
-                pcu as _,
-                plen as _,
-                ptab as _,
-                po as _,
-                total_q,
-                batch,
-                h,
-                kvh,
-                d,
-                slots,
-                bs,
-                mb,
-                mq,
-                chunk,
-                scale,
-                pc as _,
-                s.cu_stream(),
-            )
+            // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
+            unsafe {
+                capi::l4k_attention_prefill(
+                    pq as _,
+                    pk as _,
+                    pv as _,
+                    pcu as _,
+                    plen as _,
+                    ptab as _,
+                    po as _,
+                    total_q,
+                    batch,
+                    h,
+                    kvh,
+                    d,
+                    slots,
+                    bs,
+                    mb,
+                    mq,
+                    chunk,
+                    scale,
+                    pc as _,
+                    s.cu_stream(),
+                )
+            }
         }
     };
     // SAFETY: l4k_last_error returns a valid C string.
@@ -259,7 +266,10 @@ fn c_quantize_expert_weights_equals_the_safe_api() {
         let (pw, _a) = w.device_ptr(s);
         let (pq, _b) = q_c.device_ptr(s);
         let (ps, _c) = s_c.device_ptr(s);
-        capi::l4k_quantize_expert_weights(pw as _, pq as _, ps as _, e as i64, k as i64, n as i64, s.cu_stream())
+        // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
+        unsafe {
+            capi::l4k_quantize_expert_weights(pw as _, pq as _, ps as _, e as i64, k as i64, n as i64, s.cu_stream())
+        }
     };
     // SAFETY: l4k_last_error returns a valid C string.
     let msg = unsafe { CStr::from_ptr(capi::l4k_last_error()) }.to_string_lossy().into_owned();

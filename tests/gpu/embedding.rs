@@ -175,16 +175,19 @@ fn c_embedding_equals_the_safe_api() {
         let (pi, _b) = di.device_ptr(s);
         let (po, _c) = out.device_ptr_mut(s);
         let (pb, _d) = bad.device_ptr_mut(s);
-        capi::l4k_embedding(
-            pt as _,
-            pi as _,
-            po as _,
-            rows as i64,
-            id.len() as i64,
-            hidden as i64,
-            pb as _,
-            s.cu_stream(),
-        )
+        // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
+        unsafe {
+            capi::l4k_embedding(
+                pt as _,
+                pi as _,
+                po as _,
+                rows as i64,
+                id.len() as i64,
+                hidden as i64,
+                pb as _,
+                s.cu_stream(),
+            )
+        }
     };
     assert_eq!(status, Status::Ok);
     let c: Vec<u16> = download(&out).iter().map(|v| v.to_bits()).collect();

@@ -386,20 +386,23 @@ fn c_linear_equals_the_safe_api() {
         let (po, _e) = off.device_ptr(s);
         let (py, _f) = y_c.device_ptr_mut(s);
         let (pg, _g) = gws.device_ptr_mut(s);
-        capi::l4k_linear_fp8(
-            pq as _,
-            ps as _,
-            pwq as _,
-            pws as _,
-            po as _,
-            py as _,
-            m as i64,
-            n as i64,
-            k as i64,
-            pg as _,
-            gl,
-            s.cu_stream(),
-        )
+        // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
+        unsafe {
+            capi::l4k_linear_fp8(
+                pq as _,
+                ps as _,
+                pwq as _,
+                pws as _,
+                po as _,
+                py as _,
+                m as i64,
+                n as i64,
+                k as i64,
+                pg as _,
+                gl,
+                s.cu_stream(),
+            )
+        }
     };
     assert_eq!(status, Status::Ok);
     let b16 = |v: Vec<bf16>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

@@ -81,10 +81,12 @@ fn c_entry_point_equals_the_reference() {
     let s = stream();
     let status = {
         let (p, _g) = out.device_ptr(s);
-        capi::l4k_random_uniform_bf16(p as _, n as i64, 9, 5, 2.0, s.cu_stream())
+        // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
+        unsafe { capi::l4k_random_uniform_bf16(p as _, n as i64, 9, 5, 2.0, s.cu_stream()) }
     };
     assert_eq!(status, Status::Ok);
     assert_eq!(bits(&download(&out)), bits(&uniform_bf16(n, 9, 5, 2.0)));
-    let bad = capi::l4k_random_uniform_bf16(std::ptr::null_mut(), 4, 0, 0, 1.0, s.cu_stream());
+    // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
+    let bad = unsafe { capi::l4k_random_uniform_bf16(std::ptr::null_mut(), 4, 0, 0, 1.0, s.cu_stream()) };
     assert_ne!(bad, Status::Ok, "a null output was accepted");
 }

@@ -279,24 +279,27 @@ fn c_router_equals_the_safe_api() {
         let (po, _e) = o.device_ptr_mut(s);
         let (pd, _f) = de.device_ptr_mut(s);
         let (pws, _g) = ws.device_ptr_mut(s);
-        capi::l4k_router(
-            pl as _,
-            1,
-            t as i64,
-            e as i32,
-            1,
-            k as i32,
-            1,
-            4,
-            pi as _,
-            pw as _,
-            pc as _,
-            po as _,
-            pd as _,
-            pws as _,
-            bytes,
-            s.cu_stream(),
-        )
+        // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
+        unsafe {
+            capi::l4k_router(
+                pl as _,
+                1,
+                t as i64,
+                e as i32,
+                1,
+                k as i32,
+                1,
+                4,
+                pi as _,
+                pw as _,
+                pc as _,
+                po as _,
+                pd as _,
+                pws as _,
+                bytes,
+                s.cu_stream(),
+            )
+        }
     };
     assert_eq!(status, Status::Ok);
     assert_eq!(
