@@ -16,6 +16,7 @@ fn main() {
     for var in ["CUDA_HOME", "CUDA_PATH", "CUTLASS_DIR", "L4K_CUDA_CACHE", "PATH", "L4K_NVCC_FLAGS"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
+    // Directories: cargo watches everything under them, subfolders (kernels/attention_prefill/) included.
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=include");
 
@@ -33,9 +34,9 @@ fn main() {
         .collect();
     sources.sort();
 
-    // An object newer than its source and every project header is reused: the CUTLASS units take minutes, and
-    // a change to one kernel should not rebuild the others. (Flags and toolkit changes rerun via rerun-if-env.)
-    let headers = newest_header();
+    // An object newer than its source and every project header the source includes (transitively) is reused:
+    // the CUTLASS units take minutes, and a change to one kernel's headers should not rebuild the others. (Flags
+    // and toolkit changes rerun via rerun-if-env.)
     let flags_stamp = out.join("nvcc-flags");
     let flags = format!("{}|{}|{}", nvcc.display(), cutlass.display(), env::var("L4K_NVCC_FLAGS").unwrap_or_default());
     let same_flags = std::fs::read_to_string(&flags_stamp).is_ok_and(|f| f == flags);
@@ -46,6 +47,7 @@ fn main() {
             .map(|src| {
                 let obj = out.join(src.file_stem().unwrap()).with_extension("o");
                 let (nvcc, cutlass, cuda) = (&nvcc, &cutlass, &cuda);
+                let headers = newest_include(src);
                 let fresh = same_flags && mtime(&obj).is_some_and(|o| Some(o) > mtime(src) && Some(o) > headers);
                 s.spawn(move || {
                     if !fresh {
@@ -114,15 +116,37 @@ fn mtime(p: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// The newest header under kernels/ and include/: any of them may be included by any unit.
-fn newest_header() -> Option<std::time::SystemTime> {
-    ["kernels", "include"]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "h" || x == "cuh"))
-        .filter_map(|p| mtime(&p))
-        .max()
+/// The newest of the project files `src` includes, directly or through other project files: `#include "x"`
+/// resolved like nvcc's `-Ikernels -Iinclude` (the including file's folder first), subfolders included. Quoted
+/// names that resolve nowhere in the project (CUTLASS, CUDA) are not followed; their changes come with the
+/// toolkit or CUTLASS path in the flags stamp.
+fn newest_include(src: &Path) -> Option<std::time::SystemTime> {
+    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut todo = vec![src.to_path_buf()];
+    while let Some(file) = todo.pop() {
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        for name in text.lines().filter_map(quoted_include) {
+            let found = [dir.as_path(), Path::new("kernels"), Path::new("include")]
+                .iter()
+                .map(|d| d.join(name))
+                .find(|p| p.is_file());
+            if let Some(p) = found {
+                if !seen.contains(&p) {
+                    seen.push(p.clone());
+                    todo.push(p);
+                }
+            }
+        }
+    }
+    seen.iter().filter_map(|p| mtime(p)).max()
+}
+
+/// `x` of a line `#include "x"` (spaces allowed around `#`), else None.
+fn quoted_include(line: &str) -> Option<&str> {
+    let rest = line.trim_start().strip_prefix('#')?.trim_start().strip_prefix("include")?.trim_start();
+    let rest = rest.strip_prefix('"')?;
+    rest.find('"').map(|end| &rest[..end])
 }
 
 fn find_cuda() -> Option<PathBuf> {

@@ -4,6 +4,7 @@
 // constant it mirrors with its value; ops/abi.rs compares its #[repr(C)] mirrors and constants with these, name
 // by name, in a CPU test. A table cannot leave a field out: the static_asserts require the listed fields to tile
 // the struct in declaration order (tail padding stated).
+// Also: the attention kernels' key-range rule, compiled for the host, for the Rust tests.
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -13,6 +14,7 @@
 #include "../include/llama4_kernels.h"
 #include "attention_params.h"
 #include "grouped_gemm_params.h"
+#include "paged_kv.cuh"
 #include "params.h"
 
 namespace {
@@ -176,4 +178,13 @@ extern "C" const char* l4k_internal_constant(int index, int64_t* value) {
   if (index < 0 || index >= kConstantCount) return nullptr;
   *value = kConstants[index].value;
   return kConstants[index].name;
+}
+
+// The keys [lo, hi) the attention kernels visit for the query positions [q_first, q_last] under mask `chunk`
+// (kernels/paged_kv.cuh key_range: the kernels' own code, compiled for the host).
+extern "C" void l4k_internal_attention_key_range(int32_t q_first, int32_t q_last, int32_t chunk, int32_t* lo,
+                                                 int32_t* hi) {
+  const l4k::paged_kv::KeyRange r = l4k::paged_kv::key_range(q_first, q_last, chunk);
+  *lo = r.lo;
+  *hi = r.hi;
 }

@@ -27,6 +27,7 @@
 
 #include "attention_params.h"
 #include "common.cuh"
+#include "paged_kv.cuh"
 
 namespace l4k {
 namespace decode {
@@ -75,7 +76,6 @@ inline Layout layout(int splits, int batch, int max_q_len, int n_heads, int n_kv
   return l;
 }
 
-__host__ __device__ inline int key_lo(int chunk, int pos) { return chunk > 0 ? pos / chunk * chunk : 0; }
 __host__ __device__ inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 inline int row_tiles(int group, int max_q_len) { return ceil_div(group * max_q_len, kRows); }
@@ -108,11 +108,12 @@ inline int choose_splits(int64_t base_ctas, int range, int sms, int tile_keys, i
   return 1;
 }
 
-inline int sm_count() {
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    return 132;
-  return sms > 0 ? sms : 132;
+// The current device's SM count; no device, no plan (the split count, and so the workspace, depends on it).
+inline cudaError_t sm_count(int* sms) {
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+  return e;
 }
 
 // The pipeline: 4 warps x 16 keys per stage, 3 stages, 2 CTAs per SM, plain cp.async (no L2 prefetch hint).
@@ -126,12 +127,13 @@ struct Plan {
   Layout ws;
 };
 
-inline Plan plan(int batch, int n_heads, int n_kv_heads, int head_dim, int max_q_len, int max_kv_len, int chunk) {
+inline Plan plan(int batch, int n_heads, int n_kv_heads, int head_dim, int max_q_len, int max_kv_len, int chunk,
+                int sms) {
   Plan p{1, 0, {0, 0, 0}};
   if (batch <= 0 || max_q_len <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0) return p;
   p.row_tiles = row_tiles(n_heads / n_kv_heads, max_q_len);
   p.splits = choose_splits(int64_t(batch) * n_kv_heads * p.row_tiles, max_range(max_kv_len, chunk, max_q_len),
-                           sm_count(), Pipeline::kTileKeys, Pipeline::kCtasPerSm);
+                           sms, Pipeline::kTileKeys, Pipeline::kCtasPerSm);
   p.ws = layout(p.splits, batch, max_q_len, n_heads, n_kv_heads, p.row_tiles, head_dim);
   return p;
 }
@@ -151,8 +153,7 @@ __device__ __forceinline__ Seq read_seq(const L4kAttentionParams& p, int b) {
   s.q0 = int(q0);
   s.q_len = int(ql);
   s.seq_len = p.seq_lens_k[b];
-  s.bad = q0 < 0 || q1 > p.total_q || ql < 0 || ql > p.max_q_len || ql > s.seq_len ||
-          int64_t(s.seq_len) > int64_t(p.max_blocks) * p.block_size;
+  s.bad = paged_kv::sequence_scalars_bad(p, q0, ql, s.seq_len);
   return s;
 }
 
@@ -163,8 +164,9 @@ struct SplitRange {
 
 __device__ __forceinline__ SplitRange split_range(const Seq& s, int chunk, int splits, int split, int tile_keys) {
   SplitRange r;
-  r.lo = key_lo(chunk, s.seq_len - s.q_len);
-  const int tiles = ceil_div(s.seq_len - r.lo, tile_keys);
+  const paged_kv::KeyRange keys = paged_kv::sequence_key_range(s.seq_len, s.q_len, chunk);
+  r.lo = keys.lo;
+  const int tiles = ceil_div(keys.hi - keys.lo, tile_keys);
   const int per = ceil_div(tiles, splits);
   r.active = per > 0 ? ceil_div(tiles, per) : 0;
   r.begin = split * per;
@@ -249,7 +251,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kCtasPerSm)
   const int first_q = s.seq_len - s.q_len;
   const int r_last = min(r0 + kRows, rows) - 1;
   const int q_first = first_q + r0 / group, q_last = first_q + r_last / group;
-  const int lo_last = key_lo(p.chunk, q_last);
+  const int lo_last = paged_kv::chunk_start(q_last, p.chunk);
 
   // This thread's two rows of the m16 tile (mma fragment rows lane / 4 and lane / 4 + 8).
   const int fr = lane >> 2, fc = lane & 3;
@@ -261,7 +263,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kCtasPerSm)
     const int r = r0 + fr + 8 * h;
     const bool valid = r < rows;
     qpos[h] = valid ? first_q + r / group : -1;  // -1: a padding row sees nothing
-    qlo[h] = valid ? key_lo(p.chunk, qpos[h]) : 0;
+    qlo[h] = valid ? paged_kv::chunk_start(qpos[h], p.chunk) : 0;
     const bf16* qrow = q + ((int64_t(s.q0) + r / group) * p.n_heads + int64_t(g) * group + r % group) * D;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
@@ -305,6 +307,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kCtasPerSm)
       const bf16* vg = vc;
       int bytes = 0;
       if (in_blk[j] >= 0) {
+        // paged_kv::block_id_ok's rule, spelled out: through the helper ptxas lays out this loop differently.
         if (blk[j] < 0 || blk[j] >= n_blocks) {
           bad_block = true;
         } else {
@@ -341,7 +344,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kCtasPerSm)
 
     const int p0 = sr.lo + (sr.begin + i) * kTileKeys + warp * kWarpKeys;
     // Warp-uniform: skip keys no row of the tile sees (past the last query, before the first chunk start).
-    if (p0 > q_last || p0 + kWarpKeys - 1 < key_lo(p.chunk, q_first)) continue;
+    if (p0 > q_last || p0 + kWarpKeys - 1 < paged_kv::chunk_start(q_first, p.chunk)) continue;
     const bf16* ks = smem + (i % kStages) * kStageElems<D, C> + warp * kWarpKeys * kStride<D>;
     const bf16* vs = ks + kTileKeys * kStride<D>;
     const int mi = lane >> 3, mr = lane & 7;
@@ -567,7 +570,10 @@ int launch_cfg(const L4kAttentionParams& p, const Plan& pl, cudaStream_t stream)
 
 template <int D>
 int launch(const L4kAttentionParams& p, cudaStream_t stream) {
-  const Plan pl = plan(p.batch, p.n_heads, p.n_kv_heads, D, p.max_q_len, p.max_blocks * p.block_size, p.chunk);
+  int sms = 0;
+  const cudaError_t e = sm_count(&sms);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  const Plan pl = plan(p.batch, p.n_heads, p.n_kv_heads, D, p.max_q_len, p.max_blocks * p.block_size, p.chunk, sms);
   if (pl.ws.total > p.workspace_bytes || (pl.ws.total > 0 && p.workspace == nullptr)) return L4K_STATUS_BAD_WORKSPACE;
   return launch_cfg<D, Pipeline>(p, pl, stream);
 }
@@ -575,19 +581,24 @@ int launch(const L4kAttentionParams& p, cudaStream_t stream) {
 }  // namespace decode
 }  // namespace l4k
 
-// Bytes of workspace l4k_launch_attention_decode needs for these sizes on the current device (0 when the keys
-// are not split). max_kv_len = max_blocks * block_size; chunk as in L4kAttentionParams.
-extern "C" size_t l4k_internal_attention_decode_workspace_size(int32_t batch, int32_t n_heads, int32_t n_kv_heads,
-                                                      int32_t head_dim, int32_t max_q_len, int32_t max_kv_len,
-                                                      int32_t chunk) {
-  const auto pl = l4k::decode::plan(batch, n_heads, n_kv_heads, head_dim, max_q_len, max_kv_len, chunk);
-  return static_cast<size_t>(pl.ws.total);
+// The launcher's plan for these sizes on a device of `sms` SMs (ops/attention_decode.rs asks the current device's
+// count through l4k_internal_current_sm_count, tests pass one): the key splits (1: no combine step) and the workspace
+// bytes (0 when the keys are not split). max_kv_len = max_blocks * block_size; chunk as in L4kAttentionParams.
+extern "C" void l4k_internal_attention_decode_plan(int32_t batch, int32_t n_heads, int32_t n_kv_heads,
+                                                   int32_t head_dim, int32_t max_q_len, int32_t max_kv_len,
+                                                   int32_t chunk, int32_t sms, int32_t* splits,
+                                                   int64_t* workspace_bytes) {
+  const auto pl = l4k::decode::plan(batch, n_heads, n_kv_heads, head_dim, max_q_len, max_kv_len, chunk, sms);
+  *splits = pl.splits;
+  *workspace_bytes = pl.ws.total;
 }
 
-// The split count the launcher would choose (for tests and benches).
-extern "C" int32_t l4k_internal_attention_decode_splits(int32_t batch, int32_t n_heads, int32_t n_kv_heads,
-                                                        int32_t max_q_len, int32_t max_kv_len, int32_t chunk) {
-  return l4k::decode::plan(batch, n_heads, n_kv_heads, 128, max_q_len, max_kv_len, chunk).splits;
+// The current device's SM count into *sms; a cudaError_t (no device: an error, never a guess).
+extern "C" int l4k_internal_current_sm_count(int32_t* sms) {
+  int n = 0;
+  const cudaError_t e = l4k::decode::sm_count(&n);
+  *sms = n;
+  return static_cast<int>(e);
 }
 
 // The caller (ops/attention_decode.rs) validated the shapes; batch, max_q_len > 0.

@@ -267,11 +267,19 @@ __global__ void setup_kernel(const L4kGroupedGemmParams p, Descriptors<C> g) {
   }
 }
 
+// The current device's SM count (the persistent grid's size), asked at every call: one process may launch on
+// GPUs with different SM counts, and the attribute read is cheap next to a GEMM.
+inline cudaError_t sm_count(int* sms) {
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+  return e;
+}
+// For sizing only: 0 when no device answers (CUTLASS then sizes for the device it finds; the launch reports the
+// error).
 inline int sm_count() {
-  int dev = 0, sms = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  return sms;
+  int sms = 0;
+  return sm_count(&sms) == cudaSuccess ? sms : 0;
 }
 
 template <class C>
@@ -318,7 +326,9 @@ size_t workspace_size(int experts) {
 
 template <class C>
 int run(const L4kGroupedGemmParams& p, cudaStream_t stream) {
-  static const int sms = sm_count();  // the launch-time SM count of the first device used; persistent grid size
+  int sms = 0;
+  const cudaError_t e = sm_count(&sms);
+  if (e != cudaSuccess) return static_cast<int>(e);
   Descriptors<C> g(p.workspace, p.experts);
   const size_t desc = Descriptors<C>::bytes(p.experts);
   auto args = arguments<C>(p, g, sms);

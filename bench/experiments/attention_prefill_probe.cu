@@ -1,14 +1,17 @@
-// Where the prefill kernel's time goes (kernels/attention_prefill.cu built with L4K_PREFILL_PROBE: per-CTA
-// %globaltimer stamps, see PREFILL_PROBE there) and a timing of the judged shapes for kernel variants built with
-// other -D flags (each binary times its own build; outputs hashed so variants can be checked against each other).
-// Built and run on the GPU machine (or built here and carried):
+// Where the prefill kernel's time goes (kernels/attention_prefill.cu instantiated with TimerProbe below: per-CTA
+// %globaltimer stamps at the points of kernels/attention_prefill/probe.cuh; the library's kernel has NoProbe and no
+// stamps) and a timing of the judged shapes (the library's kernel; outputs hashed so variants can be checked
+// against each other). Built and run on the GPU machine (or built here and carried):
 //   nvcc -std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -cudart static \
-//     [-DL4K_PREFILL_PROBE] -Ikernels -Iinclude bench/experiments/attention_prefill_probe.cu -o /tmp/prefill_probe
-// -DL4K_PREFILL_SRC='"path"' builds another attention_prefill.cu (an older version, to compare in the same run).
+//     -Ikernels -Iinclude bench/experiments/attention_prefill_probe.cu -o /tmp/prefill_probe
+// `prefill_probe trace` adds the phase trace. -DL4K_PREFILL_SRC='"path"' times another attention_prefill.cu (an older
+// version, to compare in the same run; scripts/attention-ab.sh does that); its trace needs the same Probe hooks, so
+// with L4K_PREFILL_SRC the trace is built only when -DL4K_PREFILL_TRACE says the source has them.
 #ifdef L4K_PREFILL_SRC
 #include L4K_PREFILL_SRC
 #else
 #include "../../kernels/attention_prefill.cu"
+#define L4K_PREFILL_TRACE
 #endif
 
 #include <algorithm>
@@ -28,6 +31,31 @@
   } while (0)
 
 constexpr int kHeads = 40, kKvHeads = 8, kD = 128, kBlock = 64;
+
+#ifdef L4K_PREFILL_TRACE
+// Per CTA, %globaltimer at the ProbePoints (slot = the point), slot 6 = (smid << 32) | key tiles.
+constexpr int kProbeCtas = 16384;
+__device__ unsigned long long g_prefill_probe[kProbeCtas * 8];
+struct TimerProbe {
+  static __device__ __forceinline__ unsigned cta() {
+    return blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  }
+  static __device__ __forceinline__ void stamp(l4k::attn_prefill::ProbePoint point, bool cond) {
+    if (cond && cta() < kProbeCtas) {
+      unsigned long long t;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+      g_prefill_probe[cta() * 8 + point] = t;
+    }
+  }
+  static __device__ __forceinline__ void tiles(bool cond, int n_tiles) {
+    if (cond && cta() < kProbeCtas) {
+      unsigned smid;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+      g_prefill_probe[cta() * 8 + 6] = (static_cast<unsigned long long>(smid) << 32) | n_tiles;
+    }
+  }
+};
+#endif
 
 static void run_case(int seq_len, int chunk, bool trace) {
   std::mt19937 rng(seq_len + chunk);
@@ -107,14 +135,17 @@ static void run_case(int seq_len, int chunk, bool trace) {
   std::sort(t.begin(), t.end());
   std::printf("S%d C%d: median %.1f us (%.0f TFLOP/s), min %.1f, max %.1f; hash %016llx, NaN %zu\n", seq_len, chunk,
               t[t.size() / 2], flops / t[t.size() / 2] / 1e6, t.front(), t.back(), (unsigned long long)hash, nan);
-#ifdef L4K_PREFILL_PROBE
+#ifdef L4K_PREFILL_TRACE
   if (trace) {
-    using l4k::attn_prefill::kProbeCtas;
     std::vector<unsigned long long> st(kProbeCtas * 8, 0);
-    CHECK(cudaMemcpyToSymbol(l4k::attn_prefill::g_prefill_probe, st.data(), st.size() * 8));
-    launch();
+    CHECK(cudaMemcpyToSymbol(g_prefill_probe, st.data(), st.size() * 8));
+    const int rc = l4k::attn_prefill::launch_checked<TimerProbe>(&p, s);
+    if (rc != 0) {
+      std::printf("traced launch failed: %d\n", rc);
+      std::exit(1);
+    }
     CHECK(cudaStreamSynchronize(s));
-    CHECK(cudaMemcpyFromSymbol(st.data(), l4k::attn_prefill::g_prefill_probe, st.size() * 8));
+    CHECK(cudaMemcpyFromSymbol(st.data(), g_prefill_probe, st.size() * 8));
     const int ctas = std::min(kProbeCtas, kHeads * (seq_len / 128));
     struct Cta {
       double t[8];
