@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use llama4_kernels::attention::{default_scale, Mask, PagedKv, QueryBatch};
-use llama4_kernels::attention_prefill::attention_prefill;
+use llama4_kernels::attention_prefill::{attention_prefill, key_tile_path};
 use llama4_kernels::{Tensor, TensorMut};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -71,6 +71,8 @@ fn bench(c: &mut Criterion) {
         let max_q_len = seqs.iter().map(|s| s.1).max().unwrap();
         let queries = QueryBatch { q: &qt, cu_seqlens: &cut, max_q_len };
         let kv = PagedKv { k: &kt, v: &vt, block_table: &tt, seq_lens: &lt, block_size: BLOCK };
+        // The path is part of the figure: a cp.async fallback would show here, not only as a slower time.
+        println!("attention_prefill/{variant}/{shape}: key tiles by {:?}", key_tile_path(stream(), &kv, mask).unwrap());
         let flops = seqs.iter().map(|&(s, ql)| pairs(s, ql, mask)).sum::<usize>() * 4 * hq * d;
         let kv_read: usize = seqs.iter().map(|s| s.0).sum::<usize>() * hkv * d * 2 * 2;
         let bytes = 2 * total_q * hq * d * 2 + kv_read;

@@ -315,6 +315,19 @@ l4k_status l4k_attention_prefill(const void* q, const void* k_cache, const void*
                                  int32_t max_q_len, int32_t chunk, float softmax_scale, uint32_t* bad_seqs,
                                  l4k_stream_t stream);
 
+/* How l4k_attention_prefill loads whole key tiles for a cache layout on the current device (each sequence's
+ * partial last tile always goes by cp.async): TMA, or the producer's cp.async because the layout does not allow
+ * TMA (block_size or chunk not a multiple of 64, a cache not 16-byte aligned, slots 0 or over INT32_MAX) or because
+ * the driver did not encode the TMA tensor maps. Every path computes the same result; TMA is the fast one. */
+typedef enum l4k_prefill_path {
+  L4K_PREFILL_PATH_TMA = 0,
+  L4K_PREFILL_PATH_CP_ASYNC_LAYOUT = 1,
+  L4K_PREFILL_PATH_CP_ASYNC_NO_TENSOR_MAP = 2
+} l4k_prefill_path;
+/* The path for these caches (arguments as in l4k_attention_prefill), written to *path. */
+l4k_status l4k_attention_prefill_path(const void* k_cache, const void* v_cache, int64_t slots, int32_t n_kv_heads,
+                                      int32_t head_dim, int32_t block_size, int32_t chunk, l4k_prefill_path* path);
+
 #ifdef __cplusplus
 }
 #endif

@@ -46,14 +46,6 @@ typedef struct L4kAttentionParams {
   int32_t _pad;
 } L4kAttentionParams;
 
-// How the prefill kernel loads whole key tiles (l4k_internal_attention_prefill_path; each sequence's partial last
-// tile always goes by cp.async): TMA, or cp.async because the layout does not allow TMA (block_size or chunk not a
-// multiple of 64, a cache not 16-byte aligned, slots 0 or past INT32_MAX) or because the driver did not encode the
-// tensor maps. Mirrored in ops/attention_prefill.rs (KeyTilePath).
-#define L4K_ATTN_PATH_TMA 0
-#define L4K_ATTN_PATH_CP_ASYNC_LAYOUT 1
-#define L4K_ATTN_PATH_CP_ASYNC_NO_TENSOR_MAP 2
-
 #ifdef __cplusplus
 }
 #endif

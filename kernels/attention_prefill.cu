@@ -184,10 +184,10 @@ int key_tile_path(const L4kAttentionParams& p, CUtensorMap* tm_k, CUtensorMap* t
   const bool layout = p.block_size % 64 == 0 && p.chunk % 64 == 0 && p.slots > 0 && p.slots <= INT32_MAX &&
                       reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0;
-  if (!layout) return L4K_ATTN_PATH_CP_ASYNC_LAYOUT;
+  if (!layout) return L4K_PREFILL_PATH_CP_ASYNC_LAYOUT;
   if (!encode_cache_map(tm_k, p.k_cache, p) || !encode_cache_map(tm_v, p.v_cache, p))
-    return L4K_ATTN_PATH_CP_ASYNC_NO_TENSOR_MAP;
-  return L4K_ATTN_PATH_TMA;
+    return L4K_PREFILL_PATH_CP_ASYNC_NO_TENSOR_MAP;
+  return L4K_PREFILL_PATH_TMA;
 }
 
 template <typename Fn>
@@ -196,7 +196,7 @@ int launch_ws(Fn fn, dim3 grid, size_t smem_tiles, cudaStream_t stream, const L4
   cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (e != cudaSuccess) return static_cast<int>(e);
   CUtensorMap tm_k, tm_v;
-  const bool tma = key_tile_path(p, &tm_k, &tm_v) == L4K_ATTN_PATH_TMA;
+  const bool tma = key_tile_path(p, &tm_k, &tm_v) == L4K_PREFILL_PATH_TMA;
   fn<<<grid, kThreads, smem, stream>>>(p, tm_k, tm_v, tma ? 1 : 0);
   return launch_status();
 }
@@ -236,7 +236,8 @@ extern "C" int l4k_launch_attention_prefill(const L4kAttentionParams* p, cudaStr
   return l4k::attn_prefill::launch_checked(p, stream);
 }
 
-// The path l4k_launch_attention_prefill takes for p's layout on the current device (L4K_ATTN_PATH_*). Reads
+// The path l4k_launch_attention_prefill takes for p's layout on the current device (l4k_prefill_path,
+// include/llama4_kernels.h). Reads
 // block_size, chunk, slots, n_kv_heads, head_dim and the cache addresses; the caller validated them.
 extern "C" int l4k_internal_attention_prefill_path(const L4kAttentionParams* p) {
   CUtensorMap tm_k, tm_v;

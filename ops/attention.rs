@@ -8,7 +8,7 @@
 //! so one description covers a fresh prefill, a prefill that continues a cache, and decode.
 
 use crate::error::{ensure, Error, Result};
-use crate::ffi::AttentionParams;
+use crate::ffi::{check_ptr, AttentionParams};
 use crate::tensor::{bf16, same_device, Tensor, TensorMut};
 use cudarc::driver::CudaStream;
 use std::ptr;
@@ -185,7 +185,237 @@ pub(crate) fn bind_and_launch(
     launch(&p)
 }
 
+/// Which attention kernel a raw parameter set is for: the two take the same contract and differ only in the limits
+/// [`validate`] lists per op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AttentionOp {
+    Prefill,
+    Decode,
+}
+
+impl AttentionOp {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            AttentionOp::Prefill => "attention_prefill",
+            AttentionOp::Decode => "attention_decode",
+        }
+    }
+}
+
+/// Query rows per prefill CTA (kernels/attention_prefill/tile.cuh kBlockM): the grid has ceil(max_q_len / 128)
+/// tiles per sequence and head.
+pub const PREFILL_QUERY_TILE: usize = 128;
+/// Grid limits of the prefill launch: heads on x, query tiles on y, sequences on z.
+const PREFILL_MAX_GRID_YZ: usize = 65535;
+
+/// Checks raw parameters (the safe API's from [`params`], the C ABI's from its caller) against the contract of
+/// kernels/attention_params.h and `op`'s own limits: the one validator both attention launchers go through, so both
+/// ops refuse the same inputs with the same messages. `Ok(false)`: nothing to launch (no sequence; for decode also
+/// no query row, since its grid is sized by max_q_len rows). Decode's workspace is checked by its launcher, which
+/// needs the device's SM count for it.
+pub(crate) fn validate(op: AttentionOp, p: &AttentionParams) -> Result<bool> {
+    let name = op.name();
+    ensure!(p.batch >= 0 && p.total_q >= 0 && p.slots >= 0, "{name}: batch, total_q and slots must be >= 0");
+    ensure!(p.max_blocks >= 0 && p.max_q_len >= 0, "{name}: max_blocks and max_q_len must be >= 0");
+    ensure!(p.block_size >= 1, "{name}: block_size must be positive (got {})", p.block_size);
+    ensure!(p.slots % p.block_size as i64 == 0, "{name}: {} slots are not whole {}-slot blocks", p.slots, p.block_size);
+    ensure!(
+        (p.max_blocks as i64) * (p.block_size as i64) <= i32::MAX as i64,
+        "{name}: {} blocks of {} slots exceed i32 positions",
+        p.max_blocks,
+        p.block_size
+    );
+    ensure!(p.total_q <= i32::MAX as i64, "{name}: total_q {} exceeds i32", p.total_q);
+    ensure!(p.n_heads >= 1 && p.n_kv_heads >= 1, "{name}: head counts must be positive");
+    ensure!(p.n_heads % p.n_kv_heads == 0, "{name}: {} query heads over {} kv heads", p.n_heads, p.n_kv_heads);
+    ensure!(p.chunk >= 0, "{name}: chunk {} < 0", p.chunk);
+    ensure!(
+        p.softmax_scale.is_finite() && p.softmax_scale > 0.0,
+        "{name}: softmax_scale {} must be finite and positive",
+        p.softmax_scale
+    );
+    if !HEAD_DIMS.contains(&(p.head_dim as usize)) {
+        return Err(Error::Unsupported(format!("{name}: head_dim {} (built for {HEAD_DIMS:?})", p.head_dim)));
+    }
+    // What one kernel is built for beyond the contract.
+    match op {
+        AttentionOp::Prefill => {
+            if p.slots > i32::MAX as i64 {
+                return Err(Error::Unsupported(format!("{name}: {} cache slots exceed i32", p.slots)));
+            }
+            let tiles = (p.max_q_len as usize).div_ceil(PREFILL_QUERY_TILE).max(1);
+            if tiles > PREFILL_MAX_GRID_YZ
+                || p.batch as usize > PREFILL_MAX_GRID_YZ
+                || p.n_heads as usize > PREFILL_MAX_GRID_YZ
+            {
+                return Err(Error::Unsupported(format!(
+                    "{name}: grid of {} heads x {tiles} query tiles x {} sequences exceeds 65535 on one axis",
+                    p.n_heads, p.batch
+                )));
+            }
+        }
+        AttentionOp::Decode => {
+            // The kernel indexes a sequence's (query, head) rows with int32.
+            ensure!(
+                p.n_heads as i64 * p.max_q_len as i64 <= i32::MAX as i64,
+                "{name}: n_heads {} x max_q_len {} rows exceed i32",
+                p.n_heads,
+                p.max_q_len
+            );
+        }
+    }
+    if p.batch == 0 || (op == AttentionOp::Decode && (p.max_q_len == 0 || p.total_q == 0)) {
+        return Ok(false);
+    }
+    check_ptr(name, "q", p.q, 16)?;
+    // Decode writes 8-byte pieces of a row; prefill's epilogue falls back to 4-byte stores (the C ABI allows it).
+    check_ptr(name, "out", p.out, if op == AttentionOp::Decode { 16 } else { 4 })?;
+    check_ptr(name, "cu_seqlens_q", p.cu_seqlens_q as _, 4)?;
+    check_ptr(name, "seq_lens_k", p.seq_lens_k as _, 4)?;
+    if !p.bad_seqs.is_null() {
+        check_ptr(name, "bad_seqs", p.bad_seqs as _, 4)?;
+    }
+    // Without columns the table is never read, without slots the caches never are: every sequence that would read
+    // them is bad by the contract.
+    if p.max_blocks > 0 {
+        check_ptr(name, "block_table", p.block_table as _, 4)?;
+    }
+    if p.slots > 0 {
+        check_ptr(name, "k_cache", p.k_cache, 16)?;
+        check_ptr(name, "v_cache", p.v_cache, 16)?;
+    }
+    Ok(true)
+}
+
+/// The keys `[lo, hi)` the kernels visit for the query positions `[q_first, q_last]` under `chunk` (0: causal):
+/// kernels/paged_kv.cuh's rule, the one both kernels compile, run on the host.
+#[cfg(test)]
+pub(crate) fn kernel_key_range(q_first: i32, q_last: i32, chunk: i32) -> (i32, i32) {
+    let (mut lo, mut hi) = (0, 0);
+    // SAFETY: a pure function of its arguments writing two ints.
+    unsafe { crate::ffi::l4k_internal_attention_key_range(q_first, q_last, chunk, &mut lo, &mut hi) };
+    (lo, hi)
+}
+
 /// Llama 4's softmax scale, `head_dim ** -0.5` as a Python float, applied in f32.
 pub fn default_scale(head_dim: usize) -> f32 {
     (1.0 / (head_dim as f64).sqrt()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llama4_reference::attention::{key_range, Mask as RefMask};
+    use std::ffi::c_void;
+
+    /// A consistent parameter set (fake, aligned addresses: the validator never dereferences them).
+    fn good() -> AttentionParams {
+        let at = |a: usize| a as *const c_void;
+        AttentionParams {
+            q: at(0x1000),
+            k_cache: at(0x2000),
+            v_cache: at(0x3000),
+            cu_seqlens_q: at(0x4000) as _,
+            seq_lens_k: at(0x5000) as _,
+            block_table: at(0x6000) as _,
+            out: at(0x7000) as _,
+            bad_seqs: ptr::null_mut(),
+            workspace: ptr::null_mut(),
+            workspace_bytes: 0,
+            total_q: 8,
+            slots: 64,
+            batch: 2,
+            max_blocks: 2,
+            block_size: 16,
+            n_heads: 8,
+            n_kv_heads: 2,
+            head_dim: 128,
+            chunk: 0,
+            max_q_len: 4,
+            softmax_scale: 0.1,
+            _pad: 0,
+        }
+    }
+
+    const OPS: [AttentionOp; 2] = [AttentionOp::Prefill, AttentionOp::Decode];
+
+    #[test]
+    fn both_ops_refuse_the_same_contract_violations() {
+        let g = good();
+        for op in OPS {
+            assert_eq!(validate(op, &g), Ok(true), "{op:?}");
+        }
+        let bad: [(&str, AttentionParams); 16] = [
+            ("negative batch", AttentionParams { batch: -1, ..g }),
+            ("negative total_q", AttentionParams { total_q: -1, ..g }),
+            ("negative slots", AttentionParams { slots: -16, ..g }),
+            ("negative max_blocks", AttentionParams { max_blocks: -1, ..g }),
+            ("negative max_q_len", AttentionParams { max_q_len: -1, ..g }),
+            ("block_size 0", AttentionParams { block_size: 0, ..g }),
+            ("slots not whole blocks", AttentionParams { slots: 60, ..g }),
+            ("positions past i32", AttentionParams { max_blocks: i32::MAX / 8, ..g }),
+            ("total_q past i32", AttentionParams { total_q: i32::MAX as i64 + 1, ..g }),
+            ("no kv heads", AttentionParams { n_kv_heads: 0, ..g }),
+            ("8 heads over 3", AttentionParams { n_kv_heads: 3, ..g }),
+            ("negative chunk", AttentionParams { chunk: -64, ..g }),
+            ("NaN scale", AttentionParams { softmax_scale: f32::NAN, ..g }),
+            ("zero scale", AttentionParams { softmax_scale: 0.0, ..g }),
+            ("null q", AttentionParams { q: ptr::null(), ..g }),
+            ("misaligned k_cache", AttentionParams { k_cache: 0x2008 as *const c_void, ..g }),
+        ];
+        for (what, p) in bad {
+            for op in OPS {
+                let e = validate(op, &p);
+                assert!(matches!(e, Err(Error::InvalidArgument(_))), "{op:?}, {what}: {e:?}");
+            }
+        }
+        for op in OPS {
+            let e = validate(op, &AttentionParams { head_dim: 96, ..g });
+            assert!(matches!(e, Err(Error::Unsupported(_))), "{op:?}: {e:?}");
+            // A table without columns and a cache without slots are never read: their pointers may be null.
+            let empty =
+                AttentionParams { max_blocks: 0, block_table: ptr::null(), slots: 0, k_cache: ptr::null(), ..g };
+            assert_eq!(validate(op, &AttentionParams { v_cache: ptr::null(), ..empty }), Ok(true), "{op:?}");
+            // No sequence: nothing to launch, whatever the pointers.
+            assert_eq!(validate(op, &AttentionParams { batch: 0, q: ptr::null(), ..g }), Ok(false), "{op:?}");
+            let e = validate(op, &AttentionParams { bad_seqs: 0x9002 as *mut u32, ..g });
+            assert!(matches!(e, Err(Error::InvalidArgument(ref m)) if m.contains("bad_seqs")), "{op:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn each_op_keeps_its_own_limits() {
+        let g = good();
+        // Prefill's grid: more than 65535 query tiles; its slots are i32.
+        let e = validate(AttentionOp::Prefill, &AttentionParams { max_q_len: 65536 * 128, ..g });
+        assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+        let e = validate(AttentionOp::Prefill, &AttentionParams { slots: 1 << 32, ..g });
+        assert!(matches!(e, Err(Error::Unsupported(_))), "{e:?}");
+        assert_eq!(validate(AttentionOp::Decode, &AttentionParams { slots: 1 << 32, ..g }), Ok(true));
+        // Decode's rows are int32; its output is written in 8-byte pieces, prefill's may be 4-byte aligned.
+        let e = validate(AttentionOp::Decode, &AttentionParams { max_q_len: i32::MAX / 4, ..g });
+        assert!(matches!(e, Err(Error::InvalidArgument(ref m)) if m.contains("exceed i32")), "{e:?}");
+        let out4 = AttentionParams { out: 0x7004 as *mut c_void, ..g };
+        assert_eq!(validate(AttentionOp::Prefill, &out4), Ok(true));
+        assert!(validate(AttentionOp::Decode, &out4).is_err());
+        // Decode sizes its grid by max_q_len rows: none, nothing to run.
+        assert_eq!(validate(AttentionOp::Decode, &AttentionParams { max_q_len: 0, ..g }), Ok(false));
+        assert_eq!(validate(AttentionOp::Prefill, &AttentionParams { max_q_len: 0, ..g }), Ok(true));
+    }
+
+    #[test]
+    fn the_kernels_key_range_is_the_union_of_the_references() {
+        for chunk in [0usize, 1, 3, 64, 100, 8192] {
+            let mask = if chunk == 0 { RefMask::Causal } else { RefMask::Chunked { chunk } };
+            for q_first in [0usize, 1, 2, 63, 64, 99, 100, 127, 128, 8191, 8192, 10000] {
+                for run in [1usize, 2, 64, 128, 200] {
+                    let q_last = q_first + run - 1;
+                    let lo = (q_first..=q_last).map(|q| key_range(mask, q).start).min().unwrap();
+                    let hi = (q_first..=q_last).map(|q| key_range(mask, q).end).max().unwrap();
+                    let got = kernel_key_range(q_first as i32, q_last as i32, chunk as i32);
+                    assert_eq!(got, (lo as i32, hi as i32), "chunk {chunk}, queries {q_first}..={q_last}");
+                }
+            }
+        }
+    }
 }

@@ -8,16 +8,17 @@
 //! range (`max_blocks * block_size`, or one chunk) and the SM count: nothing synchronizes, and the call can be
 //! captured in a CUDA graph. The partial results live in the caller's workspace ([`workspace_size`] bytes).
 
-use crate::attention::{bind_and_launch, Mask, MaskCode, PagedKv, QueryBatch};
-use crate::error::{ensure, Result};
+use crate::attention::{bind_and_launch, validate, AttentionOp, Mask, MaskCode, PagedKv, QueryBatch};
+use crate::error::{ensure, Error, Result};
 use crate::ffi::{self, check_ptr, launched, AttentionParams};
 use crate::tensor::{bf16, TensorMut};
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::CudaStream;
+use std::ffi::CStr;
 
 const OP: &str = "attention_decode";
 
-/// The sizes [`workspace_size`] depends on.
+/// The sizes the launcher's plan depends on (with the device's SM count).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecodeShape {
     pub batch: usize,
@@ -31,24 +32,49 @@ pub struct DecodeShape {
     pub mask: Mask,
 }
 
+/// What the launcher does for a shape on a device: the key splits (1: no combine step) and the workspace bytes
+/// they need (0 when the keys are not split).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodePlan {
+    pub splits: usize,
+    pub workspace_bytes: usize,
+}
+
 fn int32(v: usize, what: &str) -> Result<i32> {
     ensure!(v <= i32::MAX as usize, "{OP}: {what} = {v} exceeds i32");
     Ok(v as i32)
 }
 
-/// Workspace bytes [`attention_decode`] needs for `shape` on the current device (0 when the keys are not split;
-/// the split count depends on the device's SM count).
-pub fn workspace_size(shape: DecodeShape) -> Result<usize> {
+/// The current device's SM count, which the split count depends on; no device is an error, never a guess.
+pub fn current_sm_count() -> Result<usize> {
+    let mut sms = 0;
+    // SAFETY: writes one int.
+    let code = unsafe { ffi::l4k_internal_current_sm_count(&mut sms) };
+    if code != 0 || sms <= 0 {
+        // SAFETY: cudaGetErrorString returns a static NUL-terminated string for any code.
+        let msg = unsafe { CStr::from_ptr(ffi::l4k_internal_cuda_error_string(code)) };
+        return Err(Error::NoDevice(format!(
+            "{OP}: no SM count from the current device ({}, cudaError {code})",
+            msg.to_string_lossy()
+        )));
+    }
+    Ok(sms as usize)
+}
+
+/// The launcher's plan for `shape` on a device with `sm_count` SMs (the launcher itself asks the current device).
+pub fn plan(shape: DecodeShape, sm_count: usize) -> Result<DecodePlan> {
     ensure!(
         shape.n_kv_heads >= 1 && shape.n_heads % shape.n_kv_heads == 0,
         "{OP}: {} query heads are not a multiple of {} kv heads",
         shape.n_heads,
         shape.n_kv_heads
     );
+    ensure!(sm_count >= 1, "{OP}: a device has at least one SM");
     let chunk = shape.mask.encode(OP)?;
-    // SAFETY: a pure function of its arguments and the current device's SM count.
-    Ok(unsafe {
-        ffi::l4k_internal_attention_decode_workspace_size(
+    let (mut splits, mut bytes) = (0i32, 0i64);
+    // SAFETY: a pure function of its arguments writing two numbers.
+    unsafe {
+        ffi::l4k_internal_attention_decode_plan(
             int32(shape.batch, "batch")?,
             int32(shape.n_heads, "n_heads")?,
             int32(shape.n_kv_heads, "n_kv_heads")?,
@@ -56,25 +82,23 @@ pub fn workspace_size(shape: DecodeShape) -> Result<usize> {
             int32(shape.max_q_len, "max_q_len")?,
             int32(shape.max_kv_len, "max_kv_len")?,
             chunk,
+            int32(sm_count, "sm_count")?,
+            &mut splits,
+            &mut bytes,
         )
-    })
+    };
+    Ok(DecodePlan { splits: splits as usize, workspace_bytes: bytes as usize })
+}
+
+/// Workspace bytes [`attention_decode`] needs for `shape` on the current device (0 when the keys are not split;
+/// the split count depends on the device's SM count).
+pub fn workspace_size(shape: DecodeShape) -> Result<usize> {
+    Ok(plan(shape, current_sm_count()?)?.workspace_bytes)
 }
 
 /// The number of key splits the launcher uses for `shape` on the current device (1: no combine step).
 pub fn splits(shape: DecodeShape) -> Result<usize> {
-    let chunk = shape.mask.encode(OP)?;
-    // SAFETY: as workspace_size.
-    let s = unsafe {
-        ffi::l4k_internal_attention_decode_splits(
-            int32(shape.batch, "batch")?,
-            int32(shape.n_heads, "n_heads")?,
-            int32(shape.n_kv_heads.max(1), "n_kv_heads")?,
-            int32(shape.max_q_len, "max_q_len")?,
-            int32(shape.max_kv_len, "max_kv_len")?,
-            chunk,
-        )
-    };
-    Ok(s as usize)
+    Ok(plan(shape, current_sm_count()?)?.splits)
 }
 
 /// Attention of `queries` over `kv` under `mask`, into `out` (q's shape) as bf16. `workspace` holds at least
@@ -96,72 +120,30 @@ pub fn attention_decode(
     })
 }
 
-/// Validates raw parameters (shared with the C ABI: sizes and pointers; the shapes' mutual consistency is the
-/// caller's, checked by [`crate::attention`]'s `params` in the safe API) and launches.
+/// Validates raw parameters ([`validate`], shared with prefill and the C ABI; the shapes' mutual consistency is
+/// the caller's, checked by [`crate::attention`]'s `params` in the safe API), checks the workspace against the
+/// plan for the current device, and launches.
 pub(crate) fn launch(p: &AttentionParams, stream: CUstream) -> Result<()> {
-    ensure!(p.batch >= 0 && p.total_q >= 0 && p.max_q_len >= 0, "{OP}: negative batch, total_q or max_q_len");
-    ensure!(p.n_kv_heads >= 1 && p.n_heads >= 1 && p.n_heads % p.n_kv_heads == 0, "{OP}: bad head counts");
-    if !crate::attention::HEAD_DIMS.contains(&(p.head_dim as usize)) {
-        return Err(crate::Error::Unsupported(format!(
-            "{OP}: head_dim {} (built for {:?})",
-            p.head_dim,
-            crate::attention::HEAD_DIMS
-        )));
-    }
-    ensure!(p.block_size >= 1 && p.max_blocks >= 0 && p.slots >= 0, "{OP}: bad cache geometry");
-    ensure!(p.chunk >= 0, "{OP}: chunk {} is negative", p.chunk);
-    // The kernels index a sequence's (query, head) rows with int32.
-    ensure!(
-        p.n_heads as i64 * p.max_q_len as i64 <= i32::MAX as i64,
-        "{OP}: n_heads {} x max_q_len {} rows exceed i32",
-        p.n_heads,
-        p.max_q_len
-    );
-    ensure!(
-        (p.max_blocks as i64) * (p.block_size as i64) <= i32::MAX as i64,
-        "{OP}: max_blocks * block_size exceeds i32"
-    );
-    ensure!(
-        p.softmax_scale.is_finite() && p.softmax_scale > 0.0,
-        "{OP}: softmax_scale {} must be finite and positive",
-        p.softmax_scale
-    );
-    if p.batch == 0 || p.max_q_len == 0 || p.total_q == 0 {
+    if !validate(AttentionOp::Decode, p)? {
         return Ok(());
     }
-    // SAFETY: a pure function of its arguments and the current device's SM count.
-    let need = unsafe {
-        ffi::l4k_internal_attention_decode_workspace_size(
-            p.batch,
-            p.n_heads,
-            p.n_kv_heads,
-            p.head_dim,
-            p.max_q_len,
-            p.max_blocks * p.block_size,
-            p.chunk,
-        )
+    let shape = DecodeShape {
+        batch: p.batch as usize,
+        n_heads: p.n_heads as usize,
+        n_kv_heads: p.n_kv_heads as usize,
+        head_dim: p.head_dim as usize,
+        max_q_len: p.max_q_len as usize,
+        max_kv_len: (p.max_blocks * p.block_size) as usize,
+        mask: if p.chunk == 0 { Mask::Causal } else { Mask::Chunked { chunk: p.chunk as usize } },
     };
+    let need = workspace_size(shape)?;
     ensure!(
         p.workspace_bytes >= need as i64,
         "{OP}: workspace is {} bytes; this batch needs {need} (attention_decode::workspace_size)",
         p.workspace_bytes
     );
-    check_ptr(OP, "q", p.q, 16)?;
-    check_ptr(OP, "out", p.out, 16)?;
-    check_ptr(OP, "cu_seqlens_q", p.cu_seqlens_q as _, 4)?;
-    check_ptr(OP, "seq_lens_k", p.seq_lens_k as _, 4)?;
     if need > 0 {
         check_ptr(OP, "workspace", p.workspace, 256)?;
-    }
-    if !p.bad_seqs.is_null() {
-        check_ptr(OP, "bad_seqs", p.bad_seqs as _, 4)?;
-    }
-    if p.max_blocks > 0 {
-        check_ptr(OP, "block_table", p.block_table as _, 4)?;
-    }
-    if p.slots > 0 {
-        check_ptr(OP, "k_cache", p.k_cache, 16)?;
-        check_ptr(OP, "v_cache", p.v_cache, 16)?;
     }
     // SAFETY: validated above; tensor extents are the caller's contract (checked by the safe API's views).
     launched(OP, unsafe { ffi::l4k_launch_attention_decode(p, stream) })
@@ -170,6 +152,9 @@ pub(crate) fn launch(p: &AttentionParams, stream: CUstream) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// H100 and H200 SXM.
+    const H100_SMS: usize = 132;
 
     #[test]
     fn rejects_bad_shapes_on_the_host() {
@@ -182,8 +167,9 @@ mod tests {
             max_kv_len: 8192,
             mask: Mask::Causal,
         };
-        assert!(workspace_size(s).is_err());
-        assert!(workspace_size(DecodeShape { mask: Mask::Chunked { chunk: 0 }, n_kv_heads: 8, ..s }).is_err());
+        assert!(plan(s, H100_SMS).is_err());
+        assert!(plan(DecodeShape { mask: Mask::Chunked { chunk: 0 }, n_kv_heads: 8, ..s }, H100_SMS).is_err());
+        assert!(plan(DecodeShape { n_kv_heads: 8, ..s }, 0).is_err());
     }
 
     #[test]
@@ -198,14 +184,15 @@ mod tests {
             mask: Mask::Causal,
         };
         // 512 CTAs already fill two waves of 2 CTAs x 132 SMs: no split, no workspace.
-        assert_eq!(splits(s).unwrap(), 1);
-        assert_eq!(workspace_size(s).unwrap(), 0);
+        assert_eq!(plan(s, H100_SMS).unwrap(), DecodePlan { splits: 1, workspace_bytes: 0 });
         let long = DecodeShape { batch: 8, max_kv_len: 32768, ..s };
-        assert!(splits(long).unwrap() > 1);
-        assert!(workspace_size(long).unwrap() > 0);
+        let many = plan(long, H100_SMS).unwrap();
+        assert!(many.splits > 1 && many.workspace_bytes > 0, "{many:?}");
+        // Fewer SMs to fill, fewer splits: the plan follows the device instead of assuming one.
+        assert!(plan(long, 16).unwrap().splits < many.splits);
         // A chunked layer's range is one chunk however long the cache: fewer splits than the global layer.
         let chunked = DecodeShape { mask: Mask::Chunked { chunk: 256 }, ..long };
-        assert_eq!(splits(chunked).unwrap(), 1);
+        assert_eq!(plan(chunked, H100_SMS).unwrap().splits, 1);
         // Row counts past int32 are refused before anything is launched.
         let p = AttentionParams {
             q: std::ptr::null(),
@@ -239,6 +226,6 @@ mod tests {
             Err(crate::Error::Unsupported(_))
         ));
         // Tiny contexts never split.
-        assert_eq!(splits(DecodeShape { batch: 1, max_kv_len: 200, ..s }).unwrap(), 1);
+        assert_eq!(plan(DecodeShape { batch: 1, max_kv_len: 200, ..s }, H100_SMS).unwrap().splits, 1);
     }
 }

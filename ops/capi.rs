@@ -969,6 +969,62 @@ pub unsafe extern "C" fn l4k_attention_prefill(
     })
 }
 
+/// The key-tile path of `l4k_attention_prefill` for these caches on the current device, written to `*path` as an
+/// `l4k_prefill_path` (see include/llama4_kernels.h).
+///
+/// # Safety
+/// `path` must be NULL (an error) or point to a writable int32.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_attention_prefill_path(
+    k_cache: *const c_void,
+    v_cache: *const c_void,
+    slots: i64,
+    n_kv_heads: i32,
+    head_dim: i32,
+    block_size: i32,
+    chunk: i32,
+    path: *mut i32,
+) -> Status {
+    guard(|| {
+        if path.is_null() {
+            return Err(Error::InvalidArgument("attention_prefill: path is null".into()));
+        }
+        let p = AttentionParams {
+            q: ptr::null(),
+            k_cache,
+            v_cache,
+            cu_seqlens_q: ptr::null(),
+            seq_lens_k: ptr::null(),
+            block_table: ptr::null(),
+            out: ptr::null_mut(),
+            bad_seqs: ptr::null_mut(),
+            workspace: ptr::null_mut(),
+            workspace_bytes: 0,
+            total_q: 0,
+            slots,
+            batch: 0,
+            max_blocks: 0,
+            block_size,
+            n_heads: n_kv_heads,
+            n_kv_heads,
+            head_dim,
+            chunk,
+            max_q_len: 0,
+            softmax_scale: 1.0,
+            _pad: 0,
+        };
+        let code = match attention_prefill::path_of(&p)? {
+            attention_prefill::KeyTilePath::Tma => crate::ffi::PREFILL_PATH_TMA,
+            attention_prefill::KeyTilePath::CpAsyncLayout => crate::ffi::PREFILL_PATH_CP_ASYNC_LAYOUT,
+            attention_prefill::KeyTilePath::CpAsyncNoTensorMap => crate::ffi::PREFILL_PATH_CP_ASYNC_NO_TENSOR_MAP,
+        };
+        // SAFETY: non-null, writable per the contract.
+        unsafe { *path = code };
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,11 @@ c_consts! {
     /// Workspace bytes [`crate::linear::Blas::linear_bf16`] needs (cuBLASLt's recommendation for Hopper). Plans
     /// are made with this much, so a call refuses a smaller workspace.
     pub const LINEAR_WORKSPACE_BYTES: usize = 32 << 20;
+
+    // l4k_prefill_path: how the prefill kernel loads whole key tiles (ops/attention_prefill.rs KeyTilePath).
+    pub const PREFILL_PATH_TMA: i32 = 0;
+    pub const PREFILL_PATH_CP_ASYNC_LAYOUT: i32 = 1;
+    pub const PREFILL_PATH_CP_ASYNC_NO_TENSOR_MAP: i32 = 2;
 }
 
 c_struct! {
@@ -280,7 +285,7 @@ extern "C" {
     pub fn l4k_launch_permute(p: *const PermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_unpermute(p: *const UnpermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_attention_decode(p: *const AttentionParams, stream: CUstream) -> c_int;
-    pub fn l4k_internal_attention_decode_workspace_size(
+    pub fn l4k_internal_attention_decode_plan(
         batch: i32,
         n_heads: i32,
         n_kv_heads: i32,
@@ -288,15 +293,14 @@ extern "C" {
         max_q_len: i32,
         max_kv_len: i32,
         chunk: i32,
-    ) -> usize;
-    pub fn l4k_internal_attention_decode_splits(
-        batch: i32,
-        n_heads: i32,
-        n_kv_heads: i32,
-        max_q_len: i32,
-        max_kv_len: i32,
-        chunk: i32,
-    ) -> i32;
+        sms: i32,
+        splits: *mut i32,
+        workspace_bytes: *mut i64,
+    );
+    pub fn l4k_internal_current_sm_count(sms: *mut i32) -> c_int;
+    pub fn l4k_internal_attention_prefill_path(p: *const AttentionParams) -> c_int;
+    #[cfg(test)] // the key-range test; the kernels compute it themselves
+    pub fn l4k_internal_attention_key_range(q_first: i32, q_last: i32, chunk: i32, lo: *mut i32, hi: *mut i32);
     pub fn l4k_launch_attention_prefill(p: *const AttentionParams, stream: CUstream) -> c_int;
     #[cfg(test)] // the tile-size invariants test; the op itself asks for the workspace size
     pub fn l4k_internal_router_tile(experts: c_int, logits_dtype: c_int) -> c_int;

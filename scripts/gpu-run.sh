@@ -92,6 +92,20 @@ if has sanitize; then
     note "compute-sanitizer $tool: $([[ $rc == 0 ]] && echo CLEAN || echo "FAILED (exit $rc)") in $((SECONDS - start)) s; $(grep -E 'ERROR SUMMARY' "$out/sanitizer.log" | tail -1)"
     ((rc == 0)) || status=1
   done
+  # Barrier use (synccheck: divergent or mismatched bar.sync / bar.red, named barriers included) and reads of
+  # uninitialized device memory (initcheck) over the attention tests: both kernels, the decode-by-prefill test and
+  # the C ABI's attention calls; the warp-specialized prefill kernel is the one with named barriers and barriers
+  # reached from two program points (kernels/NOTES.md, "the verdict barrier"). L4K_SANITIZE_FILTERS adds families
+  # (test-name filters, e.g. "attention rmsnorm rope").
+  filters=(${L4K_SANITIZE_FILTERS:-attention})
+  for tool in synccheck initcheck; do
+    start=$SECONDS
+    PROPTEST_CASES=2 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+      "$here/bin/test-gpu" --include-ignored --test-threads=1 "${filters[@]}" >>"$out/sanitizer.log" 2>&1
+    rc=$?
+    note "compute-sanitizer $tool (${filters[*]}): $([[ $rc == 0 ]] && echo CLEAN || echo "FAILED (exit $rc)") in $((SECONDS - start)) s; $(grep -E 'ERROR SUMMARY' "$out/sanitizer.log" | tail -1)"
+    ((rc == 0)) || status=1
+  done
 fi
 
 if has model; then

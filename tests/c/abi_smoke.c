@@ -70,6 +70,15 @@ int main(void) {
                             128, 64, 16, 4, 16, 0, 0.125f, NULL, NULL);
   CHECK(s == L4K_ERROR_INVALID_ARGUMENT, "attention 40 over 6 heads: %d", (int)s);
   CHECK(strstr(l4k_last_error(), "kv heads") != NULL, "message: %s", l4k_last_error());
+  {
+    /* 16-slot blocks cannot go by TMA: the answer needs no device. */
+    l4k_prefill_path path = L4K_PREFILL_PATH_TMA;
+    s = l4k_attention_prefill_path((const void*)0x2000, (const void*)0x3000, 64, 8, 128, 16, 0, &path);
+    CHECK(s == L4K_OK && path == L4K_PREFILL_PATH_CP_ASYNC_LAYOUT, "prefill path, 16-slot blocks: %d %d %s", (int)s,
+          (int)path, l4k_last_error());
+    s = l4k_attention_prefill_path((const void*)0x2000, (const void*)0x3000, 64, 8, 128, 16, 0, NULL);
+    CHECK(s == L4K_ERROR_INVALID_ARGUMENT, "prefill path to NULL: %d", (int)s);
+  }
 
   /* Blockwise grouped GEMM: k must be whole 128-wide scale groups; fast accumulation has no blockwise kernel. */
   s = l4k_grouped_gemm_fp8_blockwise((const void*)0x1000, (const float*)0x2000, (const void*)0x3000,

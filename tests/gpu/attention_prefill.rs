@@ -5,7 +5,7 @@
 use crate::common::*;
 use cudarc::driver::CudaSlice;
 use llama4_kernels::attention::{default_scale, Mask, PagedKv, QueryBatch};
-use llama4_kernels::attention_prefill::attention_prefill;
+use llama4_kernels::attention_prefill::{attention_prefill, key_tile_path, KeyTilePath};
 use llama4_kernels::{bf16, Error, Tensor, TensorMut};
 use llama4_reference::attention as reference;
 use llama4_reference::check::{rel_l2, TOL_BF16};
@@ -367,4 +367,27 @@ fn rejects_bad_arguments() {
     // Nothing was launched: the output is still poison.
     assert!(download_bf16(&dout).iter().all(|x| x.is_nan()));
     let _ = bf16::ZERO;
+}
+
+/// The judged layouts (64-slot multiples) take TMA on a GPU: a driver that refused the tensor maps would fall back
+/// to cp.async silently otherwise. Other block sizes and chunks take cp.async by layout.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn key_tile_path_is_tma_where_the_layout_allows_it() {
+    let (hkv, d, slots) = (8, 128, 4096);
+    let dk = upload_bf16(&vec![0.0; slots * hkv * d]);
+    let kt = Tensor::of(&dk, [slots, hkv, d]).unwrap();
+    let dlen = upload(&[8i32]);
+    let dtab = upload(&[0i32]);
+    let lt = Tensor::of(&dlen, [1]).unwrap();
+    let tt = Tensor::of(&dtab, [1, 1]).unwrap();
+    for (block_size, mask, want) in [
+        (64, Mask::Causal, KeyTilePath::Tma),
+        (256, Mask::Chunked { chunk: 8192 }, KeyTilePath::Tma),
+        (16, Mask::Causal, KeyTilePath::CpAsyncLayout),
+        (64, Mask::Chunked { chunk: 100 }, KeyTilePath::CpAsyncLayout),
+    ] {
+        let kv = PagedKv { k: &kt, v: &kt, block_table: &tt, seq_lens: &lt, block_size };
+        assert_eq!(key_tile_path(stream(), &kv, mask).unwrap(), want, "block {block_size}, {mask:?}");
+    }
 }
