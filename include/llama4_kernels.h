@@ -324,9 +324,9 @@ typedef enum l4k_prefill_path {
   L4K_PREFILL_PATH_CP_ASYNC_LAYOUT = 1,
   L4K_PREFILL_PATH_CP_ASYNC_NO_TENSOR_MAP = 2
 } l4k_prefill_path;
-/* The path for these caches (arguments as in l4k_attention_prefill), written to *path. */
+/* The path for these caches (arguments as in l4k_attention_prefill), written to *path as an l4k_prefill_path. */
 l4k_status l4k_attention_prefill_path(const void* k_cache, const void* v_cache, int64_t slots, int32_t n_kv_heads,
-                                      int32_t head_dim, int32_t block_size, int32_t chunk, l4k_prefill_path* path);
+                                      int32_t head_dim, int32_t block_size, int32_t chunk, int32_t* path);
 
 #ifdef __cplusplus
 }

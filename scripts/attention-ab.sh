@@ -4,11 +4,13 @@
 # are built against the working tree's kernels and against a base tree's, then run alternately (base, new, base,
 # new, ...) so both see the same clocks. Each line carries an output hash: equal hashes, same bits.
 #   here:  scripts/attention-ab.sh stage [rev]     (default main) the base tree's kernels/ and include/ from git into
-#                                                   gpu-bundle/ab-base (git-ignored: carry gpu-bundle to the device)
+#                                                   ab-base/ in the GPU bundle (git-ignored: carry gpu-bundle; run
+#                                                   after scripts/stage-gpu.sh, which empties the bundle)
 #   GPU:   scripts/attention-ab.sh run [rounds]    (default 3) from the repository root; output also in $OUT/ab.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
-base=gpu-bundle/ab-base
+bundle=gpu-bundle
+base="$bundle/ab-base"
 case "${1:-}" in
   stage)
     rev="${2:-main}"

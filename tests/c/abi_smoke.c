@@ -72,7 +72,7 @@ int main(void) {
   CHECK(strstr(l4k_last_error(), "kv heads") != NULL, "message: %s", l4k_last_error());
   {
     /* 16-slot blocks cannot go by TMA: the answer needs no device. */
-    l4k_prefill_path path = L4K_PREFILL_PATH_TMA;
+    int32_t path = L4K_PREFILL_PATH_TMA;
     s = l4k_attention_prefill_path((const void*)0x2000, (const void*)0x3000, 64, 8, 128, 16, 0, &path);
     CHECK(s == L4K_OK && path == L4K_PREFILL_PATH_CP_ASYNC_LAYOUT, "prefill path, 16-slot blocks: %d %d %s", (int)s,
           (int)path, l4k_last_error());
