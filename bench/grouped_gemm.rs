@@ -90,17 +90,20 @@ fn bench(c: &mut Criterion) {
                 let rows = padded * experts;
                 let a = rand_fp8(rows * k, 3 * t as u64);
                 let scale_a = rand_scales(rows, 14);
-                let offs = stream().clone_htod(&(0..=experts).map(|e| (e * padded) as i32).collect::<Vec<_>>()).unwrap();
+                let offs =
+                    stream().clone_htod(&(0..=experts).map(|e| (e * padded) as i32).collect::<Vec<_>>()).unwrap();
                 let cnts = stream().clone_htod(&vec![per as i32; experts]).unwrap();
                 let mut d = zeros(rows * n);
-                for (name, schedule) in
-                    [("auto_padded128", Schedule::Auto), ("auto_routed_padded128", Schedule::AutoRouted { routed_rows: t })]
-                {
+                for (name, schedule) in [
+                    ("auto_padded128", Schedule::Auto),
+                    ("auto_routed_padded128", Schedule::AutoRouted { routed_rows: t }),
+                ] {
                     let (ta, tsa) = (Tensor::of(&a, [rows, k]).unwrap(), Tensor::of(&scale_a, [rows]).unwrap());
                     let (tb, tsb) =
                         (Tensor::of(&weights, [experts, n, k]).unwrap(), Tensor::of(&scale_b, [experts, n]).unwrap());
                     let (to, tc) = (Tensor::of(&offs, [experts + 1]).unwrap(), Tensor::of(&cnts, [experts]).unwrap());
-                    let g = GroupedGemm { a: &ta, scale_a: &tsa, b: &tb, scale_b: &tsb, offsets: &to, counts: Some(&tc) };
+                    let g =
+                        GroupedGemm { a: &ta, scale_a: &tsa, b: &tb, scale_b: &tsb, offsets: &to, counts: Some(&tc) };
                     run_gemm_case(
                         c,
                         "grouped_gemm",

@@ -273,8 +273,8 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const
 }
 
 // Top-1 unpermute (k == 1, every Llama 4 checkpoint): out[t] = bf16((0 + (w *) y[dest[t]]) + shared[t]), the
-// general kernel's sum with one source, without its f32 accumulators: fewer registers (4 CTAs of 160 threads
-// resident per SM instead of 3), so more loads are in flight. Every thread reads the destination itself (one
+// general kernel's sum with one source, without its f32 accumulators: fewer registers, so more CTAs and more
+// loads in flight (launch shape: launch_unpermute). Every thread reads the destination itself (one
 // broadcast load) instead of waiting for it behind a barrier, with the shared row's loads already in flight.
 template <int VPT, int MAX_THREADS>
 __global__ void __launch_bounds__(MAX_THREADS) unpermute_top1_kernel(const L4kUnpermuteParams p) {
@@ -318,19 +318,27 @@ __global__ void __launch_bounds__(MAX_THREADS) unpermute_top1_kernel(const L4kUn
 }
 
 
+constexpr int kTop1Threads = 320;
+
 template <int VEC>
 int launch_unpermute(const L4kUnpermuteParams& p, cudaStream_t stream) {
   RowShape s;
   if (!row_shape<VEC>(p.hidden / VEC, &s)) return L4K_STATUS_TOO_LONG;
   const dim3 grid(static_cast<unsigned>(p.tokens)), block(s.threads);
   if (VEC == 8 && p.k == 1) {
-    constexpr int kCap = row_threads_cap<8>();
-    switch (s.vpt) {
-      case 1: unpermute_top1_kernel<1, kCap><<<grid, block, 0, stream>>>(p); break;
-      case 2: unpermute_top1_kernel<2, kCap><<<grid, block, 0, stream>>>(p); break;
-      case 4: unpermute_top1_kernel<4, kCap><<<grid, block, 0, stream>>>(p); break;
-      case 8: unpermute_top1_kernel<8, kCap><<<grid, block, 0, stream>>>(p); break;
-      default: unpermute_top1_kernel<16, kCap><<<grid, block, 0, stream>>>(p); break;
+    // Up to 320 threads of 2 packs for Scout's 5120 columns: with no accumulators the registers of 2 packs fit
+    // 4 CTAs of 320 threads per SM, twice the row bytes in flight of 4 packs x 160 (kernels/NOTES.md, v3).
+    int vpt = 1;
+    while (int64_t(vpt) * kTop1Threads < p.hidden / 8) vpt *= 2;
+    if (vpt > 16) return L4K_STATUS_TOO_LONG;
+    const int64_t threads = (p.hidden / 8 + vpt - 1) / vpt;
+    const dim3 tblock(static_cast<unsigned>((threads + 31) / 32 * 32));
+    switch (vpt) {
+      case 1: unpermute_top1_kernel<1, kTop1Threads><<<grid, tblock, 0, stream>>>(p); break;
+      case 2: unpermute_top1_kernel<2, kTop1Threads><<<grid, tblock, 0, stream>>>(p); break;
+      case 4: unpermute_top1_kernel<4, kTop1Threads><<<grid, tblock, 0, stream>>>(p); break;
+      case 8: unpermute_top1_kernel<8, kTop1Threads><<<grid, tblock, 0, stream>>>(p); break;
+      default: unpermute_top1_kernel<16, kTop1Threads><<<grid, tblock, 0, stream>>>(p); break;
     }
     return launch_status();
   }

@@ -134,16 +134,18 @@ impl CStruct for llama4_contract::Llama3Scaling {
     const C_NAME: &'static str = "l4k_llama3_scaling";
     fn c_fields() -> Vec<Field> {
         use llama4_contract::Llama3Scaling as S;
-        let _exhaustive =
-            |s: S| -> [f32; 4] {
-                let S { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } = s;
-                [factor, low_freq_factor, high_freq_factor, original_max_position_embeddings]
-            };
+        let _exhaustive = |s: S| -> [f32; 4] {
+            let S { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } = s;
+            [factor, low_freq_factor, high_freq_factor, original_max_position_embeddings]
+        };
         vec![
             Field::of::<f32>("factor", std::mem::offset_of!(S, factor)),
             Field::of::<f32>("low_freq_factor", std::mem::offset_of!(S, low_freq_factor)),
             Field::of::<f32>("high_freq_factor", std::mem::offset_of!(S, high_freq_factor)),
-            Field::of::<f32>("original_max_position_embeddings", std::mem::offset_of!(S, original_max_position_embeddings)),
+            Field::of::<f32>(
+                "original_max_position_embeddings",
+                std::mem::offset_of!(S, original_max_position_embeddings),
+            ),
         ]
     }
 }

@@ -379,7 +379,7 @@ template <class C>
 static void decode_variant(const L4kAttentionParams& p, const char* shape, const char* name, double bytes,
                            const void* want) {
   using namespace l4k::decode;
-  const Plan pl = plan(p.batch, p.n_heads, p.n_kv_heads, 128, p.max_q_len, p.max_blocks * p.block_size, p.chunk);
+  const Plan pl = plan(p.batch, p.n_heads, p.n_kv_heads, 128, p.max_q_len, p.max_blocks * p.block_size, p.chunk, g_sms);
   const size_t out_bytes = size_t(p.total_q) * p.n_heads * 128 * 2;
   CK(cudaMemsetAsync(p.out, 0xff, out_bytes, g_stream));
   CK(static_cast<cudaError_t>(launch_cfg<128, C>(p, pl, g_stream)));
@@ -438,7 +438,7 @@ static void decode_family() {
     p.chunk = 0;
     p.max_q_len = 1;
     p.softmax_scale = 1.f / sqrtf(float(D));
-    const size_t ws = plan(sh.batch, H, KVH, D, 1, blocks_per * sh.bs, 0).ws.total;
+    const size_t ws = plan(sh.batch, H, KVH, D, 1, blocks_per * sh.bs, 0, g_sms).ws.total;
     p.workspace = ws ? dalloc(ws) : nullptr;
     p.workspace_bytes = int64_t(ws);
     const double bytes = 2.0 * sh.batch * sh.len * KVH * D * 2 + 2.0 * sh.batch * H * D * 2;
