@@ -1019,6 +1019,11 @@ static void shape(const char* name, int E, int K, int N, int start) {
   v.push_back([&] { run_persistent<256, 256, 16, 256, false, 2>(c, ws, widths[1], 1); });
   v.push_back([&] { run_persistent<512, 256, 8, 256, false, 3>(c, ws, widths[1], 1); });
   v.push_back([&] { run_persistent<512, 256, 8, 128, false, 3>(c, ws, widths[1], 1); });
+  // A pass-1 item of 256 KB lasts about one step, so with lag 1 the pass-2 items claimed right after the panel's last
+  // pass-1 item spin: shorter pass-1 items (R1 128) and more lag on smaller panels (L2 footprint ~ (L + 1) panels).
+  v.push_back([&] { run_persistent<512, 128, 16, 256, false, 2>(c, ws, widths[0], 2); });
+  v.push_back([&] { run_persistent<512, 128, 16, 256, false, 2>(c, ws, widths[0], 3); });
+  v.push_back([&] { run_persistent<512, 128, 16, 256, false, 2>(c, ws, widths[1], 2); });
   if (K == 5120) {
     v.push_back([&] { run_cluster<4, 1280, 256, 1>(c); });
     v.push_back([&] { run_cluster<8, 640, 128, 2>(c); });
@@ -1120,7 +1125,7 @@ static void check_schedules() {
       for (int C1 : {256, 512})
         for (int R1 : {64, 128, 256, 512})
           for (int KT : {128, 256})
-            for (int L : {1, 2}) {
+            for (int L : {1, 2, 3}) {
               wpx::Sched s;
               n += make_sched(p, P, C1, R1, KT, L, reinterpret_cast<void*>(16), &s);
             }
