@@ -9,6 +9,10 @@
 //! both with fast accumulation; the unfused plain one uses Auto, the decode schedule at T = 512). Bytes: weights
 //! + A + q + scales; FLOPs of the GEMM.
 //!
+//! grouped_gemm/{gemv,decode}/<proj>_T<tokens>_E<experts>_top1, T = 1, 2, 4, 8: batch-1-to-8 decode at top-1,
+//! each token routed to its own expert (T experts touched): the streaming GEMV schedule (what Auto picks there)
+//! against the CUTLASS decode tiles. Bytes: the touched experts' weights + A + D.
+//!
 //! Scout (E = 16) also times the 128x128 blockwise-scaled variant (`blockwise_*`) and, as a peer of `auto`, a
 //! loop of cuBLASLt FP8 GEMMs, one per expert (`cublaslt_per_expert`, bench/peers/cublaslt.rs).
 mod common;
@@ -291,7 +295,68 @@ fn rand_scales(n: usize, seed: u64) -> cudarc::driver::CudaSlice<f32> {
     stream().clone_htod(&(0..n).map(|_| r.gen_range(1e-3f32..1e-2)).collect::<Vec<_>>()).unwrap()
 }
 
-criterion_group! { name = benches; config = criterion(); targets = bench_swiglu, bench }
+fn bench_gemv(c: &mut Criterion) {
+    for (experts, (proj, n, k)) in [16usize, 128]
+        .into_iter()
+        .flat_map(|e| [("gate_up", 16384usize, 5120usize), ("down", 5120, 8192)].map(move |p| (e, p)))
+    {
+        let weights = expert_weights(experts, n * k);
+        let scale_b = rand_scales(experts * n, 8);
+        let mut ws = zeros::<u8>(workspace_size(experts).unwrap());
+        let ws_len = ws.len();
+        for t in [1usize, 2, 4, 8] {
+            let a = rand_fp8(t * k, 40 + t as u64);
+            let scale_a = rand_scales(t, 41);
+            // Call i routes token j to expert (i % sets) t + j: consecutive calls read disjoint experts, so a
+            // down projection's 42 MB is not served from the 60 MB L2 by the previous call.
+            let sets = experts / t;
+            let offs: Vec<_> = (0..sets)
+                .map(|set| {
+                    let offsets: Vec<i32> = (0..=experts).map(|e| e.saturating_sub(set * t).min(t) as i32).collect();
+                    stream().clone_htod(&offsets).unwrap()
+                })
+                .collect();
+            let mut d = zeros(t * n);
+            let bytes = t * n * k + t * k + 2 * t * n;
+            for (name, schedule) in [("gemv", Schedule::Gemv), ("decode", Schedule::Decode)] {
+                let (ta, tsa) = (Tensor::of(&a, [t, k]).unwrap(), Tensor::of(&scale_a, [t]).unwrap());
+                let (tb, tsb) =
+                    (Tensor::of(&weights, [experts, n, k]).unwrap(), Tensor::of(&scale_b, [experts, n]).unwrap());
+                let to: Vec<_> = offs.iter().map(|o| Tensor::of(o, [experts + 1]).unwrap()).collect();
+                run_gemm_case(
+                    c,
+                    "grouped_gemm",
+                    name,
+                    &format!("{proj}_T{t}_E{experts}_top1"),
+                    t,
+                    bytes,
+                    Flops::fp8(2 * t * n * k),
+                    |i| {
+                        let g = GroupedGemm {
+                            a: &ta,
+                            scale_a: &tsa,
+                            b: &tb,
+                            scale_b: &tsb,
+                            offsets: &to[i % sets],
+                            counts: None,
+                        };
+                        grouped_gemm_fp8(
+                            stream(),
+                            &g,
+                            &mut TensorMut::of(&mut d, [t, n]).unwrap(),
+                            &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
+                            None,
+                            schedule,
+                        )
+                        .unwrap()
+                    },
+                );
+            }
+        }
+    }
+}
+
+criterion_group! { name = benches; config = criterion(); targets = bench_gemv, bench_swiglu, bench }
 
 fn main() {
     benches();

@@ -245,17 +245,21 @@ l4k_status l4k_unpermute(const void* expert_out, const float* weights, const int
  * b: [experts, n, k] E4M3 (each expert's weight as nn.Linear [out, in]); scale_b: [experts, n] f32;
  * offsets: [experts + 1] int32 and counts: [experts] int32 (or NULL), both ON THE DEVICE; d: [rows, n] bf16.
  * k a multiple of 16, n a multiple of 8; a, b, d 16-byte aligned; workspace 256-byte aligned.
- * schedule: 0 auto (decode path up to 32 rows per expert on average, else prefill), 1 prefill (promoted FP8
- * accumulation), 2 decode (A/B swapped, weight-bandwidth bound), 3 prefill with fast accumulation.
+ * schedule: 0 auto (the GEMV for one row at n <= 8192 and experts <= 16, where it measured faster; the decode
+ * path up to 32 rows per expert on average; else prefill), 1 prefill (promoted FP8 accumulation), 2 decode (A/B
+ * swapped, weight-bandwidth bound), 3 prefill with fast accumulation, 4 GEMV (a streaming mma.sync kernel for
+ * one row per expert: each expert's weights read once per 8 of its rows; any row count is correct; ignores the
+ * workspace).
  * Auto decides by `rows`, A's row count: the routed rows for an unpadded layout (router align 1), but with the
  * router's align > 1 up to experts x (align - 1) of them are padding. Such a caller asks
- * l4k_grouped_gemm_auto_schedule(tokens * k, experts, &schedule) and passes that schedule.
+ * l4k_grouped_gemm_auto_schedule(tokens * k, n, experts, &schedule) and passes that schedule.
  * Offsets that are inconsistent (outside [0, rows], decreasing, counts past their range) cannot be seen from
  * the host without a sync: then nothing is computed and *bad_offsets (one device uint32, may be NULL) is set
  * to 1. No host synchronization: capturable in a CUDA graph. */
 l4k_status l4k_grouped_gemm_workspace_size(int32_t experts, size_t* bytes);
-/* The schedule (1 prefill, 2 decode) auto picks for routed_rows real (token, expert) rows over experts experts. */
-l4k_status l4k_grouped_gemm_auto_schedule(int64_t routed_rows, int32_t experts, int32_t* schedule);
+/* The schedule (1 prefill, 2 decode, 4 GEMV) auto picks for routed_rows real (token, expert) rows over experts
+ * experts of output width n. */
+l4k_status l4k_grouped_gemm_auto_schedule(int64_t routed_rows, int64_t n, int32_t experts, int32_t* schedule);
 l4k_status l4k_grouped_gemm_fp8(const void* a, const float* scale_a, const void* b, const float* scale_b,
                                 const int32_t* offsets, const int32_t* counts, void* d, int64_t rows, int64_t n,
                                 int64_t k, int32_t experts, int32_t schedule, void* workspace,
@@ -267,7 +271,8 @@ l4k_status l4k_grouped_gemm_fp8(const void* a, const float* scale_a, const void*
  * alignment as l4k_grouped_gemm_fp8; the same workspace size). scale_a: [rows, k / 128] f32 (one scale per
  * row and K group: a 1x128 activation quantizer's output); scale_b: [experts, n / 128, k / 128] f32 (one per
  * 128x128 weight block). n and k must be multiples of 128. schedule: 0 auto (as l4k_grouped_gemm_fp8),
- * 1 prefill, 2 decode; 3 (fast accumulation) is L4K_ERROR_UNSUPPORTED here. */
+ * 1 prefill, 2 decode; 3 (fast accumulation) and 4 (GEMV) are L4K_ERROR_UNSUPPORTED here (auto never picks
+ * the GEMV for blockwise scales: it takes the decode path). */
 l4k_status l4k_grouped_gemm_fp8_blockwise(const void* a, const float* scale_a, const void* b, const float* scale_b,
                                           const int32_t* offsets, const int32_t* counts, void* d, int64_t rows,
                                           int64_t n, int64_t k, int32_t experts, int32_t schedule, void* workspace,

@@ -107,30 +107,25 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
 
-  // The block-id verdict: one CTA-wide OR (bar.red.or on barrier 0, all 384 threads) to which the producer brings
-  // nothing and the consumers bring the block ids (two table reads a thread at most). The producer reaches it after
-  // its Q copies and K_0's TMA, the consumers right away: two bar.red instructions at two program points, one per
-  // role, each reached by whole converged warps (the role branch is warpgroup-uniform). The hardware counts arrivals
-  // on barrier 0 per warp and ORs the predicates of every arriving thread whatever the instruction's address, and
-  // the PTX ISA lets different warps execute different barrier instructions on one barrier (its producer/consumer
-  // example); its wording for .aligned, which bar.red implies ("all threads in CTA will execute the same barrier
-  // instruction"), is stricter. The two forms that satisfy that wording as well cost the kernel its register
-  // allocation: kernels/NOTES.md (attention_prefill, "the verdict barrier").
+  // The block-id verdict: one CTA-wide OR over the consumers' block-id checks (two table reads a thread at most),
+  // reached by every thread at this one instruction before the roles split, as __syncthreads_or requires (its
+  // .aligned barrier must not be met from two program points: compute-sanitizer synccheck reports that as a
+  // divergent barrier; kernels/NOTES.md, attention_prefill, "the verdict barrier"). The producer's Q copies and
+  // K_0's TMA start after it.
+  if (__syncthreads_or(wg != 0 &&
+                       paged_kv::sequence_is_bad_part(p, b, q_begin, q_len, seq_len, tid - 128, kThreads - 128))) {
+    if (h == 0 && tile == 0 && tid == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
+    return;
+  }
   if (wg == 0) {
     ptx::setmaxnreg_dec<kProducerRegs>();
     Producer<D> producer(p, sm, &tm_k, &tm_v, use_tma, w, tid, lane);
     producer.load_q();
     producer.issue_first_k();
-    if (__syncthreads_or(0)) {
-      producer.drain_bad();
-      return;
-    }
     Probe::stamp(kProbeChecked, tid == 0);
     producer.run();
     return;
   }
-  if (__syncthreads_or(paged_kv::sequence_is_bad_part(p, b, q_begin, q_len, seq_len, tid - 128, kThreads - 128)))
-    return;
   ptx::setmaxnreg_inc<kConsumerRegs>();
   const int cw = wg - 1;  // consumer warpgroup: query rows 64 cw .. 64 cw + 63 of the tile
   float o[D / 2], l_run[2];

@@ -22,6 +22,9 @@ typedef enum L4kGemmSchedule {
   // FP8 accumulation without promotion (faster, less exact; rowwise only): 256x128x128 with a 1x2 cluster, or
   // 128x256x128 with none where the experts average at most 128 rows.
   L4K_GEMM_PREFILL_FAST_ACCUM = 3,
+  // Up to 8 rows per expert (batch 1-8 decode): CTAs of 16 weight rows x the whole k on mma.sync, bound by
+  // streaming the touched experts' weights (grouped_gemm_gemv.cu). Rowwise only; no workspace.
+  L4K_GEMM_GEMV = 4,
 } L4kGemmSchedule;
 
 // D[r, :] = bf16((A[r, :] . B[e]^T) * scale_a[r] * scale_b[e, :]) for the rows r of expert e:

@@ -440,7 +440,11 @@ pub unsafe extern "C" fn l4k_linear_fp8(
             n,
             k,
             experts: 1,
-            schedule: grouped_gemm::Schedule::Auto.code(usize::try_from(m).unwrap_or(0), 1),
+            schedule: grouped_gemm::Schedule::Auto.code(
+                usize::try_from(m).unwrap_or(0),
+                1,
+                usize::try_from(n).unwrap_or(0),
+            ),
         };
         grouped_gemm::launch(&p, stream)
     })
@@ -687,15 +691,21 @@ pub unsafe extern "C" fn l4k_grouped_gemm_workspace_size(experts: i32, bytes: *m
     })
 }
 
-/// The schedule code (1 prefill, 2 decode) that schedule 0 (auto) of `l4k_grouped_gemm_fp8` and its blockwise
-/// variant picks for `routed_rows` real (token, expert) rows over `experts` experts, written to `*schedule`. A
+/// The schedule code (1 prefill, 2 decode, 4 GEMV) that schedule 0 (auto) of `l4k_grouped_gemm_fp8` picks for
+/// `routed_rows` real (token, expert) rows over `experts` experts of width `n`, written to `*schedule` (the blockwise variant
+/// accepts the same code, except that it runs 2 where this says 4: pass 0 or 2 there). A
 /// caller with a padded layout (router align > 1) passes tokens x k here and the result as `schedule`: auto
 /// itself only sees the padded `rows`.
 ///
 /// # Safety
 /// `schedule` must be NULL (an error) or point to a writable int32_t.
 #[no_mangle]
-pub unsafe extern "C" fn l4k_grouped_gemm_auto_schedule(routed_rows: i64, experts: i32, schedule: *mut i32) -> Status {
+pub unsafe extern "C" fn l4k_grouped_gemm_auto_schedule(
+    routed_rows: i64,
+    n: i64,
+    experts: i32,
+    schedule: *mut i32,
+) -> Status {
     guard(|| {
         if schedule.is_null() {
             return Err(Error::InvalidArgument("grouped_gemm: schedule is null".into()));
@@ -706,7 +716,8 @@ pub unsafe extern "C" fn l4k_grouped_gemm_auto_schedule(routed_rows: i64, expert
             .ok()
             .filter(|e| (1..=grouped_gemm::MAX_EXPERTS).contains(e))
             .ok_or_else(|| Error::InvalidArgument(format!("grouped_gemm: experts = {experts} outside 1..=4096")))?;
-        let code = grouped_gemm::Schedule::AutoRouted { routed_rows: r }.code(r, e);
+        let n = usize::try_from(n).map_err(|_| Error::InvalidArgument(format!("grouped_gemm: n = {n} < 0")))?;
+        let code = grouped_gemm::Schedule::AutoRouted { routed_rows: r }.code(r, e, n);
         // SAFETY: non-null, writable per the contract.
         unsafe { *schedule = code };
         Ok(())
@@ -739,7 +750,7 @@ pub unsafe extern "C" fn l4k_grouped_gemm_fp8(
         let schedule = if schedule == GEMM_AUTO {
             let r = usize::try_from(rows).unwrap_or(0);
             let e = usize::try_from(experts).unwrap_or(1).max(1);
-            grouped_gemm::Schedule::Auto.code(r, e)
+            grouped_gemm::Schedule::Auto.code(r, e, usize::try_from(n).unwrap_or(0))
         } else {
             schedule
         };

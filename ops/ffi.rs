@@ -42,6 +42,7 @@ c_consts! {
     pub const GEMM_PREFILL: i32 = 1;
     pub const GEMM_DECODE: i32 = 2;
     pub const GEMM_PREFILL_FAST_ACCUM: i32 = 3;
+    pub const GEMM_GEMV: i32 = 4;
 
     /// `out_dtype` of `l4k_linear_bf16` for a bf16 output.
     pub const LINEAR_OUT_BF16: i32 = 0;
@@ -267,6 +268,7 @@ c_struct! {
 extern "C" {
     pub fn l4k_launch_grouped_gemm(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_grouped_gemm_swiglu(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_grouped_gemm_gemv(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
     pub fn l4k_internal_grouped_gemm_workspace_size(experts: i32) -> usize;
     pub fn l4k_launch_grouped_gemm_blockwise(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
     pub fn l4k_internal_grouped_gemm_blockwise_workspace_size(experts: i32) -> usize;

@@ -1,5 +1,6 @@
 //! FP8 (E4M3) grouped GEMM for the routed experts: `D[r] = bf16((A[r] . B[e]^T) * scale_a[r] * scale_b[e])` for
-//! the rows r of each expert e, on CUTLASS for sm_90a. Kernel: kernels/grouped_gemm.cu. Reference:
+//! the rows r of each expert e, on CUTLASS for sm_90a (kernels/grouped_gemm.cu), and for one row per expert on
+//! an mma.sync streaming kernel ([`Schedule::Gemv`], kernels/grouped_gemm_gemv.cu). Reference:
 //! llama4_reference::grouped_gemm::grouped_gemm_rowwise.
 //!
 //! Layout (shared with the permute kernels): A [rows, k] is sorted by expert; expert e owns rows
@@ -16,7 +17,7 @@
 
 use crate::error::{ensure, Error, Result};
 use crate::ffi::{self, check_ptr, launched, GroupedGemmParams, QuantParams};
-use crate::ffi::{GEMM_AUTO, GEMM_DECODE, GEMM_PREFILL, GEMM_PREFILL_FAST_ACCUM};
+use crate::ffi::{GEMM_AUTO, GEMM_DECODE, GEMM_GEMV, GEMM_PREFILL, GEMM_PREFILL_FAST_ACCUM};
 use crate::tensor::{bf16, same_device, Tensor, TensorMut, E4M3};
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::CudaStream;
@@ -27,9 +28,10 @@ const OP: &str = "grouped_gemm";
 /// Which kernel configuration runs (kernels/grouped_gemm.cu explains both).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {
-    /// By A's row count: `Decode` up to [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average, else
-    /// `Prefill`. Right for an unpadded layout (the router's align = 1), where the rows are the routed pairs;
-    /// a padded layout's rows include up to experts x (align - 1) padding rows: use [`Schedule::AutoRouted`].
+    /// By A's row count: `Gemv` for one row where it measured faster ([`gemv_is_faster`]), `Decode` up to
+    /// [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average, else `Prefill`. Right for an unpadded layout
+    /// (the router's align = 1), where the rows are the routed pairs; a padded layout's rows include up to
+    /// experts x (align - 1) padding rows: use [`Schedule::AutoRouted`].
     Auto,
     /// As `Auto`, deciding by `routed_rows`, the number of real (token, expert) rows (tokens x k, which the
     /// caller knows on the host) instead of A's padded row count.
@@ -42,14 +44,31 @@ pub enum Schedule {
     /// 256x128 tiles (128x256 where the experts average at most 128 rows) accumulated in the tensor cores
     /// without promotion: faster, less exact at large k.
     PrefillFastAccum,
+    /// A streaming kernel for one row per expert (batch-1 decode, the FP8 linears at m = 1): each CTA reads 16
+    /// weight rows of every non-empty expert once per 8 of its rows, on mma.sync with a promotion into f32 every
+    /// 256 of k. Any row count is correct, but past one row the decode tiles were faster everywhere measured
+    /// (kernels/NOTES.md). Rowwise scales only (the blockwise recipe and the SwiGLU epilogue refuse it); needs no
+    /// workspace.
+    Gemv,
 }
 
 /// Decode tiles hold 32 tokens of one expert; past that the weights would be read once per 32 tokens.
 pub const DECODE_MAX_ROWS_PER_EXPERT: usize = 32;
 
-/// Auto's rule: the decode (swapped) schedule up to [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average.
-fn auto_code(rows: usize, experts: usize) -> i32 {
-    if rows <= DECODE_MAX_ROWS_PER_EXPERT * experts.max(1) {
+/// Where Auto takes [`Schedule::Gemv`], by measurement on the H200 (kernels/NOTES.md, "grouped_gemm GEMV
+/// schedule"): one row, n up to 8192 (the decode tiles give n / 128 CTAs, 40 to 64 of them there; at n = 16384
+/// they were faster) and up to 16 experts (the kernel's expert loop costs a dependent load per expert). Batch-1
+/// decode's routed down projection and the `--fp8-dense` linears but gate_up and lm_head.
+pub fn gemv_is_faster(rows: usize, n: usize, experts: usize) -> bool {
+    rows == 1 && n <= 8192 && experts <= 16
+}
+
+/// Auto's rule: the streaming GEMV where [`gemv_is_faster`], the decode (swapped) schedule up to
+/// [`DECODE_MAX_ROWS_PER_EXPERT`] rows per expert on average, else prefill.
+fn auto_code(rows: usize, experts: usize, n: usize) -> i32 {
+    if gemv_is_faster(rows, n, experts) {
+        GEMM_GEMV
+    } else if rows <= DECODE_MAX_ROWS_PER_EXPERT * experts.max(1) {
         GEMM_DECODE
     } else {
         GEMM_PREFILL
@@ -58,23 +77,24 @@ fn auto_code(rows: usize, experts: usize) -> i32 {
 
 impl Schedule {
     /// The launcher's code for this schedule (L4kGemmSchedule), AUTO resolved by `rows` (A's row count),
-    /// AutoRouted by its routed rows.
-    pub(crate) fn code(self, rows: usize, experts: usize) -> i32 {
+    /// AutoRouted by its routed rows; `n` is B's output width.
+    pub(crate) fn code(self, rows: usize, experts: usize, n: usize) -> i32 {
         match self {
             Schedule::Prefill => GEMM_PREFILL,
             Schedule::Decode => GEMM_DECODE,
             Schedule::PrefillFastAccum => GEMM_PREFILL_FAST_ACCUM,
-            Schedule::Auto => auto_code(rows, experts),
-            Schedule::AutoRouted { routed_rows } => auto_code(routed_rows, experts),
+            Schedule::Gemv => GEMM_GEMV,
+            Schedule::Auto => auto_code(rows, experts, n),
+            Schedule::AutoRouted { routed_rows } => auto_code(routed_rows, experts, n),
         }
     }
 
-    /// The concrete schedule `Auto` picks for `routed_rows` real rows over `experts` experts.
-    pub fn resolve(routed_rows: usize, experts: usize) -> Schedule {
-        if auto_code(routed_rows, experts) == GEMM_DECODE {
-            Schedule::Decode
-        } else {
-            Schedule::Prefill
+    /// The concrete schedule `Auto` picks for `routed_rows` real rows over `experts` experts of width `n`.
+    pub fn resolve(routed_rows: usize, experts: usize, n: usize) -> Schedule {
+        match auto_code(routed_rows, experts, n) {
+            GEMM_GEMV => Schedule::Gemv,
+            GEMM_DECODE => Schedule::Decode,
+            _ => Schedule::Prefill,
         }
     }
 }
@@ -119,7 +139,7 @@ pub fn grouped_gemm_fp8(
     ensure!(d.shape() == [rows, n], "{OP}: d {:?}, want [{rows}, {n}]", d.shape());
     same_device(stream, &[d.stream()])?;
     let (pd, _gd) = d.ptr_mut(stream);
-    bind_and_launch(stream, &operands, pd, workspace, bad_offsets, schedule.code(rows, experts), launch)
+    bind_and_launch(stream, &operands, pd, workspace, bad_offsets, schedule.code(rows, experts, n), launch)
 }
 
 /// The rowwise recipe's operand checks (k, scale shapes, offsets, counts, the flag); returns the operands and
@@ -168,10 +188,11 @@ pub fn grouped_gemm_swiglu_fp8(
     let code = match schedule {
         Schedule::Auto | Schedule::AutoRouted { .. } | Schedule::Prefill => GEMM_PREFILL,
         Schedule::PrefillFastAccum => GEMM_PREFILL_FAST_ACCUM,
-        Schedule::Decode => {
+        Schedule::Decode | Schedule::Gemv => {
+            let which = if schedule == Schedule::Decode { "decode (swapped)" } else { "GEMV" };
             return Err(crate::Error::InvalidArgument(format!(
-                "{OP}: the SwiGLU epilogue has no decode (swapped) schedule"
-            )))
+                "{OP}: the SwiGLU epilogue has no {which} schedule (prefill tiles only)"
+            )));
         }
     };
     let half = n / 2;
@@ -236,21 +257,28 @@ pub fn grouped_gemm_fp8_blockwise(
     check_views(g.offsets, g.counts, experts, &bad_offsets)?;
     ensure!(d.shape() == [rows, n], "{OP}: d {:?}, want [{rows}, {n}]", d.shape());
     same_device(stream, &[d.stream()])?;
-    let code = blockwise_code(schedule, rows, experts)?;
+    let code = blockwise_code(schedule, rows, experts, n)?;
     let (pd, _gd) = d.ptr_mut(stream);
     let operands =
         Operands { a: g.a, scale_a: g.scale_a, b: g.b, scale_b: g.scale_b, offsets: g.offsets, counts: g.counts };
     bind_and_launch(stream, &operands, pd, workspace, bad_offsets, code, launch_blockwise)
 }
 
-/// The launcher code of a blockwise schedule (AUTO resolved as for the rowwise op).
-pub(crate) fn blockwise_code(schedule: Schedule, rows: usize, experts: usize) -> Result<i32> {
+/// The launcher code of a blockwise schedule: AUTO resolved as for the rowwise op, except that the streaming
+/// GEMV (rowwise scales only) gives way to the decode tiles.
+pub(crate) fn blockwise_code(schedule: Schedule, rows: usize, experts: usize, n: usize) -> Result<i32> {
     match schedule {
         Schedule::PrefillFastAccum => Err(Error::Unsupported(format!(
             "{OP}: blockwise scaling has no fast-accumulation schedule (its scales are applied by the per-K-group \
              promotion); use Auto, Prefill or Decode"
         ))),
-        s => Ok(s.code(rows, experts)),
+        Schedule::Gemv => Err(Error::Unsupported(format!(
+            "{OP}: the streaming GEMV applies rowwise scales only; blockwise scaling takes Auto, Prefill or Decode"
+        ))),
+        s => Ok(match s.code(rows, experts, n) {
+            GEMM_GEMV => GEMM_DECODE,
+            code => code,
+        }),
     }
 }
 
@@ -348,7 +376,13 @@ pub(crate) fn launch(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
         return Ok(());
     }
     // SAFETY: validated above; tensor extents are the caller's contract (checked by the safe API's views).
-    launched(OP, unsafe { ffi::l4k_launch_grouped_gemm(p, stream) })
+    launched(OP, unsafe {
+        if p.schedule == GEMM_GEMV {
+            ffi::l4k_launch_grouped_gemm_gemv(p, stream)
+        } else {
+            ffi::l4k_launch_grouped_gemm(p, stream)
+        }
+    })
 }
 
 /// The SwiGLU epilogue's GEMM: `p.d` is h [rows, n / 2] bf16; `p.n` a multiple of 16.
@@ -375,23 +409,24 @@ fn check_rowwise(p: &GroupedGemmParams) -> Result<bool> {
         "{OP}: n = {} must be a positive multiple of 8 (16-byte rows of bf16 output)",
         p.n
     );
-    ensure!((GEMM_AUTO..=GEMM_PREFILL_FAST_ACCUM).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
+    ensure!((GEMM_AUTO..=GEMM_GEMV).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
     check_params(p)
 }
 
-/// The blockwise launch (shared with the C ABI): `schedule` 0 (auto), 1 (prefill) or 2 (decode); n and k
-/// multiples of 128. rows == 0 is a no-op.
+/// The blockwise launch (shared with the C ABI): `schedule` 0 (auto), 1 (prefill) or 2 (decode); 3 and 4 are
+/// `Unsupported`; n and k multiples of 128. rows == 0 is a no-op.
 pub(crate) fn launch_blockwise(p: &GroupedGemmParams, stream: CUstream) -> Result<()> {
     check_blocks(p.n, p.k)?;
-    ensure!((GEMM_AUTO..=GEMM_PREFILL_FAST_ACCUM).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
+    ensure!((GEMM_AUTO..=GEMM_GEMV).contains(&p.schedule), "{OP}: unknown schedule {}", p.schedule);
     let mut p = *p;
     let schedule = match p.schedule {
         GEMM_PREFILL => Schedule::Prefill,
         GEMM_DECODE => Schedule::Decode,
         GEMM_PREFILL_FAST_ACCUM => Schedule::PrefillFastAccum,
+        GEMM_GEMV => Schedule::Gemv,
         _ => Schedule::Auto,
     };
-    p.schedule = blockwise_code(schedule, p.rows.max(0) as usize, p.experts.max(1) as usize)?;
+    p.schedule = blockwise_code(schedule, p.rows.max(0) as usize, p.experts.max(1) as usize, p.n.max(0) as usize)?;
     if !check_params(&p)? {
         return Ok(());
     }
@@ -436,14 +471,34 @@ mod tests {
     #[test]
     fn auto_routed_decides_by_the_routed_rows_not_the_padding() {
         // 512 decode tokens, top-1 over 16 experts, the router's align = 128: up to 16 x 127 padding rows.
-        let (tokens, experts) = (512, 16);
+        let (tokens, experts, n) = (512, 16, 5120);
         let padded = crate::permute::permuted_rows(tokens, 1, experts, 128);
-        assert_eq!(Schedule::Auto.code(padded, experts), 1, "plain auto sees the padded rows");
-        assert_eq!(Schedule::AutoRouted { routed_rows: tokens }.code(padded, experts), 2);
-        assert_eq!(Schedule::resolve(tokens, experts), Schedule::Decode);
+        assert_eq!(Schedule::Auto.code(padded, experts, n), GEMM_PREFILL, "plain auto sees the padded rows");
+        assert_eq!(Schedule::AutoRouted { routed_rows: tokens }.code(padded, experts, n), GEMM_DECODE);
+        assert_eq!(Schedule::resolve(tokens, experts, n), Schedule::Decode);
         // Past 32 rows per expert on average the weights are re-read per 32-token tile: prefill.
-        assert_eq!(Schedule::AutoRouted { routed_rows: 32 * experts + 1 }.code(0, experts), 1);
-        assert_eq!(Schedule::resolve(32 * experts + 1, experts), Schedule::Prefill);
+        assert_eq!(Schedule::AutoRouted { routed_rows: 32 * experts + 1 }.code(0, experts, n), GEMM_PREFILL);
+        assert_eq!(Schedule::resolve(32 * experts + 1, experts, n), Schedule::Prefill);
+    }
+
+    #[test]
+    fn auto_takes_the_gemv_only_where_it_measured_faster() {
+        // Batch 1 at top-1: the down projection (n 5120) and the dense linears (qkv 7168, o 5120) stream; gate_up
+        // (n 16384), lm_head and Maverick's 128 experts keep the decode tiles, as does every second row.
+        assert_eq!(Schedule::AutoRouted { routed_rows: 1 }.code(128 * 16, 16, 5120), GEMM_GEMV);
+        assert_eq!(Schedule::Auto.code(1, 1, 7168), GEMM_GEMV);
+        assert_eq!(Schedule::resolve(1, 16, 5120), Schedule::Gemv);
+        assert_eq!(Schedule::Auto.code(1, 16, 16384), GEMM_DECODE);
+        assert_eq!(Schedule::Auto.code(1, 1, 202048), GEMM_DECODE);
+        assert_eq!(Schedule::Auto.code(1, 128, 5120), GEMM_DECODE);
+        assert_eq!(Schedule::Auto.code(2, 16, 5120), GEMM_DECODE);
+    }
+
+    #[test]
+    fn blockwise_auto_never_picks_the_rowwise_gemv() {
+        assert_eq!(blockwise_code(Schedule::Auto, 1, 16, 5120).unwrap(), GEMM_DECODE);
+        assert_eq!(blockwise_code(Schedule::AutoRouted { routed_rows: 1 }, 512, 16, 5120).unwrap(), GEMM_DECODE);
+        assert!(matches!(blockwise_code(Schedule::Gemv, 1, 16, 5120), Err(Error::Unsupported(_))));
     }
 
     #[test]
@@ -451,15 +506,16 @@ mod tests {
         let mut code = -1;
         // SAFETY: a valid out pointer; then a null one, which must be refused.
         unsafe {
-            assert_eq!(crate::capi::l4k_grouped_gemm_auto_schedule(512, 16, &mut code), crate::error::Status::Ok);
-            assert_eq!(code, 2);
-            assert_eq!(crate::capi::l4k_grouped_gemm_auto_schedule(100_000, 16, &mut code), crate::error::Status::Ok);
-            assert_eq!(code, 1);
-            assert_ne!(crate::capi::l4k_grouped_gemm_auto_schedule(512, 0, &mut code), crate::error::Status::Ok);
-            assert_ne!(
-                crate::capi::l4k_grouped_gemm_auto_schedule(512, 16, std::ptr::null_mut()),
-                crate::error::Status::Ok
-            );
+            let ok = crate::error::Status::Ok;
+            assert_eq!(crate::capi::l4k_grouped_gemm_auto_schedule(512, 5120, 16, &mut code), ok);
+            assert_eq!(code, GEMM_DECODE);
+            assert_eq!(crate::capi::l4k_grouped_gemm_auto_schedule(100_000, 5120, 16, &mut code), ok);
+            assert_eq!(code, GEMM_PREFILL);
+            assert_eq!(crate::capi::l4k_grouped_gemm_auto_schedule(1, 5120, 16, &mut code), ok);
+            assert_eq!(code, GEMM_GEMV);
+            assert_ne!(crate::capi::l4k_grouped_gemm_auto_schedule(512, 5120, 0, &mut code), ok);
+            assert_ne!(crate::capi::l4k_grouped_gemm_auto_schedule(512, -1, 16, &mut code), ok);
+            assert_ne!(crate::capi::l4k_grouped_gemm_auto_schedule(512, 5120, 16, std::ptr::null_mut()), ok);
         }
     }
 }

@@ -185,6 +185,11 @@ impl Plan {
         set_pref(pref.0, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ax)?;
         set_pref(pref.0, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ay)?;
         set_pref(pref.0, P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ay)?;
+        // Split-K partial sums stay f32 (in place, or in a compute-type workspace): the OUTPUT_TYPE scheme would
+        // round every slice to bf16 before the sum, not once at the end as the contract above says.
+        let f32_partials = sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_INPLACE as u32
+            | sys::cublasLtReductionScheme_t::CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE as u32;
+        set_pref(pref.0, P::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &f32_partials)?;
         let no_algo = || {
             Error::Unsupported(format!(
                 "{OP}: cuBLASLt has no algorithm for m = {}, n = {}, k = {} (bf16 -> {name}, pointer alignment \

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the staged bundle (scripts/stage-gpu.sh copies this file to gpu-bundle/run.sh).
-#   run.sh [tests] [sanitize] [model] [scout] [sweep] [gemmsweep] [bench] [peers] [nocompile]     (no argument: tests bench peers)
+#   run.sh [tests] [sanitize] [model] [scout] [sweep] [gemmsweep] [experiments] [bench] [peers] [nocompile]
+#   (no argument: tests bench peers)
+# L4K_EXPERIMENTS="name ..." names the bench/experiments/<name>.cu files the experiments step builds and runs.
 # L4K_ONLY=<family>[,<family>...] limits bench and peers to those families (torch_peers.py gets --only).
 # Results go to $OUT (the device tool's folder) or gpu-bundle/results: tests.log, sanitizer.log, bench.log,
 # ours.jsonl, criterion.tar.xz (criterion's estimates), peers.jsonl, bench.md, summary.txt; under the device tool,
@@ -152,6 +154,22 @@ if has sweep; then
   nvcc -std=c++17 -O3 -DNDEBUG -gencode=arch=compute_90a,code=sm_90a -I"$root/kernels" -o /tmp/l4k-sweep \
     "$root/bench/experiments/row_vpt_sweep.cu" && /tmp/l4k-sweep >"$out/sweep.txt" 2>&1 \
     && note "row VPT sweep: $(wc -l <"$out/sweep.txt") lines in sweep.txt" || { note "row VPT sweep: FAILED"; status=1; }
+fi
+
+if has experiments; then
+  # Self-contained experiments (bench/experiments/<name>.cu: each compares its variants' outputs with the shipped
+  # kernel and prints its own table), built here from the working tree, run one after another.
+  root="$(cd "$here/.." && pwd)"
+  for name in ${L4K_EXPERIMENTS:-gemv_sweep}; do
+    start=$SECONDS
+    if nvcc -std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I"$root/kernels" \
+      -I"$root/include" -o "/tmp/l4k-$name" "$root/bench/experiments/$name.cu" -lcuda >"$out/exp-$name.txt" 2>&1; then
+      timeout 300 "/tmp/l4k-$name" >>"$out/exp-$name.txt" 2>&1 && note "experiment $name: $((SECONDS - start)) s" \
+        || { note "experiment $name: FAILED (exit $?)"; status=1; }
+    else
+      note "experiment $name: does not compile (exp-$name.txt)"; status=1
+    fi
+  done
 fi
 
 if has gemmsweep; then

@@ -58,8 +58,7 @@ struct Producer {
   int pwarp = 0, sub = 0, col = 0;
   // Whole tiles by TMA (the launcher's key_tile_path).
   bool tma = false;
-  // A whole first key tile goes by TMA before the block-id verdict: TMA reads nothing out of bounds whatever the
-  // ids (boxes outside the cache come back as zeros).
+  // A whole first key tile goes by TMA as soon as the producer starts, ahead of run()'s loop.
   bool k0_early = false;
 
   // The CTA's Q tile by cp.async, rows past the sequence zero-filled; announced on q_full.
@@ -124,16 +123,6 @@ struct Producer {
     tma = use_tma != 0;
     k0_early = tma && w.keys.lo + kBlockN <= w.seq_len;
     if (k0_early) issue(sm.k[0], k_g, tm_k, &sm.k_full[0], 0, -1);
-  }
-
-  // A bad sequence's CTA: drain what was issued, count the sequence once (its head 0, tile 0 CTA), leave.
-  __device__ __forceinline__ void drain_bad() {
-    ptx::cp_async_wait_all();
-    if (tid == 0) {
-      ptx::mbar_wait(&sm.q_full, 0);
-      if (k0_early) ptx::mbar_wait(&sm.k_full[0], 0);
-      if (w.h == 0 && w.tile == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
-    }
   }
 
   // After the verdict: every key tile the mask needs, K_{t+1} ahead of V_t, each stage reused once the consumers

@@ -114,7 +114,13 @@ fn check(p: &Problem, d: &[f32], what: &str) {
 }
 
 fn schedules() -> impl Strategy<Value = Schedule> {
-    prop::sample::select(vec![Schedule::Auto, Schedule::Prefill, Schedule::Decode, Schedule::PrefillFastAccum])
+    prop::sample::select(vec![
+        Schedule::Auto,
+        Schedule::Prefill,
+        Schedule::Decode,
+        Schedule::PrefillFastAccum,
+        Schedule::Gemv,
+    ])
 }
 
 proptest! {
@@ -123,7 +129,8 @@ proptest! {
     /// Random groups including empty ones, rows per group that are no multiple of any tile, n and k at and
     /// near the alignment limits, every schedule. n = 384 and 760 take the promoted prefill's 128x192 tiles
     /// (760: a partial one) when the experts average more than 128 rows (max_m = 400 makes that common), the
-    /// others its 128x128 tiles.
+    /// others its 128x128 tiles. The GEMV runs 8-row passes (max_m 150, 400: many of them) over 16-row CTAs
+    /// (n = 8, 24, 136, 264, 760: the last CTA half empty).
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn grouped_gemm_matches_reference(
@@ -151,7 +158,7 @@ fn padded_layout_writes_only_counted_rows() {
     let p = problem(&mut r, 5, 64, 256, vec![3, 0, 70, 1, 129], 7);
     let offsets: Vec<i32> = p.starts.iter().map(|&s| s as i32).collect();
     let counts: Vec<i32> = p.m.iter().map(|&m| m as i32).collect();
-    for schedule in [Schedule::Prefill, Schedule::Decode] {
+    for schedule in [Schedule::Prefill, Schedule::Decode, Schedule::Gemv] {
         let (d, flag) = run(&p, &offsets, Some(&counts), schedule);
         assert_eq!(flag, 0);
         check(&p, &d, &format!("padded {schedule:?}"));
@@ -182,6 +189,8 @@ fn model_sized_k_stays_accurate() {
         (8192, Schedule::Prefill),
         (8192, Schedule::PrefillFastAccum),
         (8192, Schedule::Decode),
+        (5120, Schedule::Gemv),
+        (8192, Schedule::Gemv),
     ] {
         let mut r = rng(k as u64);
         let p = problem(&mut r, 3, 256, k, vec![130, 0, 67], 0);
@@ -196,14 +205,39 @@ fn model_sized_k_stays_accurate() {
 fn inconsistent_offsets_raise_the_flag_and_write_nothing() {
     let mut r = rng(5);
     let p = problem(&mut r, 3, 16, 32, vec![4, 4, 4], 0);
-    for bad in [vec![0, 8, 4, 12], vec![0, 4, 8, 13], vec![-1, 4, 8, 12]] {
-        let (d, flag) = run(&p, &bad, None, Schedule::Prefill);
-        assert_eq!(flag, 1, "offsets {bad:?}");
-        assert!(d.iter().all(|v| v.is_nan()), "offsets {bad:?}: rows were written");
+    for schedule in [Schedule::Prefill, Schedule::Gemv] {
+        for bad in [vec![0, 8, 4, 12], vec![0, 4, 8, 13], vec![-1, 4, 8, 12]] {
+            let (d, flag) = run(&p, &bad, None, schedule);
+            assert_eq!(flag, 1, "{schedule:?} offsets {bad:?}");
+            assert!(d.iter().all(|v| v.is_nan()), "{schedule:?} offsets {bad:?}: rows were written");
+        }
     }
     let offsets: Vec<i32> = p.starts.iter().map(|&s| s as i32).collect();
-    let (_, flag) = run(&p, &offsets, Some(&[4, 5, 4]), Schedule::Decode);
-    assert_eq!(flag, 1, "a count larger than its range");
+    for schedule in [Schedule::Decode, Schedule::Gemv] {
+        let (d, flag) = run(&p, &offsets, Some(&[4, 5, 4]), schedule);
+        assert_eq!(flag, 1, "{schedule:?}: a count larger than its range");
+        assert!(d.iter().all(|v| v.is_nan()), "{schedule:?}: rows were written");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gemv_at_decode_shapes_matches_the_decode_tiles() {
+    // Batch 1-8 at top-1 over 16 experts at Scout's widths (scaled down in n): one row per touched expert, the
+    // rest empty; and all 8 rows in one expert (one full 8-row pass). Both schedules against the reference.
+    for (n, k) in [(1024, 5120), (640, 8192)] {
+        for m in [vec![1], vec![1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 0, 0, 1, 0], vec![0, 0, 0, 8]] {
+            let mut r = rng(n as u64 + m.len() as u64);
+            let experts = m.len();
+            let p = problem(&mut r, experts, n, k, m, 0);
+            let offsets: Vec<i32> = p.starts.iter().map(|&s| s as i32).collect();
+            for schedule in [Schedule::Gemv, Schedule::Decode, Schedule::Auto] {
+                let (d, flag) = run(&p, &offsets, None, schedule);
+                assert_eq!(flag, 0);
+                check(&p, &d, &format!("decode shape n={n} k={k} E={experts} {schedule:?}"));
+            }
+        }
+    }
 }
 
 #[test]

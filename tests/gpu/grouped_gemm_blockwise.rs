@@ -213,20 +213,21 @@ fn blockwise_bad_arguments_are_clear_errors() {
     ok.unwrap();
     assert!(d.iter().all(|v| v.is_finite()));
     type Case = (usize, usize, [usize; 2], [usize; 3], usize, Schedule, &'static str);
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         (128, 200, [4, 2], [2, 1, 2], 2, Schedule::Auto, "k = 200 must be a positive multiple of 128"),
         (136, 256, [4, 2], [2, 2, 2], 2, Schedule::Auto, "n = 136 must be a positive multiple of 128"),
         (128, 256, [4, 1], [2, 1, 2], 2, Schedule::Auto, "scale_a"),
         (128, 256, [4, 2], [2, 2, 2], 2, Schedule::Auto, "scale_b"),
         (128, 256, [4, 2], [1, 1, 2], 1, Schedule::Auto, "offsets"),
         (128, 256, [4, 2], [2, 1, 2], 2, Schedule::PrefillFastAccum, "fast-accumulation"),
+        (128, 256, [4, 2], [2, 1, 2], 2, Schedule::Gemv, "rowwise scales only"),
     ];
     for (n, k, sa, sb, eb, schedule, want) in cases {
         let (e, d) = call(n, k, sa, sb, eb, schedule);
         let e = e.unwrap_err();
         assert!(e.to_string().contains(want), "n={n} k={k} {schedule:?}: {e}");
         let kind_ok = match schedule {
-            Schedule::PrefillFastAccum => matches!(e, Error::Unsupported(_)),
+            Schedule::PrefillFastAccum | Schedule::Gemv => matches!(e, Error::Unsupported(_)),
             _ => matches!(e, Error::InvalidArgument(_)),
         };
         assert!(kind_ok, "{e:?}");

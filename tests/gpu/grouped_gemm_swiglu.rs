@@ -282,6 +282,8 @@ fn bad_arguments_are_clear_errors() {
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("multiple of 16")), "n = 40: {e}");
     let e = call(48, 24, 24, Schedule::Decode);
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("decode")), "decode: {e}");
+    let e = call(48, 24, 24, Schedule::Gemv);
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("GEMV")), "gemv: {e}");
     let e = call(48, 48, 24, Schedule::Prefill);
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("h [")), "h as wide as gate_up: {e}");
     let e = call(48, 24, 20, Schedule::Prefill);
