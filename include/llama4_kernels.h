@@ -333,6 +333,79 @@ typedef enum l4k_prefill_path {
 l4k_status l4k_attention_prefill_path(const void* k_cache, const void* v_cache, int64_t slots, int32_t n_kv_heads,
                                       int32_t head_dim, int32_t block_size, int32_t chunk, int32_t* path);
 
+/* ---- expert_parallel: routed experts sharded over ranks, rows exchanged over NCCL ------------------------
+ * A world of N ranks (one GPU each; the NCCL communicator's size and this rank's index in it), E experts, rank d
+ * owning the L = E / N local experts d * L .. d * L + L - 1. Every rank routes its own tokens over all E experts
+ * (l4k_router) and makes their FP8 rows (l4k_permute_fp8 with the routing weights, or l4k_quant_fp8).
+ * l4k_ep_dispatch sends each (token, choice) row (FP8 E4M3 + its f32 scale) to the rank owning its expert and writes
+ * the rows this rank receives in the grouped GEMM's layout over its L local experts: local expert l owns rows
+ * [grouped_offsets[l], grouped_offsets[l] + grouped_counts[l]) of grouped / grouped_scales, ordered by source rank,
+ * then by the source's (token, choice) order; each block padded to a multiple of align as l4k_permute_fp8 pads
+ * (padding rows: bytes 0, scale 1e-12 / 448). Run the experts on it (l4k_grouped_gemm_fp8 with grouped_counts),
+ * then l4k_ep_combine sends each expert output row (bf16, [grouped_rows, hidden]) back to its token's rank and
+ * writes out[t] = bf16(sum_c (weights[t, c] *) y(t, c) (+ shared[t])) exactly as l4k_unpermute does.
+ *
+ * Transfers are fixed-size, so nothing reaches the host and both calls can be captured in a CUDA graph: each rank
+ * sends every rank (itself included) one slab of `capacity` rows with a header of its L per-expert counts, in one
+ * ncclGroupStart/End of ncclSend/ncclRecv per call. More than `capacity` pairs for one destination is an error,
+ * never a silent drop: the pairs past it are not sent and the workspace's status says so (l4k_ep_status).
+ * capacity = max_tokens * k can never overflow; a smaller capacity moves fewer bytes (kernels/NOTES.md).
+ *
+ * comm: the ncclComm_t of the world, as void* so that this header does not need nccl.h; NULL is allowed when
+ * world_size == 1 (the exchange is then a device copy, no NCCL). NCCL is loaded at run time (libnccl.so).
+ * Every rank must call dispatch (and combine) in the same order, as for any NCCL collective.
+ * workspace: l4k_ep_workspace_size bytes, 256-byte aligned, ZEROED before its first use (cudaMemset); it holds the
+ * slabs, the status and where every row came from: keep it, and the tokens, from a dispatch to its combine. One
+ * dispatch-combine pair at a time per workspace. grouped_rows must be l4k_ep_grouped_rows(config) (more is allowed).
+ * The grouped GEMM's auto schedule only sees grouped_rows (all capacity): pass the schedule for the rows expected,
+ * l4k_grouped_gemm_auto_schedule(tokens * k, L, &schedule) when the routing is balanced.
+ *
+ * dispatch inputs: ids, dest [tokens, k] int32, counts [E] and offsets [E + 1] int32: l4k_router's outputs (any
+ * align); rows [rows_in, hidden] E4M3 with row_scales [rows_in] f32, where pair (t, c) is row dest[t, c]
+ * (rows_by L4K_EP_ROWS_PERMUTED: l4k_permute_fp8's output) or row t (L4K_EP_ROWS_TOKENS: l4k_quant_fp8 of x).
+ * hidden % 16 == 0 with 16-byte aligned rows and grouped takes the vector path. */
+enum { L4K_EP_MAX_RANKS = 64, L4K_EP_ROWS_PERMUTED = 0, L4K_EP_ROWS_TOKENS = 1 };
+/* Bits of the status flags word. */
+enum {
+  L4K_EP_BAD_EXPERT = 1,  /* an expert id outside [0, experts): the pair was not sent */
+  L4K_EP_BAD_ROUTING = 2, /* a dest outside its expert's block, a row past rows_in, or a negative count */
+  L4K_EP_OVERFLOW = 4,    /* more pairs for one destination than capacity: those past it were not sent */
+  L4K_EP_BAD_HEADER = 8,  /* a received header with a negative count or more rows than capacity: ignored */
+  L4K_EP_BAD_ROW = 16     /* an internal row index out of range (a bug) */
+};
+
+typedef struct l4k_ep_config {
+  int32_t world_size; /* N, 1 ..= L4K_EP_MAX_RANKS: the communicator's size */
+  int32_t rank;       /* this rank, 0 ..= N - 1: the communicator's rank */
+  int32_t experts;    /* E, 1 ..= 256, a multiple of N */
+  int32_t k;          /* choices per token, 1 ..= 8 */
+  int64_t hidden;     /* row width (elements), >= 1 */
+  int64_t max_tokens; /* tokens per call at most, the same on every rank */
+  int64_t capacity;   /* rows one rank may send another per call, 1 ..= max_tokens * k (the same on every rank) */
+  int32_t align;      /* grouped layout: each local expert's rows padded to a multiple of align, 1 ..= 4096 */
+  int32_t _pad;       /* 0 */
+} l4k_ep_config;
+
+l4k_status l4k_ep_workspace_size(const l4k_ep_config* config, size_t* bytes);
+/* Rows of the grouped layout: world_size * capacity + L * (align - 1). */
+l4k_status l4k_ep_grouped_rows(const l4k_ep_config* config, int64_t* rows);
+/* tokens <= max_tokens (0 is allowed: this rank still sends its empty slabs and receives). */
+l4k_status l4k_ep_dispatch(void* comm, const l4k_ep_config* config, int64_t tokens, const int32_t* ids,
+                           const int32_t* counts, const int32_t* offsets, const int32_t* dest, const void* rows,
+                           const float* row_scales, int64_t rows_in, int32_t rows_by, void* grouped,
+                           float* grouped_scales, int32_t* grouped_counts, int32_t* grouped_offsets,
+                           int64_t grouped_rows, void* workspace, size_t workspace_bytes, l4k_stream_t stream);
+/* expert_out: [grouped_rows, hidden] bf16 (rows of the dispatch's grouped layout); weights: [tokens, k] f32 or
+ * NULL (Llama 4: NULL, the weights scaled the input); shared: [tokens, hidden] bf16 or NULL; out: [tokens, hidden]
+ * bf16. tokens: the dispatch's. */
+l4k_status l4k_ep_combine(void* comm, const l4k_ep_config* config, int64_t tokens, const void* expert_out,
+                          int64_t grouped_rows, const float* weights, const void* shared, void* out, void* workspace,
+                          size_t workspace_bytes, l4k_stream_t stream);
+/* Waits for the stream, then copies the workspace's status to status[4] (host): flags (L4K_EP_* bits), pairs not
+ * sent, the largest number of pairs one destination wanted (the capacity that would have sufficed), rows ignored
+ * on receipt. Sticky across calls until read with clear != 0 (then zeroed). Synchronizes: not inside a graph. */
+l4k_status l4k_ep_status(void* workspace, int32_t clear, uint32_t* status, l4k_stream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

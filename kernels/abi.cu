@@ -13,6 +13,7 @@
 
 #include "../include/llama4_kernels.h"
 #include "attention_params.h"
+#include "expert_parallel_params.h"
 #include "grouped_gemm_params.h"
 #include "paged_kv.cuh"
 #include "params.h"
@@ -98,6 +99,13 @@ L4K_TABLE(attention, L4kAttentionParams, 0,
 L4K_TABLE(grouped_gemm, L4kGroupedGemmParams, 0,
           F(a), F(scale_a), F(b), F(scale_b), F(offsets), F(counts), F(d), F(bad_offsets), F(workspace),
           F(workspace_bytes), F(rows), F(n), F(k), F(experts), F(schedule))
+L4K_TABLE(expert_parallel, L4kExpertParallelParams, 0,
+          F(ids), F(counts), F(offsets), F(dest), F(rows), F(row_scales), F(grouped), F(grouped_scales),
+          F(grouped_counts), F(grouped_offsets), F(expert_out), F(status), F(slot), F(send), F(recv), F(row_of_slot),
+          F(table), F(tokens), F(hidden), F(rows_in), F(grouped_rows), F(capacity), F(slab_bytes), F(rows_off),
+          F(scales_off), F(world_size), F(rank), F(experts), F(k), F(align), F(rows_by))
+L4K_TABLE(ep_config, l4k_ep_config, 0,
+          F(world_size), F(rank), F(experts), F(k), F(hidden), F(max_tokens), F(capacity), F(align), F(_pad))
 L4K_TABLE(llama3_scaling, l4k_llama3_scaling, 0,
           F(factor), F(low_freq_factor), F(high_freq_factor), F(original_max_position_embeddings))
 L4K_TABLE(rope_layer, l4k_rope_layer, 4,
@@ -121,6 +129,8 @@ constexpr Layout kLayouts[] = {
     random::layout,
     attention::layout,
     grouped_gemm::layout,
+    expert_parallel::layout,
+    ep_config::layout,
     llama3_scaling::layout,
     rope_layer::layout,
 };
@@ -140,7 +150,8 @@ constexpr Constant kConstants[] = {
     C(L4K_LOGITS_F32), C(L4K_PERMUTE_BF16), C(L4K_PERMUTE_FP8), C(L4K_GEMM_AUTO), C(L4K_GEMM_PREFILL),
     C(L4K_GEMM_DECODE), C(L4K_GEMM_PREFILL_FAST_ACCUM), C(L4K_GEMM_GEMV), C(L4K_LINEAR_OUT_BF16), C(L4K_LINEAR_OUT_F32),
     C(L4K_LINEAR_WORKSPACE_BYTES), C(L4K_PREFILL_PATH_TMA), C(L4K_PREFILL_PATH_CP_ASYNC_LAYOUT),
-    C(L4K_PREFILL_PATH_CP_ASYNC_NO_TENSOR_MAP),
+    C(L4K_PREFILL_PATH_CP_ASYNC_NO_TENSOR_MAP), C(L4K_EP_MAX_RANKS), C(L4K_EP_ROWS_PERMUTED), C(L4K_EP_ROWS_TOKENS),
+    C(L4K_EP_BAD_EXPERT), C(L4K_EP_BAD_ROUTING), C(L4K_EP_OVERFLOW), C(L4K_EP_BAD_HEADER), C(L4K_EP_BAD_ROW),
 };
 #undef C
 

@@ -189,6 +189,8 @@ mod tests {
             mirror::<ffi::ArgmaxParams>(),
             mirror::<ffi::GroupedGemmParams>(),
             mirror::<ffi::AttentionParams>(),
+            mirror::<ffi::ExpertParallelParams>(),
+            mirror::<crate::expert_parallel::EpConfig>(),
             mirror::<capi::RopeLayer>(),
             mirror::<rope::Llama3Scaling>(),
         ]

@@ -15,6 +15,7 @@
 
 use crate::abi::c_struct;
 use crate::error::{Error, Result, Status};
+use crate::expert_parallel::{self, EpConfig};
 use crate::ffi::{ArgmaxParams, EmbeddingParams, RandomParams, GEMM_AUTO};
 use crate::ffi::{
     AttentionParams, GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8,
@@ -1034,6 +1035,137 @@ pub unsafe extern "C" fn l4k_attention_prefill_path(
         unsafe { *path = code };
         Ok(())
     })
+}
+
+/// Workspace bytes of `l4k_ep_dispatch` / `l4k_ep_combine` for `config`, written to `*bytes`.
+///
+/// # Safety
+/// `config` NULL (an error) or a valid `l4k_ep_config`; `bytes` NULL (an error) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn l4k_ep_workspace_size(config: *const EpConfig, bytes: *mut usize) -> Status {
+    guard(|| {
+        if bytes.is_null() {
+            return Err(Error::InvalidArgument("expert_parallel: bytes is null".into()));
+        }
+        let n = expert_parallel::c_sizes(config)?.bytes;
+        // SAFETY: non-null, writable per the contract.
+        unsafe { *bytes = n };
+        Ok(())
+    })
+}
+
+/// Rows of the grouped layout of `config`, written to `*rows`.
+///
+/// # Safety
+/// `config` NULL (an error) or a valid `l4k_ep_config`; `rows` NULL (an error) or writable.
+#[no_mangle]
+pub unsafe extern "C" fn l4k_ep_grouped_rows(config: *const EpConfig, rows: *mut i64) -> Status {
+    guard(|| {
+        if rows.is_null() {
+            return Err(Error::InvalidArgument("expert_parallel: rows is null".into()));
+        }
+        let n = expert_parallel::c_sizes(config)?.grouped_rows as i64;
+        // SAFETY: non-null, writable per the contract.
+        unsafe { *rows = n };
+        Ok(())
+    })
+}
+
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires; `comm` NULL or a live `ncclComm_t` of
+/// the current device.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_ep_dispatch(
+    comm: *mut c_void,
+    config: *const EpConfig,
+    tokens: i64,
+    ids: *const i32,
+    counts: *const i32,
+    offsets: *const i32,
+    dest: *const i32,
+    rows: *const c_void,
+    row_scales: *const f32,
+    rows_in: i64,
+    rows_by: i32,
+    grouped: *mut c_void,
+    grouped_scales: *mut f32,
+    grouped_counts: *mut i32,
+    grouped_offsets: *mut i32,
+    grouped_rows: i64,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller's promise, passed on.
+        unsafe {
+            expert_parallel::c_dispatch(
+                comm,
+                config,
+                tokens,
+                [ids, counts, offsets, dest],
+                rows,
+                row_scales,
+                rows_in,
+                rows_by,
+                (grouped, grouped_scales, grouped_counts, grouped_offsets, grouped_rows),
+                (workspace, workspace_bytes),
+                stream,
+            )
+        }
+    })
+}
+
+/// # Safety
+/// As `l4k_ep_dispatch`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_ep_combine(
+    comm: *mut c_void,
+    config: *const EpConfig,
+    tokens: i64,
+    expert_out: *const c_void,
+    grouped_rows: i64,
+    weights: *const f32,
+    shared: *const c_void,
+    out: *mut c_void,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        // SAFETY: the caller's promise, passed on.
+        unsafe {
+            expert_parallel::c_combine(
+                comm,
+                config,
+                tokens,
+                expert_out,
+                grouped_rows,
+                weights,
+                shared,
+                out,
+                (workspace, workspace_bytes),
+                stream,
+            )
+        }
+    })
+}
+
+/// Synchronizes `stream`, then copies the workspace's status to `status[0..4]` (host); `clear != 0` zeroes it.
+///
+/// # Safety
+/// `workspace` a live expert-parallel workspace of the current device; `status` 4 writable uint32.
+#[no_mangle]
+pub unsafe extern "C" fn l4k_ep_status(
+    workspace: *mut c_void,
+    clear: i32,
+    status: *mut u32,
+    stream: CUstream,
+) -> Status {
+    // SAFETY: the caller's promise, passed on.
+    guard(|| unsafe { expert_parallel::c_status(workspace, clear, status, stream) })
 }
 
 #[cfg(test)]

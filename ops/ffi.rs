@@ -56,6 +56,19 @@ c_consts! {
     pub const PREFILL_PATH_TMA: i32 = 0;
     pub const PREFILL_PATH_CP_ASYNC_LAYOUT: i32 = 1;
     pub const PREFILL_PATH_CP_ASYNC_NO_TENSOR_MAP: i32 = 2;
+
+    // Expert parallelism (kernels/expert_parallel_params.h, include/llama4_kernels.h).
+    pub const EP_MAX_RANKS: usize = 64;
+    /// ExpertParallelParams::rows_by: pair (t, c) is row dest[t, c] of the FP8 rows (permute_fp8's output).
+    pub const EP_ROWS_PERMUTED: i32 = 0;
+    /// ExpertParallelParams::rows_by: pair (t, c) is row t (quant_fp8 of the tokens).
+    pub const EP_ROWS_TOKENS: i32 = 1;
+    // Bits of the status flags word.
+    pub const EP_BAD_EXPERT: u32 = 1;
+    pub const EP_BAD_ROUTING: u32 = 2;
+    pub const EP_OVERFLOW: u32 = 4;
+    pub const EP_BAD_HEADER: u32 = 8;
+    pub const EP_BAD_ROW: u32 = 16;
 }
 
 c_struct! {
@@ -265,7 +278,47 @@ c_struct! {
     }
 }
 
+c_struct! {
+    /// kernels/expert_parallel_params.h
+    pub struct ExpertParallelParams as "L4kExpertParallelParams" {
+        pub ids: *const i32,
+        pub counts: *const i32,
+        pub offsets: *const i32,
+        pub dest: *const i32,
+        pub rows: *const c_void,
+        pub row_scales: *const f32,
+        pub grouped: *mut c_void,
+        pub grouped_scales: *mut f32,
+        pub grouped_counts: *mut i32,
+        pub grouped_offsets: *mut i32,
+        pub expert_out: *const c_void,
+        pub status: *mut u32,
+        pub slot: *mut i32,
+        pub send: *mut c_void,
+        pub recv: *const c_void,
+        pub row_of_slot: *mut i32,
+        pub table: *mut i32,
+        pub tokens: i64,
+        pub hidden: i64,
+        pub rows_in: i64,
+        pub grouped_rows: i64,
+        pub capacity: i64,
+        pub slab_bytes: i64,
+        pub rows_off: i64,
+        pub scales_off: i64,
+        pub world_size: i32,
+        pub rank: i32,
+        pub experts: i32,
+        pub k: i32,
+        pub align: i32,
+        pub rows_by: i32,
+    }
+}
+
 extern "C" {
+    pub fn l4k_launch_ep_pack(p: *const ExpertParallelParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_ep_unpack(p: *const ExpertParallelParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_ep_combine_pack(p: *const ExpertParallelParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_grouped_gemm(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_grouped_gemm_swiglu(p: *const GroupedGemmParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_grouped_gemm_gemv(p: *const GroupedGemmParams, stream: CUstream) -> c_int;

@@ -20,6 +20,7 @@ pub mod attention_prefill;
 pub mod capi;
 pub mod device;
 pub mod embedding;
+pub mod expert_parallel;
 pub mod grouped_gemm;
 pub mod linear;
 pub mod permute;

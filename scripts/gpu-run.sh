@@ -61,6 +61,34 @@ else
   note "libcublasLt: not found in PyTorch's wheels (the bf16 linears and the cuBLASLt peer will fail)"
 fi
 
+# libnccl is loaded at run time by the expert-parallel ops (cudarc looks for libnccl.so, libnccl.so.1, ...);
+# PyTorch's nvidia-nccl wheel ships only libnccl.so.2, so a folder of ours gets a libnccl.so link to it. Not found:
+# the NCCL test fails saying so.
+nccl_lib="$(python3 - <<'EOF' 2>/dev/null
+import glob, os, site, sys
+roots = []
+try:
+    import torch
+    roots.append(os.path.dirname(os.path.dirname(torch.__file__)))
+except Exception:
+    pass
+roots += site.getsitepackages() + [site.getusersitepackages()]
+for r in roots:
+    hits = sorted(glob.glob(os.path.join(r, "nvidia", "**", "libnccl.so*"), recursive=True))
+    if hits:
+        print(hits[-1])
+        sys.exit(0)
+sys.exit(1)
+EOF
+)"
+if [[ -n "$nccl_lib" ]]; then
+  mkdir -p /tmp/l4k-nccl && ln -sf "$nccl_lib" /tmp/l4k-nccl/libnccl.so
+  export LD_LIBRARY_PATH="/tmp/l4k-nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  note "libnccl: $nccl_lib (linked as /tmp/l4k-nccl/libnccl.so)"
+else
+  note "libnccl: not found in PyTorch's wheels (the expert-parallel NCCL test will fail)"
+fi
+
 if has tests; then
   for t in "$here"/bin/test-*; do
     start=$SECONDS

@@ -82,6 +82,7 @@ fn rust_type(c: &str) -> Result<String, String> {
         "l4k_llama3_scaling" => "Llama3Scaling",
         "l4k_rope_layer" => "RopeLayer",
         "l4k_blas" => "Blas",
+        "l4k_ep_config" => "EpConfig",
         b => return Err(format!("C type `{b}` has no Rust mirror in tests/c_header.rs's map")),
     };
     if depth == 0 {

@@ -9,6 +9,7 @@ pub mod attention;
 pub mod check;
 pub mod dtype;
 pub mod embedding;
+pub mod expert_parallel;
 pub mod fp8;
 pub mod grouped_gemm;
 pub mod linear;

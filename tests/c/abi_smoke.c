@@ -114,6 +114,30 @@ int main(void) {
   CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "multiple of 8") != NULL,
         "fp8 linear n = 5: %d %s", (int)s, l4k_last_error());
 
+  /* Expert parallelism: the config is checked first, and a world of several ranks needs a communicator. */
+  {
+    l4k_ep_config ep = {2, 0, 128, 1, 5120, 128, 128, 1, 0};
+    size_t bytes = 0;
+    int64_t rows = 0;
+    s = l4k_ep_workspace_size(&ep, &bytes);
+    CHECK(s == L4K_OK && bytes > (size_t)2 * 2 * 128 * 5124, "ep workspace: %d %s", (int)s, l4k_last_error());
+    s = l4k_ep_grouped_rows(&ep, &rows);
+    CHECK(s == L4K_OK && rows == 256, "ep grouped rows: %d %lld", (int)s, (long long)rows);
+    ep.experts = 127;
+    s = l4k_ep_workspace_size(&ep, &bytes);
+    CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "split evenly") != NULL, "ep 127 experts: %s",
+          l4k_last_error());
+    ep.experts = 128;
+    s = l4k_ep_dispatch(NULL, &ep, 128, (const int32_t*)0x1000, (const int32_t*)0x1000, (const int32_t*)0x1000,
+                        (const int32_t*)0x1000, (const void*)0x2000, (const float*)0x3000, 128, L4K_EP_ROWS_PERMUTED,
+                        (void*)0x4000, (float*)0x5000, (int32_t*)0x6000, (int32_t*)0x7000, rows, (void*)0x10000,
+                        bytes, NULL);
+    CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "comm is null") != NULL,
+          "ep dispatch without a communicator: %d %s", (int)s, l4k_last_error());
+    s = l4k_ep_status(NULL, 0, NULL, NULL);
+    CHECK(s == L4K_ERROR_INVALID_ARGUMENT, "ep status of NULL: %d", (int)s);
+  }
+
   if (failures) {
     fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;

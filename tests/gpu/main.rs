@@ -10,6 +10,7 @@ mod attention_decode;
 mod attention_prefill;
 mod capi;
 mod embedding;
+mod expert_parallel;
 mod grouped_gemm;
 mod grouped_gemm_blockwise;
 mod grouped_gemm_swiglu;
