@@ -10,6 +10,13 @@
  * - No op synchronizes, allocates or copies to the host: all of them can be captured in a CUDA graph. Ops
  *   that need scratch memory take a caller-provided workspace and report its size through a *_workspace_size
  *   function (l4k_router).
+ * - Launches: every kernel of the library except the grouped GEMM's (CUTLASS; l4k_linear_bf16 runs cuBLASLt's)
+ *   is launched with programmatic dependent launch (cudaLaunchAttributeProgrammaticStreamSerialization): it may
+ *   start while the previous kernel in the stream finishes, and waits for that kernel's completion
+ *   (griddepcontrol.wait) before it reads or writes any memory, so it is correct after any predecessor (a
+ *   memset, a cuBLAS matmul, the caller's own kernels) and inside captured graphs (programmatic edges, CUDA
+ *   12.3+). The environment variable L4K_PDL, read once at the first launch, set to 0 launches without the
+ *   attribute (for A/B timing); unset or any other value: on.
  * - Arguments are validated before anything is launched: null or misaligned pointers, bad shapes and
  *   unsupported sizes return an error status and launch nothing. A zero row/token count is a no-op.
  * - On failure, l4k_last_error() describes the failure (thread-local; "" after a successful call).
@@ -200,10 +207,8 @@ l4k_status l4k_router_workspace_size(int64_t tokens, int32_t experts, int32_t lo
  * align >= 1 pads each expert's rows (tokens * k + experts * (align - 1) must fit int32).
  * workspace: l4k_router_workspace_size bytes, 4-byte aligned, contents arbitrary; one call at a time per
  * workspace. One cooperative kernel while the token tiles fit one wave (up to 256 tiles: T = 16384 at any
- * expert count with bf16 logits), else three graph nodes: a 4-byte memset and two kernels. The kernels are
- * launched with programmatic dependent launch: they may start while the previous kernel in the stream
- * finishes, and wait for it (griddepcontrol.wait) before reading or writing memory. tokens == 0 writes
- * nothing. */
+ * expert count with bf16 logits), else three graph nodes: a 4-byte memset and two kernels (programmatic
+ * dependent launch: see the top of this file). tokens == 0 writes nothing. */
 l4k_status l4k_router(const void* logits, int32_t logits_dtype, int64_t tokens, int32_t experts, int32_t mode,
                       int32_t k, int32_t renormalize, int32_t align, int32_t* ids, float* weights, int32_t* counts,
                       int32_t* offsets, int32_t* dest, void* workspace, size_t workspace_bytes,

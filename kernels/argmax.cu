@@ -12,10 +12,14 @@
 // it keeps the lowest index of its maximum; candidates then reduce as one 64-bit key: the value mapped to an
 // unsigned order (larger = better, -0 as +0) above the complemented index (lower = better). NaN never compares
 // larger; a flag beside the key turns the row's answer into -1.
+//
+// PDL (kernels/pdl.cuh): every thread waits for the previous kernel before its first load; the cluster barrier's
+// early arrival touches no global memory.
 #include <cooperative_groups.h>
 #include <type_traits>
 
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 
@@ -114,6 +118,8 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const L4kArgmaxP
     // Another CTA's shared memory may only be written once that CTA runs: arrive now, wait before writing.
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
   }
+  pdl_wait();
+  pdl_launch_dependents();
   const int part = CLUSTER ? static_cast<int>(blockIdx.x % kArgmaxCluster) : 0;
   const int64_t row = blockIdx.x / parts;
   // Slices of whole VEC-wide accesses (cols % VEC == 0 on the vector path): the last one may be short or empty.
@@ -152,19 +158,9 @@ int launch_argmax(const L4kArgmaxParams& p, cudaStream_t stream) {
   const int64_t accesses = (p.cols + parts - 1) / parts / VEC + 1;
   const int64_t steps = (accesses + kArgmaxUnroll - 1) / kArgmaxUnroll;
   const int threads = static_cast<int>(steps >= kArgmaxThreads ? kArgmaxThreads : (steps + 31) / 32 * 32);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = parts;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(p.rows * parts));
-  cfg.blockDim = dim3(threads);
-  cfg.stream = stream;
-  cfg.attrs = CLUSTER ? attr : nullptr;
-  cfg.numAttrs = CLUSTER ? 1 : 0;
-  cudaLaunchKernelEx(&cfg, argmax_kernel<VEC, CLUSTER>, p);
-  return launch_status();
+  LaunchShape shape{dim3(static_cast<unsigned>(p.rows * parts)), dim3(threads)};
+  shape.cluster_x = parts;
+  return launch_result(launch_pdl(argmax_kernel<VEC, CLUSTER>, shape, stream, p));
 }
 
 }  // namespace l4k

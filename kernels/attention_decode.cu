@@ -23,11 +23,16 @@
 // word (bad block seen or not) to the workspace, and the combine kernel (one warp per output row) merges the
 // splits. Every CTA of a sequence reads the same key range, so all of them reach the same verdict on its block
 // ids: a bad sequence writes none of its rows and is counted once in bad_seqs.
+//
+// PDL (kernels/pdl.cuh): both kernels are launched with it; every thread waits for the previous kernel (rope's
+// cache writes for the split kernel, the split kernel's partials for the combine) before its first global access,
+// ahead of every early exit.
 #include <math.h>
 
 #include "attention_params.h"
 #include "common.cuh"
 #include "paged_kv.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 namespace decode {
@@ -237,6 +242,8 @@ __global__ void __launch_bounds__(C::kThreads, C::kCtasPerSm)
   const int group = p.n_heads / p.n_kv_heads;
   const bool reporter = g == 0 && rt == 0 && split == 0;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  pdl_wait();
+  pdl_launch_dependents();
 
   const Seq s = read_seq(p, b);
   if (s.bad) {
@@ -494,6 +501,8 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_kernel(const L4kAt
   constexpr int kPer = D / 32;  // elements per lane
   const int lane = threadIdx.x & 31;
   const int64_t row = int64_t(blockIdx.x) * kCombineWarps + (threadIdx.x >> 5);
+  pdl_wait();
+  pdl_launch_dependents();
   if (row >= int64_t(p.batch) * p.max_q_len * p.n_heads) return;
   const int h = int(row % p.n_heads);
   const int qi = int(row / p.n_heads % p.max_q_len);
@@ -557,15 +566,17 @@ int launch_cfg(const L4kAttentionParams& p, const Plan& pl, cudaStream_t stream)
     e = cudaFuncSetAttribute(decode_kernel<D, C>, cudaFuncAttributePreferredSharedMemoryCarveout,
                              int(cudaSharedmemCarveoutMaxShared));
   if (e != cudaSuccess) return static_cast<int>(e);
-  decode_kernel<D, C><<<unsigned(ctas), C::kThreads, smem, stream>>>(p, pl.splits, pl.row_tiles, pl.ws);
-  if (pl.splits > 1) {
+  LaunchShape shape{dim3(unsigned(ctas)), dim3(C::kThreads)};
+  shape.smem = smem;
+  e = launch_pdl(decode_kernel<D, C>, shape, stream, p, pl.splits, pl.row_tiles, pl.ws);
+  if (e == cudaSuccess && pl.splits > 1) {
     const int64_t rows = int64_t(p.batch) * p.max_q_len * p.n_heads;
     const int64_t blocks = (rows + kCombineWarps - 1) / kCombineWarps;
     if (blocks > 0x7fffffff) return static_cast<int>(cudaErrorInvalidConfiguration);
-    combine_kernel<D><<<unsigned(blocks), kCombineWarps * 32, 0, stream>>>(p, pl.splits, pl.row_tiles,
-                                                                          C::kTileKeys, pl.ws);
+    const LaunchShape combine{dim3(unsigned(blocks)), dim3(kCombineWarps * 32)};
+    e = launch_pdl(combine_kernel<D>, combine, stream, p, pl.splits, pl.row_tiles, C::kTileKeys, pl.ws);
   }
-  return launch_status();
+  return launch_result(e);
 }
 
 template <int D>

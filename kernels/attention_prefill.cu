@@ -30,6 +30,8 @@
 // - CTA start and end (v6, measured by bench/experiments/attention_prefill_probe.cu): the checks and the first
 //   loads are on every CTA's critical path, so the block-id check runs under the first K tile's TMA and each CTA
 //   prefetches into L2 the Q tile of the CTA one wave ahead; O leaves through shared memory in whole rows.
+// - PDL (kernels/pdl.cuh): every thread waits for the previous kernel (the cache writes of rope) right after the
+//   tensor maps' prefetch (kernel parameters, not memory a predecessor writes), before the sequence's scalars.
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -46,6 +48,7 @@
 #include "attention_prefill/tile.cuh"
 #include "common.cuh"
 #include "paged_kv.cuh"
+#include "pdl.cuh"
 #include "ptx.cuh"
 
 namespace l4k {
@@ -70,10 +73,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     ptx::prefetch_tensormap(&tm_k);
     ptx::prefetch_tensormap(&tm_v);
   }
+  pdl_wait();
+  pdl_launch_dependents();
   const int q_begin = p.cu_seqlens_q[b];
   const int q_len = p.cu_seqlens_q[b + 1] - q_begin;
   const int seq_len = p.seq_lens_k[b];
-  // The scalars here; the block ids below, under the first key tile's load.
+  // The scalars here; the block ids at the verdict below.
   if (paged_kv::sequence_is_bad_part(p, b, q_begin, q_len, seq_len, 0, 0)) {
     if (h == 0 && tile == 0 && threadIdx.x == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
     return;
@@ -192,8 +197,9 @@ int launch_ws(Fn fn, dim3 grid, size_t smem_tiles, cudaStream_t stream, const L4
   if (e != cudaSuccess) return static_cast<int>(e);
   CUtensorMap tm_k, tm_v;
   const bool tma = key_tile_path(p, &tm_k, &tm_v) == L4K_PREFILL_PATH_TMA;
-  fn<<<grid, kThreads, smem, stream>>>(p, tm_k, tm_v, tma ? 1 : 0);
-  return launch_status();
+  LaunchShape shape{grid, dim3(kThreads)};
+  shape.smem = smem;
+  return launch_result(launch_pdl(fn, shape, stream, p, tm_k, tm_v, tma ? 1 : 0));
 }
 
 template <int D, class Probe>

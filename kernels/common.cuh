@@ -111,8 +111,7 @@ __device__ __forceinline__ float block_reduce(float v, Op op, float identity) {
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // Launchers return the launch's cudaError_t as int (0 = success) or an L4kLaunchStatus (status.h), never
-// synchronizing.
-inline int launch_status() { return static_cast<int>(cudaGetLastError()); }
+// synchronizing; they launch through launch_pdl and return launch_result (kernels/pdl.cuh).
 
 // Row kernels: one CTA per row, each thread holding VPT accesses of VEC elements in registers, so a row is
 // read from memory once. Vector rows (VEC = 8) use CTAs of at most 256 threads so up to 16 x 8 values fit in

@@ -2,10 +2,12 @@
 // token before lm_head). A copy, so memory bound: one CTA per output row, every load of a step issued before
 // its stores (the loop body would otherwise wait on each load before the next), 16-byte accesses when rows
 // allow (hidden % 8 == 0, 16-byte aligned pointers), 2-byte ones otherwise. The id is checked on the device:
-// one outside [0, rows) reads nothing, writes a zero row and is counted in bad_ids.
+// one outside [0, rows) reads nothing, writes a zero row and is counted in bad_ids. PDL (kernels/pdl.cuh): every
+// thread waits for the previous kernel before it reads the id.
 #include <type_traits>
 
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 
@@ -17,6 +19,8 @@ __global__ void __launch_bounds__(kEmbedThreads) embedding_kernel(const L4kEmbed
   // A 16-byte access is 8 bf16; a scalar one moves the bf16 as its bit pattern (nothing is converted).
   using Access = typename std::conditional<VEC == 8, uint4, unsigned short>::type;
   const int64_t t = blockIdx.x;
+  pdl_wait();
+  pdl_launch_dependents();
   const int32_t id = p.ids[t];
   const int64_t n = p.hidden / VEC;
   Access* __restrict__ out = reinterpret_cast<Access*>(static_cast<bf16*>(p.out) + t * p.hidden);
@@ -48,8 +52,8 @@ int launch_embedding(const L4kEmbeddingParams& p, cudaStream_t stream) {
   // Enough threads for one step to cover the row (fewer idle lanes on short rows), at most kEmbedThreads.
   const int64_t steps = (p.hidden / VEC + kEmbedUnroll - 1) / kEmbedUnroll;
   const int threads = static_cast<int>(steps >= kEmbedThreads ? kEmbedThreads : (steps + 31) / 32 * 32);
-  embedding_kernel<VEC><<<static_cast<unsigned>(p.tokens), threads, 0, stream>>>(p);
-  return launch_status();
+  const LaunchShape shape{dim3(static_cast<unsigned>(p.tokens)), dim3(threads)};
+  return launch_result(launch_pdl(embedding_kernel<VEC>, shape, stream, p));
 }
 
 }  // namespace l4k

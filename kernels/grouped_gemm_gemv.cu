@@ -27,6 +27,7 @@
 // the decode tiles (kernels/NOTES.md, "grouped_gemm GEMV schedule").
 //
 // Epilogue: D[r, c] = bf16(scale_a[r] * (acc * scale_b[e, c])), the order the unswapped CUTLASS epilogue uses.
+// Launched with PDL (kernels/pdl.cuh) like the library's other non-CUTLASS kernels.
 // Validation as the CUTLASS launcher's setup kernel: every CTA checks every expert's range before writing, and
 // any inconsistency means no CTA writes anything and the caller's flag is raised.
 #include <cuda_bf16.h>
@@ -34,6 +35,7 @@
 #include <stdint.h>
 
 #include "grouped_gemm_params.h"
+#include "pdl.cuh"
 
 namespace l4k::grouped_gemm_gemv {
 
@@ -115,6 +117,9 @@ __device__ __forceinline__ void warp_pass(float (&c)[4], const uint8_t* w_lo, co
 template <class C>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemv_kernel(const L4kGroupedGemmParams p) {
   __shared__ float partial[C::kWarps][kRows][kTokens];
+  // PDL (kernels/pdl.cuh): the offsets and the activations are the previous kernels' outputs.
+  pdl_wait();
+  pdl_launch_dependents();
   if (any_bad_range(p)) {
     if (blockIdx.x == 0 && threadIdx.x == 0 && p.bad_offsets) atomicExch(p.bad_offsets, 1u);
     return;
@@ -163,8 +168,8 @@ template <class C>
 int launch(const L4kGroupedGemmParams& p, cudaStream_t stream) {
   const int64_t ctas = (p.n + kRows - 1) / kRows;
   if (ctas <= 0 || ctas > INT32_MAX) return L4K_STATUS_UNSUPPORTED_SHAPE;
-  gemv_kernel<C><<<static_cast<unsigned>(ctas), C::kThreads, 0, stream>>>(p);
-  return static_cast<int>(cudaGetLastError());
+  const LaunchShape shape{dim3(static_cast<unsigned>(ctas)), dim3(C::kThreads)};
+  return launch_result(launch_pdl(gemv_kernel<C>, shape, stream, p));
 }
 
 }  // namespace l4k::grouped_gemm_gemv

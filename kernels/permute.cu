@@ -19,7 +19,11 @@
 //
 // Every destination is bounds-checked against the buffer's row count: a corrupted or -1 destination is
 // skipped (permute) or contributes nothing (unpermute), never an out-of-bounds access. Row offsets are int64.
+//
+// PDL (kernels/pdl.cuh): every thread of every kernel here, the padding CTAs included, waits for the previous
+// kernel (the router, the expert GEMM) before its first global access.
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 
@@ -174,6 +178,8 @@ __device__ __forceinline__ float row_amax_and_sync(const Pack<VEC> (&v)[VPT], in
 
 template <int VEC, int VPT, bool FP8>
 __global__ void __launch_bounds__(row_threads_cap<VEC>(), permute_min_blocks<VEC, VPT, FP8>()) permute_kernel(const L4kPermuteParams p) {
+  pdl_wait();
+  pdl_launch_dependents();
   if (blockIdx.x >= p.tokens) {
     zero_padding_row<VEC, FP8>(p, blockIdx.x - p.tokens);
     return;
@@ -203,15 +209,16 @@ int launch_permute(const L4kPermuteParams& p, cudaStream_t stream) {
   RowShape s;
   if (!row_shape<VEC>(p.hidden / VEC, &s)) return L4K_STATUS_TOO_LONG;
   const int64_t pad_blocks = p.align > 1 ? static_cast<int64_t>(p.experts) * (p.align - 1) : 0;
-  const dim3 grid(static_cast<unsigned>(p.tokens + pad_blocks)), block(s.threads);
+  auto kernel = permute_kernel<VEC, 16, FP8>;
   switch (s.vpt) {
-    case 1: permute_kernel<VEC, 1, FP8><<<grid, block, 0, stream>>>(p); break;
-    case 2: permute_kernel<VEC, 2, FP8><<<grid, block, 0, stream>>>(p); break;
-    case 4: permute_kernel<VEC, 4, FP8><<<grid, block, 0, stream>>>(p); break;
-    case 8: permute_kernel<VEC, 8, FP8><<<grid, block, 0, stream>>>(p); break;
-    default: permute_kernel<VEC, 16, FP8><<<grid, block, 0, stream>>>(p); break;
+    case 1: kernel = permute_kernel<VEC, 1, FP8>; break;
+    case 2: kernel = permute_kernel<VEC, 2, FP8>; break;
+    case 4: kernel = permute_kernel<VEC, 4, FP8>; break;
+    case 8: kernel = permute_kernel<VEC, 8, FP8>; break;
+    default: break;
   }
-  return launch_status();
+  const LaunchShape shape{dim3(static_cast<unsigned>(p.tokens + pad_blocks)), dim3(s.threads)};
+  return launch_result(launch_pdl(kernel, shape, stream, p));
 }
 
 // One CTA per token, the row split into VPT packs per thread (row_shape): the shared row and every source's
@@ -222,6 +229,8 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const
   __shared__ int64_t src[L4K_ROUTER_MAX_TOP_K];
   __shared__ float wt[L4K_ROUTER_MAX_TOP_K];
   const int64_t t = blockIdx.x;
+  pdl_wait();
+  pdl_launch_dependents();
   if (threadIdx.x < p.k) {
     const int64_t d = p.dest[t * p.k + threadIdx.x];
     src[threadIdx.x] = d >= 0 && d < p.rows ? d : -1;
@@ -280,6 +289,8 @@ template <int VPT, int MAX_THREADS>
 __global__ void __launch_bounds__(MAX_THREADS) unpermute_top1_kernel(const L4kUnpermuteParams p) {
   const int64_t t = blockIdx.x;
   const bf16* shared = static_cast<const bf16*>(p.shared);
+  pdl_wait();
+  pdl_launch_dependents();
   Pack<8> sh[VPT];
   if (shared != nullptr) {
 #pragma unroll
@@ -324,7 +335,7 @@ template <int VEC>
 int launch_unpermute(const L4kUnpermuteParams& p, cudaStream_t stream) {
   RowShape s;
   if (!row_shape<VEC>(p.hidden / VEC, &s)) return L4K_STATUS_TOO_LONG;
-  const dim3 grid(static_cast<unsigned>(p.tokens)), block(s.threads);
+  const dim3 grid(static_cast<unsigned>(p.tokens));
   if (VEC == 8 && p.k == 1) {
     // Up to 320 threads of 2 packs for Scout's 5120 columns: with no accumulators the registers of 2 packs fit
     // 4 CTAs of 320 threads per SM, twice the row bytes in flight of 4 packs x 160 (kernels/NOTES.md, v3).
@@ -332,24 +343,26 @@ int launch_unpermute(const L4kUnpermuteParams& p, cudaStream_t stream) {
     while (int64_t(vpt) * kTop1Threads < p.hidden / 8) vpt *= 2;
     if (vpt > 16) return L4K_STATUS_TOO_LONG;
     const int64_t threads = (p.hidden / 8 + vpt - 1) / vpt;
-    const dim3 tblock(static_cast<unsigned>((threads + 31) / 32 * 32));
+    auto top1 = unpermute_top1_kernel<16, kTop1Threads>;
     switch (vpt) {
-      case 1: unpermute_top1_kernel<1, kTop1Threads><<<grid, tblock, 0, stream>>>(p); break;
-      case 2: unpermute_top1_kernel<2, kTop1Threads><<<grid, tblock, 0, stream>>>(p); break;
-      case 4: unpermute_top1_kernel<4, kTop1Threads><<<grid, tblock, 0, stream>>>(p); break;
-      case 8: unpermute_top1_kernel<8, kTop1Threads><<<grid, tblock, 0, stream>>>(p); break;
-      default: unpermute_top1_kernel<16, kTop1Threads><<<grid, tblock, 0, stream>>>(p); break;
+      case 1: top1 = unpermute_top1_kernel<1, kTop1Threads>; break;
+      case 2: top1 = unpermute_top1_kernel<2, kTop1Threads>; break;
+      case 4: top1 = unpermute_top1_kernel<4, kTop1Threads>; break;
+      case 8: top1 = unpermute_top1_kernel<8, kTop1Threads>; break;
+      default: break;
     }
-    return launch_status();
+    const LaunchShape shape{grid, dim3(static_cast<unsigned>((threads + 31) / 32 * 32))};
+    return launch_result(launch_pdl(top1, shape, stream, p));
   }
+  auto kernel = unpermute_kernel<VEC, 16>;
   switch (s.vpt) {
-    case 1: unpermute_kernel<VEC, 1><<<grid, block, 0, stream>>>(p); break;
-    case 2: unpermute_kernel<VEC, 2><<<grid, block, 0, stream>>>(p); break;
-    case 4: unpermute_kernel<VEC, 4><<<grid, block, 0, stream>>>(p); break;
-    case 8: unpermute_kernel<VEC, 8><<<grid, block, 0, stream>>>(p); break;
-    default: unpermute_kernel<VEC, 16><<<grid, block, 0, stream>>>(p); break;
+    case 1: kernel = unpermute_kernel<VEC, 1>; break;
+    case 2: kernel = unpermute_kernel<VEC, 2>; break;
+    case 4: kernel = unpermute_kernel<VEC, 4>; break;
+    case 8: kernel = unpermute_kernel<VEC, 8>; break;
+    default: break;
   }
-  return launch_status();
+  return launch_result(launch_pdl(kernel, LaunchShape{grid, dim3(s.threads)}, stream, p));
 }
 
 }  // namespace l4k

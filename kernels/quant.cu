@@ -2,8 +2,9 @@
 //
 // scale = max(amax, kMinAmax) / 448 and q = e4m3(x * (1 / scale)): the same bytes as reference/src/fp8.rs, so
 // tests compare them exactly. One CTA per row with the row packed in registers between the amax reduction and
-// the write.
+// the write. Both kernels wait for the previous kernel (PDL, kernels/pdl.cuh) before their first load.
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 
@@ -12,6 +13,8 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) quant_kernel(const L4k
   const int64_t base = static_cast<int64_t>(blockIdx.x) * p.cols;
   const bf16* x = static_cast<const bf16*>(p.x) + base;
   uint8_t* q = static_cast<uint8_t*>(p.out) + base;
+  pdl_wait();
+  pdl_launch_dependents();
 
   Pack<VEC> v[VPT];
   float amax = 0.f;
@@ -40,6 +43,8 @@ __global__ void dequant_kernel(const L4kQuantParams p) {
   const int64_t n = p.rows * p.cols;
   const uint8_t* q = static_cast<const uint8_t*>(p.x);
   float* out = static_cast<float*>(p.out);
+  pdl_wait();
+  pdl_launch_dependents();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     out[i] = from_e4m3(q[i]) * p.scales[i / p.cols];
@@ -50,15 +55,16 @@ template <int VEC>
 int launch_quant(const L4kQuantParams& p, cudaStream_t stream) {
   RowShape s;
   if (!row_shape<VEC>(p.cols / VEC, &s)) return L4K_STATUS_TOO_LONG;
-  const dim3 grid(static_cast<unsigned>(p.rows)), block(s.threads);
+  auto kernel = quant_kernel<VEC, 16>;
   switch (s.vpt) {
-    case 1: quant_kernel<VEC, 1><<<grid, block, 0, stream>>>(p); break;
-    case 2: quant_kernel<VEC, 2><<<grid, block, 0, stream>>>(p); break;
-    case 4: quant_kernel<VEC, 4><<<grid, block, 0, stream>>>(p); break;
-    case 8: quant_kernel<VEC, 8><<<grid, block, 0, stream>>>(p); break;
-    default: quant_kernel<VEC, 16><<<grid, block, 0, stream>>>(p); break;
+    case 1: kernel = quant_kernel<VEC, 1>; break;
+    case 2: kernel = quant_kernel<VEC, 2>; break;
+    case 4: kernel = quant_kernel<VEC, 4>; break;
+    case 8: kernel = quant_kernel<VEC, 8>; break;
+    default: break;
   }
-  return launch_status();
+  const LaunchShape shape{dim3(static_cast<unsigned>(p.rows)), dim3(s.threads)};
+  return launch_result(launch_pdl(kernel, shape, stream, p));
 }
 
 }  // namespace l4k
@@ -74,6 +80,6 @@ extern "C" int l4k_launch_dequant_fp8(const L4kQuantParams* p, cudaStream_t stre
   using namespace l4k;
   const int64_t n = p->rows * p->cols;
   const int64_t blocks = (n + 255) / 256;
-  dequant_kernel<<<static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8), 256, 0, stream>>>(*p);
-  return launch_status();
+  const LaunchShape shape{dim3(static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8)), dim3(256)};
+  return launch_result(launch_pdl(dequant_kernel, shape, stream, *p));
 }

@@ -2,8 +2,10 @@
 // weights built on the device (a full-size model without a checkpoint). Element j of a stream is a pure
 // function of (seed, j), so a tensor filled in pieces (first = the piece's offset) equals one filled whole, and
 // the reference (llama4_reference::random) reproduces every bit: the hash is integer math, the float steps
-// are one exact conversion, one exact power-of-two scale and one correctly rounded multiply.
+// are one exact conversion, one exact power-of-two scale and one correctly rounded multiply. PDL
+// (kernels/pdl.cuh): nothing is read, but the first store waits for the previous kernel, which may still use out.
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 
@@ -25,6 +27,8 @@ template <int VEC>
 __global__ void __launch_bounds__(kRandomThreads) random_uniform_kernel(const L4kRandomParams p) {
   bf16* __restrict__ out = static_cast<bf16*>(p.out);
   const int64_t groups = (p.n + VEC - 1) / VEC;
+  pdl_wait();
+  pdl_launch_dependents();
   for (int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; g < groups;
        g += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i0 = g * VEC;
@@ -47,8 +51,8 @@ template <int VEC>
 int launch_random_uniform(const L4kRandomParams& p, cudaStream_t stream) {
   const int64_t ctas = ((p.n + VEC - 1) / VEC + kRandomThreads - 1) / kRandomThreads;
   const unsigned grid = static_cast<unsigned>(ctas < kRandomMaxCtas ? ctas : kRandomMaxCtas);
-  random_uniform_kernel<VEC><<<grid, kRandomThreads, 0, stream>>>(p);
-  return launch_status();
+  const LaunchShape shape{dim3(grid), dim3(kRandomThreads)};
+  return launch_result(launch_pdl(random_uniform_kernel<VEC>, shape, stream, p));
 }
 
 }  // namespace l4k

@@ -7,7 +7,11 @@
 // One CTA per row; the row stays in registers (VPT packs of VEC bf16 per thread) between the sum-of-squares
 // reduction and the write, so each byte is read once. Aliasing is allowed (y == x, residual_out == residual):
 // every element is read and written by the same thread, and all reads precede the reduction's barrier.
+//
+// PDL (kernels/pdl.cuh): every thread waits for the previous kernel before its first load, then lets the next
+// kernel launch.
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 
@@ -15,6 +19,8 @@ template <int VEC, int VPT, bool ADD>
 __global__ void __launch_bounds__(row_threads_cap<VEC>()) rmsnorm_kernel(const L4kRmsnormParams p) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * p.cols;
   const bf16* x = static_cast<const bf16*>(p.x) + base;
+  pdl_wait();
+  pdl_launch_dependents();
 
   Pack<VEC> v[VPT];
   float ss = 0.f;
@@ -52,15 +58,16 @@ template <int VEC, bool ADD>
 int launch(const L4kRmsnormParams& p, cudaStream_t stream) {
   RowShape s;
   if (!row_shape<VEC>(p.cols / VEC, &s)) return L4K_STATUS_TOO_LONG;
-  const dim3 grid(static_cast<unsigned>(p.rows)), block(s.threads);
+  auto kernel = rmsnorm_kernel<VEC, 16, ADD>;
   switch (s.vpt) {
-    case 1: rmsnorm_kernel<VEC, 1, ADD><<<grid, block, 0, stream>>>(p); break;
-    case 2: rmsnorm_kernel<VEC, 2, ADD><<<grid, block, 0, stream>>>(p); break;
-    case 4: rmsnorm_kernel<VEC, 4, ADD><<<grid, block, 0, stream>>>(p); break;
-    case 8: rmsnorm_kernel<VEC, 8, ADD><<<grid, block, 0, stream>>>(p); break;
-    default: rmsnorm_kernel<VEC, 16, ADD><<<grid, block, 0, stream>>>(p); break;
+    case 1: kernel = rmsnorm_kernel<VEC, 1, ADD>; break;
+    case 2: kernel = rmsnorm_kernel<VEC, 2, ADD>; break;
+    case 4: kernel = rmsnorm_kernel<VEC, 4, ADD>; break;
+    case 8: kernel = rmsnorm_kernel<VEC, 8, ADD>; break;
+    default: break;
   }
-  return launch_status();
+  const LaunchShape shape{dim3(static_cast<unsigned>(p.rows)), dim3(s.threads)};
+  return launch_result(launch_pdl(kernel, shape, stream, p));
 }
 
 }  // namespace l4k

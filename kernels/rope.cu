@@ -8,7 +8,10 @@
 // per CTA into shared memory, not once per head.
 //
 // Rounding as the model contract: rotate in f32, round to bf16; normalise the rounded values in f32, round.
+//
+// PDL (kernels/pdl.cuh): every thread waits for the previous kernel before it reads the position.
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 
@@ -133,6 +136,8 @@ __global__ void __launch_bounds__(kRopeWarps * 32) rope_kernel(const L4kRopePara
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int pairs = p.head_dim / 2;
   const int heads = p.n_heads + 2 * p.n_kv_heads;
+  pdl_wait();
+  pdl_launch_dependents();
   const int32_t pos = p.pos[t];
 
   if (p.rope) {
@@ -160,13 +165,9 @@ __global__ void __launch_bounds__(kRopeWarps * 32) rope_kernel(const L4kRopePara
 
 template <int PPL>
 int launch(const L4kRopeParams& p, bool vector, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(p.tokens)), block(kRopeWarps * 32);
-  if (vector) {
-    rope_kernel<PPL, true><<<grid, block, 0, stream>>>(p);
-  } else {
-    rope_kernel<PPL, false><<<grid, block, 0, stream>>>(p);
-  }
-  return launch_status();
+  const LaunchShape shape{dim3(static_cast<unsigned>(p.tokens)), dim3(kRopeWarps * 32)};
+  void (*kernel)(L4kRopeParams) = vector ? rope_kernel<PPL, true> : rope_kernel<PPL, false>;
+  return launch_result(launch_pdl(kernel, shape, stream, p));
 }
 
 }  // namespace l4k

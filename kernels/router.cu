@@ -18,7 +18,8 @@
 //   2. the same kernel, whose LAST CTA to finish (arrival counter, threadfence pattern) scans the histogram:
 //      exclusive column prefixes in place, counts, and the padded offsets; dest holds in-tile ranks;
 //   3. router_dest_kernel: dest += offsets[e] + prefix[tile][e], element-parallel.
-// Every kernel is launched with programmatic dependent launch (wait_for_previous_kernel).
+// Every kernel is launched with programmatic dependent launch (kernels/pdl.cuh): each thread waits for the
+// previous kernel before its first global access, then lets the next kernel launch.
 // Why not a decoupled look-back: a destination needs offsets[e], the count of every smaller expert over ALL
 // tokens, so nothing can be final before the last tile is counted; a barrier (or the last CTA) is the minimum.
 // Tiles hold 32 to 512 tokens (bigger for small E) so the histogram stays small: 128 x 128 at T = 16384,
@@ -28,6 +29,7 @@
 #include <atomic>
 
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 
@@ -460,15 +462,12 @@ __device__ unsigned long long g_router_probe[4096][8];
   } while (0)
 #endif
 
-// Programmatic dependent launch: every router kernel is launched with leave to start while the kernel before it in
-// the stream finishes (launch_pdl), so its launch and CTA start-up (~1 us of a ~10 us call) overlap that kernel's
-// tail. griddepcontrol.wait returns once that kernel has completed and its writes are visible (at once when
-// there is none), so nothing global is read or written before it; launch_dependents then lets the next
-// PDL-launched kernel start early in turn (it waits the same way: ours do, and a kernel launched without the
-// attribute waits for our completion as usual).
+// Programmatic dependent launch (kernels/pdl.cuh): the launch and CTA start-up (~1 us of a ~10 us call) overlap
+// the previous kernel's tail; nothing global is read or written before the wait, and the next PDL-launched kernel
+// may start as soon as every CTA has waited.
 __device__ __forceinline__ void wait_for_previous_kernel() {
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  pdl_wait();
+  pdl_launch_dependents();
 }
 
 // How the tiles of one launch agree on the expert offsets (see the top of the file).
@@ -673,20 +672,11 @@ __global__ void __launch_bounds__(256) router_dest_kernel(const L4kRouterParams 
   }
 }
 
-template <class... Args>
-cudaError_t launch_pdl(void (*kernel)(Args...), unsigned blocks, bool cooperative, cudaStream_t s, Args... args) {
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  attr[1].id = cudaLaunchAttributeCooperative;
-  attr[1].val.cooperative = cooperative ? 1 : 0;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(blocks);
-  cfg.blockDim = dim3(kRouterThreads);
-  cfg.stream = s;
-  cfg.attrs = attr;
-  cfg.numAttrs = 2;
-  return cudaLaunchKernelEx(&cfg, kernel, args...);
+// Every router kernel runs kRouterThreads a CTA.
+inline LaunchShape router_shape(unsigned blocks, bool cooperative) {
+  LaunchShape shape{dim3(blocks), dim3(kRouterThreads)};
+  shape.cooperative = cooperative;
+  return shape;
 }
 
 // The cooperative path needs every tile resident at once (the launch fails otherwise, it never hangs) and
@@ -707,19 +697,20 @@ int launch_topk(const L4kRouterParams& p, int tile, int tiles, bool vec, cudaStr
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e != cudaSuccess) return static_cast<int>(e);
     if (tiles <= fit * sms)
-      return static_cast<int>(launch_pdl(kernel, tiles, true, s, p, vec, static_cast<int>(kGridBarrier)));
+      return launch_result(launch_pdl(kernel, router_shape(tiles, true), s, p, vec, static_cast<int>(kGridBarrier)));
   }
   if (tiles > 1) {
     cudaError_t e = cudaMemsetAsync(p.workspace, 0, sizeof(unsigned), s);
     if (e != cudaSuccess) return static_cast<int>(e);
   }
-  cudaError_t e = launch_pdl(kernel, tiles, false, s, p, vec, static_cast<int>(kLastCta));
+  cudaError_t e = launch_pdl(kernel, router_shape(tiles, false), s, p, vec, static_cast<int>(kLastCta));
   if (e == cudaSuccess && tiles > 1) {
     const int64_t n = p.tokens * p.k;
     const int64_t blocks = (n + 255) / 256;
-    e = launch_pdl(router_dest_kernel, static_cast<unsigned>(blocks < 4096 ? blocks : 4096), false, s, p, tile);
+    e = launch_pdl(router_dest_kernel, router_shape(static_cast<unsigned>(blocks < 4096 ? blocks : 4096), false), s,
+                   p, tile);
   }
-  return static_cast<int>(e);
+  return launch_result(e);
 }
 
 template <class T>

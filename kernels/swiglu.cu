@@ -3,7 +3,9 @@
 //
 // Rounding as the PyTorch bf16 model: s = bf16(silu(g)) with silu in f32, h = bf16(s * u). The FP8 path then
 // quantizes h as quant.cu does; h never leaves registers (packed as bf16: it is bf16-rounded anyway).
+// PDL (kernels/pdl.cuh): every thread waits for the previous kernel before its first load.
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 
@@ -16,6 +18,8 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) swiglu_kernel(const L4
   const int64_t row = blockIdx.x;
   const bf16* gate = static_cast<const bf16*>(p.gate_up) + row * 2 * p.inter;
   const bf16* up = gate + p.inter;
+  pdl_wait();
+  pdl_launch_dependents();
 
   Pack<VEC> h[VPT];
   float amax = 0.f;
@@ -57,15 +61,16 @@ template <int VEC, bool FP8>
 int launch(const L4kSwigluParams& p, cudaStream_t stream) {
   RowShape s;
   if (!row_shape<VEC>(p.inter / VEC, &s)) return L4K_STATUS_TOO_LONG;
-  const dim3 grid(static_cast<unsigned>(p.tokens)), block(s.threads);
+  auto kernel = swiglu_kernel<VEC, 16, FP8>;
   switch (s.vpt) {
-    case 1: swiglu_kernel<VEC, 1, FP8><<<grid, block, 0, stream>>>(p); break;
-    case 2: swiglu_kernel<VEC, 2, FP8><<<grid, block, 0, stream>>>(p); break;
-    case 4: swiglu_kernel<VEC, 4, FP8><<<grid, block, 0, stream>>>(p); break;
-    case 8: swiglu_kernel<VEC, 8, FP8><<<grid, block, 0, stream>>>(p); break;
-    default: swiglu_kernel<VEC, 16, FP8><<<grid, block, 0, stream>>>(p); break;
+    case 1: kernel = swiglu_kernel<VEC, 1, FP8>; break;
+    case 2: kernel = swiglu_kernel<VEC, 2, FP8>; break;
+    case 4: kernel = swiglu_kernel<VEC, 4, FP8>; break;
+    case 8: kernel = swiglu_kernel<VEC, 8, FP8>; break;
+    default: break;
   }
-  return launch_status();
+  const LaunchShape shape{dim3(static_cast<unsigned>(p.tokens)), dim3(s.threads)};
+  return launch_result(launch_pdl(kernel, shape, stream, p));
 }
 
 }  // namespace l4k

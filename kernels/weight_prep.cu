@@ -17,7 +17,10 @@
 // same quantization with output row n of a gate_up weight (gate = columns 0 .. N/2, up = N/2 .. N) moved to row
 // 2n (gate) or 2(n - N/2) + 1 (up), scales alike. Rowwise quantization does not mix rows, so this is exactly
 // the plain result with its rows permuted.
+//
+// PDL (kernels/pdl.cuh): every thread of both kernels waits for the previous kernel before its first load.
 #include "common.cuh"
+#include "pdl.cuh"
 
 namespace l4k {
 
@@ -47,6 +50,8 @@ __global__ void __launch_bounds__(MAX_THREADS, MIN_BLOCKS) weight_prep_strip_ker
   const int64_t k0 = static_cast<int64_t>(threadIdx.x) * kRowsPerThread;
   const bf16* w = static_cast<const bf16*>(p.w) + (e * p.k) * p.n + n0;
   const bool active = k0 < p.k;  // K % 16 == 0: an active thread owns 16 whole rows
+  pdl_wait();
+  pdl_launch_dependents();
 
   // Rows kept as raw 16-byte words: word c of row i holds columns 2c (low half) and 2c + 1 (high half).
   // Column maxima in packed bf16 (|x| and max are exact in bf16; __hmax2 returns the other operand when one is
@@ -120,6 +125,8 @@ __global__ void __launch_bounds__(kGenericCols* kGenericPhases) weight_prep_gene
   const int64_t e = blockIdx.y, n0 = static_cast<int64_t>(blockIdx.x) * kGenericCols, n = n0 + threadIdx.x;
   const bool col = n < p.n;
   const bf16* w = static_cast<const bf16*>(p.w) + (e * p.k) * p.n + n;
+  pdl_wait();
+  pdl_launch_dependents();
   float amax = 0.f;
   if (col)
     for (int64_t k = threadIdx.y; k < p.k; k += kGenericPhases) amax = fmaxf(amax, fabsf(__bfloat162float(w[k * p.n])));
@@ -174,18 +181,9 @@ namespace l4k {
 // second DRAM read (kernels/NOTES.md, weight_prep v3: +11% / +8% at Scout's shapes on the H200).
 template <int MAX_THREADS, int MIN_BLOCKS, RowOrder ORDER>
 cudaError_t launch_strip(const L4kWeightPrepParams& p, dim3 grid, int threads, cudaStream_t stream) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(static_cast<unsigned>(threads));
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = grid.x % 2 == 0 ? 2 : 1;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, weight_prep_strip_kernel<MAX_THREADS, MIN_BLOCKS, ORDER>, p);
+  LaunchShape shape{grid, dim3(static_cast<unsigned>(threads))};
+  shape.cluster_x = grid.x % 2 == 0 ? 2 : 1;
+  return launch_pdl(weight_prep_strip_kernel<MAX_THREADS, MIN_BLOCKS, ORDER>, shape, stream, p);
 }
 
 template <RowOrder ORDER>
@@ -194,15 +192,12 @@ int launch_weight_prep(const L4kWeightPrepParams* p, cudaStream_t stream) {
     const int64_t rows = p->k / kRowsPerThread;
     const int threads = static_cast<int>((rows + 31) / 32 * 32);
     const dim3 grid(static_cast<unsigned>(p->n / kStripCols), static_cast<unsigned>(p->experts));
-    const cudaError_t e = threads <= 320 ? launch_strip<320, 2, ORDER>(*p, grid, threads, stream)
-                                         : launch_strip<kStripThreads, 1, ORDER>(*p, grid, threads, stream);
-    if (e != cudaSuccess) return static_cast<int>(e);
-  } else {
-    const dim3 grid(static_cast<unsigned>((p->n + kGenericCols - 1) / kGenericCols),
-                    static_cast<unsigned>(p->experts));
-    weight_prep_generic_kernel<ORDER><<<grid, dim3(kGenericCols, kGenericPhases), 0, stream>>>(*p);
+    return launch_result(threads <= 320 ? launch_strip<320, 2, ORDER>(*p, grid, threads, stream)
+                                        : launch_strip<kStripThreads, 1, ORDER>(*p, grid, threads, stream));
   }
-  return launch_status();
+  const dim3 grid(static_cast<unsigned>((p->n + kGenericCols - 1) / kGenericCols), static_cast<unsigned>(p->experts));
+  const LaunchShape shape{grid, dim3(kGenericCols, kGenericPhases)};
+  return launch_result(launch_pdl(weight_prep_generic_kernel<ORDER>, shape, stream, *p));
 }
 
 }  // namespace l4k

@@ -1,6 +1,11 @@
 //! The GPU handle: a CUDA context (the device's primary context, shared with the CUDA runtime the kernels
 //! launch through) and a stream. Creating one never panics: a machine without a driver, without a GPU, or with
 //! a GPU this build has no code for gives `Err(Error::NoDevice)`.
+//!
+//! Launches: every kernel but the CUTLASS grouped GEMMs is launched with programmatic dependent launch
+//! (kernels/pdl.cuh), so it may start while the kernel before it in the stream finishes and waits for it on the
+//! device before touching memory. `L4K_PDL=0` in the environment (read once, at the first launch) turns the
+//! attribute off, for A/B measurements; [`pdl_enabled`] says which way launches go.
 
 use crate::{Error, Result};
 use cudarc::driver::{CudaContext, CudaStream};
@@ -56,5 +61,34 @@ impl Gpu {
         let name = self.ctx.name().unwrap_or_else(|_| "?".into());
         let mem = self.ctx.total_mem().map(|b| b >> 30).unwrap_or(0);
         format!("{name} ({mem} GiB)")
+    }
+}
+
+/// Whether launches carry the programmatic-dependent-launch attribute: true unless `L4K_PDL=0` was in the
+/// environment when the first launch (or this call) read it, or `set_pdl` said otherwise.
+pub fn pdl_enabled() -> bool {
+    // SAFETY: reads a process-wide atomic (and the environment once); no pointers.
+    unsafe { crate::ffi::l4k_internal_pdl_enabled() != 0 }
+}
+
+/// Turns programmatic dependent launch on or off for every later launch in the process, overriding `L4K_PDL`.
+/// For tests that compare both paths in one process; results are the same either way (only start times differ),
+/// so a launch racing with the switch in another thread is still correct.
+#[doc(hidden)]
+pub fn set_pdl(on: bool) {
+    // SAFETY: stores to a process-wide atomic; no pointers.
+    unsafe { crate::ffi::l4k_internal_set_pdl(on as std::ffi::c_int) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pdl_switch_overrides_the_environment() {
+        set_pdl(false);
+        assert!(!pdl_enabled());
+        set_pdl(true);
+        assert!(pdl_enabled());
     }
 }

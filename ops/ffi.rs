@@ -361,6 +361,8 @@ extern "C" {
     pub fn l4k_internal_router_tile(experts: c_int, logits_dtype: c_int) -> c_int;
     pub fn l4k_internal_router_workspace(tokens: i64, experts: c_int, logits_dtype: c_int) -> i64;
     pub fn l4k_internal_cuda_error_string(code: c_int) -> *const c_char;
+    pub fn l4k_internal_set_pdl(on: c_int);
+    pub fn l4k_internal_pdl_enabled() -> c_int;
     #[cfg(test)]
     pub fn l4k_internal_params_struct(which: c_int, size: *mut usize) -> *const c_char;
     #[cfg(test)]

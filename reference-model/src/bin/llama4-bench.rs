@@ -116,6 +116,11 @@ fn run(args: &Args) -> Result<(), Error> {
     gpu.set_overlap_shared_expert(!args.no_overlap);
     let device = gpu.describe();
     println!("device: {device}");
+    let pdl = llama4_kernels::device::pdl_enabled();
+    println!(
+        "launches: programmatic dependent launch {}",
+        if pdl { "on (L4K_PDL=0 turns it off)" } else { "off (L4K_PDL=0)" }
+    );
     let copy_gbps = gpu.copy_ceiling_gbps()?;
     println!("copy ceiling: {copy_gbps:.0} GB/s (read + write, measured now)");
 
@@ -144,7 +149,7 @@ fn run(args: &Args) -> Result<(), Error> {
         gb(total)
     );
     let base = format!(
-        r#""ours":"llama4-kernels","model":"{}","layers":{},"recipe":"{recipe}","overlap":{},"device":{:?},"copy_gbps":{copy_gbps:.1},"weight_bytes":{}"#,
+        r#""ours":"llama4-kernels","model":"{}","layers":{},"recipe":"{recipe}","overlap":{},"pdl":{pdl},"device":{:?},"copy_gbps":{copy_gbps:.1},"weight_bytes":{}"#,
         args.synthetic,
         model.config.num_hidden_layers,
         !args.no_overlap,
