@@ -26,6 +26,7 @@
 // reads and clears it when it asks (l4k_ep_status).
 #include "common.cuh"
 #include "expert_parallel_params.h"
+#include "pdl.cuh"
 
 namespace l4k {
 namespace ep {
@@ -97,6 +98,8 @@ __device__ __forceinline__ uint8_t* slab_of(const L4kExpertParallelParams& p, in
 }
 
 __global__ void __launch_bounds__(kThreads) pack_kernel(const L4kExpertParallelParams p) {
+  pdl_wait();  // PDL (kernels/pdl.cuh): before any global access or exit
+  pdl_launch_dependents();
   // before[e]: the pairs of the experts that precede e on e's destination rank (int64: counts are caller memory).
   __shared__ int64_t before[kMaxExperts];
   __shared__ int64_t scanned[kMaxExperts];
@@ -161,6 +164,8 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const L4kExpertParallelP
 // Table (workspace): prefix[s][l] at table[s * (L + 1) + l] (prefix[s][L] = source s's rows), then
 // base[s][l] at table[N * (L + 1) + s * L + l]: the grouped row of source s's first row of local expert l.
 __global__ void __launch_bounds__(kThreads) unpack_layout_kernel(const L4kExpertParallelParams p) {
+  pdl_wait();  // PDL (kernels/pdl.cuh): before any global access or exit
+  pdl_launch_dependents();
   __shared__ int32_t c[kMaxExperts];  // [N, L] received header counts, source-major
   __shared__ int32_t bad_src[L4K_EP_MAX_RANKS];
   const int N = p.world_size, L = p.experts / N, tid = threadIdx.x;
@@ -221,6 +226,8 @@ __global__ void __launch_bounds__(kThreads) unpack_layout_kernel(const L4kExpert
 }
 
 __global__ void __launch_bounds__(kThreads) unpack_rows_kernel(const L4kExpertParallelParams p) {
+  pdl_wait();  // PDL (kernels/pdl.cuh): before any global access or exit
+  pdl_launch_dependents();
   const int N = p.world_size, L = p.experts / N, lane = threadIdx.x & 31;
   const int64_t C = p.capacity, slots = N * C;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
@@ -265,6 +272,8 @@ __global__ void __launch_bounds__(kThreads) unpack_rows_kernel(const L4kExpertPa
 }
 
 __global__ void __launch_bounds__(kThreads) combine_pack_kernel(const L4kExpertParallelParams p) {
+  pdl_wait();  // PDL (kernels/pdl.cuh): before any global access or exit
+  pdl_launch_dependents();
   const int lane = threadIdx.x & 31;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (item >= p.world_size * p.capacity) return;
@@ -288,23 +297,21 @@ inline unsigned warps_grid(int64_t items) { return static_cast<unsigned>((items 
 extern "C" int l4k_launch_ep_pack(const L4kExpertParallelParams* p, cudaStream_t stream) {
   using namespace l4k::ep;
   const int64_t pairs = p->tokens * p->k;
-  pack_kernel<<<pairs > 0 ? warps_grid(pairs) : 1u, kThreads, 0, stream>>>(*p);
-  return l4k::launch_status();
+  const l4k::LaunchShape shape{dim3(pairs > 0 ? warps_grid(pairs) : 1u), dim3(kThreads)};
+  return l4k::launch_result(l4k::launch_pdl(pack_kernel, shape, stream, *p));
 }
 
 extern "C" int l4k_launch_ep_unpack(const L4kExpertParallelParams* p, cudaStream_t stream) {
   using namespace l4k::ep;
-  unpack_layout_kernel<<<1, kThreads, 0, stream>>>(*p);
-  const int status = l4k::launch_status();
+  const int status = l4k::launch_result(l4k::launch_pdl(unpack_layout_kernel, {dim3(1), dim3(kThreads)}, stream, *p));
   if (status != 0) return status;
   const int64_t L = p->experts / p->world_size;
   const int64_t items = p->world_size * p->capacity + (p->align > 1 ? L * (p->align - 1) : 0);
-  unpack_rows_kernel<<<warps_grid(items), kThreads, 0, stream>>>(*p);
-  return l4k::launch_status();
+  return l4k::launch_result(l4k::launch_pdl(unpack_rows_kernel, {dim3(warps_grid(items)), dim3(kThreads)}, stream, *p));
 }
 
 extern "C" int l4k_launch_ep_combine_pack(const L4kExpertParallelParams* p, cudaStream_t stream) {
   using namespace l4k::ep;
-  combine_pack_kernel<<<warps_grid(p->world_size * p->capacity), kThreads, 0, stream>>>(*p);
-  return l4k::launch_status();
+  const l4k::LaunchShape shape{dim3(warps_grid(p->world_size * p->capacity)), dim3(kThreads)};
+  return l4k::launch_result(l4k::launch_pdl(combine_pack_kernel, shape, stream, *p));
 }
