@@ -250,7 +250,7 @@ l4k_status l4k_unpermute(const void* expert_out, const float* weights, const int
  * b: [experts, n, k] E4M3 (each expert's weight as nn.Linear [out, in]); scale_b: [experts, n] f32;
  * offsets: [experts + 1] int32 and counts: [experts] int32 (or NULL), both ON THE DEVICE; d: [rows, n] bf16.
  * k a multiple of 16, n a multiple of 8; a, b, d 16-byte aligned; workspace 256-byte aligned.
- * schedule: 0 auto (the GEMV for one row at n <= 8192 and experts <= 16, where it measured faster; the decode
+ * schedule: 0 auto (the GEMV for one row at n <= 16384 and experts <= 16, where it measured faster; the decode
  * path up to 32 rows per expert on average; else prefill), 1 prefill (promoted FP8 accumulation), 2 decode (A/B
  * swapped, weight-bandwidth bound), 3 prefill with fast accumulation, 4 GEMV (a streaming mma.sync kernel for
  * one row per expert: each expert's weights read once per 8 of its rows; any row count is correct; ignores the

@@ -1,6 +1,6 @@
 // FP8 (E4M3) grouped GEMM for one row per expert (L4K_GEMM_GEMV): batch-1 decode's routed experts and the
 // one-expert FP8 linears at m = 1, where a call only has to stream the touched weights once and CUTLASS's swapped
-// 128x32 tiles give the narrower layers (n <= 8192) too few CTAs: 40 to 56 of them for n = 5120 to 7168.
+// 128x32 tiles give n / 128 CTAs: 40 to 56 of them for n = 5120 to 7168, too few to fill HBM.
 //
 // Work split: a CTA owns 16 weight rows (16 output columns n) of every expert and its warps split k between them;
 // each warp streams its k slices of the 16 rows with 16-byte loads (4 lanes x 16 B = 64 contiguous bytes of each
@@ -156,7 +156,8 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemv_kernel(const 
 #pragma unroll
           for (int w = 0; w < C::kWarps; ++w) acc += partial[w][r][tok];
           const int64_t row = start + j0 + tok;
-          d[row * p.n + col] = __float2bfloat16_rn(p.scale_a[row] * (acc * p.scale_b[static_cast<int64_t>(e) * p.n + col]));
+          const float scale_b = p.scale_b[static_cast<int64_t>(e) * p.n + col];
+          d[row * p.n + col] = __float2bfloat16_rn(p.scale_a[row] * (acc * scale_b));
         }
       }
       __syncthreads();  // partial is rewritten by the next pass

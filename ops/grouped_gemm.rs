@@ -56,11 +56,11 @@ pub enum Schedule {
 pub const DECODE_MAX_ROWS_PER_EXPERT: usize = 32;
 
 /// Where Auto takes [`Schedule::Gemv`], by measurement on the H200 (kernels/NOTES.md, "grouped_gemm GEMV
-/// schedule"): one row, n up to 8192 (the decode tiles give n / 128 CTAs, 40 to 64 of them there; at n = 16384
-/// they were faster) and up to 16 experts (the kernel's expert loop costs a dependent load per expert). Batch-1
-/// decode's routed down projection and the `--fp8-dense` linears but gate_up and lm_head.
+/// schedule"): one row, n up to 16384 (down 18.2 vs 25.3 us, gate_up 27.6 vs 28.6 us against the decode tiles,
+/// which give n / 128 CTAs; lm_head's 202048 stays with them) and up to 16 experts (the kernel's expert loop
+/// costs a dependent load per expert). Batch-1 decode's routed experts and the `--fp8-dense` linears but lm_head.
 pub fn gemv_is_faster(rows: usize, n: usize, experts: usize) -> bool {
-    rows == 1 && n <= 8192 && experts <= 16
+    rows == 1 && n <= 16384 && experts <= 16
 }
 
 /// Auto's rule: the streaming GEMV where [`gemv_is_faster`], the decode (swapped) schedule up to
@@ -483,12 +483,13 @@ mod tests {
 
     #[test]
     fn auto_takes_the_gemv_only_where_it_measured_faster() {
-        // Batch 1 at top-1: the down projection (n 5120) and the dense linears (qkv 7168, o 5120) stream; gate_up
-        // (n 16384), lm_head and Maverick's 128 experts keep the decode tiles, as does every second row.
+        // Batch 1 at top-1: the expert projections (down n 5120, gate_up 16384) and the dense linears (qkv 7168,
+        // o 5120) stream; lm_head and Maverick's 128 experts keep the decode tiles, as does every second row.
         assert_eq!(Schedule::AutoRouted { routed_rows: 1 }.code(128 * 16, 16, 5120), GEMM_GEMV);
         assert_eq!(Schedule::Auto.code(1, 1, 7168), GEMM_GEMV);
         assert_eq!(Schedule::resolve(1, 16, 5120), Schedule::Gemv);
-        assert_eq!(Schedule::Auto.code(1, 16, 16384), GEMM_DECODE);
+        assert_eq!(Schedule::Auto.code(1, 16, 16384), GEMM_GEMV);
+        assert_eq!(Schedule::Auto.code(1, 16, 16392), GEMM_DECODE);
         assert_eq!(Schedule::Auto.code(1, 1, 202048), GEMM_DECODE);
         assert_eq!(Schedule::Auto.code(1, 128, 5120), GEMM_DECODE);
         assert_eq!(Schedule::Auto.code(2, 16, 5120), GEMM_DECODE);
