@@ -73,17 +73,7 @@ fn bench(c: &mut Criterion) {
                     t,
                     bytes,
                     Flops::fp8(flops),
-                    |_| {
-                        grouped_gemm_fp8(
-                            stream(),
-                            &g,
-                            &mut TensorMut::of(&mut d, [t, n]).unwrap(),
-                            &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
-                            None,
-                            schedule,
-                        )
-                        .unwrap()
-                    },
+                    |_| gemm_into(&g, &mut d, [t, n], &mut ws, schedule),
                 );
             }
             // The router's align = 128 layout at decode sizes: each expert's rows padded to a multiple of 128, the
@@ -116,17 +106,7 @@ fn bench(c: &mut Criterion) {
                         t,
                         bytes,
                         Flops::fp8(flops),
-                        |_| {
-                            grouped_gemm_fp8(
-                                stream(),
-                                &g,
-                                &mut TensorMut::of(&mut d, [rows, n]).unwrap(),
-                                &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
-                                None,
-                                schedule,
-                            )
-                            .unwrap()
-                        },
+                        |_| gemm_into(&g, &mut d, [rows, n], &mut ws, schedule),
                     );
                 }
             }
@@ -226,15 +206,7 @@ fn bench_swiglu(c: &mut Criterion) {
                 bytes,
                 Flops::fp8(flops),
                 |_| {
-                    grouped_gemm_fp8(
-                        stream(),
-                        &g,
-                        &mut TensorMut::of(&mut d, [t, n]).unwrap(),
-                        &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
-                        None,
-                        plain,
-                    )
-                    .unwrap();
+                    gemm_into(&g, &mut d, [t, n], &mut ws, plain);
                     swiglu_fp8(
                         stream(),
                         &Tensor::of(&d, [t, n]).unwrap(),
@@ -272,6 +244,26 @@ fn bench_swiglu(c: &mut Criterion) {
 
 /// `experts` copies of one random expert: Maverick's 128 x 16384 x 5120 bytes would take minutes to draw on the
 /// host, and the GEMM's speed does not depend on the values.
+/// One rowwise grouped GEMM into `d` (`shape` = [rows, n]) with the whole of `ws` as its workspace, no flag.
+fn gemm_into(
+    g: &GroupedGemm,
+    d: &mut cudarc::driver::CudaSlice<half::bf16>,
+    shape: [usize; 2],
+    ws: &mut cudarc::driver::CudaSlice<u8>,
+    schedule: Schedule,
+) {
+    let ws_len = ws.len();
+    grouped_gemm_fp8(
+        stream(),
+        g,
+        &mut TensorMut::of(d, shape).unwrap(),
+        &mut TensorMut::of(ws, [ws_len]).unwrap(),
+        None,
+        schedule,
+    )
+    .unwrap()
+}
+
 fn expert_weights(experts: usize, per_expert: usize) -> cudarc::driver::CudaSlice<E4M3> {
     let one = rand_fp8(per_expert, 7);
     let mut all = zeros::<E4M3>(experts * per_expert);
@@ -303,7 +295,6 @@ fn bench_gemv(c: &mut Criterion) {
         let weights = expert_weights(experts, n * k);
         let scale_b = rand_scales(experts * n, 8);
         let mut ws = zeros::<u8>(workspace_size(experts).unwrap());
-        let ws_len = ws.len();
         for t in [1usize, 2, 4, 8] {
             let a = rand_fp8(t * k, 40 + t as u64);
             let scale_a = rand_scales(t, 41);
@@ -340,15 +331,7 @@ fn bench_gemv(c: &mut Criterion) {
                             offsets: &to[i % sets],
                             counts: None,
                         };
-                        grouped_gemm_fp8(
-                            stream(),
-                            &g,
-                            &mut TensorMut::of(&mut d, [t, n]).unwrap(),
-                            &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
-                            None,
-                            schedule,
-                        )
-                        .unwrap()
+                        gemm_into(&g, &mut d, [t, n], &mut ws, schedule)
                     },
                 );
             }
