@@ -24,12 +24,12 @@
 // - The key-tile loop bounds come from the mask (paged_kv::key_range): a 128-query tile visits keys
 //   [chunk start of its first query, its last query], so a chunked layer costs ~C/S of a causal one.
 // - Bad metadata (kernels/attention_params.h): every CTA of a sequence checks the sequence's scalars before
-//   loading anything and every block id of the positions the sequence reads before any load addressed through
-//   the table by cp.async (only the first key tile's TMA, which cannot read out of bounds, goes earlier); a bad
+//   loading anything and every block id of the positions the sequence reads before any K, V or Q load; a bad
 //   sequence's CTAs write nothing and its (head 0, tile 0) CTA bumps *bad_seqs.
 // - CTA start and end (v6, measured by bench/experiments/attention_prefill_probe.cu): the checks and the first
-//   loads are on every CTA's critical path, so the block-id check runs under the first K tile's TMA and each CTA
-//   prefetches into L2 the Q tile of the CTA one wave ahead; O leaves through shared memory in whole rows.
+//   loads are on every CTA's critical path, so each CTA prefetches into L2 the Q tile of the CTA one wave ahead;
+//   O leaves through shared memory in whole rows. The block-id check is one CTA-wide verdict before the roles
+//   split (one barrier instruction for all 384 threads, see the kernel).
 // - PDL (kernels/pdl.cuh): every thread waits for the previous kernel (the cache writes of rope) right after the
 //   tensor maps' prefetch (kernel parameters, not memory a predecessor writes), before the sequence's scalars.
 
