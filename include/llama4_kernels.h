@@ -296,7 +296,9 @@ l4k_status l4k_grouped_gemm_fp8_blockwise(const void* a, const float* scale_a, c
  * max_blocks * block_size; contents arbitrary). Every q_len(b) must be <= max_q_len. A sequence whose device
  * metadata is inconsistent (q_len < 0 or > max_q_len, q_len > seq_len, seq_len > max_blocks * block_size, a
  * block id outside the cache) writes none of its rows and adds 1 to *bad_seqs (one device uint32, may be
- * NULL). No host synchronization: capturable in a CUDA graph. */
+ * NULL). No host synchronization: capturable in a CUDA graph. Any block_size works; whole 64-key tiles arrive by
+ * TMA where the layout allows it, by the rule l4k_attention_prefill_path reports, else by cp.async, with the same
+ * result bits on either path. */
 l4k_status l4k_attention_decode_workspace_size(int32_t batch, int32_t n_heads, int32_t n_kv_heads,
                                                int32_t head_dim, int32_t max_q_len, int32_t max_kv_len,
                                                int32_t chunk, size_t* bytes);
@@ -325,10 +327,11 @@ l4k_status l4k_attention_prefill(const void* q, const void* k_cache, const void*
                                  int32_t max_q_len, int32_t chunk, float softmax_scale, uint32_t* bad_seqs,
                                  l4k_stream_t stream);
 
-/* How l4k_attention_prefill loads whole key tiles for a cache layout on the current device (each sequence's
- * partial last tile always goes by cp.async): TMA, or the producer's cp.async because the layout does not allow
- * TMA (block_size or chunk not a multiple of 64, a cache not 16-byte aligned, slots 0 or over INT32_MAX) or because
- * the driver did not encode the TMA tensor maps. Every path computes the same result; TMA is the fast one. */
+/* How l4k_attention_prefill (and, by the same rule, l4k_attention_decode) loads whole key tiles for a cache layout
+ * on the current device (prefill's partial last tile of each sequence always goes by cp.async): TMA, or cp.async
+ * because the layout does not allow TMA (block_size or chunk not a multiple of 64, a cache not 16-byte aligned,
+ * slots 0 or over INT32_MAX) or because the driver did not encode the TMA tensor maps. Every path computes the same
+ * result; TMA is the fast one. */
 typedef enum l4k_prefill_path {
   L4K_PREFILL_PATH_TMA = 0,
   L4K_PREFILL_PATH_CP_ASYNC_LAYOUT = 1,

@@ -48,6 +48,7 @@
 #include "attention_prefill/tile.cuh"
 #include "common.cuh"
 #include "paged_kv.cuh"
+#include "paged_kv_tma.cuh"
 #include "pdl.cuh"
 #include "ptx.cuh"
 
@@ -142,52 +143,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   Probe::stamp(kProbeEndWg1, tid == 256);
 }
 
-// cuTensorMapEncodeTiled from the driver (cudart links statically; the driver API is reached through it).
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      ptr = nullptr;
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-  }();
-  return fn;
-}
-
-// TMA map of a [rows, heads, D] bf16 tensor as (dims, heads, rows), boxes of 64 dims x 1 head x box_rows rows in
-// the 128-byte swizzle of the wgmma tiles.
-bool encode_rows_map(CUtensorMap* map, const void* base, int64_t rows, int heads, int d, uint32_t box_rows) {
-  PFN_cuTensorMapEncodeTiled_v12000 encode = tensor_map_encoder();
-  if (encode == nullptr || rows <= 0) return false;
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(heads),
-                              static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(d) * 2, static_cast<cuuint64_t>(d) * heads * 2};
-  const cuuint32_t box[3] = {64, 1, box_rows};
-  const cuuint32_t elem[3] = {1, 1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(base), dims, strides, box, elem,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-// The K or V cache [slots, n_kv_heads, D] in 64-slot boxes.
-bool encode_cache_map(CUtensorMap* map, const void* base, const L4kAttentionParams& p) {
-  return encode_rows_map(map, base, p.slots, p.n_kv_heads, p.head_dim, 64);
-}
-
 // How whole key tiles reach shared memory for p (each sequence's partial last tile always goes by cp.async), with
-// the tensor maps when it is TMA: the one decision the launch and l4k_internal_attention_prefill_path share.
-// TMA needs every 64-key half tile to be 64 consecutive slots of one block: block_size and chunk multiples of 64
-// (tiles start at a chunk start or 0, in steps of 128), 16-byte aligned caches, and the driver's tensor maps.
-int key_tile_path(const L4kAttentionParams& p, CUtensorMap* tm_k, CUtensorMap* tm_v) {
-  memset(tm_k, 0, sizeof(*tm_k));
-  memset(tm_v, 0, sizeof(*tm_v));
-  const bool layout = p.block_size % 64 == 0 && p.chunk % 64 == 0 && p.slots > 0 && p.slots <= INT32_MAX &&
-                      reinterpret_cast<uintptr_t>(p.k_cache) % 16 == 0 &&
-                      reinterpret_cast<uintptr_t>(p.v_cache) % 16 == 0;
-  if (!layout) return L4K_PREFILL_PATH_CP_ASYNC_LAYOUT;
-  if (!encode_cache_map(tm_k, p.k_cache, p) || !encode_cache_map(tm_v, p.v_cache, p))
-    return L4K_PREFILL_PATH_CP_ASYNC_NO_TENSOR_MAP;
-  return L4K_PREFILL_PATH_TMA;
+// the tensor maps when it is TMA: paged_kv::key_tile_path's rule, the one decision the launch,
+// l4k_internal_attention_prefill_path and the decode launcher share. The heads of a KV group re-read a tile from L2:
+// the maps promote 256 B.
+inline int key_tile_path(const L4kAttentionParams& p, CUtensorMap* tm_k, CUtensorMap* tm_v) {
+  return paged_kv::key_tile_path(p, tm_k, tm_v, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 template <typename Fn>

@@ -107,6 +107,31 @@ __device__ __forceinline__ float block_reduce(float v, Op op, float identity) {
   return v;
 }
 
+// Exclusive prefix sum over a CTA of WARPS full warps (one value per thread), with the total; every thread calls
+// it. The trailing barrier lets a caller scan twice in a row.
+template <int WARPS, typename T>
+__device__ __forceinline__ T block_exclusive_scan(T v, T* total) {
+  __shared__ T warp_sums[WARPS];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  T incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const T n = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += n;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  T before = 0, all = 0;
+#pragma unroll
+  for (int w = 0; w < WARPS; ++w) {
+    before += w < warp ? warp_sums[w] : 0;
+    all += warp_sums[w];
+  }
+  __syncthreads();
+  *total = all;
+  return before + incl - v;
+}
+
 // Pointers usable with 16-byte accesses.
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 

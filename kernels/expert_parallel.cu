@@ -70,29 +70,6 @@ __device__ __forceinline__ void warp_zero(void* dst, int64_t n, int lane) {
   }
 }
 
-// Exclusive prefix sum over the CTA (kThreads values, one per thread), with the total; every thread calls it.
-__device__ __forceinline__ int64_t block_exclusive_scan(int64_t v, int64_t* total) {
-  __shared__ int64_t warp_sums[kWarps];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int64_t incl = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int64_t n = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += n;
-  }
-  if (lane == 31) warp_sums[warp] = incl;
-  __syncthreads();
-  int64_t before = 0, all = 0;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) {
-    before += w < warp ? warp_sums[w] : 0;
-    all += warp_sums[w];
-  }
-  __syncthreads();
-  *total = all;
-  return before + incl - v;
-}
-
 __device__ __forceinline__ uint8_t* slab_of(const L4kExpertParallelParams& p, int d) {
   return static_cast<uint8_t*>(p.send) + static_cast<int64_t>(d) * p.slab_bytes;
 }
@@ -110,7 +87,7 @@ __global__ void __launch_bounds__(kThreads) pack_kernel(const L4kExpertParallelP
   const int64_t count = e0 < E && p.tokens > 0 ? static_cast<int64_t>(p.counts[e0]) : 0;
   const int64_t mine = count < 0 ? 0 : count;
   int64_t total;
-  const int64_t excl = block_exclusive_scan(mine, &total);
+  const int64_t excl = block_exclusive_scan<kWarps>(mine, &total);
   if (e0 < E) scanned[e0] = excl;
   __syncthreads();
   if (e0 < E) before[e0] = excl - scanned[e0 - e0 % L];
@@ -180,7 +157,7 @@ __global__ void __launch_bounds__(kThreads) unpack_layout_kernel(const L4kExpert
   }
   // Each source's total, as one scan over the source-major counts (a source's slice is contiguous).
   int64_t all;
-  const int64_t excl = block_exclusive_scan(tid < N * L && v > 0 ? v : 0, &all);
+  const int64_t excl = block_exclusive_scan<kWarps, int64_t>(tid < N * L && v > 0 ? v : 0, &all);
   __shared__ int64_t start[kMaxExperts + 1];
   if (tid < N * L) start[tid] = excl;
   if (tid == 0) start[N * L] = all;
@@ -196,7 +173,7 @@ __global__ void __launch_bounds__(kThreads) unpack_layout_kernel(const L4kExpert
   if (tid < N * L) c[tid] = kept;
   __syncthreads();
   // Within-source prefixes of the kept counts.
-  const int64_t excl2 = block_exclusive_scan(kept, &all);
+  const int64_t excl2 = block_exclusive_scan<kWarps, int64_t>(kept, &all);
   if (tid < N * L) start[tid] = excl2;
   if (tid == 0) start[N * L] = all;
   __syncthreads();
@@ -212,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) unpack_layout_kernel(const L4kExpert
   if (tid < L)
     for (int s = 0; s < N; ++s) rows += c[s * L + tid];
   const int64_t padded = (rows + p.align - 1) / p.align * p.align;
-  const int64_t first = block_exclusive_scan(tid < L ? padded : 0, &all);
+  const int64_t first = block_exclusive_scan<kWarps>(tid < L ? padded : 0, &all);
   if (tid < L) {
     p.grouped_counts[tid] = static_cast<int32_t>(rows);
     p.grouped_offsets[tid] = static_cast<int32_t>(first);

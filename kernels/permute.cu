@@ -340,8 +340,8 @@ int launch_unpermute(const L4kUnpermuteParams& p, cudaStream_t stream) {
     // Up to 320 threads of 2 packs for Scout's 5120 columns: with no accumulators the registers of 2 packs fit
     // 4 CTAs of 320 threads per SM, twice the row bytes in flight of 4 packs x 160 (kernels/NOTES.md, v3).
     int vpt = 1;
+    // row_shape refused rows over 256 threads x 16 packs: 320 threads never need more than 16.
     while (int64_t(vpt) * kTop1Threads < p.hidden / 8) vpt *= 2;
-    if (vpt > 16) return L4K_STATUS_TOO_LONG;
     const int64_t threads = (p.hidden / 8 + vpt - 1) / vpt;
     auto top1 = unpermute_top1_kernel<16, kTop1Threads>;
     switch (vpt) {

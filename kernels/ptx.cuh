@@ -1,6 +1,7 @@
 // PTX wrappers of the Hopper kernels: shared addresses, cp.async, mbarriers, named barriers, TMA, ldmatrix and
 // wgmma. Each is the one instruction its name says, with the operand order of the PTX ISA; the comment says what a
-// caller must guarantee. Users: kernels/attention_prefill.cu and its role headers (kernels/attention_prefill/).
+// caller must guarantee. Users: kernels/attention_prefill.cu and its role headers (kernels/attention_prefill/),
+// the decode loops (kernels/attention_decode/).
 #pragma once
 #include <cuda.h>
 #include <stdint.h>
@@ -38,6 +39,9 @@ __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
 __device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
+// After mbar_init, before the CTA barrier that publishes the barriers: makes the initialization visible to the
+// async proxy (the TMA unit's complete_tx).
+__device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
   const uint32_t a = smem_addr(bar);
   uint32_t done;
@@ -107,7 +111,7 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_1() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
-// Makes this thread's generic-proxy shared writes (cp.async) visible to wgmma's async proxy.
+// Orders this thread's generic-proxy shared writes before the async proxy's accesses (wgmma reads, TMA writes).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // D (64 x 64 f32, 32 a thread) += A (registers) * B (smem desc, MN-major).

@@ -343,29 +343,6 @@ __device__ __forceinline__ float top1_weight(float v, bool bf16_weights) {
   return bf16_weights ? round_bf16(w) : w;
 }
 
-// Exclusive prefix sum over the CTA (kRouterThreads values, one per thread); every thread must call it.
-__device__ __forceinline__ int block_exclusive_scan(int v, int* total) {
-  __shared__ int warp_sums[kRouterWarps];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  int incl = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int n = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += n;
-  }
-  if (lane == 31) warp_sums[warp] = incl;
-  __syncthreads();
-  int before = 0, all = 0;
-#pragma unroll
-  for (int w = 0; w < kRouterWarps; ++w) {
-    before += w < warp ? warp_sums[w] : 0;
-    all += warp_sums[w];
-  }
-  __syncthreads();
-  *total = all;
-  return before + incl - v;
-}
-
 // The last CTA: per-expert exclusive prefix of the [tiles, E] histogram (in place), counts and padded offsets.
 // Each expert column is cut into chunks so up to 256 threads each sum a run of tiles (independent L2 loads).
 __device__ void scan_histogram(const L4kRouterParams& p, int* hist, int tiles) {
@@ -394,7 +371,7 @@ __device__ void scan_histogram(const L4kRouterParams& p, int* hist, int tiles) {
     padded = (run + p.align - 1) / p.align * p.align;  // fits: the host bounds T * k + E * (align - 1)
   }
   int total;
-  const int start = block_exclusive_scan(padded, &total);
+  const int start = block_exclusive_scan<kRouterWarps>(padded, &total);
   if (tid < E) p.offsets[tid] = start;
   if (tid == 0) p.offsets[E] = total;
   if (worker) {
@@ -629,7 +606,7 @@ __global__ void __launch_bounds__(kRouterThreads) router_topk_kernel(const L4kRo
       padded = (count + p.align - 1) / p.align * p.align;  // fits: the host bounds T * k + E * (align - 1)
     }
     int total;
-    const int start = block_exclusive_scan(padded, &total);
+    const int start = block_exclusive_scan<kRouterWarps>(padded, &total);
     if (threadIdx.x < E) {
       if (blockIdx.x == 0) p.offsets[threadIdx.x] = start;
       expert_start[threadIdx.x] = start + before;

@@ -7,6 +7,11 @@
 //! The number of key splits is chosen on the host from the batch, the head counts, the longest possible key
 //! range (`max_blocks * block_size`, or one chunk) and the SM count: nothing synchronizes, and the call can be
 //! captured in a CUDA graph. The partial results live in the caller's workspace ([`workspace_size`] bytes).
+//!
+//! Any `block_size` works. The keys arrive in 64-key tiles by TMA when `block_size` and the chunk are multiples of
+//! 64 (each tile is then 64 consecutive slots of one block), by cp.async addressed key by key otherwise: the prefill
+//! kernel's rule, so [`key_tile_path`] (the same function as `attention_prefill::key_tile_path`) says which. Both
+//! loops run the same math on the same split plan and give the same bits; TMA is the fast one (kernels/NOTES.md).
 
 use crate::attention::{bind_and_launch, validate, AttentionOp, Mask, MaskCode, PagedKv, QueryBatch};
 use crate::error::{ensure, Error, Result};
@@ -17,6 +22,9 @@ use cudarc::driver::CudaStream;
 use std::ffi::CStr;
 
 const OP: &str = "attention_decode";
+
+/// The path [`attention_decode`] takes for a cache layout on the current device: the prefill kernel's rule.
+pub use crate::attention_prefill::{key_tile_path, KeyTilePath};
 
 /// The sizes the launcher's plan depends on (with the device's SM count).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

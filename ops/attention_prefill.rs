@@ -21,8 +21,9 @@ use std::ptr;
 const OP: &str = "attention_prefill";
 pub use crate::attention::PREFILL_QUERY_TILE as QUERY_TILE;
 
-/// How the prefill kernel loads whole key tiles into shared memory (each sequence's partial last tile always goes by
-/// cp.async). The kernel is correct on every path; TMA is the fast one (NOTES.md: ~430 vs ~600 TFLOP/s).
+/// How the attention kernels load whole key tiles into shared memory (prefill's partial last tile of each sequence
+/// always goes by cp.async; decode loads it whole). Both kernels are correct on every path and take the same one for
+/// the same cache layout; TMA is the fast one (kernels/NOTES.md: prefill 556-578 vs 430 TFLOP/s, decode 7-9%).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyTilePath {
     /// TMA boxes of 64 slots, one producer thread issuing them.
@@ -35,7 +36,7 @@ pub enum KeyTilePath {
     CpAsyncNoTensorMap,
 }
 
-/// The path [`attention_prefill`] takes for `kv` under `mask` on the current device.
+/// The path [`attention_prefill`] (and `attention_decode`) takes for `kv` under `mask` on the current device.
 pub fn key_tile_path(stream: &CudaStream, kv: &PagedKv, mask: Mask) -> Result<KeyTilePath> {
     let [slots, n_kv_heads, head_dim] = kv.k.shape();
     ensure!(kv.v.shape() == kv.k.shape(), "{OP}: v cache {:?} != k cache {:?}", kv.v.shape(), kv.k.shape());

@@ -60,6 +60,7 @@
 #include <string>
 #include <vector>
 
+#include "../../kernels/paged_kv_tma.cuh"  // the driver entry point of the tensor maps
 #include "../../kernels/weight_prep.cu"
 
 namespace cg = cooperative_groups;
@@ -511,22 +512,10 @@ __global__ void __launch_bounds__(kThreads, 2) read_only_kernel(const Prep p, co
 
 // ---- cluster / TMA single pass ------------------------------------------------------------------------
 
-PFN_cuTensorMapEncodeTiled_v12000 encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      ptr = nullptr;
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-  }();
-  return fn;
-}
-
 // W as a 2D bf16 tensor [E * K rows, N columns], boxes of 64 columns x box_rows rows, no swizzle: 128-byte rows
 // land contiguously and the readers (8 lanes on one row) are conflict-free without it.
 bool encode_w_map(CUtensorMap* map, const Prep& p, int box_rows) {
-  auto enc = encoder();
+  auto enc = l4k::paged_kv::tensor_map_encoder();
   if (!enc) return false;
   const cuuint64_t dims[2] = {cuuint64_t(p.n), cuuint64_t(p.e) * p.k};
   const cuuint64_t strides[1] = {cuuint64_t(p.n) * 2};

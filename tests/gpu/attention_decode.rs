@@ -3,7 +3,9 @@
 //! of a slot the kernel must not touch poisons the output), outputs poisoned with NaN before each run.
 use crate::common::*;
 use llama4_kernels::attention::{default_scale, Mask, PagedKv, QueryBatch};
-use llama4_kernels::attention_decode::{attention_decode, splits, workspace_size, DecodeShape};
+use llama4_kernels::attention_decode::{
+    attention_decode, key_tile_path, splits, workspace_size, DecodeShape, KeyTilePath,
+};
 use llama4_kernels::{bf16, Error, Tensor, TensorMut};
 use llama4_reference::attention::attention;
 use llama4_reference::dtype::Precision;
@@ -288,6 +290,72 @@ fn llama4_heads_full_batch_single_split() {
     }
 }
 
+/// The same batch in blocks of `block_size / f` slots: block j of a sequence becomes blocks f j .. f j + f - 1, which
+/// hold the same slots, so the cache bytes and `max_blocks * block_size` (the split plan's input) are unchanged.
+fn split_blocks(bt: &Batch, f: usize) -> Batch {
+    assert_eq!(bt.block_size % f, 0);
+    let table = bt.table.iter().flat_map(|&id| (0..f as i32).map(move |i| if id < 0 { -1 } else { id * f as i32 + i }));
+    Batch {
+        block_size: bt.block_size / f,
+        max_blocks: bt.max_blocks * f,
+        table: table.collect(),
+        seq_lens: bt.seq_lens.clone(),
+        q_lens: bt.q_lens.clone(),
+        q: bt.q.clone(),
+        cu: bt.cu.clone(),
+        k_bits: bt.k_bits.clone(),
+        v_bits: bt.v_bits.clone(),
+        ..*bt
+    }
+}
+
+/// The cache's path for `bt` (the op picks its main loop by it).
+fn path(bt: &Batch) -> KeyTilePath {
+    let dk = upload_bf16(&vec![0.0; bt.slots * bt.n_kv * bt.d]);
+    let kt = Tensor::of(&dk, [bt.slots, bt.n_kv, bt.d]).unwrap();
+    let (dlen, dtab) = (upload(&[1i32]), upload(&[0i32]));
+    let (lt, tt) = (Tensor::of(&dlen, [1]).unwrap(), Tensor::of(&dtab, [1, 1]).unwrap());
+    let kv = PagedKv { k: &kt, v: &kt, block_table: &tt, seq_lens: &lt, block_size: bt.block_size };
+    key_tile_path(stream(), &kv, bt.mask).unwrap()
+}
+
+/// The TMA loop (blocks of 64 or 256 slots) and the cp.async loop (the same cache in blocks of 32 or 16) give the
+/// same bits on ragged batches: partial last tiles over NaN tails, split and unsplit plans, 2 KV heads per CTA (even
+/// KV head counts) and 1 (odd), head_dim 64 and 128, causal and chunked masks, q_len up to 4 (several row tiles).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tma_and_cp_async_loops_give_the_same_bits() {
+    let mut r = rng(13);
+    for (n_heads, n_kv, d, block_size, mask, batch, max_q, long) in [
+        (40, 8, 128, 64, Mask::Causal, 5, 1, 9000),
+        (40, 8, 128, 256, Mask::Chunked { chunk: 8192 }, 3, 3, 20000),
+        (40, 8, 128, 64, Mask::Chunked { chunk: 64 }, 64, 2, 700),
+        (5, 1, 128, 64, Mask::Causal, 4, 4, 5000),
+        (24, 3, 64, 256, Mask::Chunked { chunk: 1024 }, 6, 2, 4000),
+        (16, 2, 64, 64, Mask::Causal, 40, 1, 900),
+    ] {
+        let q_lens: Vec<usize> = (0..batch).map(|_| r.gen_range(1..=max_q)).collect();
+        let seq_lens: Vec<usize> = q_lens.iter().map(|&ql| seq_len(&mut r, mask, ql, long)).collect();
+        let tma = build(&mut r, n_heads, n_kv, d, block_size, mask, seq_lens, q_lens);
+        let cp = split_blocks(&tma, block_size / 16);
+        let what = format!("{n_heads}/{n_kv} heads, d {d}, block {block_size}, {mask:?}, batch {batch}");
+        assert_eq!(path(&tma), KeyTilePath::Tma, "{what}");
+        assert_eq!(path(&cp), KeyTilePath::CpAsyncLayout, "{what}");
+        assert_eq!(splits(shape(&tma)).unwrap(), splits(shape(&cp)).unwrap(), "{what}: one plan");
+        let ((a, bad_a), (b, bad_b)) = (run(&tma), run(&cp));
+        assert_eq!((bad_a, bad_b), (0, 0), "{what}");
+        check(&format!("{what}, TMA"), &tma, &a, &[]);
+        let differ = a.iter().zip(&b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+        assert_eq!(
+            differ,
+            0,
+            "{what} ({} splits): {differ} of {} outputs differ",
+            splits(shape(&tma)).unwrap(),
+            a.len()
+        );
+    }
+}
+
 /// Corrupt metadata in sequences 1 (a block id outside the cache at a position it reads) and 2 (q_len 1 >
 /// seq_len 0): both counted, neither written, the others right. Sequence 0's table has a bad id in a column it
 /// never reads: not counted. Run with a small batch (several splits: the combine kernel decides) and a large
@@ -296,20 +364,22 @@ fn llama4_heads_full_batch_single_split() {
 #[ignore = "needs a CUDA GPU"]
 fn bad_metadata_writes_nothing_and_is_counted() {
     let mut r = rng(3);
-    for batch in [4usize, 64] {
+    // Blocks of 16 slots take the cp.async loop, blocks of 64 the TMA loop (key_tile_path).
+    for (batch, block_size) in [(4usize, 16usize), (64, 16), (4, 64), (64, 64)] {
         let q_lens = vec![1; batch];
         let lens: Vec<usize> = (0..batch).map(|b| if batch == 4 { 3000 + 500 * b } else { 300 + b }).collect();
-        let bt = build(&mut r, 8, 2, 128, 16, Mask::Causal, lens, q_lens);
+        let bt = build(&mut r, 8, 2, 128, block_size, Mask::Causal, lens, q_lens);
         let many = splits(shape(&bt)).unwrap();
         assert_eq!(many > 1, batch == 4, "batch {batch}: {many} splits");
         let mut table = bt.table.clone();
-        table[bt.max_blocks + 5] = (bt.slots / bt.block_size) as i32; // sequence 1, positions 80..96
+        // Sequence 1, positions 80 .. 96 (16-slot blocks) or 64 .. 128 (64-slot blocks): keys it reads.
+        table[bt.max_blocks + 80 / block_size] = (bt.slots / bt.block_size) as i32;
         table[bt.max_blocks - 1] = -7; // past sequence 0's keys: never read
         let mut lens: Vec<i32> = bt.seq_lens.iter().map(|&s| s as i32).collect();
         lens[2] = 0;
         let (out, bad) = run_with(&bt, &lens, &bt.cu, &table);
-        assert_eq!(bad, 2, "batch {batch} ({many} splits): sequences 1 and 2 are bad");
-        check(&format!("batch {batch}, corrupt metadata"), &bt, &out, &[1, 2]);
+        assert_eq!(bad, 2, "batch {batch}, block {block_size} ({many} splits): sequences 1 and 2 are bad");
+        check(&format!("batch {batch}, block {block_size}, corrupt metadata"), &bt, &out, &[1, 2]);
     }
 }
 
