@@ -23,7 +23,7 @@ pub use crate::attention::PREFILL_QUERY_TILE as QUERY_TILE;
 
 /// How the attention kernels load whole key tiles into shared memory (prefill's partial last tile of each sequence
 /// always goes by cp.async; decode loads it whole). Both kernels are correct on every path and take the same one for
-/// the same cache layout; TMA is the fast one (kernels/NOTES.md: prefill 556-578 vs 430 TFLOP/s, decode 7-9%).
+/// the same cache layout; TMA is the fast one (kernels/NOTES.md: prefill 556-578 vs 430 TFLOP/s, decode 6-10%).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyTilePath {
     /// TMA boxes of 64 slots, one producer thread issuing them.

@@ -3,7 +3,7 @@
 //
 // Why TMA here: the cp.async loop spends 2048 16-byte copies (and their address math through the block table) per
 // stage; a tensor-map box moves 64 keys x 128 bytes in one instruction, so one thread keeps the stages in flight
-// and the other warps only compute. Measured on the H200 (NOTES.md, attention_decode): 7-9% faster at batch 64 x
+// and the other warps only compute. Measured on the H200 (NOTES.md, attention_decode): 6-10% faster at batch 64 x
 // 8192 and batch 8 x 32768, bit for bit the cp.async loop's output.
 //
 // HEADS KV heads per CTA (2 when n_kv_heads is even: 8 warps, 1 CTA per SM; else 1: 4 warps, 2 CTAs per SM), 4
