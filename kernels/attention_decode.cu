@@ -31,6 +31,8 @@
 // ahead of every early exit.
 #include <math.h>
 
+#include <utility>
+
 #include "attention_decode/combine.cuh"
 #include "attention_decode/cp_async.cuh"
 #include "attention_decode/plan.cuh"
@@ -66,33 +68,32 @@ cudaError_t launch_combine(const L4kAttentionParams& p, const Plan& pl, cudaStre
   return launch_pdl(combine_kernel<D>, combine, stream, p, pl.splits, pl.row_tiles, kTileKeys, pl.ws);
 }
 
+// A main loop of `ctas` CTAs, then the combine kernel when the keys are split.
+template <int D, typename... Params, typename... Args>
+int launch_main(void (*kernel)(Params...), int64_t ctas, int threads, size_t smem, const L4kAttentionParams& p,
+                const Plan& pl, cudaStream_t stream, Args&&... args) {
+  if (ctas > 0x7fffffff) return static_cast<int>(cudaErrorInvalidConfiguration);
+  cudaError_t e = set_smem(kernel, smem);
+  if (e != cudaSuccess) return static_cast<int>(e);
+  LaunchShape shape{dim3(unsigned(ctas)), dim3(threads)};
+  shape.smem = smem;
+  e = launch_pdl(kernel, shape, stream, p, std::forward<Args>(args)..., pl.splits, pl.row_tiles, pl.ws);
+  if (e == cudaSuccess) e = launch_combine<D>(p, pl, stream);
+  return launch_result(e);
+}
+
 template <int D>
 int launch_cp_async(const L4kAttentionParams& p, const Plan& pl, cudaStream_t stream) {
   const int64_t ctas = int64_t(p.batch) * p.n_kv_heads * pl.row_tiles * pl.splits;
-  if (ctas > 0x7fffffff) return static_cast<int>(cudaErrorInvalidConfiguration);
-  const size_t smem = cp_async::smem_bytes<D>();
-  cudaError_t e = set_smem(decode_kernel<D>, smem);
-  if (e != cudaSuccess) return static_cast<int>(e);
-  LaunchShape shape{dim3(unsigned(ctas)), dim3(cp_async::kThreads)};
-  shape.smem = smem;
-  e = launch_pdl(decode_kernel<D>, shape, stream, p, pl.splits, pl.row_tiles, pl.ws);
-  if (e == cudaSuccess) e = launch_combine<D>(p, pl, stream);
-  return launch_result(e);
+  return launch_main<D>(decode_kernel<D>, ctas, cp_async::kThreads, cp_async::smem_bytes<D>(), p, pl, stream);
 }
 
 template <int D, int HEADS>
 int launch_tma(const L4kAttentionParams& p, const Plan& pl, const CUtensorMap& tm_k, const CUtensorMap& tm_v,
                cudaStream_t stream) {
   const int64_t ctas = int64_t(p.batch) * (p.n_kv_heads / HEADS) * pl.row_tiles * pl.splits;
-  if (ctas > 0x7fffffff) return static_cast<int>(cudaErrorInvalidConfiguration);
-  const size_t smem = tma::smem_bytes<D, HEADS>();
-  cudaError_t e = set_smem(decode_tma_kernel<D, HEADS>, smem);
-  if (e != cudaSuccess) return static_cast<int>(e);
-  LaunchShape shape{dim3(unsigned(ctas)), dim3(tma::kThreads<HEADS>)};
-  shape.smem = smem;
-  e = launch_pdl(decode_tma_kernel<D, HEADS>, shape, stream, p, tm_k, tm_v, pl.splits, pl.row_tiles, pl.ws);
-  if (e == cudaSuccess) e = launch_combine<D>(p, pl, stream);
-  return launch_result(e);
+  return launch_main<D>(decode_tma_kernel<D, HEADS>, ctas, tma::kThreads<HEADS>, tma::smem_bytes<D, HEADS>(), p, pl,
+                        stream, tm_k, tm_v);
 }
 
 // The plan for p on the current device, with the workspace checked against it.

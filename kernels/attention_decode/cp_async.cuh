@@ -49,8 +49,6 @@ __global__ void __launch_bounds__(cp_async::kThreads, cp_async::kCtasPerSm)
   const Cta c = cta_of<1>(p, splits, n_rt);
   const int g = c.kv0;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  pdl_wait();
-  pdl_launch_dependents();
 
   Seq s;
   RowTile t;

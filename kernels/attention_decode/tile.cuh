@@ -121,10 +121,13 @@ __device__ __forceinline__ RowTile row_tile(const L4kAttentionParams& p, const S
   return t;
 }
 
-// The CTA's sequence, rows and key tiles; false when it has nothing to do. A bad sequence is counted here when the
-// keys are not split (with several splits the combine kernel checks the same rule and counts it).
+// The CTA's sequence, rows and key tiles; false when it has nothing to do. Every thread first waits for the previous
+// kernel (PDL: rope's cache writes) ahead of every early exit. A bad sequence is counted here when the keys are not
+// split (with several splits the combine kernel checks the same rule and counts it).
 __device__ __forceinline__ bool cta_work(const L4kAttentionParams& p, const Cta& c, int tid, Seq& s, RowTile& t,
                                          SplitRange& sr) {
+  pdl_wait();
+  pdl_launch_dependents();
   s = read_seq(p, c.b);
   if (s.bad) {
     if (c.splits == 1 && c.reporter && tid == 0 && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);

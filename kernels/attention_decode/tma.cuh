@@ -75,8 +75,6 @@ __global__ void __launch_bounds__(tma::kThreads<HEADS>, MIN_CTAS)
     ptx::prefetch_tensormap(&tm_k);
     ptx::prefetch_tensormap(&tm_v);
   }
-  pdl_wait();
-  pdl_launch_dependents();
 
   Seq s;
   RowTile t;
