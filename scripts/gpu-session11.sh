@@ -11,6 +11,8 @@
 #   scripts/gpu-session11.sh scout       every GPU test again (the final tree), issue 14's full matrix, ours and the
 #                                        PyTorch composition, both recipes (run.sh scout), the TMA experiment, the
 #                                        weight-prep sweep and the memory-bound micro benches
+#   scripts/gpu-session11.sh recheck     every GPU test, the decode A/B and the decode sanitizers after the last
+#                                        change to the decode launchers
 set -u
 root=$(pwd) bundle=gpu-bundle
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
@@ -52,5 +54,19 @@ case "${1:-}" in
     done
     grep -E "^(permute|weight_prep)/|time:|copy" $OUT/micro.log | head -40
     ;;
-  *) echo "usage: $0 attention|scout" >&2; exit 2 ;;
+  recheck)
+    # After the last refactor of the decode launchers: every GPU test, the A/B (same output hashes as 4bef092's
+    # cp.async loop, and the times), the sanitizers over the decode tests.
+    (cd gpu-bundle && ./run.sh tests >/dev/null 2>&1)
+    grep -E "^test |abi_smoke" $OUT/summary.txt
+    tar -C /tmp -xJf $OUT/results.tar.xz 2>/dev/null
+    grep -E "^test .*FAILED|panicked at" -A3 /tmp/tests.log | grep -v "^stack\|^note" | head -24
+    timeout 170 scripts/attention-ab.sh run 1 > $OUT/ab.log 2>&1; grep -E "median|hash" $OUT/ab.log | head -20
+    for tool in memcheck racecheck synccheck initcheck; do
+      PROPTEST_CASES=2 timeout 60 compute-sanitizer --tool $tool --error-exitcode 99 --print-limit 10 \
+        gpu-bundle/bin/test-gpu --include-ignored --test-threads=1 attention_decode >> $OUT/san.log 2>&1
+      echo "sanitizer $tool (attention_decode): rc $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test result' $OUT/san.log | tail -2 | tr '\n' ' ')"
+    done
+    ;;
+  *) echo "usage: $0 attention|scout|recheck" >&2; exit 2 ;;
 esac
