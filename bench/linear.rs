@@ -1,7 +1,8 @@
 //! linear/<variant>/<proj>/m<m>: Llama 4 Scout's dense projections at m = 1, 8, 64 (decode) and 8192 (prefill):
 //! qkv [5120 -> 7168], o [5120 -> 5120], shared gate_up [5120 -> 16384], shared down [8192 -> 5120], lm_head
-//! [5120 -> 202048]. `bf16`: cuBLASLt through Blas::linear_bf16, bf16 out (lm_head: f32 logits, what sampling
-//! reads). `fp8`: linear_fp8 (the grouped GEMM with one expert) on rowwise-quantized x and w, bf16 out.
+//! [5120 -> 202048]. `bf16`: Blas::linear_bf16 on its Auto schedule (the GEMV at up to 8 rows where it measured
+//! faster, else cuBLASLt), bf16 out (lm_head: f32 logits, what sampling reads), with cuBLASLt forced as its peer
+//! in the same process (`cublaslt`) at the decode sizes and the GEMV forced (`gemv`) at m = 1 and 8. `fp8`: linear_fp8 (the grouped GEMM with one expert) on rowwise-quantized x and w, bf16 out.
 //! FLOPs = 2 m n k; bytes = weights + x + y (+ the f32 scales for fp8). Weight sets rotate so L2 does not
 //! flatter the decode shapes.
 mod common;
@@ -9,7 +10,7 @@ use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use llama4_kernels::grouped_gemm::workspace_size;
-use llama4_kernels::linear::{linear_fp8, Blas, LINEAR_WORKSPACE_BYTES};
+use llama4_kernels::linear::{linear_fp8, Blas, LinearOut, LinearSchedule, GEMV_MAX_ROWS, LINEAR_WORKSPACE_BYTES};
 use llama4_kernels::{bf16, Tensor, TensorMut, E4M3};
 use rand::{Rng, SeedableRng};
 
@@ -47,6 +48,44 @@ fn rand_scales(n: usize, seed: u64) -> CudaSlice<f32> {
     stream().clone_htod(&(0..n).map(|_| r.gen_range(1e-3f32..1e-2)).collect::<Vec<_>>()).unwrap()
 }
 
+/// The bf16 linear on Auto, then cuBLASLt as its peer (decode sizes) and the GEMV forced (m <= 8).
+#[allow(clippy::too_many_arguments)]
+fn bf16_cases<O: LinearOut>(
+    c: &mut Criterion,
+    blas: &Blas,
+    shape: &str,
+    [m, n, k]: [usize; 3],
+    bytes: usize,
+    flops: usize,
+    decode: bool,
+    x: &CudaSlice<bf16>,
+    w16: &[CudaSlice<bf16>],
+    y: &mut CudaSlice<O>,
+    ws: &mut CudaSlice<u8>,
+) {
+    let sets = w16.len();
+    let mut call = |i: usize, schedule| {
+        blas.linear_bf16_with(
+            stream(),
+            &Tensor::of(x, [m, k]).unwrap(),
+            &Tensor::of(&w16[i % sets], [n, k]).unwrap(),
+            &mut TensorMut::of(y, [m, n]).unwrap(),
+            &mut TensorMut::of(ws, [LINEAR_WORKSPACE_BYTES]).unwrap(),
+            schedule,
+        )
+        .unwrap()
+    };
+    run_gemm_case(c, "linear", "bf16", shape, m, bytes, Flops::bf16(flops), |i| call(i, LinearSchedule::Auto));
+    if decode {
+        run_peer_case(c, "linear", "bf16", "cublaslt", "cuBLASLt", shape, m, bytes, Flops::bf16(flops), |i| {
+            call(i, LinearSchedule::Blas)
+        });
+    }
+    if m <= GEMV_MAX_ROWS {
+        run_gemm_case(c, "linear", "gemv", shape, m, bytes, Flops::bf16(flops), |i| call(i, LinearSchedule::Gemv));
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let blas = Blas::new(stream()).unwrap_or_else(|e| panic!("linear bench: {e}"));
     let mut ws = zeros::<u8>(LINEAR_WORKSPACE_BYTES);
@@ -64,30 +103,13 @@ fn bench(c: &mut Criterion) {
             let x = rand_bf16(m * k, 4);
             let out_elem = if lm_head { 4 } else { 2 };
             let bytes = 2 * n * k + 2 * m * k + out_elem * m * n;
+            let decode = m <= 64;
             if lm_head {
                 let mut y = zeros::<f32>(m * n);
-                run_gemm_case(c, "linear", "bf16", &shape, m, bytes, Flops::bf16(flops), |i| {
-                    blas.linear_bf16(
-                        stream(),
-                        &Tensor::of(&x, [m, k]).unwrap(),
-                        &Tensor::of(&w16[i % sets], [n, k]).unwrap(),
-                        &mut TensorMut::of(&mut y, [m, n]).unwrap(),
-                        &mut TensorMut::of(&mut ws, [LINEAR_WORKSPACE_BYTES]).unwrap(),
-                    )
-                    .unwrap()
-                });
+                bf16_cases(c, &blas, &shape, [m, n, k], bytes, flops, decode, &x, &w16, &mut y, &mut ws);
             } else {
                 let mut y = zeros::<bf16>(m * n);
-                run_gemm_case(c, "linear", "bf16", &shape, m, bytes, Flops::bf16(flops), |i| {
-                    blas.linear_bf16(
-                        stream(),
-                        &Tensor::of(&x, [m, k]).unwrap(),
-                        &Tensor::of(&w16[i % sets], [n, k]).unwrap(),
-                        &mut TensorMut::of(&mut y, [m, n]).unwrap(),
-                        &mut TensorMut::of(&mut ws, [LINEAR_WORKSPACE_BYTES]).unwrap(),
-                    )
-                    .unwrap()
-                });
+                bf16_cases(c, &blas, &shape, [m, n, k], bytes, flops, decode, &x, &w16, &mut y, &mut ws);
             }
             drop(x);
             let xq = rand_fp8(m * k, 5);

@@ -88,6 +88,8 @@ L4K_TABLE(weight_prep, L4kWeightPrepParams, 0,
           F(w), F(out), F(scales), F(experts), F(k), F(n))
 L4K_TABLE(embedding, L4kEmbeddingParams, 0,
           F(table), F(ids), F(out), F(bad_ids), F(rows), F(tokens), F(hidden))
+L4K_TABLE(linear, L4kLinearParams, 0,
+          F(x), F(w), F(y), F(m), F(n), F(k), F(out_dtype), F(_pad))
 L4K_TABLE(argmax, L4kArgmaxParams, 0,
           F(logits), F(out), F(rows), F(cols))
 L4K_TABLE(random, L4kRandomParams, 0,
@@ -125,6 +127,7 @@ constexpr Layout kLayouts[] = {
     unpermute::layout,
     weight_prep::layout,
     embedding::layout,
+    linear::layout,
     argmax::layout,
     random::layout,
     attention::layout,

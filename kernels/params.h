@@ -163,6 +163,19 @@ typedef struct L4kEmbeddingParams {
   int64_t hidden;
 } L4kEmbeddingParams;
 
+// The bf16 nn.Linear at few rows (linear.cu's GEMV; cuBLASLt serves every other shape): y [m, n] = x [m, k] .
+// w [n, k]^T, f32 accumulation, y bf16 (rounded once) or f32.
+typedef struct L4kLinearParams {
+  const void* x;          // [m, k] bf16, 16-byte aligned
+  const void* w;          // [n, k] bf16, 16-byte aligned
+  void* y;                // [m, n] bf16 or f32 (out_dtype: L4K_LINEAR_OUT_*)
+  int64_t m;
+  int64_t n;
+  int64_t k;              // a multiple of 8: a lane's 16-byte load is wholly inside a row
+  int32_t out_dtype;
+  int32_t _pad;
+} L4kLinearParams;
+
 // Greedy sampling (argmax.cu): out[r] = the lowest index of the largest value of logits[r] (torch.argmax; -0
 // ties +0), or -1 when the row holds a NaN (torch would answer the NaN's index; the caller reports an error).
 typedef struct L4kArgmaxParams {

@@ -13,7 +13,9 @@
 // only lets this kernel START early; correctness rests on the kernel, which obeys two rules:
 //   1. Every thread calls pdl_wait() before its first global memory access, read OR write (an early write would
 //      be a WAR race on a buffer the predecessor still reads; an early read would see stale data). Before it a
-//      kernel may only touch registers, shared memory and its parameters.
+//      kernel may only touch registers, shared memory and its parameters, and issue L2 prefetches (the GEMVs
+//      prefetch their weights, kernels/gemv.cuh): a prefetch brings nothing into the SM, and L2 is the point of
+//      coherence, so a line the predecessor writes afterwards is simply updated there.
 //   2. Every CTA calls pdl_wait() before it exits, even a CTA with no work. PDL orders a kernel against its
 //      direct predecessor only: a grid that finished without waiting could finish before its predecessor, and
 //      a PDL successor of it (which waits for that grid alone) would run ahead of the grid before. Waiting in

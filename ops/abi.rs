@@ -186,6 +186,7 @@ mod tests {
             mirror::<ffi::UnpermuteParams>(),
             mirror::<ffi::EmbeddingParams>(),
             mirror::<ffi::RandomParams>(),
+            mirror::<ffi::LinearParams>(),
             mirror::<ffi::ArgmaxParams>(),
             mirror::<ffi::GroupedGemmParams>(),
             mirror::<ffi::AttentionParams>(),

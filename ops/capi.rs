@@ -21,7 +21,7 @@ use crate::ffi::{
     AttentionParams, GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8,
 };
 use crate::ffi::{PermuteParams, RouterParams, UnpermuteParams, WeightPrepParams, PERMUTE_BF16, PERMUTE_FP8};
-use crate::linear::{Blas, LinearArgs};
+use crate::linear::{Blas, LinearArgs, LinearSchedule};
 use crate::rope::{self, HeadLayout, LayerKind, Llama3Scaling, Temperature};
 use crate::{
     argmax, attention, attention_decode, attention_prefill, embedding, grouped_gemm, permute, quant, random, rmsnorm,
@@ -401,7 +401,8 @@ pub unsafe extern "C" fn l4k_linear_bf16(
     guard(|| {
         // SAFETY: NULL or live, per the contract.
         let blas = unsafe { blas.as_ref() }.ok_or_else(|| Error::InvalidArgument("linear: blas is null".into()))?;
-        blas.launch(&LinearArgs { x, w, y, out: out_dtype, m, n, k, workspace, workspace_bytes }, stream)
+        let schedule = LinearSchedule::Auto;
+        blas.launch(&LinearArgs { x, w, y, out: out_dtype, m, n, k, workspace, workspace_bytes, schedule }, stream)
     })
 }
 

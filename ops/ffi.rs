@@ -221,6 +221,19 @@ c_struct! {
 }
 
 c_struct! {
+    pub struct LinearParams as "L4kLinearParams" {
+        pub x: *const c_void,
+        pub w: *const c_void,
+        pub y: *mut c_void,
+        pub m: i64,
+        pub n: i64,
+        pub k: i64,
+        pub out_dtype: i32,
+        pub _pad: i32,
+    }
+}
+
+c_struct! {
     pub struct ArgmaxParams as "L4kArgmaxParams" {
         pub logits: *const f32,
         pub out: *mut i32,
@@ -336,6 +349,7 @@ extern "C" {
     pub fn l4k_launch_router(p: *const RouterParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_embedding(p: *const EmbeddingParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_argmax(p: *const ArgmaxParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_linear_gemv(p: *const LinearParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_random_uniform_bf16(p: *const RandomParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_permute(p: *const PermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_unpermute(p: *const UnpermuteParams, stream: CUstream) -> c_int;

@@ -2,8 +2,11 @@
 //! the router, lm_head). Reference: llama4_reference::linear::linear (bf16), and
 //! llama4_reference::grouped_gemm::grouped_gemm_rowwise with one group (FP8).
 //!
-//! - [`Blas::linear_bf16`]: cuBLASLt, bf16 inputs, f32 accumulation (CUBLAS_COMPUTE_32F), output bf16 (rounded
-//!   once from the f32 sum, as PyTorch's bf16 matmul) or f32 (lm_head logits for sampling). Row-major through
+//! - [`Blas::linear_bf16`]: bf16 inputs, f32 accumulation, output bf16 (rounded once from the f32 sum, as
+//!   PyTorch's bf16 matmul) or f32 (lm_head logits for sampling), on one of two schedules ([`LinearSchedule`]):
+//!   our streaming GEMV (kernels/linear.cu) at few rows where it measured faster ([`gemv_is_faster`]), cuBLASLt
+//!   (CUBLAS_COMPUTE_32F) otherwise. The GEMV sums k in its own fixed order, so the two agree to rounding, not
+//!   bit for bit; each is deterministic. cuBLASLt: row-major through
 //!   the column-major identity: Y^T [n, m] = W^T (W [n, k] row-major is k x n column-major, op T) times
 //!   X^T (X [m, k] row-major is k x m column-major, op N), and Y^T column-major is Y [m, n] row-major.
 //!   cudarc's high-level Matmul would allocate a workspace and ask the heuristic on every call; here the
@@ -18,7 +21,7 @@
 //! with: [`Blas::new`] says so (`Error::NoDevice`) when it cannot be loaded.
 
 use crate::error::{ensure, Error, Result};
-use crate::ffi::check_ptr;
+use crate::ffi::{self, check_ptr, launched, LinearParams};
 use crate::grouped_gemm::{grouped_gemm_fp8, GroupedGemm, Schedule};
 use crate::tensor::{bf16, same_device, Element, Tensor, TensorMut, E4M3};
 use cudarc::cublaslt::{result, sys};
@@ -65,6 +68,37 @@ fn out_type(code: i32) -> Result<(sys::cudaDataType, usize, &'static str)> {
     }
 }
 
+/// Which kernel serves a bf16 linear.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LinearSchedule {
+    /// The GEMV where [`gemv_is_faster`] and it can serve the call ([`gemv_can_serve`]), else cuBLASLt.
+    #[default]
+    Auto,
+    /// cuBLASLt (any shape).
+    Blas,
+    /// The streaming GEMV (kernels/linear.cu): k % 8 == 0 and x, w 16-byte aligned, any m (a pass per 8 rows,
+    /// each re-reading the weights). A call it cannot serve is `Unsupported`.
+    Gemv,
+}
+
+/// Token rows one GEMV pass multiplies (the mma's N).
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// Where Auto takes the GEMV, by measurement on the H200 (kernels/NOTES.md, "linear GEMV"): one row and
+/// 2048 ..= 16384 output columns. In the decode graph it reads at cuBLASLt's rate or better and, being
+/// PDL-launched with its weights prefetched ahead of the wait, overlaps the kernels around it (Scout Meta batch 1:
+/// 9.60 -> 8.76 ms a step); at 8 rows the model step was 9% slower than on cuBLASLt, lm_head's 202048 columns
+/// 3% slower (495.7 vs 479.0 us), and fewer than 2048 columns give too few CTAs (n / 16) to pull the weights.
+pub fn gemv_is_faster(m: usize, n: usize) -> bool {
+    m == 1 && (2048..=16384).contains(&n)
+}
+
+/// Whether the GEMV can serve these operands: k a multiple of 8 and x and w 16-byte aligned (its lanes load 16
+/// bytes of a row at a time).
+pub fn gemv_can_serve(k: usize, x: *const c_void, w: *const c_void) -> bool {
+    k % 8 == 0 && x as usize % 16 == 0 && w as usize % 16 == 0
+}
+
 /// One call's raw operands (device addresses), shared by the safe API and the C ABI.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LinearArgs {
@@ -77,6 +111,7 @@ pub(crate) struct LinearArgs {
     pub k: i64,
     pub workspace: *mut c_void,
     pub workspace_bytes: usize,
+    pub schedule: LinearSchedule,
 }
 
 /// What a plan depends on: the shape, the output type, and each matrix pointer's alignment (the heuristic may
@@ -262,8 +297,9 @@ impl Blas {
     }
 
     /// `y [m, n] = x [m, k] . w [n, k]^T`, f32 accumulation, `y` bf16 (rounded once) or f32. `workspace` holds
-    /// at least [`LINEAR_WORKSPACE_BYTES`] and is 256-byte aligned. m == 0 is a no-op; any n, k >= 1. A shape
-    /// cuBLASLt has no algorithm for is `Unsupported`. The first call of a shape plans it (host work).
+    /// at least [`LINEAR_WORKSPACE_BYTES`] and is 256-byte aligned. m == 0 is a no-op; any n, k >= 1. Schedule
+    /// [`LinearSchedule::Auto`]. A shape cuBLASLt has no algorithm for is `Unsupported`. The first cuBLASLt call
+    /// of a shape plans it (host work).
     pub fn linear_bf16<O: LinearOut>(
         &self,
         stream: &CudaStream,
@@ -271,6 +307,19 @@ impl Blas {
         w: &Tensor<bf16, 2>,
         y: &mut TensorMut<O, 2>,
         workspace: &mut TensorMut<u8, 1>,
+    ) -> Result<()> {
+        self.linear_bf16_with(stream, x, w, y, workspace, LinearSchedule::Auto)
+    }
+
+    /// [`Blas::linear_bf16`] on a chosen schedule.
+    pub fn linear_bf16_with<O: LinearOut>(
+        &self,
+        stream: &CudaStream,
+        x: &Tensor<bf16, 2>,
+        w: &Tensor<bf16, 2>,
+        y: &mut TensorMut<O, 2>,
+        workspace: &mut TensorMut<u8, 1>,
+        schedule: LinearSchedule,
     ) -> Result<()> {
         let [m, k] = x.shape();
         let [n, wk] = w.shape();
@@ -300,6 +349,7 @@ impl Blas {
             k: k as i64,
             workspace: pws as _,
             workspace_bytes,
+            schedule,
         };
         self.launch(&a, stream.cu_stream())
     }
@@ -323,6 +373,27 @@ impl Blas {
             "{OP}: workspace is {} bytes; linear needs LINEAR_WORKSPACE_BYTES = {LINEAR_WORKSPACE_BYTES}",
             a.workspace_bytes
         );
+        let gemv = match a.schedule {
+            LinearSchedule::Blas => false,
+            LinearSchedule::Auto => {
+                gemv_is_faster(a.m as usize, a.n as usize) && gemv_can_serve(a.k as usize, a.x, a.w)
+            }
+            LinearSchedule::Gemv => {
+                if !gemv_can_serve(a.k as usize, a.x, a.w) {
+                    return Err(Error::Unsupported(format!(
+                        "{OP}: the GEMV schedule needs k % 8 == 0 and x, w 16-byte aligned (k = {}, x {:p}, w {:p})",
+                        a.k, a.x, a.w
+                    )));
+                }
+                true
+            }
+        };
+        if gemv {
+            let p = LinearParams { x: a.x, w: a.w, y: a.y, m: a.m, n: a.n, k: a.k, out_dtype: a.out, _pad: 0 };
+            // SAFETY: pointers validated above (16-byte alignment of x and w by gemv_can_serve), extents the
+            // caller's contract; the kernel reads x [m, k], w [n, k] and writes y [m, n] only.
+            return launched(OP, unsafe { ffi::l4k_launch_linear_gemv(&p, stream) });
+        }
         let key = PlanKey {
             m: a.m,
             n: a.n,
@@ -408,6 +479,15 @@ pub fn linear_fp8(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_takes_the_gemv_where_it_measured_faster() {
+        assert!(gemv_is_faster(1, 7168) && gemv_is_faster(1, 5120) && gemv_is_faster(1, 16384));
+        assert!(!gemv_is_faster(0, 5120), "m = 0 launches nothing");
+        assert!(!gemv_is_faster(8, 5120), "slower in the batch-8 step");
+        assert!(!gemv_is_faster(1, 16), "the router: too few CTAs");
+        assert!(!gemv_is_faster(1, 202048), "lm_head: cuBLASLt measured faster");
+    }
 
     #[test]
     fn alignment_classes() {

@@ -1,11 +1,12 @@
-//! Dense linear against llama4_reference: cuBLASLt bf16 x bf16 -> bf16 within TOL_BF16 of linear(.., Bf16) and
-//! -> f32 within TOL_F32 of the f64 product, over odd and model shapes (n = 5 like a 5-expert router, k = 40,
-//! 5120...); the FP8 rowwise linear (the grouped GEMM with one expert) within TOL_FP8_GEMM of
+//! Dense linear against llama4_reference: bf16 x bf16 -> bf16 within TOL_BF16 of linear(.., Bf16) and -> f32
+//! within TOL_F32 of the f64 product, on both schedules (cuBLASLt and the streaming GEMV, each forced, and Auto),
+//! over odd and model shapes (n = 5 like a 5-expert router, k = 40, 5120...); the GEMV's multi-pass row counts,
+//! partial 16-column tiles and its refusals; the FP8 rowwise linear (the grouped GEMM with one expert) within TOL_FP8_GEMM of
 //! grouped_gemm_rowwise on the same quantized inputs; the plan cache; the C entry points. Outputs poisoned.
 use crate::common::*;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use llama4_kernels::grouped_gemm::workspace_size;
-use llama4_kernels::linear::{linear_fp8, Blas, LinearOut, LINEAR_WORKSPACE_BYTES};
+use llama4_kernels::linear::{linear_fp8, Blas, LinearOut, LinearSchedule, LINEAR_WORKSPACE_BYTES};
 use llama4_kernels::quant::quant_fp8;
 use llama4_kernels::{bf16, capi, Error, Status, Tensor, TensorMut, E4M3};
 use llama4_reference::check::{TOL_BF16, TOL_F32, TOL_FP8_GEMM};
@@ -40,7 +41,7 @@ fn to_array(v: &[f32], rows: usize, cols: usize) -> Array2<f32> {
     Array2::from_shape_vec((rows, cols), v.to_vec()).unwrap()
 }
 
-/// `y = x w^T` on the device into a poisoned `y`; `O` picks the output type.
+/// `y = x w^T` on the device into a poisoned `y`, schedule Auto; `O` picks the output type.
 fn device_linear<O: LinearOut>(
     blas: &Blas,
     x: &CudaSlice<bf16>,
@@ -50,15 +51,54 @@ fn device_linear<O: LinearOut>(
     n: usize,
     k: usize,
 ) {
+    device_linear_on(blas, x, w, y, [m, n, k], LinearSchedule::Auto).unwrap()
+}
+
+/// As [`device_linear`] on a chosen schedule (y poisoned first).
+fn device_linear_on<O: LinearOut>(
+    blas: &Blas,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    y: &mut CudaSlice<O>,
+    [m, n, k]: [usize; 3],
+    schedule: LinearSchedule,
+) -> Result<(), Error> {
     let mut ws = workspace();
-    blas.linear_bf16(
+    blas.linear_bf16_with(
         stream(),
         &Tensor::of(x, [m, k]).unwrap(),
         &Tensor::of(w, [n, k]).unwrap(),
         &mut TensorMut::of(y, [m, n]).unwrap(),
         &mut TensorMut::of(&mut ws, [LINEAR_WORKSPACE_BYTES]).unwrap(),
+        schedule,
     )
-    .unwrap();
+}
+
+/// Both outputs of `x w^T` on `schedule` (fresh poisoned buffers) against the reference.
+fn check_schedule(blas: &Blas, x: &[f32], w: &[f32], [m, n, k]: [usize; 3], schedule: LinearSchedule) {
+    let (dx, dw) = (upload_bf16(x), upload_bf16(w));
+    let mut y16 = poison_bf16(m * n);
+    let mut y32 = poison_f32(m * n);
+    device_linear_on(blas, &dx, &dw, &mut y16, [m, n, k], schedule).unwrap();
+    device_linear_on(blas, &dx, &dw, &mut y32, [m, n, k], schedule).unwrap();
+    let (xa, wa) = (to_array(x, m, k), to_array(w, n, k));
+    let want16 = linear(xa.view(), wa.view(), Precision::Bf16);
+    let want32 = linear(xa.view(), wa.view(), Precision::F32);
+    let shape = format!("{schedule:?} m = {m}, n = {n}, k = {k}");
+    assert_bf16(&format!("linear bf16 {shape}"), &download_bf16(&y16), want16.as_slice().unwrap());
+    llama4_reference::check::assert_close(
+        &format!("linear f32 {shape}"),
+        &download(&y32),
+        want32.as_slice().unwrap(),
+        TOL_F32,
+    );
+    if schedule == LinearSchedule::Gemv {
+        // A fixed summation order: a second call gives the same bits.
+        let mut again = poison_f32(m * n);
+        device_linear_on(blas, &dx, &dw, &mut again, [m, n, k], schedule).unwrap();
+        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(download(&again)), bits(download(&y32)), "GEMV {shape}: not deterministic");
+    }
 }
 
 /// The tolerance, and (on outputs large enough for the fraction to mean something) almost every element
@@ -88,17 +128,25 @@ proptest! {
         let m = cap_m(m, n, k);
         let mut r = rng(seed);
         let (x, w) = (rand_bf16(&mut r, m * k, 2.0), rand_bf16(&mut r, n * k, 0.1));
-        let (dx, dw) = (upload_bf16(&x), upload_bf16(&w));
-        let mut y16 = poison_bf16(m * n);
-        let mut y32 = poison_f32(m * n);
-        device_linear(blas(), &dx, &dw, &mut y16, m, n, k);
-        device_linear(blas(), &dx, &dw, &mut y32, m, n, k);
-        let (xa, wa) = (to_array(&x, m, k), to_array(&w, n, k));
-        let want16 = linear(xa.view(), wa.view(), Precision::Bf16);
-        let want32 = linear(xa.view(), wa.view(), Precision::F32);
-        let shape = format!("m = {m}, n = {n}, k = {k}");
-        assert_bf16(&format!("linear bf16 {shape}"), &download_bf16(&y16), want16.as_slice().unwrap());
-        llama4_reference::check::assert_close(&format!("linear f32 {shape}"), &download(&y32), want32.as_slice().unwrap(), TOL_F32);
+        check_schedule(blas(), &x, &w, [m, n, k], LinearSchedule::Auto);
+        check_schedule(blas(), &x, &w, [m, n, k], LinearSchedule::Blas);
+        if k % 8 == 0 {
+            check_schedule(blas(), &x, &w, [m, n, k], LinearSchedule::Gemv);
+        }
+    }
+
+    /// The GEMV on what it is built for and around it: 1 to 8 rows (one pass) and up to 20 (three passes),
+    /// n not a multiple of 16 (a partial last tile, rows g + 8 past n), k from one 8-element lane to 5120 and
+    /// not a multiple of the 64-byte step.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn linear_gemv_matches_reference(m in prop_oneof![1usize..=8, 9usize..=20],
+                                     n in prop_oneof![1usize..40, Just(2047), Just(2049), Just(5123)],
+                                     k8 in prop_oneof![1usize..80, Just(640), Just(1001)], seed: u64) {
+        let k = 8 * k8;
+        let mut r = rng(seed);
+        let (x, w) = (rand_bf16(&mut r, m * k, 2.0), rand_bf16(&mut r, n * k, 0.1));
+        check_schedule(blas(), &x, &w, [m, n, k], LinearSchedule::Gemv);
     }
 
     #[test]
@@ -171,24 +219,59 @@ fn llama4_scout_shapes() {
             let x = rand_bf16(&mut r, m * k, 2.0);
             let dx = upload_bf16(&x);
             let xa = to_array(&x, m, k);
-            let shape = format!("m = {m}, n = {n}, k = {k}");
-            if n == 202048 {
-                let mut y = poison_f32(m * n);
-                device_linear(blas(), &dx, &dw, &mut y, m, n, k);
-                let want = linear(xa.view(), wa.view(), Precision::F32);
-                llama4_reference::check::assert_close(
-                    &format!("lm_head {shape}"),
-                    &download(&y),
-                    want.as_slice().unwrap(),
-                    TOL_F32,
-                );
-            } else {
-                let mut y = poison_bf16(m * n);
-                device_linear(blas(), &dx, &dw, &mut y, m, n, k);
-                let want = linear(xa.view(), wa.view(), Precision::Bf16);
-                assert_bf16(&format!("linear {shape}"), &download_bf16(&y), want.as_slice().unwrap());
+            let lm_head = n == 202048;
+            let want = linear(xa.view(), wa.view(), if lm_head { Precision::F32 } else { Precision::Bf16 });
+            for schedule in [LinearSchedule::Auto, LinearSchedule::Blas, LinearSchedule::Gemv] {
+                let shape = format!("{schedule:?} m = {m}, n = {n}, k = {k}");
+                if lm_head {
+                    let mut y = poison_f32(m * n);
+                    device_linear_on(blas(), &dx, &dw, &mut y, [m, n, k], schedule).unwrap();
+                    let what = format!("lm_head {shape}");
+                    llama4_reference::check::assert_close(&what, &download(&y), want.as_slice().unwrap(), TOL_F32);
+                } else {
+                    let mut y = poison_bf16(m * n);
+                    device_linear_on(blas(), &dx, &dw, &mut y, [m, n, k], schedule).unwrap();
+                    assert_bf16(&format!("linear {shape}"), &download_bf16(&y), want.as_slice().unwrap());
+                }
             }
         }
+    }
+}
+
+/// The GEMV refuses (Unsupported, saying why) what its 16-byte lanes cannot read; Auto serves the same calls on
+/// cuBLASLt, correctly.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn linear_gemv_refusals_and_auto_around_them() {
+    let mut r = rng(33);
+    let (m, n) = (2usize, 2050usize);
+    for (k, x_at) in [(44usize, 0usize), (48, 1)] {
+        let x = rand_bf16(&mut r, m * k + 1, 2.0);
+        let w = rand_bf16(&mut r, n * k, 0.1);
+        let (dx, dw) = (upload_bf16(&x), upload_bf16(&w));
+        let xv = Tensor::new(dx.slice(x_at..x_at + m * k), [m, k]).unwrap();
+        let mut ws = workspace();
+        let mut y = poison_bf16(m * n);
+        let mut call = |y: &mut CudaSlice<bf16>, schedule| {
+            blas().linear_bf16_with(
+                stream(),
+                &xv,
+                &Tensor::of(&dw, [n, k]).unwrap(),
+                &mut TensorMut::of(y, [m, n]).unwrap(),
+                &mut TensorMut::of(&mut ws, [LINEAR_WORKSPACE_BYTES]).unwrap(),
+                schedule,
+            )
+        };
+        let e = call(&mut y, LinearSchedule::Gemv).unwrap_err();
+        assert!(matches!(&e, Error::Unsupported(msg) if msg.contains("k % 8 == 0 and x, w 16-byte aligned")), "{e}");
+        assert!(download_bf16(&y).iter().all(|v| v.is_nan()), "a refused call writes nothing");
+        call(&mut y, LinearSchedule::Auto).unwrap();
+        let want = linear(to_array(&x[x_at..x_at + m * k], m, k).view(), to_array(&w, n, k).view(), Precision::Bf16);
+        assert_bf16(
+            &format!("Auto around the GEMV, k = {k}, x at {x_at}"),
+            &download_bf16(&y),
+            want.as_slice().unwrap(),
+        );
     }
 }
 

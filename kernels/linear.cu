@@ -1,0 +1,79 @@
+// The bf16 nn.Linear at few rows (ops/linear.rs's Gemv schedule): batch-1-to-8 decode's dense projections (q/k/v,
+// o, the shared expert, lm_head), which only have to stream their weights once. cuBLASLt serves every other
+// shape; at one row its kernels read these weights at 77-96% of the copy rate and cannot overlap the kernels
+// around them, since they know nothing of PDL.
+//
+// The mainloop is kernels/gemv.cuh's on mma.sync m16n8k16 bf16: a CTA owns 16 weight rows of the whole k, its
+// warps split k, up to 8 token rows per pass (more rows are more passes, each re-reading the CTA's weights, which
+// is why ops/linear.rs's auto rule takes it at one row only). The weights are no kernel's output, so a CTA pulls the first
+// bytes of its rows into L2 before the PDL wait, while the kernel before it drains.
+//
+// Epilogue: y = the f32 sum, rounded once to bf16 or stored as f32 (lm_head's logits).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "gemv.cuh"
+#include "params.h"
+#include "pdl.cuh"
+
+namespace l4k::linear {
+
+using gemv::Config;
+using gemv::kRows;
+using gemv::kTokens;
+// Chosen by bench/experiments/linear_gemv_sweep.cu (kernels/NOTES.md, "linear GEMV").
+using Shipped = Config<4, 4, 1, 2048>;
+
+__device__ __forceinline__ void store(__nv_bfloat16* y, float v) { *y = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store(float* y, float v) { *y = v; }
+
+template <class C, class Out>
+__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemv_kernel(const L4kLinearParams p) {
+  __shared__ float partial[C::kWarps][kRows][kTokens];
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRows, row_bytes = 2 * p.k;
+  const uint8_t* w = static_cast<const uint8_t*>(p.w) + n0 * row_bytes;
+  gemv::prefetch_rows<C>(w, row_bytes, min(static_cast<int64_t>(kRows), p.n - n0));
+  // PDL (kernels/pdl.cuh): x is the previous kernel's output.
+  pdl_wait();
+  pdl_launch_dependents();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const bool lo_ok = n0 + g < p.n, hi_ok = n0 + g + 8 < p.n;
+  const uint8_t* w_lo = w + g * row_bytes + 16 * t;
+  const uint8_t* w_hi = w_lo + 8 * row_bytes;
+  Out* y = static_cast<Out*>(p.y);
+  for (int64_t j0 = 0; j0 < p.m; j0 += kTokens) {
+    const int tokens = static_cast<int>(min(static_cast<int64_t>(kTokens), p.m - j0));
+    const uint8_t* x = static_cast<const uint8_t*>(p.x) + (j0 + g) * row_bytes + 16 * t;
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    gemv::warp_pass<C, gemv::MmaBf16>(c, w_lo, w_hi, x, lo_ok, hi_ok, g < tokens, row_bytes, warp, t);
+    gemv::cta_reduce<C>(partial, c, warp, g, t, [&](int r, int tok, float acc) {
+      if (n0 + r < p.n && tok < tokens) store(y + (j0 + tok) * p.n + n0 + r, acc);
+    });
+  }
+}
+
+template <class C>
+int launch(const L4kLinearParams& p, cudaStream_t stream) {
+  const int64_t ctas = (p.n + kRows - 1) / kRows;
+  if (ctas <= 0 || ctas > INT32_MAX) return L4K_STATUS_UNSUPPORTED_SHAPE;
+  const LaunchShape shape{dim3(static_cast<unsigned>(ctas)), dim3(C::kThreads)};
+  switch (p.out_dtype) {
+    case L4K_LINEAR_OUT_BF16:
+      return launch_result(launch_pdl(gemv_kernel<C, __nv_bfloat16>, shape, stream, p));
+    case L4K_LINEAR_OUT_F32:
+      return launch_result(launch_pdl(gemv_kernel<C, float>, shape, stream, p));
+    default:
+      return L4K_STATUS_BAD_PARAMS;
+  }
+}
+
+}  // namespace l4k::linear
+
+// The sweep (bench/experiments/linear_gemv_sweep.cu) includes this file for its templates only.
+#ifndef L4K_LINEAR_TEMPLATES_ONLY
+// p is validated by the Rust launcher (ops/linear.rs): pointers, 16-byte alignment of x and w, k % 8, m >= 1.
+extern "C" int l4k_launch_linear_gemv(const L4kLinearParams* p, cudaStream_t stream) {
+  return l4k::linear::launch<l4k::linear::Shipped>(*p, stream);
+}
+#endif
