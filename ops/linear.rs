@@ -4,7 +4,7 @@
 //!
 //! - [`Blas::linear_bf16`]: bf16 inputs, f32 accumulation, output bf16 (rounded once from the f32 sum, as
 //!   PyTorch's bf16 matmul) or f32 (lm_head logits for sampling), on one of two schedules ([`LinearSchedule`]):
-//!   our streaming GEMV (kernels/linear.cu) at few rows where it measured faster ([`gemv_is_faster`]), cuBLASLt
+//!   our streaming GEMV (kernels/linear.cu) at one row where it measured faster ([`gemv_is_faster`]), cuBLASLt
 //!   (CUBLAS_COMPUTE_32F) otherwise. The GEMV sums k in its own fixed order, so the two agree to rounding, not
 //!   bit for bit; each is deterministic. cuBLASLt: row-major through
 //!   the column-major identity: Y^T [n, m] = W^T (W [n, k] row-major is k x n column-major, op T) times
