@@ -1,10 +1,13 @@
 //! linear/<variant>/<proj>/m<m>: Llama 4 Scout's dense projections at m = 1, 8, 64 (decode) and 8192 (prefill):
 //! qkv [5120 -> 7168], o [5120 -> 5120], shared gate_up [5120 -> 16384], shared down [8192 -> 5120], lm_head
-//! [5120 -> 202048]. `bf16`: Blas::linear_bf16 on its Auto schedule (the GEMV at up to 8 rows where it measured
-//! faster, else cuBLASLt), bf16 out (lm_head: f32 logits, what sampling reads), with cuBLASLt forced as its peer
-//! in the same process (`cublaslt`) at the decode sizes and the GEMV forced (`gemv`) at m = 1 and 8. `fp8`: linear_fp8 (the grouped GEMM with one expert) on rowwise-quantized x and w, bf16 out.
-//! FLOPs = 2 m n k; bytes = weights + x + y (+ the f32 scales for fp8). Weight sets rotate so L2 does not
-//! flatter the decode shapes.
+//! [5120 -> 202048], the routers [5120 -> 16] (Scout) and [5120 -> 128] (Maverick's width at Scout's k).
+//! `bf16`: Blas::linear_bf16 on its Auto schedule (the GEMV at one row where it measured faster, else cuBLASLt),
+//! bf16 out (lm_head: f32 logits, what sampling reads), with cuBLASLt forced as its peer in the same process
+//! (`cublaslt`) at the decode sizes and the GEMV forced (`gemv`) at m = 1 and 8. `fp8`: linear_fp8 (the grouped
+//! GEMM with one expert) on rowwise-quantized x and w, bf16 out. FLOPs = 2 m n k; bytes = weights + x + y (+ the
+//! f32 scales for fp8). Weight sets rotate so L2 does not flatter the decode shapes, except the routers': their
+//! 16 sets (2.6 / 21 MB) stay in L2 between calls, which the model's do not (500 MB of other weights pass between
+//! two layers' routers), so those rows compare the schedules L2-warm.
 mod common;
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -16,12 +19,14 @@ use rand::{Rng, SeedableRng};
 
 const MS: [usize; 4] = [1, 8, 64, 8192];
 /// (name, k = in features, n = out features)
-const SHAPES: [(&str, usize, usize); 5] = [
+const SHAPES: [(&str, usize, usize); 7] = [
     ("qkv", HIDDEN, (N_HEADS + 2 * N_KV_HEADS) * HEAD_DIM),
     ("o", N_HEADS * HEAD_DIM, HIDDEN),
     ("gate_up", HIDDEN, 2 * INTER),
     ("down", INTER, HIDDEN),
     ("lm_head", HIDDEN, 202048),
+    ("router", HIDDEN, 16),
+    ("router128", HIDDEN, 128),
 ];
 
 /// `sets` buffers holding copies of one random block (drawing gigabytes on the host would take minutes; the

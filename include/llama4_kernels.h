@@ -157,8 +157,9 @@ l4k_status l4k_random_uniform_bf16(void* out, int64_t n, uint64_t seed, uint64_t
 
 /* ---- linear: dense projections (nn.Linear weights [out, in]) ---------------------------------------------
  * l4k_linear_bf16: y [m, n] = x [m, k] . w [n, k]^T, bf16 inputs, f32 accumulation, y bf16 (rounded once) or
- * f32 (out_dtype). At one row and 2048 <= n <= 16384, with k % 8 == 0 and x, w 16-byte aligned, the library's own
- * streaming GEMV serves it (PDL-launched like the other kernels; its own fixed summation order, so results
+ * f32 (out_dtype). At one row and n <= 128 (a router) or 2048 <= n <= 16384, with k % 8 == 0 and x, w 16-byte
+ * aligned, the library's own streaming GEMV serves it (PDL-launched like the other kernels; below 1024 columns a
+ * cluster of up to 8 CTAs splits k for each 16 columns; its own fixed summation order, so results
  * agree with cuBLASLt's to rounding, not bit for bit); every other call runs on cuBLASLt (libcublasLt.so,
  * loaded at run time, needed by l4k_blas_create either way). The handle caches one cuBLASLt plan (descriptors
  * and the heuristic's algorithm) per shape, output dtype and pointer alignment, up to 4096 of them (then it

@@ -75,17 +75,18 @@ struct MmaBf16 {
   }
 };
 
-// Pulls the first C::kPrefetch bytes of each of the CTA's `rows` weight rows (row_bytes apart, 16-byte aligned)
-// into L2, one bulk prefetch per row. Meant for before pdl_wait(): a prefetch moves nothing into the SM and L2 is
+// Pulls C::kPrefetch bytes of each of the CTA's `rows` weight rows (row_bytes apart, 16-byte aligned), starting
+// `from` bytes into the row (a multiple of 16), into L2, one bulk prefetch per row. Meant for before pdl_wait(): a prefetch moves nothing into the SM and L2 is
 // the GPU's point of coherence, so a write the previous kernel still makes to those bytes updates the prefetched
 // line and the loads after the wait see it (pdl.cuh's rule 1 is about reads into the SM). It only lets HBM start
 // on this kernel's bytes while the previous kernel drains.
 template <class C>
-__device__ __forceinline__ void prefetch_rows(const uint8_t* w, int64_t row_bytes, int64_t rows) {
+__device__ __forceinline__ void prefetch_rows(const uint8_t* w, int64_t row_bytes, int64_t rows, int64_t from = 0) {
   if constexpr (C::kPrefetch > 0) {
-    const uint32_t bytes = static_cast<uint32_t>(row_bytes < C::kPrefetch ? row_bytes : C::kPrefetch);
-    if (threadIdx.x < rows && bytes > 0) {
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(w + threadIdx.x * row_bytes), "r"(bytes)
+    const int64_t left = row_bytes - from;
+    const uint32_t bytes = static_cast<uint32_t>(left < C::kPrefetch ? left : C::kPrefetch);
+    if (threadIdx.x < rows && left > 0) {
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(w + threadIdx.x * row_bytes + from), "r"(bytes)
                    : "memory");
     }
   }
@@ -94,15 +95,17 @@ __device__ __forceinline__ void prefetch_rows(const uint8_t* w, int64_t row_byte
 // One pass: this warp's k slices of the CTA's 16 weight rows times up to 8 tokens, as the mma's C fragment
 // (c[0], c[1]: row g, tokens 2t, 2t + 1; c[2], c[3]: row g + 8). w_lo / w_hi / x point at this lane's first 16
 // bytes of row g, row g + 8 and token g; k_bytes % 16 == 0, so a lane's 16 bytes are wholly inside a row or past it.
+// `warps` warps split k (step s goes to warp s % warps): the CTA's own, or a cluster's when its CTAs split k too.
 template <class C, class Mma>
 __device__ __forceinline__ void warp_pass(float (&c)[4], const uint8_t* w_lo, const uint8_t* w_hi, const uint8_t* x,
-                                          bool lo_ok, bool hi_ok, bool x_ok, int64_t k_bytes, int warp, int t) {
+                                          bool lo_ok, bool hi_ok, bool x_ok, int64_t k_bytes, int warp, int t,
+                                          int warps = C::kWarps) {
   const int64_t steps = (k_bytes + kStep - 1) / kStep;
-  for (int64_t s = warp; s < steps; s += C::kWarps * C::kUnroll) {
+  for (int64_t s = warp; s < steps; s += static_cast<int64_t>(warps) * C::kUnroll) {
     uint4 wl[C::kUnroll], wh[C::kUnroll], xs[C::kUnroll];
 #pragma unroll
     for (int u = 0; u < C::kUnroll; ++u) {
-      const int64_t at = (s + u * C::kWarps) * kStep;
+      const int64_t at = (s + static_cast<int64_t>(u) * warps) * kStep;
       const bool in = at + 16 * t < k_bytes;
       const uint4 zero = make_uint4(0, 0, 0, 0);
       wl[u] = in && lo_ok ? load_stream(w_lo + at) : zero;

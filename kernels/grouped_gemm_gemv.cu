@@ -30,9 +30,13 @@ namespace l4k::grouped_gemm_gemv {
 using gemv::Config;
 using gemv::kRows;
 using gemv::kTokens;
-// 4 warps x 4 steps: the fastest of the sweep at one row (gate_up and down, session 10); 2 KB of each row
-// prefetched ahead of the wait when the expert is known (one expert).
-using Shipped = Config<4, 4, 1, 2048>;
+// From bench/experiments/linear_gemv_sweep.cu at one row (kernels/NOTES.md, "linear GEMV", session 13): 4 warps;
+// 8 steps in flight where n <= 5120 (o and down: 9.9 vs 11.4 us, 14.1 vs 16.8 us with one expert, the routed down
+// 15.7 vs 17.6 us over 16), 4 steps and 1 KB of each row prefetched where n is wider (qkv 11.6 vs 12.5 us, gate_up
+// 23.4 vs 25.3). The prefetch applies with one expert only (the expert is known before the offsets are).
+using Shipped = Config<4, 4, 1, 1024>;
+using Narrow = Config<4, 8, 1, 2048>;
+inline bool narrow(const L4kGroupedGemmParams& p) { return p.n <= 5120; }
 
 // Any expert range outside [0, rows), ending before it starts, or counting more rows than it spans.
 __device__ __forceinline__ bool any_bad_range(const L4kGroupedGemmParams& p) {
@@ -99,6 +103,7 @@ int launch(const L4kGroupedGemmParams& p, cudaStream_t stream) {
 #ifndef L4K_GROUPED_GEMM_TEMPLATES_ONLY
 // p is validated by the Rust launcher (ops/grouped_gemm.rs): pointers, alignment, n % 8 and k % 16.
 extern "C" int l4k_launch_grouped_gemm_gemv(const L4kGroupedGemmParams* p, cudaStream_t stream) {
-  return l4k::grouped_gemm_gemv::launch<l4k::grouped_gemm_gemv::Shipped>(*p, stream);
+  namespace gg = l4k::grouped_gemm_gemv;
+  return gg::narrow(*p) ? gg::launch<gg::Narrow>(*p, stream) : gg::launch<gg::Shipped>(*p, stream);
 }
 #endif

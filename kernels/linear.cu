@@ -13,27 +13,61 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <cooperative_groups.h>
+
 #include "gemv.cuh"
 #include "params.h"
 #include "pdl.cuh"
 
 namespace l4k::linear {
 
+namespace cg = cooperative_groups;
 using gemv::Config;
 using gemv::kRows;
 using gemv::kTokens;
-// Chosen by bench/experiments/linear_gemv_sweep.cu (kernels/NOTES.md, "linear GEMV").
+// Chosen by bench/experiments/linear_gemv_sweep.cu (kernels/NOTES.md, "linear GEMV", session 13): 4 warps x 4
+// steps with 2 KB of each row prefetched, except that 8 warps won by 7-18% where n >= 6144 at k <= 5120 (qkv
+// 7168 and the shared gate_up 16384 at Scout's widths: 19.8 vs 24.1 us, 42.2 vs 45.0 us) and lost by 7-10% at
+// n = 5120 (o, down). Both are graph-replay figures on the H200 with PDL edges between calls.
 using Shipped = Config<4, 4, 1, 2048>;
+using Wide = Config<8, 4, 1, 2048>;
+inline bool wide(const L4kLinearParams& p) { return p.n >= 6144 && p.k <= 5120; }
 
 __device__ __forceinline__ void store(__nv_bfloat16* y, float v) { *y = __float2bfloat16_rn(v); }
 __device__ __forceinline__ void store(float* y, float v) { *y = v; }
 
-template <class C, class Out>
+// Narrow outputs (the routers' 16 or 128 columns: 1 to 8 tiles) give too few CTAs to stream their weights, so at
+// up to 8 rows and fewer than kSplitBelow tiles the CTAs of a tile split k as a cluster: up to kMaxSplits of them,
+// step s of a row going to warp s % (splits x warps) of the cluster. Each CTA reduces its warps as usual, writes
+// its 16 x 8 sums into the first CTA's shared memory (DSMEM), and that CTA adds them in rank order (deterministic)
+// and stores. Together the cluster's CTAs prefetch each row whole into L2 before the PDL wait.
+constexpr int kMaxSplits = 8;    // the portable cluster size
+constexpr int64_t kSplitBelow = 64;  // tiles; from 64 (1024 columns) every CTA keeps its whole k
+
+// How many CTAs split each tile's k (1: no cluster).
+inline int splits(const L4kLinearParams& p) {
+  const int64_t tiles = (p.n + kRows - 1) / kRows;
+  if (p.m > kTokens || tiles >= kSplitBelow) return 1;
+  const int64_t want = kSplitBelow / tiles;
+  return static_cast<int>(want < kMaxSplits ? (want < 1 ? 1 : want) : kMaxSplits);
+}
+
+template <class C, class Out, bool SPLIT>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemv_kernel(const L4kLinearParams p) {
   __shared__ float partial[C::kWarps][kRows][kTokens];
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kRows, row_bytes = 2 * p.k;
+  __shared__ float cluster_sums[SPLIT ? kMaxSplits : 1][kRows][kTokens];  // filled in the cluster's first CTA
+  cg::cluster_group cluster = cg::this_cluster();
+  const int nsplit = SPLIT ? static_cast<int>(cluster.num_blocks()) : 1;
+  const int rank = SPLIT ? static_cast<int>(cluster.block_rank()) : 0;
+  if constexpr (SPLIT) {
+    // Another CTA's shared memory may only be written once that CTA runs: arrive now, wait before writing.
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+  }
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x / nsplit) * kRows, row_bytes = 2 * p.k;
   const uint8_t* w = static_cast<const uint8_t*>(p.w) + n0 * row_bytes;
-  gemv::prefetch_rows<C>(w, row_bytes, min(static_cast<int64_t>(kRows), p.n - n0));
+  // Split: CTA r prefetches every row from its r-th slice on (slices tile the row; a prefetch may run into the next).
+  const int64_t slice = SPLIT ? (row_bytes / nsplit + 15) / 16 * 16 : 0;
+  gemv::prefetch_rows<C>(w, row_bytes, min(static_cast<int64_t>(kRows), p.n - n0), rank * slice);
   // PDL (kernels/pdl.cuh): x is the previous kernel's output.
   pdl_wait();
   pdl_launch_dependents();
@@ -42,27 +76,50 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemv_kernel(const 
   const uint8_t* w_lo = w + g * row_bytes + 16 * t;
   const uint8_t* w_hi = w_lo + 8 * row_bytes;
   Out* y = static_cast<Out*>(p.y);
-  for (int64_t j0 = 0; j0 < p.m; j0 += kTokens) {
+  for (int64_t j0 = 0; j0 < p.m; j0 += kTokens) {  // SPLIT: m <= 8, one pass
     const int tokens = static_cast<int>(min(static_cast<int64_t>(kTokens), p.m - j0));
     const uint8_t* x = static_cast<const uint8_t*>(p.x) + (j0 + g) * row_bytes + 16 * t;
     float c[4] = {0.f, 0.f, 0.f, 0.f};
-    gemv::warp_pass<C, gemv::MmaBf16>(c, w_lo, w_hi, x, lo_ok, hi_ok, g < tokens, row_bytes, warp, t);
-    gemv::cta_reduce<C>(partial, c, warp, g, t, [&](int r, int tok, float acc) {
-      if (n0 + r < p.n && tok < tokens) store(y + (j0 + tok) * p.n + n0 + r, acc);
-    });
+    gemv::warp_pass<C, gemv::MmaBf16>(c, w_lo, w_hi, x, lo_ok, hi_ok, g < tokens, row_bytes,
+                                      rank * C::kWarps + warp, t, nsplit * C::kWarps);
+    if constexpr (SPLIT) {
+      float* first = cluster.map_shared_rank(&cluster_sums[0][0][0], 0);
+      asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+      gemv::cta_reduce<C>(partial, c, warp, g, t,
+                          [&](int r, int tok, float acc) { first[(rank * kRows + r) * kTokens + tok] = acc; });
+      cluster.sync();  // release / acquire: the first CTA sees every sum; no CTA exits while its slot is written
+      if (rank == 0 && threadIdx.x < kRows * kTokens) {
+        const int r = threadIdx.x % kRows, tok = threadIdx.x / kRows;
+        float acc = 0.f;
+        for (int i = 0; i < nsplit; ++i) acc += cluster_sums[i][r][tok];
+        if (n0 + r < p.n && tok < tokens) store(y + (j0 + tok) * p.n + n0 + r, acc);
+      }
+    } else {
+      gemv::cta_reduce<C>(partial, c, warp, g, t, [&](int r, int tok, float acc) {
+        if (n0 + r < p.n && tok < tokens) store(y + (j0 + tok) * p.n + n0 + r, acc);
+      });
+    }
   }
+}
+
+template <class C, class Out>
+cudaError_t launch_out(const L4kLinearParams& p, int64_t tiles, int nsplit, cudaStream_t stream) {
+  LaunchShape shape{dim3(static_cast<unsigned>(tiles * nsplit)), dim3(C::kThreads)};
+  if (nsplit == 1) return launch_pdl(gemv_kernel<C, Out, false>, shape, stream, p);
+  shape.cluster_x = static_cast<unsigned>(nsplit);
+  return launch_pdl(gemv_kernel<C, Out, true>, shape, stream, p);
 }
 
 template <class C>
 int launch(const L4kLinearParams& p, cudaStream_t stream) {
-  const int64_t ctas = (p.n + kRows - 1) / kRows;
-  if (ctas <= 0 || ctas > INT32_MAX) return L4K_STATUS_UNSUPPORTED_SHAPE;
-  const LaunchShape shape{dim3(static_cast<unsigned>(ctas)), dim3(C::kThreads)};
+  const int64_t tiles = (p.n + kRows - 1) / kRows;
+  if (tiles <= 0 || tiles > INT32_MAX) return L4K_STATUS_UNSUPPORTED_SHAPE;
+  const int nsplit = splits(p);
   switch (p.out_dtype) {
     case L4K_LINEAR_OUT_BF16:
-      return launch_result(launch_pdl(gemv_kernel<C, __nv_bfloat16>, shape, stream, p));
+      return launch_result(launch_out<C, __nv_bfloat16>(p, tiles, nsplit, stream));
     case L4K_LINEAR_OUT_F32:
-      return launch_result(launch_pdl(gemv_kernel<C, float>, shape, stream, p));
+      return launch_result(launch_out<C, float>(p, tiles, nsplit, stream));
     default:
       return L4K_STATUS_BAD_PARAMS;
   }
@@ -74,6 +131,7 @@ int launch(const L4kLinearParams& p, cudaStream_t stream) {
 #ifndef L4K_LINEAR_TEMPLATES_ONLY
 // p is validated by the Rust launcher (ops/linear.rs): pointers, 16-byte alignment of x and w, k % 8, m >= 1.
 extern "C" int l4k_launch_linear_gemv(const L4kLinearParams* p, cudaStream_t stream) {
-  return l4k::linear::launch<l4k::linear::Shipped>(*p, stream);
+  namespace lin = l4k::linear;
+  return lin::wide(*p) ? lin::launch<lin::Wide>(*p, stream) : lin::launch<lin::Shipped>(*p, stream);
 }
 #endif

@@ -85,12 +85,14 @@ pub enum LinearSchedule {
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Where Auto takes the GEMV, by measurement on the H200 (kernels/NOTES.md, "linear GEMV"): one row and
-/// 2048 ..= 16384 output columns. In the decode graph it reads at cuBLASLt's rate or better and, being
-/// PDL-launched with its weights prefetched ahead of the wait, overlaps the kernels around it (Scout Meta batch 1:
-/// 9.60 -> 8.76 ms a step); at 8 rows the model step was 9% slower than on cuBLASLt, lm_head's 202048 columns
-/// 3% slower (495.7 vs 479.0 us), and fewer than 2048 columns give too few CTAs (n / 16) to pull the weights.
+/// 2048 ..= 16384 output columns, or at most 128 (the routers: Scout's 16 experts, Maverick's 128). In the decode
+/// graph it reads at cuBLASLt's rate or better and, being PDL-launched with its weights prefetched ahead of the
+/// wait, overlaps the kernels around it (Scout Meta batch 1: 9.60 -> 8.76 ms a step); at 8 rows the model step
+/// was 9% slower than on cuBLASLt, lm_head's 202048 columns 3% slower (495.7 vs 479.0 us). Below 1024 columns
+/// the kernel splits k over a cluster of CTAs per 16 columns (one CTA per 16 would leave HBM idle); between 129
+/// and 2047 columns nothing has been measured, so cuBLASLt keeps them.
 pub fn gemv_is_faster(m: usize, n: usize) -> bool {
-    m == 1 && (2048..=16384).contains(&n)
+    m == 1 && ((1..=128).contains(&n) || (2048..=16384).contains(&n))
 }
 
 /// Whether the GEMV can serve these operands: k a multiple of 8 and x and w 16-byte aligned (its lanes load 16
@@ -485,7 +487,9 @@ mod tests {
         assert!(gemv_is_faster(1, 7168) && gemv_is_faster(1, 5120) && gemv_is_faster(1, 16384));
         assert!(!gemv_is_faster(0, 5120), "m = 0 launches nothing");
         assert!(!gemv_is_faster(8, 5120), "slower in the batch-8 step");
-        assert!(!gemv_is_faster(1, 16), "the router: too few CTAs");
+        assert!(gemv_is_faster(1, 16) && gemv_is_faster(1, 128), "the routers: k split over a cluster");
+        assert!(!gemv_is_faster(1, 129) && !gemv_is_faster(1, 2047), "not measured: cuBLASLt");
+        assert!(!gemv_is_faster(2, 16), "one row only");
         assert!(!gemv_is_faster(1, 202048), "lm_head: cuBLASLt measured faster");
     }
 

@@ -202,36 +202,44 @@ void run_bf16(const char* name, Bf16Problem& p, cudaStream_t s, double ceiling) 
               gbs, 100 * gbs / ceiling, err, err > 1e-2 ? "  WRONG" : "");
 }
 
+// experts == 1: the --fp8-dense linears, weight sets rotated. experts == 16: Meta's routed experts at batch 1, one
+// [16, n, k] weight whose one routed expert rotates (offsets per set), so only that expert's bytes are counted.
 struct Fp8Problem {
   Shape s;
-  int sets;
+  int sets, experts;
   std::vector<uint8_t*> w;
+  std::vector<int32_t*> offs;
   uint8_t* x;
   float *sx, *sw;
-  int32_t* offsets;
   uint16_t* y;
   std::vector<uint16_t> first;  // the first configuration's output
 };
 
-Fp8Problem make_fp8(Shape s) {
+Fp8Problem make_fp8(Shape s, int experts) {
   const size_t wbytes = (size_t)s.n * s.k;
-  Fp8Problem p{s, (int)std::min<size_t>(8, std::max<size_t>(2, (320ull << 20) / wbytes + 1)), {}, nullptr, nullptr, nullptr, nullptr, nullptr, {}};
+  const int sets = experts > 1 ? 1 : (int)std::min<size_t>(8, std::max<size_t>(2, (320ull << 20) / wbytes + 1));
+  Fp8Problem p{s, sets, experts, {}, {}, nullptr, nullptr, nullptr, nullptr, {}};
   for (int i = 0; i < p.sets; ++i) {
     uint8_t* w;
-    CHECK(cudaMalloc(&w, wbytes));
-    fill_e4m3<<<1024, 256>>>(w, wbytes, 3);
+    CHECK(cudaMalloc(&w, wbytes * experts));
+    fill_e4m3<<<1024, 256>>>(w, wbytes * experts, 3);
     p.w.push_back(w);
   }
   CHECK(cudaMalloc(&p.x, s.k));
   fill_e4m3<<<16, 256>>>(p.x, s.k, 4);
-  std::vector<float> sw(s.n, 1e-3f), sx(1, 2e-2f);
-  CHECK(cudaMalloc(&p.sw, s.n * 4));
-  CHECK(cudaMemcpy(p.sw, sw.data(), s.n * 4, cudaMemcpyHostToDevice));
+  std::vector<float> sw((size_t)s.n * experts, 1e-3f), sx(1, 2e-2f);
+  CHECK(cudaMalloc(&p.sw, sw.size() * 4));
+  CHECK(cudaMemcpy(p.sw, sw.data(), sw.size() * 4, cudaMemcpyHostToDevice));
   CHECK(cudaMalloc(&p.sx, 4));
   CHECK(cudaMemcpy(p.sx, sx.data(), 4, cudaMemcpyHostToDevice));
-  const int32_t off[2] = {0, 1};
-  CHECK(cudaMalloc(&p.offsets, 8));
-  CHECK(cudaMemcpy(p.offsets, off, 8, cudaMemcpyHostToDevice));
+  for (int j = 0; j < experts; ++j) {  // the token goes to expert j
+    std::vector<int32_t> off(experts + 1);
+    for (int e = 0; e <= experts; ++e) off[e] = e > j ? 1 : 0;
+    int32_t* d;
+    CHECK(cudaMalloc(&d, off.size() * 4));
+    CHECK(cudaMemcpy(d, off.data(), off.size() * 4, cudaMemcpyHostToDevice));
+    p.offs.push_back(d);
+  }
   CHECK(cudaMalloc(&p.y, s.n * 2));
   CHECK(cudaDeviceSynchronize());
   return p;
@@ -239,13 +247,15 @@ Fp8Problem make_fp8(Shape s) {
 
 void free_fp8(Fp8Problem& p) {
   for (auto* w : p.w) CHECK(cudaFree(w));
-  for (void* q : {(void*)p.x, (void*)p.sx, (void*)p.sw, (void*)p.offsets, (void*)p.y}) CHECK(cudaFree(q));
+  for (auto* o : p.offs) CHECK(cudaFree(o));
+  for (void* q : {(void*)p.x, (void*)p.sx, (void*)p.sw, (void*)p.y}) CHECK(cudaFree(q));
 }
 
 L4kGroupedGemmParams gparams(const Fp8Problem& p, int set) {
   L4kGroupedGemmParams q{};
-  q.a = p.x, q.scale_a = p.sx, q.b = p.w[set % p.sets], q.scale_b = p.sw, q.offsets = p.offsets, q.counts = nullptr;
-  q.d = p.y, q.rows = 1, q.n = p.s.n, q.k = p.s.k, q.experts = 1, q.schedule = L4K_GEMM_GEMV;
+  q.a = p.x, q.scale_a = p.sx, q.b = p.w[set % p.sets], q.scale_b = p.sw, q.counts = nullptr;
+  q.offsets = p.offs[p.experts > 1 ? set % p.experts : 0];
+  q.d = p.y, q.rows = 1, q.n = p.s.n, q.k = p.s.k, q.experts = p.experts, q.schedule = L4K_GEMM_GEMV;
   return q;
 }
 
@@ -262,8 +272,8 @@ void run_fp8(const char* name, Fp8Problem& p, cudaStream_t s, double ceiling) {
   const float us = graph_us(s, [&](int i) { return gg::launch<C>(gparams(p, i), s); });
   const double bytes = (double)p.s.n * p.s.k + p.s.k + 2.0 * p.s.n + 4.0 * p.s.n;
   const double gbs = bytes / us * 1e-3;
-  std::printf("fp8  %-8s m 1 %-22s %8.2f us  %6.0f GB/s  %5.1f%% of copy  %s\n", p.s.name, name, us, gbs,
-              100 * gbs / ceiling, nan ? "NaN  WRONG" : same ? "bits = first" : "bits differ  WRONG");
+  std::printf("fp8  %-8s E%-2d %-22s %8.2f us  %6.0f GB/s  %5.1f%% of copy  %s\n", p.s.name,
+              p.experts, name, us, gbs, 100 * gbs / ceiling, nan ? "NaN  WRONG" : same ? "bits = first" : "bits differ  WRONG");
 }
 
 int main() {
@@ -310,11 +320,25 @@ int main() {
     free_bf16(p);
   }
   for (const Shape& sh : shapes) {
-    Fp8Problem p = make_fp8(sh);
+    Fp8Problem p = make_fp8(sh, 1);
     run_fp8<Config<4, 4, 1, 0>>("4w u4 (session 10)", p, s, copy_gbs);
     run_fp8<Config<4, 4, 1, 1024>>("4w u4 pf1k", p, s, copy_gbs);
     run_fp8<Config<4, 4, 1, 2048>>("4w u4 pf2k", p, s, copy_gbs);
     run_fp8<Config<4, 4, 1, 4096>>("4w u4 pf4k", p, s, copy_gbs);
+    run_fp8<Config<4, 8, 1, 2048>>("4w u8 pf2k", p, s, copy_gbs);
+    run_fp8<Config<8, 4, 1, 2048>>("8w u4 pf2k", p, s, copy_gbs);
+    run_fp8<Config<8, 2, 1, 2048>>("8w u2 pf2k", p, s, copy_gbs);
+    free_fp8(p);
+  }
+  // Meta's routed experts at batch 1 (gate_up 16384 x 5120 and down 5120 x 8192 per expert, 16 experts): no
+  // prefetch applies (the expert is known only after the offsets), so the warps and steps are what can move.
+  for (const Shape& sh : {Shape{"gate_up", 16384, 5120}, Shape{"down", 5120, 8192}}) {
+    Fp8Problem p = make_fp8(sh, 16);
+    run_fp8<Config<4, 4, 1, 0>>("4w u4 (shipped)", p, s, copy_gbs);
+    run_fp8<Config<4, 8, 1, 0>>("4w u8", p, s, copy_gbs);
+    run_fp8<Config<8, 4, 1, 0>>("8w u4", p, s, copy_gbs);
+    run_fp8<Config<8, 2, 1, 0>>("8w u2", p, s, copy_gbs);
+    run_fp8<Config<16, 2, 1, 0>>("16w u2", p, s, copy_gbs);
     free_fp8(p);
   }
   return 0;

@@ -137,11 +137,11 @@ proptest! {
 
     /// The GEMV on what it is built for and around it: 1 to 8 rows (one pass) and up to 20 (three passes),
     /// n not a multiple of 16 (a partial last tile, rows g + 8 past n), k from one 8-element lane to 5120 and
-    /// not a multiple of the 64-byte step.
+    /// not a multiple of the 64-byte step; n = 6151 with k <= 5120 runs the 8-warp configuration.
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn linear_gemv_matches_reference(m in prop_oneof![1usize..=8, 9usize..=20],
-                                     n in prop_oneof![1usize..40, Just(2047), Just(2049), Just(5123)],
+                                     n in prop_oneof![1usize..40, Just(2047), Just(2049), Just(5123), Just(6151)],
                                      k8 in prop_oneof![1usize..80, Just(640), Just(1001)], seed: u64) {
         let k = 8 * k8;
         let mut r = rng(seed);
