@@ -1,12 +1,16 @@
-//! permute/{fp8_scaled,bf16_scaled}/<tokens>x5120 and permute/unpermute_shared/<tokens>x5120, Scout routing
-//! (16 experts, top-1, no padding). Bytes, counted honestly: permute reads x (bf16), the weight and the
-//! destination of each token, and writes one row (FP8 + f32 scale, or bf16); unpermute reads one expert row,
-//! the shared-expert row and the destination, and writes one bf16 row.
+//! permute/{fp8_scaled,bf16_scaled}/<tokens>x5120, permute/unpermute_shared/<tokens>x5120 and
+//! permute/{unpermute_norm,unpermute_then_norm}/<tokens>x5120, Scout routing (16 experts, top-1, no padding).
+//! Bytes, counted honestly: permute reads x (bf16), the weight and the destination of each token, and writes one
+//! row (FP8 + f32 scale, or bf16); unpermute reads one expert row, the shared-expert row and the destination, and
+//! writes one bf16 row; unpermute_norm (the fused kernel) also reads and writes the residual row and writes y
+//! instead of the unpermuted row; unpermute_then_norm (the two kernels it replaces) moves that row out and back
+//! in between.
 mod common;
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::driver::CudaSlice;
-use llama4_kernels::permute::{permute, permute_fp8, unpermute};
+use llama4_kernels::permute::{permute, permute_fp8, unpermute, unpermute_add_rmsnorm};
+use llama4_kernels::rmsnorm::add_rmsnorm;
 use llama4_kernels::router::{router, router_workspace_size, RouterKind, RouterOutputs};
 use llama4_kernels::{bf16, Tensor, TensorMut, E4M3};
 
@@ -86,6 +90,48 @@ fn bench(c: &mut Criterion) {
                 None,
                 Some(&Tensor::of(&shared[i], [t, h]).unwrap()),
                 &mut TensorMut::of(&mut outs[i], [t, h]).unwrap(),
+            )
+            .unwrap()
+        });
+        // The MoE block's end as the model runs it: unpermute fused with the next residual add and norm, and the
+        // two kernels it replaces (unpermute, then add_rmsnorm) in the same process.
+        let nw = rand_bf16(h, 90);
+        let nwt = Tensor::of(&nw, [h]).unwrap();
+        let mut res: Vec<CudaSlice<bf16>> = (0..sets).map(|i| rand_bf16(n, 120 + i as u64)).collect();
+        let mut yn: Vec<CudaSlice<bf16>> = (0..sets).map(|_| zeros(n)).collect();
+        run_case(c, "permute", "unpermute_norm", &shape, t, 10 * n + 4 * t, |i| {
+            let i = i % sets;
+            unpermute_add_rmsnorm(
+                stream(),
+                &Tensor::of(&ys[i], [t, h]).unwrap(),
+                &dt,
+                None,
+                Some(&Tensor::of(&shared[i], [t, h]).unwrap()),
+                &mut TensorMut::of(&mut res[i], [t, h]).unwrap(),
+                &nwt,
+                1e-5,
+                &mut TensorMut::of(&mut yn[i], [t, h]).unwrap(),
+            )
+            .unwrap()
+        });
+        run_case(c, "permute", "unpermute_then_norm", &shape, t, 14 * n + 4 * t, |i| {
+            let i = i % sets;
+            unpermute(
+                stream(),
+                &Tensor::of(&ys[i], [t, h]).unwrap(),
+                &dt,
+                None,
+                Some(&Tensor::of(&shared[i], [t, h]).unwrap()),
+                &mut TensorMut::of(&mut outs[i], [t, h]).unwrap(),
+            )
+            .unwrap();
+            add_rmsnorm(
+                stream(),
+                &Tensor::of(&outs[i], [t, h]).unwrap(),
+                &mut TensorMut::of(&mut res[i], [t, h]).unwrap(),
+                &nwt,
+                1e-5,
+                &mut TensorMut::of(&mut yn[i], [t, h]).unwrap(),
             )
             .unwrap()
         });

@@ -183,6 +183,7 @@ l4k_status l4k_blas_create(l4k_blas** blas);
 l4k_status l4k_blas_destroy(l4k_blas* blas);
 l4k_status l4k_linear_bf16(l4k_blas* blas, const void* x, const void* w, void* y, int32_t out_dtype, int64_t m,
                            int64_t n, int64_t k, void* workspace, size_t workspace_bytes, l4k_stream_t stream);
+
 l4k_status l4k_linear_fp8(const void* x_q, const float* x_scales, const void* w_q, const float* w_scales,
                           const int32_t* offsets, void* y, int64_t m, int64_t n, int64_t k, void* workspace,
                           size_t workspace_bytes, l4k_stream_t stream);
@@ -246,6 +247,14 @@ l4k_status l4k_permute_fp8(const void* x, const float* weights, const int32_t* d
  * outside [0, rows) contributes nothing. k <= 8. */
 l4k_status l4k_unpermute(const void* expert_out, const float* weights, const int32_t* dest, const void* shared,
                          void* out, int64_t tokens, int64_t hidden, int32_t k, int64_t rows, l4k_stream_t stream);
+
+/* l4k_unpermute's row fed straight into the decoder's next residual add and norm, one kernel: with f[t] the row
+ * l4k_unpermute would write (not stored), residual[t] = bf16(residual[t] + f[t]) in place and y = rmsnorm(residual)
+ * * norm_weight, bit for bit l4k_unpermute followed by l4k_add_rmsnorm. residual, y: [tokens, hidden] bf16, not
+ * overlapping expert_out or shared; norm_weight: [hidden] bf16. */
+l4k_status l4k_unpermute_add_rmsnorm(const void* expert_out, const float* weights, const int32_t* dest,
+                                     const void* shared, void* residual, const void* norm_weight, void* y, float eps,
+                                     int64_t tokens, int64_t hidden, int32_t k, int64_t rows, l4k_stream_t stream);
 
 /* ---- grouped_gemm: FP8 (E4M3) grouped GEMM for the routed experts ---------------------------------------
  * d[r, :] = bf16((a[r, :] . b[e]^T) * scale_a[r] * scale_b[e, :]) for the rows of each expert e:

@@ -84,6 +84,9 @@ L4K_TABLE(permute, L4kPermuteParams, 0,
           F(experts), F(align), F(out_kind))
 L4K_TABLE(unpermute, L4kUnpermuteParams, 0,
           F(expert_out), F(weights), F(dest), F(shared), F(out), F(tokens), F(hidden), F(rows), F(k), F(_pad))
+L4K_TABLE(unpermute_norm, L4kUnpermuteNormParams, 0,
+          F(expert_out), F(weights), F(dest), F(shared), F(residual), F(weight), F(y), F(tokens), F(hidden), F(rows),
+          F(k), F(eps))
 L4K_TABLE(weight_prep, L4kWeightPrepParams, 0,
           F(w), F(out), F(scales), F(experts), F(k), F(n))
 L4K_TABLE(embedding, L4kEmbeddingParams, 0,
@@ -125,6 +128,7 @@ constexpr Layout kLayouts[] = {
     router::layout,
     permute::layout,
     unpermute::layout,
+    unpermute_norm::layout,
     weight_prep::layout,
     embedding::layout,
     linear::layout,

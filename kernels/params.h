@@ -139,6 +139,25 @@ typedef struct L4kUnpermuteParams {
   int32_t _pad;
 } L4kUnpermuteParams;
 
+// The unpermute fused with the decoder's next residual add and norm (permute.cu): the unpermuted row f (as
+// L4kUnpermuteParams computes it, not stored) is added into residual (rounded to bf16) and y = rmsnorm(residual) *
+// weight, bit for bit l4k_launch_unpermute followed by l4k_launch_rmsnorm with the add. residual and y must not
+// overlap expert_out or shared.
+typedef struct L4kUnpermuteNormParams {
+  const void* expert_out; // [rows, hidden] bf16
+  const float* weights;   // [tokens, k] output weighting, or NULL
+  const int32_t* dest;    // [tokens, k]; a destination outside [0, rows) contributes nothing
+  const void* shared;     // [tokens, hidden] bf16 shared-expert output, or NULL
+  void* residual;         // [tokens, hidden] bf16, read and written
+  const void* weight;     // [hidden] bf16 norm weight
+  void* y;                // [tokens, hidden] bf16
+  int64_t tokens;
+  int64_t hidden;
+  int64_t rows;
+  int32_t k;
+  float eps;
+} L4kUnpermuteNormParams;
+
 // Expert weight preparation (weight_prep.cu): checkpoint bf16 W [experts, k, n] (used as x @ W, n contiguous)
 // -> the grouped GEMM's B [experts, n, k] E4M3 (k contiguous) + scales [experts, n] f32, rowwise over k.
 typedef struct L4kWeightPrepParams {

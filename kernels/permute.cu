@@ -24,6 +24,7 @@
 // kernel (the router, the expert GEMM) before its first global access.
 #include "common.cuh"
 #include "pdl.cuh"
+#include "rmsnorm.cuh"
 
 namespace l4k {
 
@@ -221,11 +222,23 @@ int launch_permute(const L4kPermuteParams& p, cudaStream_t stream) {
   return launch_result(launch_pdl(kernel, shape, stream, p));
 }
 
+// The fused norm's operands (L4kUnpermuteNormParams past the unpermute's own).
+struct NormTail {
+  bf16* residual;
+  const bf16* weight;
+  bf16* y;
+  float eps;
+};
+
 // One CTA per token, the row split into VPT packs per thread (row_shape): the shared row and every source's
 // VPT packs are loaded before they are summed, so a thread keeps 2 * VPT loads in flight for top-1 models
 // (a column loop with one pack per source in flight reached 63% of the copy ceiling).
-template <int VEC, int VPT>
-__global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const L4kUnpermuteParams p) {
+// NORM: the unpermuted row f is not stored; residual = bf16(residual + f) and y = rmsnorm(residual) * weight
+// follow in the same CTA through kernels/rmsnorm.cuh, on rmsnorm.cu's launch shape (row_shape), so the bits are
+// those of the two kernels one after the other.
+template <int VEC, int VPT, bool NORM>
+__global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const L4kUnpermuteParams p,
+                                                                           const NormTail n) {
   __shared__ int64_t src[L4K_ROUTER_MAX_TOP_K];
   __shared__ float wt[L4K_ROUTER_MAX_TOP_K];
   const int64_t t = blockIdx.x;
@@ -238,12 +251,13 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const
   }
   const bf16* y = static_cast<const bf16*>(p.expert_out);
   const bf16* shared = static_cast<const bf16*>(p.shared);
-  Pack<VEC> sh[VPT];
-  if (shared != nullptr) {
+  Pack<VEC> sh[VPT], res[VPT];
 #pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
-      if (c < p.hidden) sh[i] = load_pack<VEC>(shared + t * p.hidden + c);
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < p.hidden) {
+      if (shared != nullptr) sh[i] = load_pack<VEC>(shared + t * p.hidden + c);
+      if constexpr (NORM) res[i] = load_pack<VEC>(n.residual + t * p.hidden + c);
     }
   }
   __syncthreads();
@@ -268,7 +282,6 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const
       for (int j = 0; j < VEC; ++j)
         acc[i][j] = __fadd_rn(acc[i][j], p.weights != nullptr ? __fmul_rn(w, r[i][j]) : r[i][j]);
   }
-  bf16* out = static_cast<bf16*>(p.out) + t * p.hidden;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
@@ -276,8 +289,19 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const
       Pack<VEC> o;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) o.set(j, shared != nullptr ? __fadd_rn(acc[i][j], sh[i][j]) : acc[i][j]);
-      store_pack<VEC>(out + c, o);
+      if constexpr (NORM) {
+        // rmsnorm's add: residual + x rounded to bf16, x the unpermuted row.
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) res[i].set(j, res[i][j] + o[j]);
+        store_pack<VEC>(n.residual + t * p.hidden + c, res[i]);
+      } else {
+        store_pack<VEC>(static_cast<bf16*>(p.out) + t * p.hidden + c, o);
+      }
     }
+  }
+  if constexpr (NORM) {
+    const float inv = row_inv_rms<VEC, VPT>(res, p.hidden, n.eps);
+    store_normed<VEC, VPT>(res, n.weight, n.y + t * p.hidden, p.hidden, inv);
   }
 }
 
@@ -329,6 +353,20 @@ __global__ void __launch_bounds__(MAX_THREADS) unpermute_top1_kernel(const L4kUn
 }
 
 
+// The general kernel at its VPT (rmsnorm.cu's switch: the same shapes).
+template <int VEC, bool NORM>
+cudaError_t launch_general(const L4kUnpermuteParams& p, const NormTail& n, const RowShape& s, cudaStream_t stream) {
+  auto kernel = unpermute_kernel<VEC, 16, NORM>;
+  switch (s.vpt) {
+    case 1: kernel = unpermute_kernel<VEC, 1, NORM>; break;
+    case 2: kernel = unpermute_kernel<VEC, 2, NORM>; break;
+    case 4: kernel = unpermute_kernel<VEC, 4, NORM>; break;
+    case 8: kernel = unpermute_kernel<VEC, 8, NORM>; break;
+    default: break;
+  }
+  return launch_pdl(kernel, LaunchShape{dim3(static_cast<unsigned>(p.tokens)), dim3(s.threads)}, stream, p, n);
+}
+
 constexpr int kTop1Threads = 320;
 
 template <int VEC>
@@ -354,15 +392,17 @@ int launch_unpermute(const L4kUnpermuteParams& p, cudaStream_t stream) {
     const LaunchShape shape{grid, dim3(static_cast<unsigned>((threads + 31) / 32 * 32))};
     return launch_result(launch_pdl(top1, shape, stream, p));
   }
-  auto kernel = unpermute_kernel<VEC, 16>;
-  switch (s.vpt) {
-    case 1: kernel = unpermute_kernel<VEC, 1>; break;
-    case 2: kernel = unpermute_kernel<VEC, 2>; break;
-    case 4: kernel = unpermute_kernel<VEC, 4>; break;
-    case 8: kernel = unpermute_kernel<VEC, 8>; break;
-    default: break;
-  }
-  return launch_result(launch_pdl(kernel, LaunchShape{grid, dim3(s.threads)}, stream, p));
+  return launch_result(launch_general<VEC, false>(p, NormTail{}, s, stream));
+}
+
+template <int VEC>
+int launch_unpermute_norm(const L4kUnpermuteNormParams& q, cudaStream_t stream) {
+  RowShape s;
+  if (!row_shape<VEC>(q.hidden / VEC, &s)) return L4K_STATUS_TOO_LONG;
+  const L4kUnpermuteParams p{q.expert_out, q.weights, q.dest, q.shared, nullptr, q.tokens, q.hidden, q.rows, q.k, 0};
+  const NormTail n{static_cast<bf16*>(q.residual), static_cast<const bf16*>(q.weight), static_cast<bf16*>(q.y),
+                   q.eps};
+  return launch_result(launch_general<VEC, true>(p, n, s, stream));
 }
 
 }  // namespace l4k
@@ -382,4 +422,12 @@ extern "C" int l4k_launch_unpermute(const L4kUnpermuteParams* p, cudaStream_t st
   const bool vec = p->hidden % 8 == 0 && aligned16(p->expert_out) && aligned16(p->out) &&
                    (p->shared == nullptr || aligned16(p->shared));
   return vec ? launch_unpermute<8>(*p, stream) : launch_unpermute<1>(*p, stream);
+}
+
+// The vector path needs every row start 16-byte aligned, as l4k_launch_rmsnorm's.
+extern "C" int l4k_launch_unpermute_add_rmsnorm(const L4kUnpermuteNormParams* p, cudaStream_t stream) {
+  using namespace l4k;
+  const bool vec = p->hidden % 8 == 0 && aligned16(p->expert_out) && aligned16(p->residual) && aligned16(p->weight) &&
+                   aligned16(p->y) && (p->shared == nullptr || aligned16(p->shared));
+  return vec ? launch_unpermute_norm<8>(*p, stream) : launch_unpermute_norm<1>(*p, stream);
 }

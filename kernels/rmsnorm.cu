@@ -5,13 +5,15 @@
 // rounded sum is what the next layer reads.
 //
 // One CTA per row; the row stays in registers (VPT packs of VEC bf16 per thread) between the sum-of-squares
-// reduction and the write, so each byte is read once. Aliasing is allowed (y == x, residual_out == residual):
-// every element is read and written by the same thread, and all reads precede the reduction's barrier.
+// reduction and the write (kernels/rmsnorm.cuh, shared with the fused unpermute + norm), so each byte is read
+// once. Aliasing is allowed (y == x, residual_out == residual): every element is read and written by the same
+// thread, and all reads precede the reduction's barrier.
 //
 // PDL (kernels/pdl.cuh): every thread waits for the previous kernel before its first load, then lets the next
 // kernel launch.
 #include "common.cuh"
 #include "pdl.cuh"
+#include "rmsnorm.cuh"
 
 namespace l4k {
 
@@ -23,7 +25,6 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) rmsnorm_kernel(const L
   pdl_launch_dependents();
 
   Pack<VEC> v[VPT];
-  float ss = 0.f;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
@@ -35,23 +36,10 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) rmsnorm_kernel(const L
         for (int j = 0; j < VEC; ++j) v[i].set(j, r[j] + v[i][j]);
         store_pack<VEC>(static_cast<bf16*>(p.residual_out) + base + c, v[i]);
       }
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) ss += v[i][j] * v[i][j];
     }
   }
-  const float inv = rsqrtf(block_reduce(ss, SumOp{}, 0.f) / static_cast<float>(p.cols) + p.eps);
-
-  bf16* y = static_cast<bf16*>(p.y) + base;
-#pragma unroll
-  for (int i = 0; i < VPT; ++i) {
-    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
-    if (c < p.cols) {
-      const Pack<VEC> w = load_pack<VEC>(static_cast<const bf16*>(p.weight) + c);
-#pragma unroll
-      for (int j = 0; j < VEC; ++j) v[i].set(j, round_bf16(v[i][j] * inv) * w[j]);
-      store_pack<VEC>(y + c, v[i]);
-    }
-  }
+  const float inv = row_inv_rms<VEC, VPT>(v, p.cols, p.eps);
+  store_normed<VEC, VPT>(v, static_cast<const bf16*>(p.weight), static_cast<bf16*>(p.y) + base, p.cols, inv);
 }
 
 template <int VEC, bool ADD>

@@ -184,6 +184,7 @@ mod tests {
             mirror::<ffi::RouterParams>(),
             mirror::<ffi::PermuteParams>(),
             mirror::<ffi::UnpermuteParams>(),
+            mirror::<ffi::UnpermuteNormParams>(),
             mirror::<ffi::EmbeddingParams>(),
             mirror::<ffi::RandomParams>(),
             mirror::<ffi::LinearParams>(),

@@ -20,7 +20,9 @@ use crate::ffi::{ArgmaxParams, EmbeddingParams, RandomParams, GEMM_AUTO};
 use crate::ffi::{
     AttentionParams, GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8,
 };
-use crate::ffi::{PermuteParams, RouterParams, UnpermuteParams, WeightPrepParams, PERMUTE_BF16, PERMUTE_FP8};
+use crate::ffi::{
+    PermuteParams, RouterParams, UnpermuteNormParams, UnpermuteParams, WeightPrepParams, PERMUTE_BF16, PERMUTE_FP8,
+};
 use crate::linear::{Blas, LinearArgs, LinearSchedule};
 use crate::rope::{self, HeadLayout, LayerKind, Llama3Scaling, Temperature};
 use crate::{
@@ -671,6 +673,44 @@ pub unsafe extern "C" fn l4k_unpermute(
     guard(|| {
         let p = UnpermuteParams { expert_out, weights, dest, shared, out, tokens, hidden, rows, k, _pad: 0 };
         permute::launch_unpermute(&p, stream)
+    })
+}
+
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_unpermute_add_rmsnorm(
+    expert_out: *const c_void,
+    weights: *const f32,
+    dest: *const i32,
+    shared: *const c_void,
+    residual: *mut c_void,
+    norm_weight: *const c_void,
+    y: *mut c_void,
+    eps: f32,
+    tokens: i64,
+    hidden: i64,
+    k: i32,
+    rows: i64,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let p = UnpermuteNormParams {
+            expert_out,
+            weights,
+            dest,
+            shared,
+            residual,
+            weight: norm_weight,
+            y,
+            tokens,
+            hidden,
+            rows,
+            k,
+            eps,
+        };
+        permute::launch_unpermute_add_rmsnorm(&p, stream)
     })
 }
 

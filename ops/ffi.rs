@@ -198,6 +198,23 @@ c_struct! {
 }
 
 c_struct! {
+    pub struct UnpermuteNormParams as "L4kUnpermuteNormParams" {
+        pub expert_out: *const c_void,
+        pub weights: *const f32,
+        pub dest: *const i32,
+        pub shared: *const c_void,
+        pub residual: *mut c_void,
+        pub weight: *const c_void,
+        pub y: *mut c_void,
+        pub tokens: i64,
+        pub hidden: i64,
+        pub rows: i64,
+        pub k: i32,
+        pub eps: f32,
+    }
+}
+
+c_struct! {
     pub struct EmbeddingParams as "L4kEmbeddingParams" {
         pub table: *const c_void,
         pub ids: *const i32,
@@ -353,6 +370,7 @@ extern "C" {
     pub fn l4k_launch_random_uniform_bf16(p: *const RandomParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_permute(p: *const PermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_unpermute(p: *const UnpermuteParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_unpermute_add_rmsnorm(p: *const UnpermuteNormParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_attention_decode(p: *const AttentionParams, stream: CUstream) -> c_int;
     pub fn l4k_internal_attention_decode_plan(
         batch: i32,

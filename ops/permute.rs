@@ -5,7 +5,8 @@
 //!   weight first (Llama 4 scales the expert INPUT: `bf16(x * w)`), written as bf16 or as FP8 E4M3 with one f32
 //!   scale per row (`scale = max(amax, 1e-12) / 448`, `q = e4m3(x * (1 / scale))`, as [`crate::quant`]).
 //! - [`unpermute`]: `out[t] = bf16(sum_c (w[t, c] *)? y[dest[t, c]] (+ shared[t]))`, summed in f32 in choice order,
-//!   the shared-expert row last, one rounding.
+//!   the shared-expert row last, one rounding. [`unpermute_add_rmsnorm`]: the same row fed straight into the
+//!   decoder's next residual add and norm, in the same kernel.
 //!
 //! Layout for the FP8 grouped GEMM: expert e owns rows `offsets[e] .. offsets[e + 1]` of the permuted buffer
 //! (device int32, from the router); with [`Padding`], rows past `offsets[e] + counts[e]` in that block are
@@ -14,15 +15,20 @@
 //! never written out of bounds.
 
 use crate::error::{ensure, Error, Result};
-use crate::ffi::{self, check_grid, check_ptr, launched, PermuteParams, UnpermuteParams, PERMUTE_BF16, PERMUTE_FP8};
+use crate::ffi::{
+    self, check_grid, check_ptr, launched, PermuteParams, UnpermuteNormParams, UnpermuteParams, PERMUTE_BF16,
+    PERMUTE_FP8,
+};
 use crate::router::MAX_TOP_K;
 use crate::tensor::{bf16, same_device, Tensor, TensorMut, E4M3};
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::CudaStream;
+use std::ffi::c_void;
 use std::ptr;
 
 const OP: &str = "permute";
 const OP_UNPERMUTE: &str = "unpermute";
+const OP_UNPERMUTE_NORM: &str = "unpermute_add_rmsnorm";
 /// Largest padding multiple (a GEMM tile is at most a few hundred rows).
 pub const MAX_ALIGN: usize = 4096;
 
@@ -251,32 +257,138 @@ pub fn unpermute(
 
 pub(crate) fn launch_unpermute(p: &UnpermuteParams, stream: CUstream) -> Result<()> {
     let op = OP_UNPERMUTE;
-    check_grid(op, "tokens", p.tokens)?;
-    ensure!(p.hidden >= 1, "{op}: hidden must be positive (got {})", p.hidden);
-    ensure!(p.rows >= 0, "{op}: rows is negative ({})", p.rows);
-    ensure!(p.k >= 1, "{op}: k must be positive (got {})", p.k);
-    if p.k as usize > MAX_TOP_K {
-        return Err(Error::Unsupported(format!("{op}: k = {}; at most {MAX_TOP_K} choices are supported", p.k)));
-    }
+    check_unpermute(op, p.expert_out, p.weights, p.dest, p.shared, p.tokens, p.hidden, p.rows, p.k)?;
     if p.tokens == 0 {
         return Ok(());
-    }
-    check_ptr(op, "expert_out", p.expert_out, 2)?;
-    if !p.weights.is_null() {
-        check_ptr(op, "weights", p.weights as _, 4)?;
-    }
-    check_ptr(op, "dest", p.dest as _, 4)?;
-    if !p.shared.is_null() {
-        check_ptr(op, "shared", p.shared, 2)?;
     }
     check_ptr(op, "out", p.out, 2)?;
     // SAFETY: validated above.
     launched(op, unsafe { ffi::l4k_launch_unpermute(p, stream) })
 }
 
+/// Where the fused [`unpermute_add_rmsnorm`] measured faster than [`unpermute`] followed by
+/// [`crate::rmsnorm::add_rmsnorm`] on the H200 (bench/permute.rs, Scout's 5120 columns, kernels/NOTES.md
+/// "unpermute + norm"): up to 512 tokens (1: 3.33 vs 4.37 us, 64: 4.29 vs 6.86, 512: 12.07 vs 12.95). From 4096
+/// tokens the pair is faster (79.4 vs 78.0 us, 16384: 299 vs 288): the fused kernel is the general unpermute's,
+/// without the top-1 kernel's residency, so prefill keeps the two kernels.
+pub fn unpermute_norm_is_faster(tokens: usize) -> bool {
+    tokens <= 512
+}
+
+/// [`unpermute`] fused with the decoder's next residual add and norm (the MoE block's output F goes straight
+/// into `residual += F; y = rmsnorm(residual) * weight`, [`crate::rmsnorm::add_rmsnorm`]'s contract), one CTA per
+/// token: F is not stored, and the bits of `residual` and `y` are those of [`unpermute`] followed by
+/// [`crate::rmsnorm::add_rmsnorm`] (the same summation orders). `residual` and `y` [T, H], `norm_weight` [H];
+/// they must not overlap `expert_out` or `shared`.
+#[allow(clippy::too_many_arguments)]
+pub fn unpermute_add_rmsnorm(
+    stream: &CudaStream,
+    expert_out: &Tensor<bf16, 2>,
+    dest: &Tensor<i32, 2>,
+    weight_by: Option<&Tensor<f32, 2>>,
+    shared: Option<&Tensor<bf16, 2>>,
+    residual: &mut TensorMut<bf16, 2>,
+    norm_weight: &Tensor<bf16, 1>,
+    eps: f32,
+    y: &mut TensorMut<bf16, 2>,
+) -> Result<()> {
+    let op = OP_UNPERMUTE_NORM;
+    let [rows, h] = expert_out.shape();
+    let [t, k] = dest.shape();
+    ensure!(residual.shape() == [t, h], "{op}: residual {:?}, want [{t}, {h}]", residual.shape());
+    ensure!(y.shape() == [t, h], "{op}: y {:?}, want [{t}, {h}]", y.shape());
+    ensure!(norm_weight.shape() == [h], "{op}: norm weight {:?}, want [{h}]", norm_weight.shape());
+    if let Some(w) = weight_by {
+        ensure!(w.shape() == [t, k], "{op}: weights {:?}, want [{t}, {k}]", w.shape());
+    }
+    if let Some(s) = shared {
+        ensure!(s.shape() == [t, h], "{op}: shared {:?}, want [{t}, {h}]", s.shape());
+    }
+    let mut streams = vec![expert_out.stream(), dest.stream(), residual.stream(), norm_weight.stream(), y.stream()];
+    streams.extend(weight_by.map(|w| w.stream()));
+    streams.extend(shared.map(|s| s.stream()));
+    same_device(stream, &streams)?;
+    let (py, _gy) = expert_out.ptr(stream);
+    let (pd, _gd) = dest.ptr(stream);
+    let w = weight_by.map(|w| w.ptr(stream));
+    let s = shared.map(|s| s.ptr(stream));
+    let (pr, _gr) = residual.ptr_mut(stream);
+    let (pn, _gn) = norm_weight.ptr(stream);
+    let (po, _go) = y.ptr_mut(stream);
+    let p = UnpermuteNormParams {
+        expert_out: py as _,
+        weights: w.as_ref().map_or(ptr::null(), |w| w.0 as _),
+        dest: pd as _,
+        shared: s.as_ref().map_or(ptr::null(), |s| s.0 as _),
+        residual: pr as _,
+        weight: pn as _,
+        y: po as _,
+        tokens: t as i64,
+        hidden: h as i64,
+        rows: rows as i64,
+        k: i32::try_from(k).unwrap_or(i32::MAX),
+        eps,
+    };
+    launch_unpermute_add_rmsnorm(&p, stream.cu_stream())
+}
+
+pub(crate) fn launch_unpermute_add_rmsnorm(p: &UnpermuteNormParams, stream: CUstream) -> Result<()> {
+    let op = OP_UNPERMUTE_NORM;
+    check_unpermute(op, p.expert_out, p.weights, p.dest, p.shared, p.tokens, p.hidden, p.rows, p.k)?;
+    ensure!(p.eps.is_finite() && p.eps >= 0.0, "{op}: eps = {} (want finite, >= 0)", p.eps);
+    if p.tokens == 0 {
+        return Ok(());
+    }
+    check_ptr(op, "residual", p.residual, 2)?;
+    check_ptr(op, "norm weight", p.weight, 2)?;
+    check_ptr(op, "y", p.y, 2)?;
+    // SAFETY: validated above.
+    launched(op, unsafe { ffi::l4k_launch_unpermute_add_rmsnorm(p, stream) })
+}
+
+/// The unpermute's own operands, both entry points.
+#[allow(clippy::too_many_arguments)]
+fn check_unpermute(
+    op: &str,
+    expert_out: *const c_void,
+    weights: *const f32,
+    dest: *const i32,
+    shared: *const c_void,
+    tokens: i64,
+    hidden: i64,
+    rows: i64,
+    k: i32,
+) -> Result<()> {
+    check_grid(op, "tokens", tokens)?;
+    ensure!(hidden >= 1, "{op}: hidden must be positive (got {hidden})");
+    ensure!(rows >= 0, "{op}: rows is negative ({rows})");
+    ensure!(k >= 1, "{op}: k must be positive (got {k})");
+    if k as usize > MAX_TOP_K {
+        return Err(Error::Unsupported(format!("{op}: k = {k}; at most {MAX_TOP_K} choices are supported")));
+    }
+    if tokens == 0 {
+        return Ok(());
+    }
+    check_ptr(op, "expert_out", expert_out, 2)?;
+    if !weights.is_null() {
+        check_ptr(op, "weights", weights as _, 4)?;
+    }
+    check_ptr(op, "dest", dest as _, 4)?;
+    if !shared.is_null() {
+        check_ptr(op, "shared", shared, 2)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fused_norm_serves_decode_batches_only() {
+        assert!(unpermute_norm_is_faster(1) && unpermute_norm_is_faster(64) && unpermute_norm_is_faster(512));
+        assert!(!unpermute_norm_is_faster(4096) && !unpermute_norm_is_faster(16384));
+    }
 
     #[test]
     fn capacity_covers_the_worst_padding() {

@@ -247,6 +247,14 @@ pub trait Backend {
     /// `F` = the Llama 4 MoE block of `Y` (sigmoid top-k routing on the input, plus the shared expert).
     fn moe(&self, st: &mut Self::State, w: MoeRef<'_, Self::Weight>) -> Result<()>;
 
+    /// [`Backend::moe`], then [`Backend::norm`] with the add (`X += F; Y = rmsnorm(X) * norm`): the decoder's MoE
+    /// block and the norm that follows it (the next layer's input norm, or the final one). A backend may fuse the
+    /// MoE block's last step with the norm, in which case `F` is not written; the results are the pair's.
+    fn moe_norm(&self, st: &mut Self::State, w: MoeRef<'_, Self::Weight>, norm: &Self::Weight, eps: f32) -> Result<()> {
+        self.moe(st, w)?;
+        self.norm(st, norm, eps, true)
+    }
+
     /// Logits of the step's logit rows of `Y` (`Y[rows] @ lm_head^T`, f32) and their argmax, on the device.
     fn logits(&self, st: &mut Self::State, lm_head: &Self::Weight) -> Result<()>;
 

@@ -500,22 +500,39 @@ impl Gpu {
                 let mut ws = tm(&mut lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
                 self.blas.linear_bf16(s, &x, &tv(w, [n, k])?, &mut y, &mut ws).map_err(kerr)
             }
-            GpuWeight::Fp8 { q, scales, .. } => {
+            GpuWeight::Fp8 { .. } => {
                 quant::quant_fp8(s, &x, &mut tm(&mut lin.xq, [m, k])?, &mut tm(&mut lin.xs, [m])?).map_err(kerr)?;
-                let ws_len = lin.gemm_ws.len();
-                linear_fp8(
-                    s,
-                    &tv(&lin.xq, [m, k])?,
-                    &tv(&lin.xs, [m])?,
-                    &tv(q, [n, k])?,
-                    &tv(scales, [n])?,
-                    off,
-                    &mut y,
-                    &mut tm(&mut lin.gemm_ws, [ws_len])?,
-                )
-                .map_err(kerr)
+                self.lin_quantized(s, lin, m, w, &mut y, off)
             }
         }
+    }
+
+    /// The FP8 linear of `w` on the rows already quantized into `lin.xq` / `lin.xs` ([m, k] and [m]).
+    fn lin_quantized(
+        &self,
+        s: &CudaStream,
+        lin: &mut LinScratch,
+        m: usize,
+        w: &GpuWeight,
+        y: &mut TensorMut<bf16, 2>,
+        off: &Tensor<i32, 1>,
+    ) -> Result<()> {
+        let GpuWeight::Fp8 { q, scales, .. } = w else {
+            return Err(Error::Backend("an FP8 linear on a bf16 weight".into()));
+        };
+        let [n, k] = w.shape()[..] else { return Err(Error::Backend("linear weight rank".into())) };
+        let ws_len = lin.gemm_ws.len();
+        linear_fp8(
+            s,
+            &tv(&lin.xq, [m, k])?,
+            &tv(&lin.xs, [m])?,
+            &tv(q, [n, k])?,
+            &tv(scales, [n])?,
+            off,
+            y,
+            &mut tm(&mut lin.gemm_ws, [ws_len])?,
+        )
+        .map_err(kerr)
     }
 }
 
@@ -863,10 +880,82 @@ impl Backend for Gpu {
     }
 
     fn moe(&self, st: &mut GpuState, w: MoeRef<'_, GpuWeight>) -> Result<()> {
+        self.moe_then(st, w, None)
+    }
+
+    /// The unpermute and the norm after it in one kernel (permute::unpermute_add_rmsnorm, F not written) where that
+    /// measured faster (decode batches), else the two kernels.
+    fn moe_norm(&self, st: &mut GpuState, w: MoeRef<'_, GpuWeight>, norm: &GpuWeight, eps: f32) -> Result<()> {
+        if permute::unpermute_norm_is_faster(st.shape.tokens) {
+            return self.moe_then(st, w, Some((norm, eps)));
+        }
+        self.moe_then(st, w, None)?;
+        self.norm(st, norm, eps, true)
+    }
+
+    fn logits(&self, st: &mut GpuState, lm_head: &GpuWeight) -> Result<()> {
+        let (t, r, h, v) = (st.shape.tokens, st.shape.logit_rows, st.hidden, st.vocab);
+        if r == 0 {
+            return Ok(());
+        }
+        self.mark("lm_head")?;
+        let s = self.stream();
+        let rows = meta1::<i32>(&st.arena, st.layout.logit_rows, r)?;
+        embedding::embedding(s, &tv(&st.acts[Act::Y as usize], [t, h])?, &rows, &mut tm(&mut st.ysel, [r, h])?, None)
+            .map_err(kerr)?;
+        let w = lm_head.bf16("lm_head")?;
+        let mut ws = tm(&mut st.lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
+        self.blas
+            .linear_bf16(s, &tv(&st.ysel, [r, h])?, &tv(w, [v, h])?, &mut tm(&mut st.logits, [r, v])?, &mut ws)
+            .map_err(kerr)?;
+        argmax::argmax(s, &tv(&st.logits, [r, v])?, &mut tm(&mut st.tokens, [r])?).map_err(kerr)
+    }
+
+    fn tokens(&self, st: &mut GpuState) -> Result<Vec<i32>> {
+        let s = self.stream();
+        let r = st.shape.logit_rows;
+        let tokens = if r == 0 { Vec::new() } else { s.clone_dtoh(&st.tokens.slice(..r)).map_err(derr)? };
+        let counters = s.clone_dtoh(&st.counters).map_err(derr)?;
+        if let Some((i, n)) = counters.iter().enumerate().find(|(_, &n)| n != 0) {
+            s.memset_zeros(&mut st.counters).map_err(derr)?;
+            return Err(Error::Backend(format!("the step found {n} {} on the device", COUNTERS[i])));
+        }
+        Ok(tokens)
+    }
+
+    fn read_logits(&self, st: &mut GpuState) -> Result<Array2<f32>> {
+        let (r, v) = (st.shape.logit_rows, st.vocab);
+        let host =
+            if r == 0 { Vec::new() } else { self.stream().clone_dtoh(&st.logits.slice(..r * v)).map_err(derr)? };
+        Array2::from_shape_vec((r, v), host).map_err(|e| Error::Backend(e.to_string()))
+    }
+
+    fn capture(&self, st: &mut GpuState, f: &mut dyn FnMut(&mut GpuState) -> Result<()>) -> Result<Option<CudaGraph>> {
+        if self.profile.borrow().is_some() {
+            return Err(Error::Backend("a profiled step cannot be captured: run it eagerly".into()));
+        }
+        let s = self.stream();
+        s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(derr)?;
+        let ran = f(st);
+        // The capture ends whatever happened, so a failed op leaves the stream usable.
+        let graph = s.end_capture(CUgraphInstantiate_flags(0)).map_err(derr);
+        ran?;
+        graph?.map(Some).ok_or_else(|| Error::Backend("the captured step holds no work".into()))
+    }
+
+    fn replay(&self, _st: &mut GpuState, g: &CudaGraph) -> Result<()> {
+        g.launch().map_err(derr)
+    }
+}
+
+impl Gpu {
+    /// The MoE block of [`Backend::moe`], its last kernel fused with the norm after it when `norm` is given.
+    fn moe_then(&self, st: &mut GpuState, w: MoeRef<'_, GpuWeight>, norm: Option<(&GpuWeight, f32)>) -> Result<()> {
         let (t, h, e, k) = (st.shape.tokens, st.hidden, st.experts, w.top_k);
         let s = self.stream();
         let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
-        let [_, y, _, _, f] = &mut st.acts;
+        let [x, y, _, _, f] = &mut st.acts;
+
         let ffn = &mut st.ffn;
         // The shared expert sees the unscaled y.
         // On its own stream unless profiling (then each op's time must be its own); it has its own scratch.
@@ -986,74 +1075,25 @@ impl Backend for Gpu {
             )
             .map_err(kerr)?;
         }
-        // F = bf16(sum of the chosen experts' outputs + shared), one rounding.
-        self.mark("unpermute")?;
+        // F = bf16(sum of the chosen experts' outputs + shared), one rounding; with the norm, straight into
+        // X += F, Y = rmsnorm(X) * w.
         if overlap {
             s.wait(&self.join).map_err(derr)?;
         }
-        permute::unpermute(
-            s,
-            &tv(&ffn.eo, [rows, h])?,
-            &tv(&ffn.dest, [t, k])?,
-            None,
-            Some(&tv(&ffn.shared, [t, h])?),
-            &mut tm(f, [t, h])?,
-        )
+        let (eo, dest, shared) = (tv(&ffn.eo, [rows, h])?, tv(&ffn.dest, [t, k])?, tv(&ffn.shared, [t, h])?);
+        match norm {
+            None => {
+                self.mark("unpermute")?;
+                permute::unpermute(s, &eo, &dest, None, Some(&shared), &mut tm(f, [t, h])?)
+            }
+            Some((nw, eps)) => {
+                self.mark("unpermute_norm")?;
+                let nw = tv(nw.bf16("norm")?, [h])?;
+                let (mut x, mut y) = (tm(x, [t, h])?, tm(y, [t, h])?);
+                permute::unpermute_add_rmsnorm(s, &eo, &dest, None, Some(&shared), &mut x, &nw, eps, &mut y)
+            }
+        }
         .map_err(kerr)
-    }
-
-    fn logits(&self, st: &mut GpuState, lm_head: &GpuWeight) -> Result<()> {
-        let (t, r, h, v) = (st.shape.tokens, st.shape.logit_rows, st.hidden, st.vocab);
-        if r == 0 {
-            return Ok(());
-        }
-        self.mark("lm_head")?;
-        let s = self.stream();
-        let rows = meta1::<i32>(&st.arena, st.layout.logit_rows, r)?;
-        embedding::embedding(s, &tv(&st.acts[Act::Y as usize], [t, h])?, &rows, &mut tm(&mut st.ysel, [r, h])?, None)
-            .map_err(kerr)?;
-        let w = lm_head.bf16("lm_head")?;
-        let mut ws = tm(&mut st.lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
-        self.blas
-            .linear_bf16(s, &tv(&st.ysel, [r, h])?, &tv(w, [v, h])?, &mut tm(&mut st.logits, [r, v])?, &mut ws)
-            .map_err(kerr)?;
-        argmax::argmax(s, &tv(&st.logits, [r, v])?, &mut tm(&mut st.tokens, [r])?).map_err(kerr)
-    }
-
-    fn tokens(&self, st: &mut GpuState) -> Result<Vec<i32>> {
-        let s = self.stream();
-        let r = st.shape.logit_rows;
-        let tokens = if r == 0 { Vec::new() } else { s.clone_dtoh(&st.tokens.slice(..r)).map_err(derr)? };
-        let counters = s.clone_dtoh(&st.counters).map_err(derr)?;
-        if let Some((i, n)) = counters.iter().enumerate().find(|(_, &n)| n != 0) {
-            s.memset_zeros(&mut st.counters).map_err(derr)?;
-            return Err(Error::Backend(format!("the step found {n} {} on the device", COUNTERS[i])));
-        }
-        Ok(tokens)
-    }
-
-    fn read_logits(&self, st: &mut GpuState) -> Result<Array2<f32>> {
-        let (r, v) = (st.shape.logit_rows, st.vocab);
-        let host =
-            if r == 0 { Vec::new() } else { self.stream().clone_dtoh(&st.logits.slice(..r * v)).map_err(derr)? };
-        Array2::from_shape_vec((r, v), host).map_err(|e| Error::Backend(e.to_string()))
-    }
-
-    fn capture(&self, st: &mut GpuState, f: &mut dyn FnMut(&mut GpuState) -> Result<()>) -> Result<Option<CudaGraph>> {
-        if self.profile.borrow().is_some() {
-            return Err(Error::Backend("a profiled step cannot be captured: run it eagerly".into()));
-        }
-        let s = self.stream();
-        s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(derr)?;
-        let ran = f(st);
-        // The capture ends whatever happened, so a failed op leaves the stream usable.
-        let graph = s.end_capture(CUgraphInstantiate_flags(0)).map_err(derr);
-        ran?;
-        graph?.map(Some).ok_or_else(|| Error::Backend("the captured step holds no work".into()))
-    }
-
-    fn replay(&self, _st: &mut GpuState, g: &CudaGraph) -> Result<()> {
-        g.launch().map_err(derr)
     }
 }
 
@@ -1072,8 +1112,19 @@ fn dense_ffn(
     out: &mut CudaSlice<bf16>,
     off: &Tensor<i32, 1>,
 ) -> Result<()> {
-    let two_i = gate_up.shape()[0];
+    let (two_i, n) = (gate_up.shape()[0], down.shape()[0]);
+    let i = two_i / 2;
     gpu.lin(s, lin, y, t, gate_up, gu, off, "gate_up")?;
-    swiglu::swiglu(s, &tv(gu, [t, two_i])?, &mut tm(hbuf, [t, two_i / 2])?).map_err(kerr)?;
-    gpu.lin(s, lin, hbuf, t, down, out, off, "down")
+    let g = tv(gu, [t, two_i])?;
+    match down {
+        // An FP8 down projection takes h quantized: SwiGLU and the quantization are one kernel.
+        GpuWeight::Fp8 { .. } => {
+            swiglu::swiglu_fp8(s, &g, &mut tm(&mut lin.xq, [t, i])?, &mut tm(&mut lin.xs, [t])?).map_err(kerr)?;
+            gpu.lin_quantized(s, lin, t, down, &mut tm(out, [t, n])?, off)
+        }
+        GpuWeight::Bf16 { .. } => {
+            swiglu::swiglu(s, &g, &mut tm(hbuf, [t, i])?).map_err(kerr)?;
+            gpu.lin(s, lin, hbuf, t, down, out, off, "down")
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //!               Y = rmsnorm(X += F);  F = moe(Y) or mlp(Y)
 //! Y = rmsnorm(X += F); logits = lm_head(Y[logit rows]); tokens = argmax(logits)
 //! ```
+//! An MoE block and the norm after it are one backend call ([`Backend::moe_norm`]), so a backend can fuse them.
 //! One pass serves any step (prefill, continued prefill, decode, or a mix of sequences): the ops see only the
 //! step's metadata. Sequences, the KV cache and sampling are the engine's ([`crate::engine`]).
 
@@ -94,23 +95,29 @@ impl<B: Backend> Model<B> {
     pub(crate) fn run_step(&self, st: &mut B::State) -> Result<()> {
         let b = &self.backend;
         let eps = self.config.rms_norm_eps;
+        let layers = &self.weights.layers;
         b.embed(st, &self.weights.embed)?;
-        for (i, lw) in self.weights.layers.iter().enumerate() {
-            b.norm(st, &lw.input_norm, eps, i > 0)?;
+        // Each layer's FFN is followed by the next norm (the next layer's input norm, or the final one), which
+        // takes its output as the residual add: for an MoE layer the pair is one call, so a backend can fuse it.
+        b.norm(st, layers.first().map_or(&self.weights.norm, |l| &l.input_norm), eps, false)?;
+        for (i, lw) in layers.iter().enumerate() {
             b.linear(st, Act::Y, Act::Qkv, &lw.qkv)?;
             b.rope(st, i, &self.layers[i])?;
             b.attention(st, i, &self.layers[i])?;
             b.linear(st, Act::Attn, Act::F, &lw.o)?;
             b.norm(st, &lw.post_norm, eps, true)?;
+            let next = layers.get(i + 1).map_or(&self.weights.norm, |l| &l.input_norm);
             match &lw.ffn {
-                FfnWeights::Dense { gate_up, down } => b.mlp(st, gate_up, down)?,
+                FfnWeights::Dense { gate_up, down } => {
+                    b.mlp(st, gate_up, down)?;
+                    b.norm(st, next, eps, true)?
+                }
                 FfnWeights::Moe { router, gate_up, down, shared_gate_up, shared_down } => {
                     let top_k = self.config.num_experts_per_tok;
-                    b.moe(st, MoeRef { router, gate_up, down, shared_gate_up, shared_down, top_k })?
+                    b.moe_norm(st, MoeRef { router, gate_up, down, shared_gate_up, shared_down, top_k }, next, eps)?
                 }
             }
         }
-        b.norm(st, &self.weights.norm, eps, true)?;
         b.logits(st, &self.weights.lm_head)
     }
 }

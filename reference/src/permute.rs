@@ -8,11 +8,12 @@
 //! - [`unpermute`]: gathers each token's k expert outputs back, optionally weights them (Mixtral style),
 //!   adds the shared expert's output, all in f32, and rounds once by `p`. For Llama 4 (top-1, unweighted)
 //!   that is exactly HF's `out = shared_expert(y); out.add_(routed)`.
+//! - [`unpermute_add_rmsnorm`]: that, then the decoder's next residual add and norm.
 
 use crate::dtype::Precision;
 use crate::fp8;
 use crate::router::Routing;
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 
 /// Gathers `x` [T, H] into expert-sorted rows [T * k, H]: row `dest[t, c]` is `x[t]`, times
 /// `weights[t, c]` rounded by `p` when `scale_by_weight`.
@@ -96,6 +97,23 @@ pub fn unpermute(
         }
     }
     out
+}
+
+/// [`unpermute`] fed into the decoder's next residual add and norm ([`crate::rmsnorm::add_rmsnorm`]): the oracle
+/// of the fused kernel. Returns `(residual + F rounded, rmsnorm of it)` with F the unpermuted rows (rounded by `p`).
+#[allow(clippy::too_many_arguments)]
+pub fn unpermute_add_rmsnorm(
+    expert_out: ArrayView2<f32>,
+    r: &Routing,
+    weight_outputs: bool,
+    shared: Option<ArrayView2<f32>>,
+    residual: ArrayView2<f32>,
+    norm_weight: ArrayView1<f32>,
+    eps: f32,
+    p: Precision,
+) -> (Array2<f32>, Array2<f32>) {
+    let f = unpermute(expert_out, r, weight_outputs, shared, p);
+    crate::rmsnorm::add_rmsnorm(f.view(), residual, norm_weight, eps, p)
 }
 
 #[cfg(test)]

@@ -36,6 +36,14 @@ int main(void) {
   s = l4k_rmsnorm(NULL, NULL, NULL, 0, 64, 1e-5f, NULL);
   CHECK(s == L4K_OK && l4k_last_error()[0] == '\0', "zero rows must be a no-op: %d %s", (int)s, l4k_last_error());
 
+  s = l4k_unpermute_add_rmsnorm((const void*)0x1000, NULL, (const int32_t*)0x2000, NULL, NULL, (const void*)0x3000,
+                                (void*)0x4000, 1e-5f, 2, 64, 1, 2, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "residual is null") != NULL,
+        "null residual: %d %s", (int)s, l4k_last_error());
+  s = l4k_unpermute_add_rmsnorm((const void*)0x1000, NULL, (const int32_t*)0x2000, NULL, (void*)0x5000,
+                                (const void*)0x3000, (void*)0x4000, 1e-5f, 2, 64, 9, 2, NULL);
+  CHECK(s == L4K_ERROR_UNSUPPORTED, "k = 9: %d %s", (int)s, l4k_last_error());
+
   s = l4k_swiglu_fp8((const void*)0x1000, (void*)0x2000, (float*)0x3000, 3, -1, NULL);
   CHECK(s == L4K_ERROR_INVALID_ARGUMENT, "negative inter: %d", (int)s);
 

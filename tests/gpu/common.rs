@@ -62,15 +62,18 @@ pub fn poison_f32(n: usize) -> CudaSlice<f32> {
 
 /// Relative L2 error within `tol`, plus at least `min_exact` of the elements bit-identical to the reference
 /// (the kernels reproduce the model's bf16 roundings, so almost every element must match exactly; the rest
-/// differ by one rounding where device and host transcendental functions differ in the last f32 bit).
+/// differ by one rounding where device and host transcendental functions differ in the last f32 bit). The
+/// allowance of inexact elements, (1 - min_exact) of them, is rounded up to whole elements: an 88-element output
+/// at 0.99 may hold one (a fraction would demand all 88), and min_exact = 1 still demands every one.
 pub fn assert_matches(what: &str, out: &[f32], reference: &[f32], tol: f64, min_exact: f64) {
     llama4_reference::check::assert_close(what, out, reference, tol);
-    if out.is_empty() {
-        return;
-    }
     let exact = out.iter().zip(reference).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
-    let frac = exact as f64 / out.len() as f64;
-    assert!(frac >= min_exact, "{what}: only {exact} of {} elements bit-identical to the reference", out.len());
+    let allowed = ((1.0 - min_exact) * out.len() as f64 - 1e-9).ceil().max(0.0) as usize;
+    assert!(
+        out.len() - exact <= allowed,
+        "{what}: only {exact} of {} elements bit-identical to the reference (at most {allowed} may differ)",
+        out.len()
+    );
 }
 
 /// Odd and realistic row lengths: anything from 1, multiples of 8 (the vector path), and model widths.

@@ -3,7 +3,8 @@
 use crate::common::*;
 use crate::router::{assert_routing, device_route, distinct_logits, padded_dest, reference_route};
 use cudarc::driver::CudaSlice;
-use llama4_kernels::permute::{permute, permute_fp8, permuted_rows, unpermute, Padding};
+use llama4_kernels::permute::{permute, permute_fp8, permuted_rows, unpermute, unpermute_add_rmsnorm, Padding};
+use llama4_kernels::rmsnorm::add_rmsnorm;
 use llama4_kernels::router::RouterKind;
 use llama4_kernels::{bf16, Tensor, TensorMut};
 use llama4_reference::check::TOL_BF16;
@@ -157,6 +158,61 @@ fn run(c: &Case) {
             TOL_BF16,
             0.99,
         );
+
+        // Fused with the next residual add and norm: bit for bit the unpermute above then add_rmsnorm, and the
+        // reference composition.
+        let (x0, nw) = (rand_bf16(&mut r, t * h, 4.0), rand_bf16(&mut r, h, 1.0));
+        let eps = 1e-5;
+        let dnw = upload_bf16(&nw);
+        let nw_t = Tensor::of(&dnw, [h]).unwrap();
+        let (mut res_fused, mut res_pair) = (upload_bf16(&x0), upload_bf16(&x0));
+        let (mut y_fused, mut y_pair) = (poison_bf16(t * h), poison_bf16(t * h));
+        unpermute_add_rmsnorm(
+            stream(),
+            &Tensor::of(&dy, [rows, h]).unwrap(),
+            &dest_t,
+            weighted.then_some(&w_t),
+            with_shared.then_some(&sh_t),
+            &mut TensorMut::of(&mut res_fused, [t, h]).unwrap(),
+            &nw_t,
+            eps,
+            &mut TensorMut::of(&mut y_fused, [t, h]).unwrap(),
+        )
+        .unwrap();
+        add_rmsnorm(
+            stream(),
+            &Tensor::of(&out, [t, h]).unwrap(),
+            &mut TensorMut::of(&mut res_pair, [t, h]).unwrap(),
+            &nw_t,
+            eps,
+            &mut TensorMut::of(&mut y_pair, [t, h]).unwrap(),
+        )
+        .unwrap();
+        let tag = format!("unpermute_add_rmsnorm weighted={weighted} shared={with_shared} {what}");
+        let bits = |d: &CudaSlice<bf16>| download(d).iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
+        assert_eq!(bits(&res_fused), bits(&res_pair), "{tag}: residual differs from unpermute + add_rmsnorm");
+        assert_eq!(bits(&y_fused), bits(&y_pair), "{tag}: y differs from unpermute + add_rmsnorm");
+        let xv = Array2::from_shape_vec((t, h), x0).unwrap();
+        let (want_res, want_y) = reference::unpermute_add_rmsnorm(
+            unpadded.view(),
+            &want_r,
+            weighted,
+            with_shared.then_some(sv.view()),
+            xv.view(),
+            Array1::from(nw).view(),
+            eps,
+            Precision::Bf16,
+        );
+        assert_matches(
+            &format!("{tag}: residual"),
+            &download_bf16(&res_fused),
+            want_res.as_slice().unwrap(),
+            TOL_BF16,
+            0.99,
+        );
+        let y_got = download_bf16(&y_fused);
+        assert!(y_got.iter().all(|v| v.is_finite()), "{tag}: y holds a NaN or infinity");
+        assert_matches(&format!("{tag}: y"), &y_got, want_y.as_slice().unwrap(), TOL_BF16, 0.99);
     }
 }
 

@@ -1,0 +1,43 @@
+// The two halves of a row's RMSNorm once the row sits in registers (VPT packs of VEC bf16 per thread, pack i of
+// thread x at column (i * blockDim.x + x) * VEC, the layout of common.cuh's row_shape): the inverse RMS over the
+// CTA and the normalized, weighted store. kernels/rmsnorm.cu and the fused unpermute + norm of kernels/permute.cu
+// both call them with the same launch shape, so the sum of squares runs in the same order and the two paths agree
+// bit for bit. Rounding: the model contract's (kernels/rmsnorm.cu's top comment).
+#pragma once
+#include "common.cuh"
+
+namespace l4k {
+
+// rsqrt(mean(x^2) + eps) of the row: each thread sums its packs in order, then the CTA reduces (every thread
+// calls it; it holds the block_reduce barriers).
+template <int VEC, int VPT>
+__device__ __forceinline__ float row_inv_rms(const Pack<VEC> (&v)[VPT], int64_t cols, float eps) {
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < cols) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) ss += v[i][j] * v[i][j];
+    }
+  }
+  return rsqrtf(block_reduce(ss, SumOp{}, 0.f) / static_cast<float>(cols) + eps);
+}
+
+// y = bf16(bf16(v * inv) * weight) over the thread's packs (v is overwritten).
+template <int VEC, int VPT>
+__device__ __forceinline__ void store_normed(Pack<VEC> (&v)[VPT], const bf16* weight, bf16* y, int64_t cols,
+                                             float inv) {
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < cols) {
+      const Pack<VEC> w = load_pack<VEC>(weight + c);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) v[i].set(j, round_bf16(v[i][j] * inv) * w[j]);
+      store_pack<VEC>(y + c, v[i]);
+    }
+  }
+}
+
+}  // namespace l4k
