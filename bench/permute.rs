@@ -81,17 +81,21 @@ fn bench(c: &mut Criterion) {
         let ys: Vec<_> = (0..sets).map(|i| rand_bf16(n, 30 + i as u64)).collect();
         let shared: Vec<_> = (0..sets).map(|i| rand_bf16(n, 60 + i as u64)).collect();
         let mut outs: Vec<CudaSlice<bf16>> = (0..sets).map(|_| zeros(n)).collect();
-        run_case(c, "permute", "unpermute_shared", &shape, t, 6 * n + 4 * t, |i| {
-            let i = i % sets;
+        // Llama 4's unpermute: top-1, unweighted, the shared expert's row added.
+        let unpermute_into = |i: usize, out: &mut CudaSlice<bf16>| {
             unpermute(
                 stream(),
                 &Tensor::of(&ys[i], [t, h]).unwrap(),
                 &dt,
                 None,
                 Some(&Tensor::of(&shared[i], [t, h]).unwrap()),
-                &mut TensorMut::of(&mut outs[i], [t, h]).unwrap(),
+                &mut TensorMut::of(out, [t, h]).unwrap(),
             )
             .unwrap()
+        };
+        run_case(c, "permute", "unpermute_shared", &shape, t, 6 * n + 4 * t, |i| {
+            let i = i % sets;
+            unpermute_into(i, &mut outs[i])
         });
         // The MoE block's end as the model runs it: unpermute fused with the next residual add and norm, and the
         // two kernels it replaces (unpermute, then add_rmsnorm) in the same process.
@@ -116,15 +120,7 @@ fn bench(c: &mut Criterion) {
         });
         run_case(c, "permute", "unpermute_then_norm", &shape, t, 14 * n + 4 * t, |i| {
             let i = i % sets;
-            unpermute(
-                stream(),
-                &Tensor::of(&ys[i], [t, h]).unwrap(),
-                &dt,
-                None,
-                Some(&Tensor::of(&shared[i], [t, h]).unwrap()),
-                &mut TensorMut::of(&mut outs[i], [t, h]).unwrap(),
-            )
-            .unwrap();
+            unpermute_into(i, &mut outs[i]);
             add_rmsnorm(
                 stream(),
                 &Tensor::of(&outs[i], [t, h]).unwrap(),

@@ -225,12 +225,7 @@ pub fn unpermute(
     let [rows, h] = expert_out.shape();
     let [t, k] = dest.shape();
     ensure!(out.shape() == [t, h], "{OP_UNPERMUTE}: out {:?}, want [{t}, {h}]", out.shape());
-    if let Some(w) = weight_by {
-        ensure!(w.shape() == [t, k], "{OP_UNPERMUTE}: weights {:?}, want [{t}, {k}]", w.shape());
-    }
-    if let Some(s) = shared {
-        ensure!(s.shape() == [t, h], "{OP_UNPERMUTE}: shared {:?}, want [{t}, {h}]", s.shape());
-    }
+    check_source_shapes(OP_UNPERMUTE, [t, k, h], weight_by, shared)?;
     let mut streams = vec![expert_out.stream(), dest.stream(), out.stream()];
     streams.extend(weight_by.map(|w| w.stream()));
     streams.extend(shared.map(|s| s.stream()));
@@ -298,12 +293,7 @@ pub fn unpermute_add_rmsnorm(
     ensure!(residual.shape() == [t, h], "{op}: residual {:?}, want [{t}, {h}]", residual.shape());
     ensure!(y.shape() == [t, h], "{op}: y {:?}, want [{t}, {h}]", y.shape());
     ensure!(norm_weight.shape() == [h], "{op}: norm weight {:?}, want [{h}]", norm_weight.shape());
-    if let Some(w) = weight_by {
-        ensure!(w.shape() == [t, k], "{op}: weights {:?}, want [{t}, {k}]", w.shape());
-    }
-    if let Some(s) = shared {
-        ensure!(s.shape() == [t, h], "{op}: shared {:?}, want [{t}, {h}]", s.shape());
-    }
+    check_source_shapes(op, [t, k, h], weight_by, shared)?;
     let mut streams = vec![expert_out.stream(), dest.stream(), residual.stream(), norm_weight.stream(), y.stream()];
     streams.extend(weight_by.map(|w| w.stream()));
     streams.extend(shared.map(|s| s.stream()));
@@ -344,6 +334,22 @@ pub(crate) fn launch_unpermute_add_rmsnorm(p: &UnpermuteNormParams, stream: CUst
     check_ptr(op, "y", p.y, 2)?;
     // SAFETY: validated above.
     launched(op, unsafe { ffi::l4k_launch_unpermute_add_rmsnorm(p, stream) })
+}
+
+/// The optional sources of both unpermutes: weights [T, k], shared [T, H].
+fn check_source_shapes(
+    op: &str,
+    [t, k, h]: [usize; 3],
+    weight_by: Option<&Tensor<f32, 2>>,
+    shared: Option<&Tensor<bf16, 2>>,
+) -> Result<()> {
+    if let Some(w) = weight_by {
+        ensure!(w.shape() == [t, k], "{op}: weights {:?}, want [{t}, {k}]", w.shape());
+    }
+    if let Some(s) = shared {
+        ensure!(s.shape() == [t, h], "{op}: shared {:?}, want [{t}, {h}]", s.shape());
+    }
+    Ok(())
 }
 
 /// The unpermute's own operands, both entry points.
