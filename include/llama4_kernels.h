@@ -250,7 +250,8 @@ l4k_status l4k_unpermute(const void* expert_out, const float* weights, const int
 
 /* l4k_unpermute's row fed straight into the decoder's next residual add and norm, one kernel: with f[t] the row
  * l4k_unpermute would write (not stored), residual[t] = bf16(residual[t] + f[t]) in place and y = rmsnorm(residual)
- * * norm_weight, bit for bit l4k_unpermute followed by l4k_add_rmsnorm. residual, y: [tokens, hidden] bf16, not
+ * * norm_weight, bit for bit l4k_unpermute followed by l4k_add_rmsnorm (the pair's intermediate row buffer
+ * aligned as these operands are: both then take the same vector path). residual, y: [tokens, hidden] bf16, not
  * overlapping expert_out or shared; norm_weight: [hidden] bf16. */
 l4k_status l4k_unpermute_add_rmsnorm(const void* expert_out, const float* weights, const int32_t* dest,
                                      const void* shared, void* residual, const void* norm_weight, void* y, float eps,

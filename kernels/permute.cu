@@ -15,7 +15,8 @@
 //
 // unpermute: one CTA per token, the row in VPT packs per thread: out[t] = bf16(sum_c (w[t, c] *) y[dest[t, c]] (+ shared[t])), summed in f32 in
 // choice order with the shared row last and one rounding (products and sums rounded separately, never fused
-// into an FMA, as the reference computes them).
+// into an FMA, as the reference computes them). unpermute_add_rmsnorm: the same row fed into the decoder's next
+// residual add and norm in the same CTA (the general kernel's NORM variant, below).
 //
 // Every destination is bounds-checked against the buffer's row count: a corrupted or -1 destination is
 // skipped (permute) or contributes nothing (unpermute), never an out-of-bounds access. Row offsets are int64.
