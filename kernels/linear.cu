@@ -102,24 +102,31 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemv_kernel(const 
   }
 }
 
-template <class C, class Out>
+// SPLIT_OK: whether C has the cluster-split instantiation (Wide does not: wide() takes n >= 6144, 384 tiles or more,
+// where splits() is 1).
+template <class C, class Out, bool SPLIT_OK>
 cudaError_t launch_out(const L4kLinearParams& p, int64_t tiles, int nsplit, cudaStream_t stream) {
   LaunchShape shape{dim3(static_cast<unsigned>(tiles * nsplit)), dim3(C::kThreads)};
-  if (nsplit == 1) return launch_pdl(gemv_kernel<C, Out, false>, shape, stream, p);
-  shape.cluster_x = static_cast<unsigned>(nsplit);
-  return launch_pdl(gemv_kernel<C, Out, true>, shape, stream, p);
+  if constexpr (SPLIT_OK) {
+    if (nsplit > 1) {
+      shape.cluster_x = static_cast<unsigned>(nsplit);
+      return launch_pdl(gemv_kernel<C, Out, true>, shape, stream, p);
+    }
+  }
+  return launch_pdl(gemv_kernel<C, Out, false>, shape, stream, p);
 }
 
-template <class C>
+template <class C, bool SPLIT_OK = true>
 int launch(const L4kLinearParams& p, cudaStream_t stream) {
   const int64_t tiles = (p.n + kRows - 1) / kRows;
   if (tiles <= 0 || tiles > INT32_MAX) return L4K_STATUS_UNSUPPORTED_SHAPE;
   const int nsplit = splits(p);
+  if (!SPLIT_OK && nsplit > 1) return L4K_STATUS_UNSUPPORTED_SHAPE;  // a rule change that needs the instantiation
   switch (p.out_dtype) {
     case L4K_LINEAR_OUT_BF16:
-      return launch_result(launch_out<C, __nv_bfloat16>(p, tiles, nsplit, stream));
+      return launch_result(launch_out<C, __nv_bfloat16, SPLIT_OK>(p, tiles, nsplit, stream));
     case L4K_LINEAR_OUT_F32:
-      return launch_result(launch_out<C, float>(p, tiles, nsplit, stream));
+      return launch_result(launch_out<C, float, SPLIT_OK>(p, tiles, nsplit, stream));
     default:
       return L4K_STATUS_BAD_PARAMS;
   }
@@ -132,6 +139,6 @@ int launch(const L4kLinearParams& p, cudaStream_t stream) {
 // p is validated by the Rust launcher (ops/linear.rs): pointers, 16-byte alignment of x and w, k % 8, m >= 1.
 extern "C" int l4k_launch_linear_gemv(const L4kLinearParams* p, cudaStream_t stream) {
   namespace lin = l4k::linear;
-  return lin::wide(*p) ? lin::launch<lin::Wide>(*p, stream) : lin::launch<lin::Shipped>(*p, stream);
+  return lin::wide(*p) ? lin::launch<lin::Wide, false>(*p, stream) : lin::launch<lin::Shipped, true>(*p, stream);
 }
 #endif

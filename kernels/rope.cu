@@ -2,10 +2,15 @@
 // on adjacent pairs), RMS-normalise each q/k head (QK norm), scale q by the position temperature (NoPE layers),
 // and write q densely and k/v into the slot-addressed KV cache.
 //
-// Layout. One CTA per token, one warp per head (q heads, then k heads, then v heads, as in the projection).
-// Lane l holds pairs [l * PPL, l * PPL + PPL) of its head, so a head is one coalesced access per lane (8 bytes
-// for head_dim 128) and the QK norm is a warp reduction. cos/sin depend only on (token, pair): computed once
-// per CTA into shared memory, not once per head.
+// Layout. One CTA per token, or per (token, group of kHeadsPerCta heads) at few tokens; one warp per head (q heads,
+// then k heads, then v heads, as in the projection), two heads per warp per step. Lane l holds pairs [l * PPL, l * PPL + PPL) of its head, so a
+// head is one coalesced access per lane (8 bytes for head_dim 128) and the QK norm is a warp reduction. cos/sin
+// depend only on (token, pair): computed once per CTA into shared memory, not once per head.
+//
+// Latency. A decode step has a token or a few, so the kernel is a chain of memory round trips, not a stream:
+// each warp issues its first two heads' loads right after the PDL wait, before the position's, so both latencies
+// overlap, and at few tokens a CTA takes one step of heads (one CTA per token walked Llama 4's 56 heads in four
+// dependent steps per warp).
 //
 // Rounding as the model contract: rotate in f32, round to bf16; normalise the rounded values in f32, round.
 //
@@ -16,6 +21,11 @@
 namespace l4k {
 
 constexpr int kRopeWarps = 8;
+constexpr int kHeadsPerCta = 2 * kRopeWarps;  // heads a CTA takes per step
+// Below this many tokens a token's heads are split over CTAs of kHeadsPerCta heads (one step each); from it on a CTA
+// takes all of its token's heads, kHeadsPerCta per step, and computes the token's cos/sin once (at 4096 and 16384
+// tokens four CTAs per token, each with its own sincosf, were 21% and 28% slower: kernels/NOTES.md, rope).
+constexpr int64_t kSplitHeadsBelow = 512;
 
 template <int PPL>
 struct Head {
@@ -129,7 +139,9 @@ __device__ __forceinline__ void finish_head(const L4kRopeParams& p, int64_t t, i
   store_head<PPL, VECTOR>(dst, pairs, lane, x);
 }
 
-template <int PPL, bool VECTOR>
+// SPLIT: this CTA takes one step of its token's heads (blockIdx.y: which), loaded before the position; else all of
+// them, a step at a time, each loaded after the cos/sin (the prefill layout: fewer registers live across sincosf).
+template <int PPL, bool VECTOR, bool SPLIT>
 __global__ void __launch_bounds__(kRopeWarps * 32) rope_kernel(const L4kRopeParams p) {
   __shared__ float cos_s[L4K_MAX_HEAD_DIM / 2], sin_s[L4K_MAX_HEAD_DIM / 2];
   const int64_t t = blockIdx.x;
@@ -138,7 +150,17 @@ __global__ void __launch_bounds__(kRopeWarps * 32) rope_kernel(const L4kRopePara
   const int heads = p.n_heads + 2 * p.n_kv_heads;
   pdl_wait();
   pdl_launch_dependents();
+  const bf16* row = static_cast<const bf16*>(p.qkv) + t * heads * p.head_dim;
+  Head<PPL> a, b;
+  auto load2 = [&](int first) {
+    if (first < heads) load_head<PPL, VECTOR>(row + static_cast<int64_t>(first) * p.head_dim, pairs, lane, a);
+    if (first + kRopeWarps < heads)
+      load_head<PPL, VECTOR>(row + static_cast<int64_t>(first + kRopeWarps) * p.head_dim, pairs, lane, b);
+  };
+  const int h0 = (SPLIT ? blockIdx.y * kHeadsPerCta : 0) + warp;
+  if constexpr (SPLIT) load2(h0);  // needs nothing this kernel computes
   const int32_t pos = p.pos[t];
+  const int64_t slot = p.slots[t];
 
   if (p.rope) {
     // angle = pos * inv_freq in f32 (as the reference and transformers form it), then an accurate sincosf:
@@ -148,25 +170,26 @@ __global__ void __launch_bounds__(kRopeWarps * 32) rope_kernel(const L4kRopePara
   }
   const float temperature =
       p.temperature ? logf(floorf((static_cast<float>(pos) + 1.f) / p.floor_scale) + 1.f) * p.attn_scale + 1.f : 1.f;
-  const int64_t slot = p.slots[t];
-  if ((slot < -1 || slot >= p.cache_slots) && p.bad_slots != nullptr && threadIdx.x == 0) atomicAdd(p.bad_slots, 1u);
-
-  // Two heads per warp per step, both loaded before either is processed: twice the bytes in flight.
-  const bf16* row = static_cast<const bf16*>(p.qkv) + t * heads * p.head_dim;
-  for (int h = warp; h < heads; h += 2 * kRopeWarps) {
-    const int h2 = h + kRopeWarps;
-    Head<PPL> a, b;
-    load_head<PPL, VECTOR>(row + static_cast<int64_t>(h) * p.head_dim, pairs, lane, a);
-    if (h2 < heads) load_head<PPL, VECTOR>(row + static_cast<int64_t>(h2) * p.head_dim, pairs, lane, b);
+  // One CTA of the token counts a bad slot.
+  if ((slot < -1 || slot >= p.cache_slots) && p.bad_slots != nullptr && blockIdx.y == 0 && threadIdx.x == 0)
+    atomicAdd(p.bad_slots, 1u);
+  // Two heads per warp per step, both loaded before either is processed.
+  for (int h = h0; h < heads; h += kHeadsPerCta) {
+    if (!SPLIT) load2(h);
     finish_head<PPL, VECTOR>(p, t, h, lane, a, cos_s, sin_s, temperature, slot);
-    if (h2 < heads) finish_head<PPL, VECTOR>(p, t, h2, lane, b, cos_s, sin_s, temperature, slot);
+    if (h + kRopeWarps < heads) finish_head<PPL, VECTOR>(p, t, h + kRopeWarps, lane, b, cos_s, sin_s, temperature, slot);
+    if (SPLIT) break;
   }
 }
 
 template <int PPL>
 int launch(const L4kRopeParams& p, bool vector, cudaStream_t stream) {
-  const LaunchShape shape{dim3(static_cast<unsigned>(p.tokens)), dim3(kRopeWarps * 32)};
-  void (*kernel)(L4kRopeParams) = vector ? rope_kernel<PPL, true> : rope_kernel<PPL, false>;
+  const int heads = p.n_heads + 2 * p.n_kv_heads;
+  const bool split = p.tokens < kSplitHeadsBelow;
+  const unsigned groups = split ? static_cast<unsigned>((heads + kHeadsPerCta - 1) / kHeadsPerCta) : 1u;
+  const LaunchShape shape{dim3(static_cast<unsigned>(p.tokens), groups), dim3(kRopeWarps * 32)};
+  void (*kernel)(L4kRopeParams) = split ? (vector ? rope_kernel<PPL, true, true> : rope_kernel<PPL, false, true>)
+                                        : (vector ? rope_kernel<PPL, true, false> : rope_kernel<PPL, false, false>);
   return launch_result(launch_pdl(kernel, shape, stream, p));
 }
 

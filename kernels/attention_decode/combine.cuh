@@ -1,5 +1,10 @@
 // Decode attention's combine step (splits > 1): one warp per output row (b, qi, h) merges the active splits'
 // normalized partial rows by their base-2 log-sum-exp, after the status words say no split saw a bad block id.
+//
+// Latency, not bandwidth, sets its time: a row's partials are a few KB in L2. So each lane holds the weights of its
+// splits (lane, lane + 32: kMaxSplits <= 64) before the merge, and the merge loads kBatch partial rows before it adds
+// any of them; the adds still run in split order, skipping the splits of weight 0, so the bits do not depend on
+// the batching.
 #pragma once
 #include "tile.cuh"
 
@@ -7,6 +12,19 @@ namespace l4k {
 namespace decode {
 
 constexpr int kCombineWarps = 4;
+constexpr int kBatch = 8;  // partial rows a lane has in flight
+
+template <int N>
+__device__ __forceinline__ void load_row(float (&v)[N], const float* src) {
+  if constexpr (N == 4) {
+    const float4 x = *reinterpret_cast<const float4*>(src);
+    v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+  } else {
+    static_assert(N == 2, "head_dim 64 or 128");
+    const float2 x = *reinterpret_cast<const float2*>(src);
+    v[0] = x.x, v[1] = x.y;
+  }
+}
 
 template <int D>
 __global__ void __launch_bounds__(kCombineWarps * 32) combine_kernel(const L4kAttentionParams p, int splits,
@@ -33,11 +51,17 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_kernel(const L4kAt
   const int* status = reinterpret_cast<const int*>(base + ws.status_off);
   const float* lse = reinterpret_cast<const float*>(base + ws.lse_off);
   const float* o_part = reinterpret_cast<const float*>(base);
+  static_assert(kMaxSplits <= 64, "two splits per lane");
   bool bad = false;
+  float lse_lane[2] = {-INFINITY, -INFINITY};
   float mx = -INFINITY;
-  for (int sp = lane; sp < sr.active; sp += 32) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int sp = lane + 32 * i;
+    if (sp >= sr.active) continue;
     bad |= status[((int64_t(sp) * p.batch + b) * p.n_kv_heads + g) * n_rt + rt] != 0;
-    mx = fmaxf(mx, lse[((int64_t(sp) * p.batch + b) * p.max_q_len + qi) * p.n_heads + h]);
+    lse_lane[i] = lse[((int64_t(sp) * p.batch + b) * p.max_q_len + qi) * p.n_heads + h];
+    mx = fmaxf(mx, lse_lane[i]);
   }
   if (__any_sync(0xffffffffu, bad)) {
     if (reporter && p.bad_seqs != nullptr) atomicAdd(p.bad_seqs, 1u);
@@ -45,20 +69,32 @@ __global__ void __launch_bounds__(kCombineWarps * 32) combine_kernel(const L4kAt
   }
   mx = warp_reduce(mx, MaxOp{});
   const float mu = mx == -INFINITY ? 0.f : mx;
+  // exp2(-inf) = 0: a split in which this row saw no key (its partial row is zeros) and the lanes past `active`.
+  const float w_lane[2] = {exp2f(lse_lane[0] - mu), exp2f(lse_lane[1] - mu)};
   float acc[kPer] = {};
   float wsum = 0.f;
-  for (int sp = 0; sp < sr.active; ++sp) {
-    const int64_t prow = ((int64_t(sp) * p.batch + b) * p.max_q_len + qi) * p.n_heads + h;
-    const float w = exp2f(lse[prow] - mu);
-    if (w == 0.f) continue;  // a split in which this row saw no key (its partial row is zeros)
-    wsum += w;
-    const float* src = o_part + prow * D + lane * kPer;
-    if constexpr (kPer == 4) {
-      const float4 v = *reinterpret_cast<const float4*>(src);
-      acc[0] += w * v.x, acc[1] += w * v.y, acc[2] += w * v.z, acc[3] += w * v.w;
-    } else {
-      const float2 v = *reinterpret_cast<const float2*>(src);
-      acc[0] += w * v.x, acc[1] += w * v.y;
+  const float* src = o_part + ((int64_t(b) * p.max_q_len + qi) * p.n_heads + h) * D + lane * kPer;
+  const int64_t split_stride = int64_t(p.batch) * p.max_q_len * p.n_heads * D;
+  for (int sp0 = 0; sp0 < sr.active; sp0 += kBatch) {
+    float w[kBatch], v[kBatch][kPer];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int sp = sp0 + u;  // warp-uniform
+      w[u] = __shfl_sync(0xffffffffu, sp < 32 ? w_lane[0] : w_lane[1], sp & 31);
+      if (sp >= sr.active) w[u] = 0.f;
+      if (w[u] != 0.f) {
+        load_row<kPer>(v[u], src + sp * split_stride);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) v[u][e] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      if (w[u] == 0.f) continue;
+      wsum += w[u];
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) acc[e] += w[u] * v[u][e];
     }
   }
   const float inv = wsum > 0.f ? 1.f / wsum : 0.f;

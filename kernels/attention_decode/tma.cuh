@@ -86,9 +86,6 @@ __global__ void __launch_bounds__(tma::kThreads<HEADS>, MIN_CTAS)
     for (int st = 0; st < STAGES; ++st) ptx::mbar_init(&full[st], 1);
     ptx::fence_mbar_init();
   }
-  WarpSoftmax<D> w;
-  w.init(p, s, c, t, c.kv0 + hh, lane);
-  __syncthreads();  // the barriers are initialized
 
   // Thread 0's side: the slot of a tile's first key, or a slot past the cache for a bad block id.
   const int64_t n_blocks = p.slots / p.block_size;
@@ -117,14 +114,23 @@ __global__ void __launch_bounds__(tma::kThreads<HEADS>, MIN_CTAS)
                            slot, &full[buf]);
   };
 
+  WarpSoftmax<D> w;
+  w.init(p, s, c, t, c.kv0 + hh, lane);
+  // Thread 0 reads the first stages' block ids before the barrier, so their latency overlaps the Q loads'.
   const float scale = p.softmax_scale * kLog2e;
   const int n_tiles = sr.end - sr.begin;
+  int first_slot[STAGES];
+  if (tid == 0) {
+#pragma unroll
+    for (int i = 0; i < STAGES; ++i) first_slot[i] = i < n_tiles ? tile_slot(sr.begin + i) : 0;
+  }
+  __syncthreads();  // the barriers are initialized
   int next_slot = 0;
   if (tid == 0) {
 #pragma unroll
     for (int i = 0; i < STAGES - 1; ++i)
-      if (i < n_tiles) issue(tile_slot(sr.begin + i), i);
-    if (STAGES - 1 < n_tiles) next_slot = tile_slot(sr.begin + STAGES - 1);
+      if (i < n_tiles) issue(first_slot[i], i);
+    next_slot = first_slot[STAGES - 1];
   }
   for (int i = 0; i < n_tiles; ++i) {
     const int buf = i % STAGES;

@@ -174,3 +174,23 @@ fn scout_layer_shapes() {
         check(&c, 0);
     }
 }
+
+/// From 512 tokens on (kernels/rope.cu, kSplitHeadsBelow) a CTA takes all of its token's heads in steps, instead of
+/// one step of them: the other layout, with bad slots among the tokens.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn many_tokens_take_every_head_of_a_token_in_one_cta() {
+    for kind in [0u8, 2] {
+        let c = Case {
+            tokens: 700,
+            n_kv: 8,
+            group: 5,
+            head_dim: 128,
+            kind,
+            scaled: true,
+            extra_slots: 2,
+            seed: 21 + kind as u64,
+        };
+        check(&c, 4);
+    }
+}
