@@ -62,6 +62,12 @@ def main():
             parts = ", ".join(f"{o['op']} {100 * o['ms'] / tot:.1f}%" for o in sorted(prof, key=lambda o: -o["ms"]))
             n = r.get("context", r.get("prompt"))
             print(f"- {r['case']} batch {r['batch']} at {n}: eager step {tot:.2f} ms: {parts}")
+            tl = r.get("timeline")
+            if tl:
+                ops = ", ".join(f"{o['op']} {o['us']:.1f}" for o in tl["ops"])
+                layer_us = sum(o["us"] for o in tl["ops"])
+                print(f"  - layer {tl['layer']} inside a replayed step (event nodes between its ops), "
+                      f"{layer_us:.1f} us, in us: {ops}")
         print()
 
 

@@ -210,6 +210,11 @@ impl<'m, B: Backend> Engine<'m, B> {
         self.graphs.len()
     }
 
+    /// Forgets the recorded decode graphs: the next graphed step of each bucket records its graph again.
+    pub fn drop_graphs(&mut self) {
+        self.graphs.clear();
+    }
+
     /// Runs one step; `return_logits` brings the logit rows back to the host.
     pub fn step(&mut self, batch: &[SeqStep], return_logits: bool) -> Result<Vec<SeqOut>> {
         let shape = self.check(batch)?;

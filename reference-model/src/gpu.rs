@@ -20,7 +20,7 @@ use crate::weights::Role;
 use llama4_contract::HeadLayout;
 use llama4_kernels::attention::{self, PagedKv, QueryBatch};
 use llama4_kernels::attention_decode::{self, DecodeShape};
-use llama4_kernels::cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use llama4_kernels::cudarc::driver::sys::{self, CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use llama4_kernels::cudarc::driver::{
     CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
 };
@@ -54,12 +54,29 @@ pub struct Gpu {
     opts: GpuOptions,
     /// While profiling ([`Gpu::start_profile`]): an event recorded at the start of each op, with its label.
     profile: RefCell<Option<Vec<(&'static str, CudaEvent)>>>,
-    /// The shared expert's stream: it runs beside the routed path (router, permute, expert GEMMs) and joins
-    /// before the combine. Events fork and join it, so a captured step holds both branches.
+    /// Set by [`Gpu::start_timeline`]: the next captured step records event nodes at the ops of one layer.
+    timeline: RefCell<Option<Timeline>>,
+    /// Whether a capture is in progress (an event node can only be recorded then).
+    capturing: std::cell::Cell<bool>,
+    /// Every op's stream but the shared expert's. It has the device's greatest priority, and graphs keep it per
+    /// kernel node (instantiated with USE_NODE_PRIORITY): the shared expert's GEMVs are grids of many short CTAs,
+    /// and without it every kernel of the routed path launched behind one waited until all of that grid's CTAs
+    /// had been dispatched (kernels/NOTES.md, "The MoE block's two streams").
+    main: Arc<CudaStream>,
+    /// The shared expert's stream (the default priority): it runs beside the routed path (router, permute, expert
+    /// GEMMs) and joins before the combine. Events fork and join it, so a captured step holds both branches.
     side: Arc<CudaStream>,
     fork: CudaEvent,
     join: CudaEvent,
     overlap: std::cell::Cell<bool>,
+}
+
+/// A timeline of one layer inside a captured step: events recorded as graph nodes from `rope(layer)` to
+/// `rope(layer + 1)` (one whole layer: rope, attention, o, norm, MoE with the next input norm, the next qkv).
+struct Timeline {
+    layer: usize,
+    active: bool,
+    marks: Vec<(&'static str, CudaEvent)>,
 }
 
 /// Time of one op family within profiled steps.
@@ -82,17 +99,32 @@ impl Gpu {
     /// Opens the GPU; `Err` (never a panic) without a driver or an sm_90 device.
     pub fn new(opts: GpuOptions) -> Result<Gpu> {
         let gpu = llama4_kernels::Gpu::new(opts.device).map_err(|e| Error::Input(format!("--device cuda: {e}")))?;
-        // One stream, ordered by construction: cudarc's per-buffer events would only cost time and break
-        // stream capture (they wait on events recorded outside the graph).
-        // SAFETY: this backend launches everything on its one stream.
+        // Two streams, ordered by construction (the side stream forks from the main one and joins it through
+        // events): cudarc's per-buffer events would only cost time and break stream capture (they wait on events
+        // recorded outside the graph).
+        // SAFETY: this backend launches everything on its two streams, ordered by its own fork and join events.
         unsafe { gpu.context().disable_event_tracking() };
-        let blas = Blas::new(gpu.stream()).map_err(kerr)?;
         let ctx = gpu.context();
+        let (_, greatest) = llama4_kernels::cudarc::driver::result::stream::get_priority_range().map_err(derr)?;
+        let main = ctx.new_stream_with_priority(greatest).map_err(derr)?;
         let side = ctx.new_stream().map_err(derr)?;
+        let blas = Blas::new(&main).map_err(kerr)?;
         let fork = ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(derr)?;
         let join = ctx.new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING)).map_err(derr)?;
         let overlap = std::cell::Cell::new(true);
-        Ok(Gpu { gpu, blas, opts, profile: RefCell::new(None), side, fork, join, overlap })
+        Ok(Gpu {
+            gpu,
+            blas,
+            opts,
+            profile: RefCell::new(None),
+            timeline: RefCell::new(None),
+            capturing: std::cell::Cell::new(false),
+            main,
+            side,
+            fork,
+            join,
+            overlap,
+        })
     }
 
     /// How this backend was opened (the recipe: `fp8_dense`).
@@ -105,7 +137,7 @@ impl Gpu {
     }
 
     fn stream(&self) -> &Arc<CudaStream> {
-        self.gpu.stream()
+        &self.main
     }
 
     fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
@@ -243,13 +275,76 @@ impl Gpu {
         Ok(out)
     }
 
-    /// Marks the start of an op while profiling.
+    /// Arms a timeline of layer `layer` (not the last) for the next captured step: its graph holds an event
+    /// node at the start of each of the layer's ops. Every node is a full dependency, so the layer's ops lose
+    /// their programmatic (PDL) overlap at those points: the timeline shows where a replayed step's time goes,
+    /// a little slower than the clean graph. The caller drops that graph after [`Gpu::finish_timeline`].
+    pub fn start_timeline(&self, layer: usize) {
+        *self.timeline.borrow_mut() = Some(Timeline { layer, active: false, marks: Vec::new() });
+    }
+
+    /// The timeline of the last replay of the step captured after [`Gpu::start_timeline`]: each op's time from
+    /// its start to the next op's start, in order (an op seen twice is listed twice). Waits for the stream.
+    pub fn finish_timeline(&self) -> Result<Vec<OpTime>> {
+        let t = self.timeline.borrow_mut().take();
+        let Some(t) = t else { return Err(Error::Backend("no timeline was started".into())) };
+        if t.marks.len() < 2 {
+            return Err(Error::Backend(format!(
+                "the captured step never reached layers {} and {}",
+                t.layer,
+                t.layer + 1
+            )));
+        }
+        self.stream().synchronize().map_err(derr)?;
+        t.marks
+            .windows(2)
+            .map(|w| Ok(OpTime { label: w[0].0, ms: w[0].1.elapsed_ms(&w[1].1).map_err(derr)? as f64, calls: 1 }))
+            .collect()
+    }
+
+    /// Starts or ends the armed timeline at the start of `layer`'s rope.
+    fn timeline_layer(&self, layer: usize) -> Result<()> {
+        let end = match self.timeline.borrow_mut().as_mut() {
+            Some(t) if self.capturing.get() && layer == t.layer => {
+                t.active = true;
+                false
+            }
+            Some(t) if t.active && layer == t.layer + 1 => true,
+            _ => false,
+        };
+        if end {
+            self.mark("end")?;
+            if let Some(t) = self.timeline.borrow_mut().as_mut() {
+                t.active = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the start of an op (on the main stream) while profiling, or inside the armed timeline's layer.
     fn mark(&self, label: &'static str) -> Result<()> {
+        let s = self.stream();
         let mut p = self.profile.borrow_mut();
         if let Some(marks) = p.as_mut() {
             let ev = self.gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(derr)?;
-            ev.record(self.stream()).map_err(derr)?;
+            ev.record(s).map_err(derr)?;
             marks.push((label, ev));
+        }
+        let mut tl = self.timeline.borrow_mut();
+        if let Some(t) = tl.as_mut().filter(|t| t.active) {
+            let ev = self.gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(derr)?;
+            // SAFETY: a live event and the backend's stream, which is capturing (`active` is only set then): the
+            // record becomes an event node of the graph, re-recorded at every replay.
+            unsafe {
+                sys::cuEventRecordWithFlags(
+                    ev.cu_event(),
+                    s.cu_stream(),
+                    sys::CUevent_record_flags::CU_EVENT_RECORD_EXTERNAL as u32,
+                )
+            }
+            .result()
+            .map_err(derr)?;
+            t.marks.push((label, ev));
         }
         Ok(())
     }
@@ -818,6 +913,7 @@ impl Backend for Gpu {
     }
 
     fn rope(&self, st: &mut GpuState, layer: usize, spec: &LayerSpec) -> Result<()> {
+        self.timeline_layer(layer)?;
         self.mark("rope")?;
         let (t, h) = (st.shape.tokens, st.heads);
         let qkv = tv(&st.acts[Act::Qkv as usize], [t, (h.n_heads + 2 * h.n_kv_heads) * h.head_dim])?;
@@ -936,9 +1032,13 @@ impl Backend for Gpu {
         }
         let s = self.stream();
         s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(derr)?;
+        self.capturing.set(true);
         let ran = f(st);
+        self.capturing.set(false);
         // The capture ends whatever happened, so a failed op leaves the stream usable.
-        let graph = s.end_capture(CUgraphInstantiate_flags(0)).map_err(derr);
+        // The per-node priorities, captured from each kernel's stream (`main`'s doc says why).
+        let graph =
+            s.end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY).map_err(derr);
         ran?;
         graph?.map(Some).ok_or_else(|| Error::Backend("the captured step holds no work".into()))
     }
@@ -994,6 +1094,7 @@ impl Gpu {
                 .linear_bf16(s, &tv(y, [t, h])?, &tv(rw, [e, h])?, &mut tm(&mut ffn.router_logits, [t, e])?, &mut ws)
                 .map_err(kerr)?;
         }
+        self.mark("router_topk")?;
         let kind = if k == 1 { RouterKind::SigmoidTop1 } else { RouterKind::SigmoidTopK { k } };
         {
             let out = RouterOutputs {
@@ -1078,6 +1179,8 @@ impl Gpu {
         // F = bf16(sum of the chosen experts' outputs + shared), one rounding; with the norm, straight into
         // X += F, Y = rmsnorm(X) * w.
         if overlap {
+            // In a timeline, the time the routed path waits for the shared expert.
+            self.mark("shared_expert_wait")?;
             s.wait(&self.join).map_err(derr)?;
         }
         let (eo, dest, shared) = (tv(&ffn.eo, [rows, h])?, tv(&ffn.dest, [t, k])?, tv(&ffn.shared, [t, h])?);

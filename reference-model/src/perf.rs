@@ -58,6 +58,8 @@ pub enum Outcome {
         flops: Flops,
         /// One eagerly run step, by op family.
         profile: Vec<OpTime>,
+        /// Decode: one layer (its index) inside a replayed step, op by op ([`Gpu::start_timeline`]).
+        timeline: Option<(usize, Vec<OpTime>)>,
     },
     /// The case's KV cache does not fit beside the weights.
     NoFit { kv_bytes: usize, free_bytes: usize },
@@ -281,10 +283,26 @@ pub fn decode(
         case.step()?;
     }
     let ms = (0..steps).map(|_| case.step()).collect::<Result<Vec<_>>>()?;
+    // Then the middle layer inside a replayed step (its own graph, with event nodes; dropped after).
+    let layer = model.config.num_hidden_layers / 2;
+    let mut timeline = None;
+    if layer + 1 < model.config.num_hidden_layers {
+        model.backend.start_timeline(layer);
+        case.eng.drop_graphs();
+        let ran_steps = (0..3).try_for_each(|_| case.step().map(|_| ()));
+        let got = model.backend.finish_timeline();
+        case.eng.drop_graphs();
+        ran_steps?;
+        timeline = Some((layer, got?));
+    }
     let read_bytes = decode_weight_bytes(model, weights, batch) + decode_kv_bytes(model, batch, context);
     let limit_ms = read_bytes as f64 / (copy_gbps * 1e9) * 1e3;
     let flops = decode_flops(model, batch, context);
-    Ok(ran(model, &case.eng, ms, batch, read_bytes, limit_ms, flops, profile))
+    let mut out = ran(model, &case.eng, ms, batch, read_bytes, limit_ms, flops, profile);
+    if let Outcome::Ran { timeline: t, .. } = &mut out {
+        *t = timeline;
+    }
+    Ok(out)
 }
 
 /// [`step_flops`] of a decode step of `batch` sequences at `context` positions (the new token's at `context`).
@@ -320,6 +338,7 @@ fn ran(
         limit_ms,
         flops,
         profile,
+        timeline: None,
     }
 }
 

@@ -193,7 +193,7 @@ fn run(args: &Args) -> Result<(), Error> {
 
 fn report(out: &Outcome, case: &str) {
     match out {
-        Outcome::Ran { time, tokens_per_s, kv_bytes, workspace_bytes, limit_ms, profile, .. } => {
+        Outcome::Ran { time, tokens_per_s, kv_bytes, workspace_bytes, limit_ms, profile, timeline, .. } => {
             let frac = if *limit_ms > 0.0 { format!("{:>5.0}%", 100.0 * limit_ms / time.median_ms) } else { "".into() };
             let limit = if *limit_ms > 0.0 { format!("{limit_ms:>9.3}") } else { format!("{:>9}", "") };
             println!(
@@ -205,6 +205,9 @@ fn report(out: &Outcome, case: &str) {
                 gb(*workspace_bytes)
             );
             println!("      {}", breakdown(profile));
+            if let Some((layer, ops)) = timeline {
+                println!("      {}", timeline_line(*layer, ops));
+            }
         }
         Outcome::NoFit { kv_bytes, free_bytes } => {
             println!(
@@ -225,16 +228,41 @@ fn breakdown(p: &[OpTime]) -> String {
     format!("eager step {total:.3} ms: {}", parts.join(", "))
 }
 
+/// "layer L in a replayed step X us: op a us, ..." in the step's order.
+fn timeline_line(layer: usize, ops: &[OpTime]) -> String {
+    let total: f64 = ops.iter().map(|o| o.ms).sum();
+    let parts: Vec<String> = ops.iter().map(|o| format!("{} {:.1}", o.label, 1e3 * o.ms)).collect();
+    format!("layer {layer} in a replayed step {:.1} us: {}", 1e3 * total, parts.join(", "))
+}
+
 fn outcome_json(case: &str, batch: usize, tokens: usize, out: &Outcome) -> String {
     let key = if case == "decode" { "context" } else { "prompt" };
     match out {
-        Outcome::Ran { time, tokens_per_s, kv_bytes, workspace_bytes, read_bytes, limit_ms, flops, profile } => {
+        Outcome::Ran {
+            time,
+            tokens_per_s,
+            kv_bytes,
+            workspace_bytes,
+            read_bytes,
+            limit_ms,
+            flops,
+            profile,
+            timeline,
+        } => {
             let prof: Vec<String> = profile
                 .iter()
                 .map(|o| format!(r#"{{"op":"{}","ms":{:.4},"calls":{}}}"#, o.label, o.ms, o.calls))
                 .collect();
+            let tl = match timeline {
+                Some((layer, ops)) => {
+                    let ops: Vec<String> =
+                        ops.iter().map(|o| format!(r#"{{"op":"{}","us":{:.2}}}"#, o.label, 1e3 * o.ms)).collect();
+                    format!(r#","timeline":{{"layer":{layer},"ops":[{}]}}"#, ops.join(","))
+                }
+                None => String::new(),
+            };
             format!(
-                r#""case":"{case}","batch":{batch},"{key}":{tokens},"ms":{:.4},"min_ms":{:.4},"max_ms":{:.4},"samples":{},"tokens_per_s":{tokens_per_s:.2},"kv_bytes":{kv_bytes},"workspace_bytes":{workspace_bytes},"read_bytes":{read_bytes},"limit_ms":{limit_ms:.4},"flops":{},"fp8_flops":{},"profile":[{}]"#,
+                r#""case":"{case}","batch":{batch},"{key}":{tokens},"ms":{:.4},"min_ms":{:.4},"max_ms":{:.4},"samples":{},"tokens_per_s":{tokens_per_s:.2},"kv_bytes":{kv_bytes},"workspace_bytes":{workspace_bytes},"read_bytes":{read_bytes},"limit_ms":{limit_ms:.4},"flops":{},"fp8_flops":{},"profile":[{}]{tl}"#,
                 time.median_ms,
                 time.min_ms,
                 time.max_ms,
