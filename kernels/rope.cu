@@ -3,14 +3,14 @@
 // and write q densely and k/v into the slot-addressed KV cache.
 //
 // Layout. One CTA per token, or per (token, group of kHeadsPerCta heads) at few tokens; one warp per head (q heads,
-// then k heads, then v heads, as in the projection), two heads per warp per step. Lane l holds pairs [l * PPL, l * PPL + PPL) of its head, so a
-// head is one coalesced access per lane (8 bytes for head_dim 128) and the QK norm is a warp reduction. cos/sin
-// depend only on (token, pair): computed once per CTA into shared memory, not once per head.
+// then k heads, then v heads, as in the projection), two heads per warp per step. Lane l holds pairs
+// [l * PPL, l * PPL + PPL) of its head, so a head is one coalesced access per lane (8 bytes for head_dim 128) and
+// the QK norm is a warp reduction. cos/sin depend only on (token, pair): computed once per CTA into shared memory,
+// not once per head.
 //
-// Latency. A decode step has a token or a few, so the kernel is a chain of memory round trips, not a stream:
-// each warp issues its first two heads' loads right after the PDL wait, before the position's, so both latencies
-// overlap, and at few tokens a CTA takes one step of heads (one CTA per token walked Llama 4's 56 heads in four
-// dependent steps per warp).
+// Latency. A decode step has a token or a few, so the kernel is a chain of memory round trips, not a stream: at few
+// tokens a CTA takes one step of heads, whose loads its warps issue right after the PDL wait, before the
+// position's, so both latencies overlap.
 //
 // Rounding as the model contract: rotate in f32, round to bf16; normalise the rounded values in f32, round.
 //
@@ -23,8 +23,8 @@ namespace l4k {
 constexpr int kRopeWarps = 8;
 constexpr int kHeadsPerCta = 2 * kRopeWarps;  // heads a CTA takes per step
 // Below this many tokens a token's heads are split over CTAs of kHeadsPerCta heads (one step each); from it on a CTA
-// takes all of its token's heads, kHeadsPerCta per step, and computes the token's cos/sin once (at 4096 and 16384
-// tokens four CTAs per token, each with its own sincosf, were 21% and 28% slower: kernels/NOTES.md, rope).
+// takes all of its token's heads, kHeadsPerCta per step, and computes the token's cos/sin once (each CTA of a split
+// token computes them again, which costs more than the latency it saves at prefill sizes: kernels/NOTES.md, rope).
 constexpr int64_t kSplitHeadsBelow = 512;
 
 template <int PPL>
@@ -177,7 +177,8 @@ __global__ void __launch_bounds__(kRopeWarps * 32) rope_kernel(const L4kRopePara
   for (int h = h0; h < heads; h += kHeadsPerCta) {
     if (!SPLIT) load2(h);
     finish_head<PPL, VECTOR>(p, t, h, lane, a, cos_s, sin_s, temperature, slot);
-    if (h + kRopeWarps < heads) finish_head<PPL, VECTOR>(p, t, h + kRopeWarps, lane, b, cos_s, sin_s, temperature, slot);
+    if (h + kRopeWarps < heads)
+      finish_head<PPL, VECTOR>(p, t, h + kRopeWarps, lane, b, cos_s, sin_s, temperature, slot);
     if (SPLIT) break;
   }
 }

@@ -18,7 +18,8 @@
 //
 // Every variant runs the library's math on the launcher's split plan, so its output must be the launcher's bit for
 // bit ("bits identical"). Rows marked "replanned" use the split count flash-decoding's rule picks for their own CTAs
-// per SM: different split boundaries round differently, so they are checked against a 5e-3 rel L2 tolerance (kReplannedTol).
+// per SM: different split boundaries round differently, so they are checked against a 5e-3 rel L2 tolerance
+// (kReplannedTol).
 //
 // Variants:
 //  shipped            l4k_launch_attention_decode (the TMA loop at h2 s3 1cta for these layouts): the reference.
@@ -384,7 +385,8 @@ struct Setup {
       return "bits identical";
     }
     *ok = nonfinite == 0 && tol > 0 && rel <= tol;
-    snprintf(buf, sizeof buf, "%s: %zu of %zu differ, max abs %.3g, rel L2 %.3g%s", *ok ? "OK within tolerance" : "WRONG",
+    snprintf(buf, sizeof buf, "%s: %zu of %zu differ, max abs %.3g, rel L2 %.3g%s",
+             *ok ? "OK within tolerance" : "WRONG",
              diff, out_elems, max_abs, rel, nonfinite ? ", non-finite values" : "");
     return buf;
   }
