@@ -264,8 +264,9 @@ pub fn decode(
     steps: usize,
     block_size: usize,
 ) -> Result<Outcome> {
-    let warmup = 3;
-    let mut case = match DecodeCase::new(model, batch, context, warmup + steps + 2, block_size)? {
+    let (warmup, timeline_steps) = (3, 3);
+    // Room for every step: the eager warm-up and profiled ones, the graph warm-up, the timed ones, the timeline's.
+    let mut case = match DecodeCase::new(model, batch, context, 2 + warmup + steps + timeline_steps, block_size)? {
         Ok(c) => c,
         Err((kv_bytes, free_bytes)) => return Ok(Outcome::NoFit { kv_bytes, free_bytes }),
     };
@@ -289,7 +290,7 @@ pub fn decode(
     if layer + 1 < model.config.num_hidden_layers {
         model.backend.start_timeline(layer);
         case.eng.drop_graphs();
-        let ran_steps = (0..3).try_for_each(|_| case.step().map(|_| ()));
+        let ran_steps = (0..timeline_steps).try_for_each(|_| case.step().map(|_| ()));
         let got = model.backend.finish_timeline();
         case.eng.drop_graphs();
         ran_steps?;
