@@ -157,21 +157,16 @@ fn out_of_range_slots_are_counted_and_not_written() {
     check(&c, 5);
 }
 
+/// Scout's 40/8 heads of 128 at `tokens` tokens, layer kind `kind`.
+fn scout_case(tokens: usize, kind: u8, extra_slots: usize, seed: u64) -> Case {
+    Case { tokens, n_kv: 8, group: 5, head_dim: 128, kind, scaled: true, extra_slots, seed }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn scout_layer_shapes() {
     for kind in 0..4 {
-        let c = Case {
-            tokens: 37,
-            n_kv: 8,
-            group: 5,
-            head_dim: 128,
-            kind,
-            scaled: true,
-            extra_slots: 1,
-            seed: 5 + kind as u64,
-        };
-        check(&c, 0);
+        check(&scout_case(37, kind, 1, 5 + kind as u64), 0);
     }
 }
 
@@ -181,16 +176,6 @@ fn scout_layer_shapes() {
 #[ignore = "needs a CUDA GPU"]
 fn many_tokens_take_every_head_of_a_token_in_one_cta() {
     for kind in [0u8, 2] {
-        let c = Case {
-            tokens: 700,
-            n_kv: 8,
-            group: 5,
-            head_dim: 128,
-            kind,
-            scaled: true,
-            extra_slots: 2,
-            seed: 21 + kind as u64,
-        };
-        check(&c, 4);
+        check(&scout_case(700, kind, 2, 21 + kind as u64), 4);
     }
 }
