@@ -13,7 +13,10 @@
 //  2. per timed shape (b64 x 8192 and b8 x 32768, 40/8 heads of 128, block size 64 and 256) one row per variant:
 //     median us of 25 event-timed calls after 5 warm-up ones, GB/s (K and V once + q + out, as the shipped bench
 //     counts), % of the copy ceiling and of a read-only kernel measured in the same run, and the check (a WRONG
-//     variant is printed without a time).
+//     variant is printed without a time);
+//  3. one sequence of 1024, 8192 and 32768 keys (block size 64), every variant at a range of split counts, with
+//     256 MB read before each timed call (the whole cache would otherwise sit in L2, as it never does in a model).
+// `decode_tma b1 [len]` runs only section 3 (at one length when given).
 // PyTorch SDPA is not run here (no torch in the binary): bench/peers/torch_attention_decode.py in the same command.
 //
 // Every variant runs the library's math on the launcher's split plan, so its output must be the launcher's bit for
@@ -64,57 +67,8 @@
 
 namespace dtma {
 
-using namespace l4k;
 using namespace l4k::decode;
 constexpr int D = 128;
-
-static bool g_old_combine = false;  // the b1 section's A/B of the combine kernel
-
-// Session 13's combine kernel (one partial row loaded per iteration, after its weight): the A/B for the shipped
-// one, which keeps 8 rows in flight. Same math, same order: the same bits.
-template <int D>
-__global__ void __launch_bounds__(kCombineWarps * 32) combine_session13(const L4kAttentionParams p, int splits,
-                                                                        int n_rt, int tile_keys, Layout ws) {
-  constexpr int kPer = D / 32;
-  const int lane = threadIdx.x & 31;
-  const int64_t row = int64_t(blockIdx.x) * kCombineWarps + (threadIdx.x >> 5);
-  if (row >= int64_t(p.batch) * p.max_q_len * p.n_heads) return;
-  const int h = int(row % p.n_heads);
-  const int qi = int(row / p.n_heads % p.max_q_len);
-  const int b = int(row / p.n_heads / p.max_q_len);
-  const Seq s = read_seq(p, b);
-  if (s.bad || qi >= s.q_len) return;
-  const int group = p.n_heads / p.n_kv_heads, g = h / group, rt = (qi * group + h % group) / kRows;
-  const SplitRange sr = split_range(s, p.chunk, splits, 0, tile_keys);
-  const char* base = static_cast<const char*>(p.workspace);
-  const int* status = reinterpret_cast<const int*>(base + ws.status_off);
-  const float* lse = reinterpret_cast<const float*>(base + ws.lse_off);
-  const float* o_part = reinterpret_cast<const float*>(base);
-  bool bad = false;
-  float mx = -INFINITY;
-  for (int sp = lane; sp < sr.active; sp += 32) {
-    bad |= status[((int64_t(sp) * p.batch + b) * p.n_kv_heads + g) * n_rt + rt] != 0;
-    mx = fmaxf(mx, lse[((int64_t(sp) * p.batch + b) * p.max_q_len + qi) * p.n_heads + h]);
-  }
-  if (__any_sync(0xffffffffu, bad)) return;
-  mx = warp_reduce(mx, MaxOp{});
-  const float mu = mx == -INFINITY ? 0.f : mx;
-  float acc[kPer] = {};
-  float wsum = 0.f;
-  for (int sp = 0; sp < sr.active; ++sp) {
-    const int64_t prow = ((int64_t(sp) * p.batch + b) * p.max_q_len + qi) * p.n_heads + h;
-    const float w = exp2f(lse[prow] - mu);
-    if (w == 0.f) continue;
-    wsum += w;
-    const float4 v = *reinterpret_cast<const float4*>(o_part + prow * D + lane * kPer);
-    acc[0] += w * v.x, acc[1] += w * v.y, acc[2] += w * v.z, acc[3] += w * v.w;
-  }
-  const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
-  bf16* dst = static_cast<bf16*>(p.out) + ((int64_t(s.q0) + qi) * p.n_heads + h) * D + lane * kPer;
-#pragma unroll
-  for (int i = 0; i < kPer; i += 2)
-    *reinterpret_cast<__nv_bfloat162*>(dst + i) = __floats2bfloat162_rn(acc[i] * inv, acc[i + 1] * inv);
-}
 
 // One variant: the library's TMA loop (kernels/attention_decode/tma.cuh) at another depth / occupancy / L2
 // promotion, the maps encoded by the library's own rule, then the library's combine kernel when split.
@@ -142,9 +96,8 @@ struct Variant {
     kernel<<<unsigned(ctas), tma::kThreads<HEADS>, smem, s>>>(p, tm_k, tm_v, splits, n_rt, ws);
     if (splits > 1) {
       const int64_t rows = int64_t(p.batch) * p.max_q_len * p.n_heads;
-      const auto combine = g_old_combine ? combine_session13<D> : combine_kernel<D>;
-      combine<<<unsigned((rows + kCombineWarps - 1) / kCombineWarps), kCombineWarps * 32, 0, s>>>(p, splits, n_rt,
-                                                                                                  kTileKeys, ws);
+      combine_kernel<D><<<unsigned((rows + kCombineWarps - 1) / kCombineWarps), kCombineWarps * 32, 0, s>>>(
+          p, splits, n_rt, kTileKeys, ws);
     }
   }
 };
@@ -499,7 +452,8 @@ static std::vector<std::function<void()>> variants_of(Setup& st, bool timed) {
 }
 
 // One sequence (the batch-1 decode step): the split count is the whole question there, so each variant runs at
-// a range of them, and the session-13 combine kernel beside the shipped one at the launcher's count.
+// a range of them. (Session 14 also ran session 13's combine kernel here beside the shipped one: commit e0f1046's
+// version of this file, figures in kernels/NOTES.md.)
 static std::vector<std::function<void()>> variants_one_seq(Setup& st) {
   using namespace dtma;
   constexpr auto kNone = CU_TENSOR_MAP_L2_PROMOTION_NONE;
@@ -510,12 +464,6 @@ static std::vector<std::function<void()>> variants_one_seq(Setup& st) {
     char nm[96];
     snprintf(nm, sizeof nm, "shipped (the launcher's path), %d splits", st.shipped_plan().splits);
     print_row(st, nm, us, "reference");
-  });
-  v.push_back([&st] {
-    g_old_combine = true;
-    printf("  (next row: session 13's combine kernel)\n");
-    variant<2, 3, 1>(st, true, kNone, false, {st.shipped_plan().splits});
-    g_old_combine = false;
   });
   v.push_back([&st] { variant<2, 3, 1>(st, true, kNone, false, {8, 12, 16, 20, 24, 28, 32, 33, 40, 48, 64}); });
   v.push_back([&st] { variant<1, 3, 2>(st, true, kNone, false, {16, 24, 32, 33, 40, 48, 64}); });

@@ -262,14 +262,13 @@ impl Gpu {
         let marks = self.profile.borrow_mut().take().unwrap_or_default();
         self.stream().synchronize().map_err(derr)?;
         let mut out: Vec<OpTime> = Vec::new();
-        for w in marks.windows(2) {
-            let ms = w[0].1.elapsed_ms(&w[1].1).map_err(derr)? as f64;
-            match out.iter_mut().find(|o| o.label == w[0].0) {
+        for op in op_times(&marks)? {
+            match out.iter_mut().find(|o| o.label == op.label) {
                 Some(o) => {
-                    o.ms += ms;
+                    o.ms += op.ms;
                     o.calls += 1;
                 }
-                None => out.push(OpTime { label: w[0].0, ms, calls: 1 }),
+                None => out.push(op),
             }
         }
         Ok(out)
@@ -296,10 +295,7 @@ impl Gpu {
             )));
         }
         self.stream().synchronize().map_err(derr)?;
-        t.marks
-            .windows(2)
-            .map(|w| Ok(OpTime { label: w[0].0, ms: w[0].1.elapsed_ms(&w[1].1).map_err(derr)? as f64, calls: 1 }))
-            .collect()
+        op_times(&t.marks)
     }
 
     /// Starts or ends the armed timeline at the start of `layer`'s rope.
@@ -321,18 +317,22 @@ impl Gpu {
         Ok(())
     }
 
+    fn timing_event(&self) -> Result<CudaEvent> {
+        self.gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(derr)
+    }
+
     /// Marks the start of an op (on the main stream) while profiling, or inside the armed timeline's layer.
     fn mark(&self, label: &'static str) -> Result<()> {
         let s = self.stream();
         let mut p = self.profile.borrow_mut();
         if let Some(marks) = p.as_mut() {
-            let ev = self.gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(derr)?;
+            let ev = self.timing_event()?;
             ev.record(s).map_err(derr)?;
             marks.push((label, ev));
         }
         let mut tl = self.timeline.borrow_mut();
         if let Some(t) = tl.as_mut().filter(|t| t.active) {
-            let ev = self.gpu.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(derr)?;
+            let ev = self.timing_event()?;
             // SAFETY: a live event and the backend's stream, which is capturing (`active` is only set then): the
             // record becomes an event node of the graph, re-recorded at every replay.
             unsafe {
@@ -348,6 +348,14 @@ impl Gpu {
         }
         Ok(())
     }
+}
+
+/// Each mark's op time, from its event to the next one's, in order (the events have completed).
+fn op_times(marks: &[(&'static str, CudaEvent)]) -> Result<Vec<OpTime>> {
+    marks
+        .windows(2)
+        .map(|w| Ok(OpTime { label: w[0].0, ms: w[0].1.elapsed_ms(&w[1].1).map_err(derr)? as f64, calls: 1 }))
+        .collect()
 }
 
 /// A weight on the device.
