@@ -219,6 +219,21 @@ l4k_status l4k_router(const void* logits, int32_t logits_dtype, int64_t tokens, 
                       int32_t* offsets, int32_t* dest, void* workspace, size_t workspace_bytes,
                       l4k_stream_t stream);
 
+/* Decode routing in one launch, for 1..8 tokens: logits = bf16(x @ router_weight^T) (x [tokens, hidden] bf16,
+ * router_weight [experts, hidden] bf16, both 16-byte aligned, hidden a multiple of 8 up to 16384), written to
+ * logits [tokens, experts] bf16; their routing as l4k_router with logits_dtype L4K_LOGITS_BF16 and align 1 (ids,
+ * weights, counts, offsets, dest as there); and x's rows scaled by the routing weights and quantized as
+ * l4k_permute_fp8 writes them into out [rows, hidden] E4M3 / scales [rows] f32, rows >= tokens * k. Bit for bit
+ * the library's GEMV of l4k_linear_bf16 (the same k split and summation order; l4k_linear_bf16 itself takes the
+ * GEMV at one row only) + l4k_router + l4k_permute_fp8. One cooperative kernel (programmatic dependent launch);
+ * workspace: l4k_route_fp8_workspace_size bytes, 16-byte aligned, contents arbitrary, one call at a time per
+ * workspace. tokens == 0 writes nothing; more than 8 tokens: L4K_ERROR_UNSUPPORTED (use the three calls). */
+l4k_status l4k_route_fp8_workspace_size(int32_t experts, size_t* bytes);
+l4k_status l4k_route_fp8(const void* x, const void* router_weight, int64_t tokens, int64_t hidden, int32_t experts,
+                         int32_t mode, int32_t k, int32_t renormalize, void* logits, int32_t* ids, float* weights,
+                         int32_t* counts, int32_t* offsets, int32_t* dest, void* out, float* scales, int64_t rows,
+                         void* workspace, size_t workspace_bytes, l4k_stream_t stream);
+
 /* ---- permute / unpermute ----------------------------------------------------------------------------------
  * Rows a permuted buffer needs for any routing of tokens x k pairs over experts padded to align:
  * tokens * k + min(experts, tokens * k) * (align - 1); -1 for invalid sizes. */

@@ -520,6 +520,76 @@ pub unsafe extern "C" fn l4k_router(
     })
 }
 
+/// Workspace bytes of `l4k_route_fp8` over `experts` experts, written to `*bytes`.
+///
+/// # Safety
+/// `bytes` must be NULL (an error) or point to a writable size_t.
+#[no_mangle]
+pub unsafe extern "C" fn l4k_route_fp8_workspace_size(experts: i32, bytes: *mut usize) -> Status {
+    guard(|| {
+        if bytes.is_null() {
+            return Err(Error::InvalidArgument("route_fp8: bytes is null".into()));
+        }
+        let n = router::route_fp8_workspace_size(usize::try_from(experts).unwrap_or(usize::MAX))?;
+        // SAFETY: non-null, writable per the contract.
+        unsafe { *bytes = n };
+        Ok(())
+    })
+}
+
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_route_fp8(
+    x: *const c_void,
+    router_weight: *const c_void,
+    tokens: i64,
+    hidden: i64,
+    experts: i32,
+    mode: i32,
+    k: i32,
+    renormalize: i32,
+    logits: *mut c_void,
+    ids: *mut i32,
+    weights: *mut f32,
+    counts: *mut i32,
+    offsets: *mut i32,
+    dest: *mut i32,
+    out: *mut c_void,
+    scales: *mut f32,
+    rows: i64,
+    workspace: *mut c_void,
+    workspace_bytes: usize,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        let a = router::RouteArgs {
+            x,
+            w: router_weight,
+            logits,
+            ids,
+            weights,
+            counts,
+            offsets,
+            dest,
+            q: out,
+            scales,
+            workspace,
+            workspace_bytes,
+            tokens,
+            hidden,
+            experts: experts as i64,
+            k: k as i64,
+            rows,
+            mode,
+            renormalize,
+        };
+        // SAFETY: the caller's pointers as the contract requires; launch_route checks what it can.
+        unsafe { router::launch_route(&a, stream) }
+    })
+}
+
 /// Rows a permuted buffer needs (see `permute::permuted_rows`); -1 for negative or overflowing sizes.
 #[no_mangle]
 pub extern "C" fn l4k_permuted_rows(tokens: i64, k: i32, experts: i32, align: i32) -> i64 {

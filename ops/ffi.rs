@@ -364,6 +364,13 @@ extern "C" {
     pub fn l4k_launch_weight_prep_gate_up_interleaved(p: *const WeightPrepParams, stream: CUstream) -> c_int;
     pub fn l4k_internal_weight_prep_strip_path(p: *const WeightPrepParams) -> c_int;
     pub fn l4k_launch_router(p: *const RouterParams, stream: CUstream) -> c_int;
+    pub fn l4k_launch_route_fp8(
+        lin: *const LinearParams,
+        r: *const RouterParams,
+        pm: *const PermuteParams,
+        stream: CUstream,
+    ) -> c_int;
+    pub fn l4k_internal_route_fp8_workspace(experts: c_int) -> i64;
     pub fn l4k_launch_embedding(p: *const EmbeddingParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_argmax(p: *const ArgmaxParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_linear_gemv(p: *const LinearParams, stream: CUstream) -> c_int;

@@ -16,14 +16,18 @@
 //! nothing.
 
 use crate::error::{ensure, Error, Result};
-use crate::ffi::{self, check_grid, check_ptr, launched, RouterParams};
-use crate::tensor::{bf16, same_device, Element, Tensor, TensorMut};
+use crate::ffi::{self, check_grid, check_ptr, launched, LinearParams, PermuteParams, RouterParams};
+use crate::tensor::{bf16, same_device, Element, Tensor, TensorMut, E4M3};
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::{CudaStream, CudaViewMut, DevicePtrMut, DeviceSlice};
 
 const OP: &str = "router";
 pub const MAX_EXPERTS: usize = ffi::ROUTER_MAX_EXPERTS;
 pub const MAX_TOP_K: usize = ffi::ROUTER_MAX_TOP_K;
+/// Most tokens [`route_fp8`] routes in one launch: one pass of the GEMV's 8 token rows.
+pub const ROUTE_MAX_TOKENS: usize = 8;
+/// Longest hidden size [`route_fp8`] permutes: 8 accesses of 8 elements per thread of its 256.
+pub const ROUTE_MAX_HIDDEN: usize = 16384;
 
 /// How a token's experts and weights are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +44,15 @@ pub enum RouterKind {
 }
 
 impl RouterKind {
+    /// The C ABI's mode and renormalize codes.
+    fn codes(self) -> (i32, i32) {
+        match self {
+            // One kernel mode: it takes its top-1 fast path only for k == 1.
+            RouterKind::SigmoidTop1 | RouterKind::SigmoidTopK { .. } => (ffi::ROUTER_SIGMOID_TOP1, 0),
+            RouterKind::SoftmaxTopK { renormalize, .. } => (ffi::ROUTER_SOFTMAX_TOPK, renormalize as i32),
+        }
+    }
+
     /// Choices per token.
     pub fn k(self) -> usize {
         match self {
@@ -67,6 +80,19 @@ pub struct RouterOutputs<'o, 'a> {
     pub counts: &'o mut TensorMut<'a, i32, 1>,
     pub offsets: &'o mut TensorMut<'a, i32, 1>,
     pub dest: &'o mut TensorMut<'a, i32, 2>,
+}
+
+impl RouterOutputs<'_, '_> {
+    /// ids, weights and dest [t, k], counts [e], offsets [e + 1].
+    fn check_shapes(&self, op: &str, t: usize, e: usize, k: usize) -> Result<()> {
+        for (name, shape) in [("ids", self.ids.shape()), ("dest", self.dest.shape())] {
+            ensure!(shape == [t, k], "{op}: {name} {shape:?}, want [{t}, {k}]");
+        }
+        ensure!(self.weights.shape() == [t, k], "{op}: weights {:?}, want [{t}, {k}]", self.weights.shape());
+        ensure!(self.counts.shape() == [e], "{op}: counts {:?}, want [{e}]", self.counts.shape());
+        ensure!(self.offsets.shape() == [e + 1], "{op}: offsets {:?}, want [{}]", self.offsets.shape(), e + 1);
+        Ok(())
+    }
 }
 
 /// Bytes of workspace [`router`] needs for `tokens` tokens over `experts` experts with logits of type `L`.
@@ -98,6 +124,33 @@ fn check_experts(experts: i32) -> Result<()> {
     Ok(())
 }
 
+/// The routing style of `p`: experts, mode, k and renormalize (shared by [`router`] and [`route_fp8`]).
+fn check_choice(op: &str, p: &RouterParams) -> Result<()> {
+    check_experts(p.experts)?;
+    // ROUTER_SIGMOID_TOP1 is the sigmoid mode for every k (its name predates k > 1; the C ABI keeps it).
+    ensure!(
+        p.mode == ffi::ROUTER_SIGMOID_TOP1 || p.mode == ffi::ROUTER_SOFTMAX_TOPK,
+        "{op}: unknown routing mode {}",
+        p.mode
+    );
+    ensure!(p.k >= 1, "{op}: k must be positive (got {})", p.k);
+    if p.k as usize > MAX_TOP_K {
+        return Err(Error::Unsupported(format!("{op}: k = {}; at most {MAX_TOP_K} choices are supported", p.k)));
+    }
+    ensure!(p.k <= p.experts, "{op}: k = {} > {} experts", p.k, p.experts);
+    ensure!(p.renormalize == 0 || p.renormalize == 1, "{op}: renormalize must be 0 or 1 (got {})", p.renormalize);
+    Ok(())
+}
+
+/// The routing's output pointers: non-null, 4-byte aligned.
+fn check_outputs(op: &str, p: &RouterParams) -> Result<()> {
+    check_ptr(op, "ids", p.ids as _, 4)?;
+    check_ptr(op, "weights", p.weights as _, 4)?;
+    check_ptr(op, "counts", p.counts as _, 4)?;
+    check_ptr(op, "offsets", p.offsets as _, 4)?;
+    check_ptr(op, "dest", p.dest as _, 4)
+}
+
 /// Routes `logits` [T, E]; `align` >= 1 pads each expert's rows to a multiple of it (1: no padding).
 /// `workspace` holds at least [`router_workspace_size`] bytes; its contents on entry do not matter.
 pub fn router<L: RouterLogits>(
@@ -110,12 +163,7 @@ pub fn router<L: RouterLogits>(
 ) -> Result<()> {
     let [t, e] = logits.shape();
     let k = kind.k();
-    for (name, shape) in [("ids", out.ids.shape()), ("dest", out.dest.shape())] {
-        ensure!(shape == [t, k], "{OP}: {name} {shape:?}, want [{t}, {k}]");
-    }
-    ensure!(out.weights.shape() == [t, k], "{OP}: weights {:?}, want [{t}, {k}]", out.weights.shape());
-    ensure!(out.counts.shape() == [e], "{OP}: counts {:?}, want [{e}]", out.counts.shape());
-    ensure!(out.offsets.shape() == [e + 1], "{OP}: offsets {:?}, want [{}]", out.offsets.shape(), e + 1);
+    out.check_shapes(OP, t, e, k)?;
     let int = |v: usize, what: &str| {
         i32::try_from(v).map_err(|_| Error::InvalidArgument(format!("{OP}: {what} = {v} is too large")))
     };
@@ -140,11 +188,7 @@ pub fn router<L: RouterLogits>(
     let (po, _go) = out.offsets.ptr_mut(stream);
     let (pd, _gd) = out.dest.ptr_mut(stream);
     let (pws, _gws) = workspace.device_ptr_mut(stream);
-    let (mode, renormalize) = match kind {
-        // One kernel mode: it takes its top-1 fast path only for k == 1.
-        RouterKind::SigmoidTop1 | RouterKind::SigmoidTopK { .. } => (ffi::ROUTER_SIGMOID_TOP1, 0),
-        RouterKind::SoftmaxTopK { renormalize, .. } => (ffi::ROUTER_SOFTMAX_TOPK, renormalize as i32),
-    };
+    let (mode, renormalize) = kind.codes();
     let p = RouterParams {
         logits: pl as _,
         ids: pi as _,
@@ -168,19 +212,7 @@ pub fn router<L: RouterLogits>(
 /// Validates raw parameters (shared by the safe API and the C ABI) and launches.
 pub(crate) fn launch(p: &RouterParams, stream: CUstream) -> Result<()> {
     check_grid(OP, "tokens", p.tokens)?;
-    check_experts(p.experts)?;
-    // ROUTER_SIGMOID_TOP1 is the sigmoid mode for every k (its name predates k > 1; the C ABI keeps it).
-    ensure!(
-        p.mode == ffi::ROUTER_SIGMOID_TOP1 || p.mode == ffi::ROUTER_SOFTMAX_TOPK,
-        "{OP}: unknown routing mode {}",
-        p.mode
-    );
-    ensure!(p.k >= 1, "{OP}: k must be positive (got {})", p.k);
-    if p.k as usize > MAX_TOP_K {
-        return Err(Error::Unsupported(format!("{OP}: k = {}; at most {MAX_TOP_K} choices are supported", p.k)));
-    }
-    ensure!(p.k <= p.experts, "{OP}: k = {} > {} experts", p.k, p.experts);
-    ensure!(p.renormalize == 0 || p.renormalize == 1, "{OP}: renormalize must be 0 or 1 (got {})", p.renormalize);
+    check_choice(OP, p)?;
     ensure!(p.align >= 1, "{OP}: align must be at least 1 (got {})", p.align);
     // Every row index, padded total included, is an int32.
     let rows = p.tokens * p.k as i64 + p.experts as i64 * (p.align as i64 - 1);
@@ -197,11 +229,7 @@ pub(crate) fn launch(p: &RouterParams, stream: CUstream) -> Result<()> {
     }
     let elem = if p.logits_dtype == ffi::LOGITS_F32 { 4 } else { 2 };
     check_ptr(OP, "logits", p.logits, elem)?;
-    check_ptr(OP, "ids", p.ids as _, 4)?;
-    check_ptr(OP, "weights", p.weights as _, 4)?;
-    check_ptr(OP, "counts", p.counts as _, 4)?;
-    check_ptr(OP, "offsets", p.offsets as _, 4)?;
-    check_ptr(OP, "dest", p.dest as _, 4)?;
+    check_outputs(OP, p)?;
     check_ptr(OP, "workspace", p.workspace, 4)?;
     ensure!(
         p.workspace_bytes >= need as i64,
@@ -214,11 +242,234 @@ pub(crate) fn launch(p: &RouterParams, stream: CUstream) -> Result<()> {
     launched(OP, unsafe { ffi::l4k_launch_router(p, stream) })
 }
 
+/// Bytes of workspace [`route_fp8`] needs over `experts` experts (every CTA's split sums of the logits); its
+/// contents on entry do not matter.
+pub fn route_fp8_workspace_size(experts: usize) -> Result<usize> {
+    let e = i32::try_from(experts).unwrap_or(i32::MAX);
+    check_experts(e)?;
+    // SAFETY: a pure host function of its argument.
+    let bytes = unsafe { ffi::l4k_internal_route_fp8_workspace(e) };
+    ensure!(bytes > 0, "route_fp8: no workspace size for {experts} experts");
+    Ok(bytes as usize)
+}
+
+/// Decode routing in one launch (kernels/router_fused.cu), for 1..=[`ROUTE_MAX_TOKENS`] tokens: `logits` =
+/// bf16(x @ w^T) (the router's nn.Linear, `w` [E, H]), their routing as [`router`] with align 1, and x's rows
+/// scaled by the routing weights and quantized as [`crate::permute::permute_fp8`] writes them into `q` [rows, H] /
+/// `scales` [rows] (rows >= T * k). Bit for bit those three calls, the logits as
+/// [`crate::linear::Blas::linear_bf16_with`] computes them on its GEMV schedule (the same k split and sums).
+/// `x` and `w` 16-byte aligned, H a multiple of 8 up to [`ROUTE_MAX_HIDDEN`]; T = 0 launches nothing. Larger
+/// batches or a padded layout: [`crate::linear::Blas::linear_bf16`], [`router`], [`crate::permute::permute_fp8`].
+#[allow(clippy::too_many_arguments)]
+pub fn route_fp8(
+    stream: &CudaStream,
+    x: &Tensor<bf16, 2>,
+    w: &Tensor<bf16, 2>,
+    kind: RouterKind,
+    logits: &mut TensorMut<bf16, 2>,
+    out: RouterOutputs,
+    q: &mut TensorMut<E4M3, 2>,
+    scales: &mut TensorMut<f32, 1>,
+    workspace: &mut CudaViewMut<u8>,
+) -> Result<()> {
+    const OP: &str = "route_fp8";
+    let ([t, h], [e, wh], k) = (x.shape(), w.shape(), kind.k());
+    ensure!(wh == h, "{OP}: router weight {:?} for hidden {h}", w.shape());
+    ensure!(logits.shape() == [t, e], "{OP}: logits {:?}, want [{t}, {e}]", logits.shape());
+    out.check_shapes(OP, t, e, k)?;
+    let [rows, qh] = q.shape();
+    ensure!(qh == h, "{OP}: q {:?} for hidden {h}", q.shape());
+    ensure!(scales.shape() == [rows], "{OP}: scales {:?} for {rows} rows", scales.shape());
+    same_device(
+        stream,
+        &[
+            x.stream(),
+            w.stream(),
+            logits.stream(),
+            out.ids.stream(),
+            out.weights.stream(),
+            out.counts.stream(),
+            out.offsets.stream(),
+            out.dest.stream(),
+            q.stream(),
+            scales.stream(),
+            workspace.stream(),
+        ],
+    )?;
+    let int = |v: usize, what: &str| {
+        i64::try_from(v).map_err(|_| Error::InvalidArgument(format!("{OP}: {what} = {v} is too large")))
+    };
+    let (t, h, e, rows) = (int(t, "tokens")?, int(h, "hidden")?, int(e, "experts")?, int(rows, "rows")?);
+    let workspace_len = workspace.len();
+    let (px, _gx) = x.ptr(stream);
+    let (pw, _gw) = w.ptr(stream);
+    let (pl, _gl) = logits.ptr_mut(stream);
+    let (pi, _gi) = out.ids.ptr_mut(stream);
+    let (pwt, _gwt) = out.weights.ptr_mut(stream);
+    let (pc, _gc) = out.counts.ptr_mut(stream);
+    let (po, _go) = out.offsets.ptr_mut(stream);
+    let (pd, _gd) = out.dest.ptr_mut(stream);
+    let (pq, _gq) = q.ptr_mut(stream);
+    let (ps, _gs) = scales.ptr_mut(stream);
+    let (pws, _gws) = workspace.device_ptr_mut(stream);
+    let (mode, renormalize) = kind.codes();
+    let args = RouteArgs {
+        x: px as _,
+        w: pw as _,
+        logits: pl as _,
+        ids: pi as _,
+        weights: pwt as _,
+        counts: pc as _,
+        offsets: po as _,
+        dest: pd as _,
+        q: pq as _,
+        scales: ps as _,
+        workspace: pws as _,
+        workspace_bytes: workspace_len,
+        tokens: t,
+        hidden: h,
+        experts: e,
+        k: k as i64,
+        rows,
+        mode,
+        renormalize,
+    };
+    // SAFETY: every pointer is a live device allocation of the checked shape, on this stream's device.
+    unsafe { launch_route(&args, stream.cu_stream()) }
+}
+
+/// [`route_fp8`]'s raw arguments (shared by the safe API and the C ABI).
+pub(crate) struct RouteArgs {
+    pub x: *const std::ffi::c_void,
+    pub w: *const std::ffi::c_void,
+    pub logits: *mut std::ffi::c_void,
+    pub ids: *mut i32,
+    pub weights: *mut f32,
+    pub counts: *mut i32,
+    pub offsets: *mut i32,
+    pub dest: *mut i32,
+    pub q: *mut std::ffi::c_void,
+    pub scales: *mut f32,
+    pub workspace: *mut std::ffi::c_void,
+    pub workspace_bytes: usize,
+    pub tokens: i64,
+    pub hidden: i64,
+    pub experts: i64,
+    pub k: i64,
+    pub rows: i64,
+    pub mode: i32,
+    pub renormalize: i32,
+}
+
+/// Validates [`RouteArgs`] and launches.
+///
+/// # Safety
+/// Non-null pointers must be device allocations of the sizes the arguments state.
+pub(crate) unsafe fn launch_route(a: &RouteArgs, stream: CUstream) -> Result<()> {
+    const OP: &str = "route_fp8";
+    ensure!(a.tokens >= 0, "{OP}: tokens is negative ({})", a.tokens);
+    if a.tokens as usize > ROUTE_MAX_TOKENS {
+        return Err(Error::Unsupported(format!(
+            "{OP}: {} tokens; one launch routes at most {ROUTE_MAX_TOKENS} (more: linear_bf16, router, permute_fp8)",
+            a.tokens
+        )));
+    }
+    ensure!(a.experts >= 1 && a.experts <= i32::MAX as i64, "{OP}: experts must be positive (got {})", a.experts);
+    ensure!(a.k >= 1 && a.k <= i32::MAX as i64, "{OP}: k must be positive (got {})", a.k);
+    let r = RouterParams {
+        logits: a.logits,
+        ids: a.ids,
+        weights: a.weights,
+        counts: a.counts,
+        offsets: a.offsets,
+        dest: a.dest,
+        workspace: a.workspace,
+        workspace_bytes: i64::try_from(a.workspace_bytes).unwrap_or(i64::MAX),
+        tokens: a.tokens,
+        experts: a.experts as i32,
+        k: a.k as i32,
+        mode: a.mode,
+        logits_dtype: ffi::LOGITS_BF16,
+        renormalize: a.renormalize,
+        align: 1,
+    };
+    check_choice(OP, &r)?;
+    ensure!(a.hidden >= 8 && a.hidden % 8 == 0, "{OP}: hidden must be a positive multiple of 8 (got {})", a.hidden);
+    if a.hidden as usize > ROUTE_MAX_HIDDEN {
+        return Err(Error::Unsupported(format!("{OP}: hidden {}; at most {ROUTE_MAX_HIDDEN}", a.hidden)));
+    }
+    ensure!(
+        a.rows >= a.tokens * a.k && a.rows <= i32::MAX as i64,
+        "{OP}: q has {} rows; {} tokens x {} choices need {}",
+        a.rows,
+        a.tokens,
+        a.k,
+        a.tokens * a.k
+    );
+    let need = route_fp8_workspace_size(a.experts as usize)?;
+    ensure!(
+        a.workspace_bytes >= need,
+        "{OP}: workspace is {} bytes; {} experts need {need} (route_fp8_workspace_size)",
+        a.workspace_bytes,
+        a.experts
+    );
+    if a.tokens == 0 {
+        return Ok(());
+    }
+    check_ptr(OP, "x", a.x, 16)?;
+    check_ptr(OP, "w", a.w, 16)?;
+    check_ptr(OP, "logits", a.logits, 2)?;
+    check_outputs(OP, &r)?;
+    check_ptr(OP, "q", a.q, 8)?;
+    check_ptr(OP, "scales", a.scales as _, 4)?;
+    check_ptr(OP, "workspace", a.workspace, 16)?;
+    let lin = LinearParams {
+        x: a.x,
+        w: a.w,
+        y: a.logits,
+        m: a.tokens,
+        n: a.experts,
+        k: a.hidden,
+        out_dtype: ffi::LINEAR_OUT_BF16,
+        _pad: 0,
+    };
+    let pm = PermuteParams {
+        x: a.x,
+        weights: a.weights,
+        dest: a.dest,
+        counts: std::ptr::null(),
+        offsets: std::ptr::null(),
+        out: a.q,
+        scales: a.scales,
+        tokens: a.tokens,
+        hidden: a.hidden,
+        rows: a.rows,
+        k: a.k as i32,
+        experts: a.experts as i32,
+        align: 1,
+        out_kind: ffi::PERMUTE_FP8,
+    };
+    // SAFETY: validated above; the pointers are the caller's device allocations.
+    launched(OP, unsafe { ffi::l4k_launch_route_fp8(&lin, &r, &pm, stream) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     /// The arrival counter at the start of the workspace (the histogram follows, 16-byte aligned).
     const COUNTER_BYTES: usize = 16;
+
+    #[test]
+    fn route_fp8_workspace_holds_every_split_sum() {
+        // 16 x 8 f32 sums per CTA; the GEMV's split: 8 CTAs per 16 experts up to 64 CTAs in all.
+        assert_eq!(route_fp8_workspace_size(1).unwrap(), 8 * 512);
+        assert_eq!(route_fp8_workspace_size(16).unwrap(), 8 * 512);
+        assert_eq!(route_fp8_workspace_size(17).unwrap(), 2 * 8 * 512);
+        assert_eq!(route_fp8_workspace_size(128).unwrap(), 64 * 512);
+        assert_eq!(route_fp8_workspace_size(256).unwrap(), 64 * 512);
+        assert!(matches!(route_fp8_workspace_size(257), Err(Error::Unsupported(_))));
+        assert!(route_fp8_workspace_size(0).is_err());
+    }
 
     #[test]
     fn workspace_grows_with_tiles_and_rejects_bad_shapes() {

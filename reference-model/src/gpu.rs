@@ -26,7 +26,9 @@ use llama4_kernels::cudarc::driver::{
 };
 use llama4_kernels::grouped_gemm::{self, GroupedGemm, Schedule};
 use llama4_kernels::linear::{linear_fp8, Blas, LINEAR_WORKSPACE_BYTES};
-use llama4_kernels::router::{router, router_workspace_size, RouterKind, RouterOutputs};
+use llama4_kernels::router::{
+    route_fp8, route_fp8_workspace_size, router, router_workspace_size, RouterKind, RouterOutputs, ROUTE_MAX_TOKENS,
+};
 use llama4_kernels::{argmax, bf16, embedding, permute, quant, random, rmsnorm, rope, swiglu, weight_prep};
 use llama4_kernels::{Element, Tensor, TensorMut, E4M3};
 use ndarray::Array2;
@@ -69,6 +71,9 @@ pub struct Gpu {
     fork: CudaEvent,
     join: CudaEvent,
     overlap: std::cell::Cell<bool>,
+    /// Whether decode batches route in one launch (router::route_fp8); off by default (kernels/NOTES.md, "Decode
+    /// routing in one kernel": slower inside the batch-1 step).
+    fused_routing: std::cell::Cell<bool>,
 }
 
 /// A timeline of one layer inside a captured step: events recorded as graph nodes from `rope(layer)` to
@@ -124,6 +129,7 @@ impl Gpu {
             fork,
             join,
             overlap,
+            fused_routing: std::cell::Cell::new(false),
         })
     }
 
@@ -207,6 +213,15 @@ impl Gpu {
     /// Profiled steps run it in line, so that each op's time is its own.
     pub fn set_overlap_shared_expert(&self, on: bool) {
         self.overlap.set(on);
+    }
+
+    /// Whether decode batches (up to router::ROUTE_MAX_TOKENS tokens) route in one launch, logits, routing and
+    /// FP8 expert inputs together (router::route_fp8), or in the three launches it fuses (the default; the same
+    /// bits). The one launch measured slower inside the batch-1 step (its cooperative grid waits for slots behind
+    /// the shared expert's GEMV grid and keeps no PDL overlap; kernels/NOTES.md), so it is an opt-in for A/Bs.
+    /// Larger batches always take the three.
+    pub fn set_fused_routing(&self, on: bool) {
+        self.fused_routing.set(on);
     }
 
     /// `n` zeroed bytes of page-locked host memory.
@@ -797,7 +812,12 @@ impl Backend for Gpu {
             shared: self.alloc(t * h)?,
             shared_gu: self.alloc(if any_moe { t * 2 * i } else { 1 })?,
             shared_h: self.alloc(if any_moe { t * i } else { 1 })?,
-            router_ws: self.alloc(if any_moe { router_workspace_size::<bf16>(t, e).map_err(kerr)? } else { 1 })?,
+            // Room for either routing: the router's own, or route_fp8's at decode batches.
+            router_ws: self.alloc(if any_moe {
+                router_workspace_size::<bf16>(t, e).map_err(kerr)?.max(route_fp8_workspace_size(e).map_err(kerr)?)
+            } else {
+                1
+            })?,
         };
         let kv_row = heads.n_kv_heads * heads.head_dim;
         let kv = plan
@@ -1093,41 +1113,62 @@ impl Gpu {
         if overlap {
             self.join.record(&self.side).map_err(derr)?;
         }
-        // Routing on the bf16 router logits (as transformers' bf16 model): ids, sigmoid weights, the sorted layout.
-        self.mark("router")?;
+        // Routing on the bf16 router logits (as transformers' bf16 model): ids, sigmoid weights, the sorted layout,
+        // and the expert inputs: the score scales the expert INPUT, bf16(y * w), then rowwise FP8. Three launches,
+        // or for decode batches with fused routing switched on, route_fp8's one (the same bits).
         let rw = w.router.bf16("router")?;
-        {
-            let mut ws = tm(&mut st.lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
-            self.blas
-                .linear_bf16(s, &tv(y, [t, h])?, &tv(rw, [e, h])?, &mut tm(&mut ffn.router_logits, [t, e])?, &mut ws)
-                .map_err(kerr)?;
-        }
-        self.mark("router_topk")?;
         let kind = if k == 1 { RouterKind::SigmoidTop1 } else { RouterKind::SigmoidTopK { k } };
+        let rows = t * k;
         {
+            let mut ids = tm(&mut ffn.ids, [t, k])?;
+            let mut weights = tm(&mut ffn.weights, [t, k])?;
+            let mut counts = tm(&mut ffn.counts, [e])?;
+            let mut offsets = tm(&mut ffn.offsets, [e + 1])?;
+            let mut dest = tm(&mut ffn.dest, [t, k])?;
             let out = RouterOutputs {
-                ids: &mut tm(&mut ffn.ids, [t, k])?,
-                weights: &mut tm(&mut ffn.weights, [t, k])?,
-                counts: &mut tm(&mut ffn.counts, [e])?,
-                offsets: &mut tm(&mut ffn.offsets, [e + 1])?,
-                dest: &mut tm(&mut ffn.dest, [t, k])?,
+                ids: &mut ids,
+                weights: &mut weights,
+                counts: &mut counts,
+                offsets: &mut offsets,
+                dest: &mut dest,
             };
             let mut ws = ffn.router_ws.slice_mut(..);
-            router(s, &tv(&ffn.router_logits, [t, e])?, kind, 1, out, &mut ws).map_err(kerr)?;
+            if t <= ROUTE_MAX_TOKENS && self.fused_routing.get() {
+                self.mark("route")?;
+                route_fp8(
+                    s,
+                    &tv(y, [t, h])?,
+                    &tv(rw, [e, h])?,
+                    kind,
+                    &mut tm(&mut ffn.router_logits, [t, e])?,
+                    out,
+                    &mut tm(&mut ffn.aq, [rows, h])?,
+                    &mut tm(&mut ffn.as_, [rows])?,
+                    &mut ws,
+                )
+                .map_err(kerr)?;
+            } else {
+                self.mark("router")?;
+                {
+                    let mut lws = tm(&mut st.lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
+                    let logits = &mut tm(&mut ffn.router_logits, [t, e])?;
+                    self.blas.linear_bf16(s, &tv(y, [t, h])?, &tv(rw, [e, h])?, logits, &mut lws).map_err(kerr)?;
+                }
+                self.mark("router_topk")?;
+                router(s, &tv(&ffn.router_logits, [t, e])?, kind, 1, out, &mut ws).map_err(kerr)?;
+                self.mark("permute")?;
+                permute::permute_fp8(
+                    s,
+                    &tv(y, [t, h])?,
+                    &tv(&ffn.dest, [t, k])?,
+                    Some(&tv(&ffn.weights, [t, k])?),
+                    None,
+                    &mut tm(&mut ffn.aq, [rows, h])?,
+                    &mut tm(&mut ffn.as_, [rows])?,
+                )
+                .map_err(kerr)?;
+            }
         }
-        let rows = t * k;
-        // The score scales the expert INPUT: bf16(y * w), then rowwise FP8.
-        self.mark("permute")?;
-        permute::permute_fp8(
-            s,
-            &tv(y, [t, h])?,
-            &tv(&ffn.dest, [t, k])?,
-            Some(&tv(&ffn.weights, [t, k])?),
-            None,
-            &mut tm(&mut ffn.aq, [rows, h])?,
-            &mut tm(&mut ffn.as_, [rows])?,
-        )
-        .map_err(kerr)?;
         let (gq, gs) = w.gate_up.fp8("experts.gate_up")?;
         let (dq, ds) = w.down.fp8("experts.down")?;
         let [_, two_i, _] = w.gate_up.shape()[..] else { return Err(Error::Backend("expert gate_up rank".into())) };

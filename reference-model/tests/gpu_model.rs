@@ -2,7 +2,8 @@
 //! logits of a prefill, of a prefill cut into pieces, and of every decode step (graph-replayed), each within
 //! 1.5x the relative L2 error that transformers' own bf16 run with FP8 experts makes against the f32 oracle
 //! on the same checkpoint; several sequences in one step get what they get alone; a replayed graph gives the
-//! bytes of eager launches; configs the kernels cannot serve are refused at load. Needs an sm_90 GPU: run
+//! bytes of eager launches, and fused decode routing the bytes of the three launches; configs the kernels cannot
+//! serve are refused at load. Needs an sm_90 GPU: run
 //! with `--include-ignored` (the staged runner does); without one these tests fail.
 #![cfg(feature = "cuda")]
 
@@ -184,6 +185,38 @@ fn graph_replay_gives_the_bytes_of_eager_launches() {
                 "batch {batch}: replay differs from eager"
             );
         }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_routing_gives_the_bytes_of_three_launches() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = gpu_fixtures().into_iter().next().unwrap();
+    let g = golden(&dir);
+    let model = load(&dir, false);
+    // Batch 1, where the three launches' router logits come from the same GEMV route_fp8 runs (at more rows
+    // linear_bf16 takes cuBLASLt, whose sums may round differently); decode steps replayed from a graph.
+    let run = |fused: bool| {
+        model.backend.set_fused_routing(fused);
+        let limits = Limits { max_tokens: 64, max_seqs: 1, max_context: 128, max_logit_rows: 64, ..Limits::default() };
+        let mut e = Engine::new(&model, limits).unwrap();
+        let seq = e.add_sequence();
+        e.step(&[SeqStep { seq, tokens: &g.ids[..9], logits: Logits::Last }], false).unwrap();
+        let mut out = Vec::new();
+        for t in 0..6 {
+            let tk = [g.ids[40 + t]];
+            let o = e.step(&[SeqStep { seq, tokens: &tk, logits: Logits::Last }], true).unwrap();
+            out.extend(o.into_iter().map(|o| o.logits.unwrap()));
+        }
+        out
+    };
+    let (three, fused) = (run(false), run(true));
+    model.backend.set_fused_routing(false);
+    assert_eq!(three.len(), 6);
+    for (t, (a, b)) in three.iter().zip(&fused).enumerate() {
+        assert!(a.iter().all(|x| x.is_finite()), "step {t}: non-finite logits");
+        assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "step {t}: fused routing changed the logits");
     }
 }
 

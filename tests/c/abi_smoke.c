@@ -44,6 +44,30 @@ int main(void) {
                                 (const void*)0x3000, (void*)0x4000, 1e-5f, 2, 64, 9, 2, NULL);
   CHECK(s == L4K_ERROR_UNSUPPORTED, "k = 9: %d %s", (int)s, l4k_last_error());
 
+  {
+    size_t route_ws = 0;
+    s = l4k_route_fp8_workspace_size(16, &route_ws);
+    CHECK(s == L4K_OK && route_ws == 8 * 16 * 8 * 4, "route_fp8 workspace for 16 experts: %d %zu", (int)s, route_ws);
+    /* More tokens than one launch routes, a null x, then a misaligned one: refused before anything runs. */
+    s = l4k_route_fp8((const void*)0x1000, (const void*)0x2000, 9, 64, 16, L4K_ROUTER_SIGMOID_TOP1, 1, 0,
+                      (void*)0x3000, (int32_t*)0x4000, (float*)0x5000, (int32_t*)0x6000, (int32_t*)0x7000,
+                      (int32_t*)0x8000, (void*)0x9000, (float*)0xa000, 9, (void*)0xb000, route_ws, NULL);
+    CHECK(s == L4K_ERROR_UNSUPPORTED, "route_fp8 with 9 tokens: %d %s", (int)s, l4k_last_error());
+    s = l4k_route_fp8(NULL, (const void*)0x2000, 1, 64, 16, L4K_ROUTER_SIGMOID_TOP1, 1, 0, (void*)0x3000,
+                      (int32_t*)0x4000, (float*)0x5000, (int32_t*)0x6000, (int32_t*)0x7000, (int32_t*)0x8000,
+                      (void*)0x9000, (float*)0xa000, 1, (void*)0xb000, route_ws, NULL);
+    CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "x is null") != NULL, "route_fp8 null x: %s",
+          l4k_last_error());
+    s = l4k_route_fp8((const void*)0x1008, (const void*)0x2000, 1, 64, 16, L4K_ROUTER_SIGMOID_TOP1, 1, 0,
+                      (void*)0x3000, (int32_t*)0x4000, (float*)0x5000, (int32_t*)0x6000, (int32_t*)0x7000,
+                      (int32_t*)0x8000, (void*)0x9000, (float*)0xa000, 1, (void*)0xb000, route_ws, NULL);
+    CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "aligned") != NULL, "route_fp8 x: %s",
+          l4k_last_error());
+    s = l4k_route_fp8(NULL, NULL, 0, 64, 16, L4K_ROUTER_SIGMOID_TOP1, 1, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                      NULL, 0, NULL, route_ws, NULL);
+    CHECK(s == L4K_OK, "route_fp8 with zero tokens must be a no-op: %d %s", (int)s, l4k_last_error());
+  }
+
   s = l4k_swiglu_fp8((const void*)0x1000, (void*)0x2000, (float*)0x3000, 3, -1, NULL);
   CHECK(s == L4K_ERROR_INVALID_ARGUMENT, "negative inter: %d", (int)s);
 

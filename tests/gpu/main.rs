@@ -21,5 +21,6 @@ mod random;
 mod rmsnorm;
 mod rope;
 mod router;
+mod router_fused;
 mod swiglu;
 mod weight_prep;

@@ -36,6 +36,10 @@ struct Args {
     /// Run the shared expert in line instead of on its own stream beside the routed experts.
     #[arg(long)]
     no_overlap: bool,
+    /// Route decode batches in one launch (router::route_fp8) instead of three (router logits, routing, FP8
+    /// permute): the same bits, an A/B.
+    #[arg(long)]
+    fused_routing: bool,
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     batches: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "1024,8192,32768")]
@@ -114,6 +118,7 @@ fn run(args: &Args) -> Result<(), Error> {
     let recipe = if args.fp8_dense { "fp8-dense" } else { "meta" };
     let gpu = Gpu::new(GpuOptions { device: 0, fp8_dense: args.fp8_dense })?;
     gpu.set_overlap_shared_expert(!args.no_overlap);
+    gpu.set_fused_routing(args.fused_routing);
     let device = gpu.describe();
     println!("device: {device}");
     let pdl = llama4_kernels::device::pdl_enabled();
@@ -149,10 +154,11 @@ fn run(args: &Args) -> Result<(), Error> {
         gb(total)
     );
     let base = format!(
-        r#""ours":"llama4-kernels","model":"{}","layers":{},"recipe":"{recipe}","overlap":{},"pdl":{pdl},"device":{:?},"copy_gbps":{copy_gbps:.1},"weight_bytes":{}"#,
+        r#""ours":"llama4-kernels","model":"{}","layers":{},"recipe":"{recipe}","overlap":{},"fused_routing":{},"pdl":{pdl},"device":{:?},"copy_gbps":{copy_gbps:.1},"weight_bytes":{}"#,
         args.synthetic,
         model.config.num_hidden_layers,
         !args.no_overlap,
+        args.fused_routing,
         device,
         wb.total()
     );
