@@ -21,7 +21,7 @@
 //! with: [`Blas::new`] says so (`Error::NoDevice`) when it cannot be loaded.
 
 use crate::error::{ensure, Error, Result};
-use crate::ffi::{self, check_ptr, launched, LinearParams};
+use crate::ffi::{self, check_grid, check_ptr, launched, LinearFp8Params, LinearParams};
 use crate::grouped_gemm::{grouped_gemm_fp8, GroupedGemm, Schedule};
 use crate::tensor::{bf16, same_device, Element, Tensor, TensorMut, E4M3};
 use cudarc::cublaslt::{result, sys};
@@ -79,6 +79,21 @@ pub enum LinearSchedule {
     /// The streaming GEMV (kernels/linear.cu): k % 8 == 0 and x, w 16-byte aligned, any m (a pass per 8 rows,
     /// each re-reading the weights). A call it cannot serve is `Unsupported`.
     Gemv,
+    /// The GEMV on at most `ctas` CTAs, each looping over tiles of 16 output columns (the same bits as
+    /// [`LinearSchedule::Gemv`]): for a GEMV that runs beside another kernel, as the shared expert beside the
+    /// routed experts, so that the other kernel finds CTA slots free instead of waiting for this grid to drain.
+    /// `ctas` >= 1; besides the GEMV's limits it refuses shapes whose k the GEMV splits over a cluster
+    /// ([`gemv_splits_k`]).
+    GemvBounded { ctas: u32 },
+}
+
+/// Whether the GEMV splits each tile's k over a cluster of CTAs, where a bounded grid
+/// ([`LinearSchedule::GemvBounded`]) is refused: kernels/linear.cuh's rule (asked of it), at most 8 rows and
+/// 64 / tiles >= 2 for tiles of 16 columns, so n <= 512.
+pub fn gemv_splits_k(m: usize, n: usize) -> bool {
+    let clamp = |v: usize| v.min(i64::MAX as usize) as i64;
+    // SAFETY: host code reading two integers.
+    unsafe { ffi::l4k_internal_linear_splits(clamp(m), clamp(n)) > 1 }
 }
 
 /// Token rows one GEMV pass multiplies (the mma's N).
@@ -375,23 +390,40 @@ impl Blas {
             "{OP}: workspace is {} bytes; linear needs LINEAR_WORKSPACE_BYTES = {LINEAR_WORKSPACE_BYTES}",
             a.workspace_bytes
         );
-        let gemv = match a.schedule {
-            LinearSchedule::Blas => false,
-            LinearSchedule::Auto => {
-                gemv_is_faster(a.m as usize, a.n as usize) && gemv_can_serve(a.k as usize, a.x, a.w)
+        // The GEMV's own limits, for the schedules that ask for it by name.
+        let serves = || -> Result<()> {
+            if gemv_can_serve(a.k as usize, a.x, a.w) {
+                return Ok(());
             }
-            LinearSchedule::Gemv => {
-                if !gemv_can_serve(a.k as usize, a.x, a.w) {
+            Err(Error::Unsupported(format!(
+                "{OP}: the GEMV schedule needs k % 8 == 0 and x, w 16-byte aligned (k = {}, x {:p}, w {:p})",
+                a.k, a.x, a.w
+            )))
+        };
+        let (gemv, max_ctas) = match a.schedule {
+            LinearSchedule::Blas => (false, 0),
+            LinearSchedule::Auto => {
+                (gemv_is_faster(a.m as usize, a.n as usize) && gemv_can_serve(a.k as usize, a.x, a.w), 0)
+            }
+            LinearSchedule::Gemv => (serves().map(|_| true)?, 0),
+            LinearSchedule::GemvBounded { ctas } => {
+                ensure!(
+                    (1..=i32::MAX as u32).contains(&ctas),
+                    "{OP}: GemvBounded {{ ctas: {ctas} }}: ctas must be 1..=2^31-1"
+                );
+                if gemv_splits_k(a.m as usize, a.n as usize) {
                     return Err(Error::Unsupported(format!(
-                        "{OP}: the GEMV schedule needs k % 8 == 0 and x, w 16-byte aligned (k = {}, x {:p}, w {:p})",
-                        a.k, a.x, a.w
+                        "{OP}: a bounded GEMV grid needs m > 8 or n > 512 (m = {}, n = {}: k is split over a \
+                         cluster of CTAs there)",
+                        a.m, a.n
                     )));
                 }
-                true
+                serves()?;
+                (true, ctas as i32)
             }
         };
         if gemv {
-            let p = LinearParams { x: a.x, w: a.w, y: a.y, m: a.m, n: a.n, k: a.k, out_dtype: a.out, _pad: 0 };
+            let p = LinearParams { x: a.x, w: a.w, y: a.y, m: a.m, n: a.n, k: a.k, out_dtype: a.out, max_ctas };
             // SAFETY: pointers validated above (16-byte alignment of x and w by gemv_can_serve), extents the
             // caller's contract; the kernel reads x [m, k], w [n, k] and writes y [m, n] only.
             return launched(OP, unsafe { ffi::l4k_launch_linear_gemv(&p, stream) });
@@ -478,6 +510,81 @@ pub fn linear_fp8(
     grouped_gemm_fp8(stream, &g, y, workspace, None, Schedule::Auto)
 }
 
+/// Most rows [`linear_fp8_on_bf16`] takes (one GEMV pass).
+pub const LINEAR_FP8_ON_BF16_MAX_ROWS: usize = GEMV_MAX_ROWS;
+
+/// Whether [`linear_fp8_on_bf16`] takes m rows of k: 1 ..= 8 rows, k % 16 == 0 and the quantized rows (k + 16
+/// bytes each, padded) within 45056 bytes of shared memory.
+pub fn linear_fp8_on_bf16_fits(m: usize, k: usize) -> bool {
+    (1..=LINEAR_FP8_ON_BF16_MAX_ROWS).contains(&m)
+        && k % 16 == 0
+        && k.checked_add(16).and_then(|r| r.checked_mul(m)).is_some_and(|b| b <= ffi::LINEAR_FP8_MAX_X_BYTES)
+}
+
+/// The FP8 rowwise linear on bf16 activations at decode sizes: `x` [m, k] bf16 is quantized rowwise inside the
+/// kernel, every CTA making its own copy in shared memory (kernels/grouped_gemm_gemv.cu's quantizing GEMV), so no
+/// [`crate::quant::quant_fp8`] launch precedes the linear. `y` gets the bits of `quant_fp8(x)` followed by the
+/// grouped GEMM's GEMV schedule ([`Schedule::Gemv`]) with one expert, the schedule [`linear_fp8`]'s Auto takes at
+/// one row. `w_q` [n, k] and `w_scales` [n] as for [`linear_fp8`]; no workspace, no offsets.
+///
+/// Limits (`Unsupported` past them): 1 ..= [`LINEAR_FP8_ON_BF16_MAX_ROWS`] rows (m = 0 launches nothing),
+/// k % 16 == 0, and the quantized rows in 44 KB of shared memory: m * (k + 16) <= 45056 (one row: k <= 45040;
+/// eight: k <= 5616). x and w_q 16-byte aligned.
+pub fn linear_fp8_on_bf16(
+    stream: &CudaStream,
+    x: &Tensor<bf16, 2>,
+    w_q: &Tensor<E4M3, 2>,
+    w_scales: &Tensor<f32, 1>,
+    y: &mut TensorMut<bf16, 2>,
+) -> Result<()> {
+    const OP: &str = "linear_fp8_on_bf16";
+    let ([m, k], [n, wk]) = (x.shape(), w_q.shape());
+    ensure!(wk == k, "{OP}: x [{m}, {k}] but the weight is [n {n}, k {wk}]");
+    ensure!(w_scales.shape() == [n], "{OP}: w_scales {:?} for {n} output channels", w_scales.shape());
+    ensure!(y.shape() == [m, n], "{OP}: y {:?}, want [{m}, {n}]", y.shape());
+    same_device(stream, &[x.stream(), w_q.stream(), w_scales.stream(), y.stream()])?;
+    let (px, _gx) = x.ptr(stream);
+    let (pw, _gw) = w_q.ptr(stream);
+    let (ps, _gs) = w_scales.ptr(stream);
+    let (py, _gy) = y.ptr_mut(stream);
+    let p = LinearFp8Params {
+        x: px as _,
+        w: pw as _,
+        w_scales: ps as _,
+        y: py as _,
+        m: m as i64,
+        n: n as i64,
+        k: k as i64,
+    };
+    launch_fp8_on_bf16(&p, stream.cu_stream())
+}
+
+/// Validates raw operands (the C ABI enters here too) and launches [`linear_fp8_on_bf16`]'s kernel.
+pub(crate) fn launch_fp8_on_bf16(p: &LinearFp8Params, stream: CUstream) -> Result<()> {
+    const OP: &str = "linear_fp8_on_bf16";
+    ensure!(p.m >= 0 && p.n >= 1 && p.k >= 1, "{OP}: m = {}, n = {}, k = {}: want m >= 0, n, k >= 1", p.m, p.n, p.k);
+    if p.m == 0 {
+        return Ok(());
+    }
+    if !linear_fp8_on_bf16_fits(p.m as usize, p.k as usize) {
+        return Err(Error::Unsupported(format!(
+            "{OP}: m = {}, k = {}: the kernel takes 1..={LINEAR_FP8_ON_BF16_MAX_ROWS} rows, k % 16 == 0 and \
+             m * (k + 16) <= {} bytes of quantized rows",
+            p.m,
+            p.k,
+            ffi::LINEAR_FP8_MAX_X_BYTES
+        )));
+    }
+    check_grid(OP, "n / 16", (p.n - 1) / 16 + 1)?;
+    check_ptr(OP, "x", p.x, 16)?;
+    check_ptr(OP, "w_q", p.w, 16)?;
+    check_ptr(OP, "w_scales", p.w_scales as _, 4)?;
+    check_ptr(OP, "y", p.y, 2)?;
+    // SAFETY: pointers validated above, extents the caller's contract (checked by the safe API's views); the
+    // kernel reads x [m, k], w [n, k], w_scales [n] and writes y [m, n] only.
+    launched(OP, unsafe { ffi::l4k_launch_linear_fp8_gemv(p, stream) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +598,16 @@ mod tests {
         assert!(!gemv_is_faster(1, 129) && !gemv_is_faster(1, 2047), "not measured: cuBLASLt");
         assert!(!gemv_is_faster(2, 16), "one row only");
         assert!(!gemv_is_faster(1, 202048), "lm_head: cuBLASLt measured faster");
+    }
+
+    #[test]
+    fn the_gemv_splits_k_below_513_columns_at_up_to_8_rows() {
+        for m in [1usize, 2, 8] {
+            assert!(gemv_splits_k(m, 1) && gemv_splits_k(m, 16) && gemv_splits_k(m, 512), "m = {m}");
+            assert!(!gemv_splits_k(m, 513) && !gemv_splits_k(m, 16384), "m = {m}");
+        }
+        assert!(!gemv_splits_k(9, 16) && !gemv_splits_k(300, 1), "more than 8 rows: passes, no split");
+        assert!(!gemv_splits_k(1, usize::MAX), "too many tiles for a split (the kernel refuses the shape)");
     }
 
     #[test]

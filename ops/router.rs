@@ -431,7 +431,7 @@ pub(crate) unsafe fn launch_route(a: &RouteArgs, stream: CUstream) -> Result<()>
         n: a.experts,
         k: a.hidden,
         out_dtype: ffi::LINEAR_OUT_BF16,
-        _pad: 0,
+        max_ctas: 0,
     };
     let pm = PermuteParams {
         x: a.x,

@@ -7,11 +7,11 @@ root=$(pwd) bundle=gpu-bundle
 export LD_LIBRARY_PATH=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
 export L4K_EXPECT_GPU=1 L4K_FIXTURES="$root/reference-model/fixtures" CRITERION_HOME=/tmp/l4k-criterion
 scout() {
-  # L4K_SCOUT_CASES=decode,prefill adds the 8192-token prefill.
+  # L4K_SCOUT_CASES=decode,prefill adds the 8192-token prefill; L4K_SCOUT_FLAGS are more flags for ours.
   local cases=${L4K_SCOUT_CASES:-decode}
   for recipe in meta fp8-dense; do
     flag=$([[ $recipe == fp8-dense ]] && echo --fp8-dense || true)
-    timeout 150 $bundle/bin/llama4-bench --synthetic scout $flag --cases $cases --batches 1,8 --contexts 8192 \
+    timeout 150 $bundle/bin/llama4-bench --synthetic scout $flag ${L4K_SCOUT_FLAGS:-} --cases $cases --batches 1,8 --contexts 8192 \
       --prompts 8192 --json $OUT/scout-ours.jsonl >> $OUT/scout.log 2>&1; echo "ours $recipe rc $?"
     timeout 150 python3 $bundle/peers/torch_scout.py $flag --cases $cases --batches 1,8 --contexts 8192 \
       --prompts 8192 --json $OUT/scout-peer.jsonl >> $OUT/scout-peer.log 2>&1; echo "peer $recipe rc $?"

@@ -25,7 +25,10 @@ use llama4_kernels::cudarc::driver::{
     CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
 };
 use llama4_kernels::grouped_gemm::{self, GroupedGemm, Schedule};
-use llama4_kernels::linear::{linear_fp8, Blas, LINEAR_WORKSPACE_BYTES};
+use llama4_kernels::linear::{
+    gemv_is_faster, linear_fp8, linear_fp8_on_bf16, linear_fp8_on_bf16_fits, Blas, LinearSchedule,
+    LINEAR_WORKSPACE_BYTES,
+};
 use llama4_kernels::router::{
     route_fp8, route_fp8_workspace_size, router, router_workspace_size, RouterKind, RouterOutputs, ROUTE_MAX_TOKENS,
 };
@@ -74,6 +77,10 @@ pub struct Gpu {
     /// Whether decode batches route in one launch (router::route_fp8); off by default (kernels/NOTES.md, "Decode
     /// routing in one kernel": slower inside the batch-1 step).
     fused_routing: std::cell::Cell<bool>,
+    /// A bound on the CTAs of the shared expert's gate_up GEMV beside the routed path (None: a CTA per tile).
+    shared_ctas: std::cell::Cell<Option<u32>>,
+    /// Whether one-row FP8 linears quantize their input inside the GEMV (linear::linear_fp8_on_bf16).
+    quant_in_gemv: std::cell::Cell<bool>,
 }
 
 /// A timeline of one layer inside a captured step: events recorded as graph nodes from `rope(layer)` to
@@ -130,6 +137,8 @@ impl Gpu {
             join,
             overlap,
             fused_routing: std::cell::Cell::new(false),
+            shared_ctas: std::cell::Cell::new(None),
+            quant_in_gemv: std::cell::Cell::new(false),
         })
     }
 
@@ -222,6 +231,21 @@ impl Gpu {
     /// Larger batches always take the three.
     pub fn set_fused_routing(&self, on: bool) {
         self.fused_routing.set(on);
+    }
+
+    /// Bounds the grid of the shared expert's gate_up GEMV, where it runs beside the routed path (one row, a bf16
+    /// weight, the two streams on), to `ctas` CTAs looping over its tiles (linear's `GemvBounded`, the same
+    /// bits), so the routed path's kernels find CTA slots free instead of waiting for that grid; None (the
+    /// default) keeps a CTA per 16 columns (1024 CTAs of 8 warps at Scout's widths, the whole GPU's warp slots).
+    pub fn set_shared_gemv_ctas(&self, ctas: Option<u32>) {
+        self.shared_ctas.set(ctas);
+    }
+
+    /// Whether an FP8 linear at one row (the `--fp8-dense` decode step's q/k/v, o and shared expert gate_up)
+    /// quantizes its bf16 input inside the GEMV (linear::linear_fp8_on_bf16, the same bits) instead of launching
+    /// quant_fp8 before it. Off by default until measured in the step.
+    pub fn set_quant_in_gemv(&self, on: bool) {
+        self.quant_in_gemv.set(on);
     }
 
     /// `n` zeroed bytes of page-locked host memory.
@@ -593,8 +617,8 @@ fn in_out(acts: &mut [CudaSlice<bf16>; 5], i: Act, o: Act) -> Result<(&CudaSlice
 }
 
 impl Gpu {
-    /// `y [m, n] = x [m, k] @ w^T` for a bf16 or FP8 nn.Linear weight; `off` is the arena's one-group offsets
-    /// `[0, m]` for the FP8 GEMM.
+    /// `y [m, n] = x [m, k] @ w^T` for a bf16 or FP8 nn.Linear weight, a bf16 weight on `schedule` (an FP8 weight
+    /// has one path); `off` is the arena's one-group offsets `[0, m]` for the FP8 GEMM.
     #[allow(clippy::too_many_arguments)]
     fn lin(
         &self,
@@ -606,6 +630,7 @@ impl Gpu {
         y: &mut CudaSlice<bf16>,
         off: &Tensor<i32, 1>,
         what: &str,
+        schedule: LinearSchedule,
     ) -> Result<()> {
         let (n, k) = match w.shape() {
             [n, k] => (*n, *k),
@@ -616,7 +641,10 @@ impl Gpu {
         match w {
             GpuWeight::Bf16 { w, .. } => {
                 let mut ws = tm(&mut lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
-                self.blas.linear_bf16(s, &x, &tv(w, [n, k])?, &mut y, &mut ws).map_err(kerr)
+                self.blas.linear_bf16_with(s, &x, &tv(w, [n, k])?, &mut y, &mut ws, schedule).map_err(kerr)
+            }
+            GpuWeight::Fp8 { q, scales, .. } if self.quant_in_gemv.get() && quantizes_in_gemv(m, n, k) => {
+                linear_fp8_on_bf16(s, &x, &tv(q, [n, k])?, &tv(scales, [n])?, &mut y).map_err(kerr)
             }
             GpuWeight::Fp8 { .. } => {
                 quant::quant_fp8(s, &x, &mut tm(&mut lin.xq, [m, k])?, &mut tm(&mut lin.xs, [m])?).map_err(kerr)?;
@@ -937,7 +965,7 @@ impl Backend for Gpu {
         })?;
         let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
         let (x, y) = in_out(&mut st.acts, input, output)?;
-        self.lin(self.stream(), &mut st.lin, x, t, w, y, &off, "linear")
+        self.lin(self.stream(), &mut st.lin, x, t, w, y, &off, "linear", LinearSchedule::Auto)
     }
 
     fn rope(&self, st: &mut GpuState, layer: usize, spec: &LayerSpec) -> Result<()> {
@@ -1000,7 +1028,7 @@ impl Backend for Gpu {
         let t = st.shape.tokens;
         let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
         let [_, y, _, _, f] = &mut st.acts;
-        dense_ffn(self, self.stream(), &mut st.lin, &mut st.ffn.gu, &mut st.ffn.h, y, t, gate_up, down, f, &off)
+        dense_ffn(self, self.stream(), &mut st.lin, &mut st.ffn.gu, &mut st.ffn.h, y, t, gate_up, down, f, &off, None)
     }
 
     fn moe(&self, st: &mut GpuState, w: MoeRef<'_, GpuWeight>) -> Result<()> {
@@ -1109,6 +1137,7 @@ impl Gpu {
             w.shared_down,
             &mut ffn.shared,
             &off,
+            if overlap { self.shared_ctas.get() } else { None },
         )?;
         if overlap {
             self.join.record(&self.side).map_err(derr)?;
@@ -1249,6 +1278,11 @@ impl Gpu {
     }
 }
 
+/// Where linear_fp8_on_bf16 gives linear_fp8's bits (one row, where its Auto takes the GEMV) and can hold the row.
+fn quantizes_in_gemv(m: usize, n: usize, k: usize) -> bool {
+    m == 1 && grouped_gemm::gemv_is_faster(1, n, 1) && linear_fp8_on_bf16_fits(m, k)
+}
+
 /// `out = down(silu(gate(y)) * up(y))` with gate|up stacked: the shared expert and the dense MLP.
 #[allow(clippy::too_many_arguments)]
 fn dense_ffn(
@@ -1263,10 +1297,15 @@ fn dense_ffn(
     down: &GpuWeight,
     out: &mut CudaSlice<bf16>,
     off: &Tensor<i32, 1>,
+    bound: Option<u32>,
 ) -> Result<()> {
     let (two_i, n) = (gate_up.shape()[0], down.shape()[0]);
     let i = two_i / 2;
-    gpu.lin(s, lin, y, t, gate_up, gu, off, "gate_up")?;
+    let schedule = match (bound, gate_up) {
+        (Some(ctas), GpuWeight::Bf16 { .. }) if gemv_is_faster(t, two_i) => LinearSchedule::GemvBounded { ctas },
+        _ => LinearSchedule::Auto,
+    };
+    gpu.lin(s, lin, y, t, gate_up, gu, off, "gate_up", schedule)?;
     let g = tv(gu, [t, two_i])?;
     match down {
         // An FP8 down projection takes h quantized: SwiGLU and the quantization are one kernel.
@@ -1276,7 +1315,7 @@ fn dense_ffn(
         }
         GpuWeight::Bf16 { .. } => {
             swiglu::swiglu(s, &g, &mut tm(hbuf, [t, i])?).map_err(kerr)?;
-            gpu.lin(s, lin, hbuf, t, down, out, off, "down")
+            gpu.lin(s, lin, hbuf, t, down, out, off, "down", LinearSchedule::Auto)
         }
     }
 }

@@ -40,6 +40,14 @@ struct Args {
     /// permute): the same bits, an A/B.
     #[arg(long)]
     fused_routing: bool,
+    /// Bound the shared expert's gate_up GEMV beside the routed path to this many CTAs looping over its tiles
+    /// (the same bits; Gpu::set_shared_gemv_ctas): an A/B. Absent: a CTA per 16 columns.
+    #[arg(long)]
+    shared_gemv_ctas: Option<u32>,
+    /// One-row FP8 linears quantize their input inside the GEMV (Gpu::set_quant_in_gemv, the same bits): an A/B
+    /// of `--fp8-dense`.
+    #[arg(long)]
+    quant_in_gemv: bool,
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     batches: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "1024,8192,32768")]
@@ -119,6 +127,8 @@ fn run(args: &Args) -> Result<(), Error> {
     let gpu = Gpu::new(GpuOptions { device: 0, fp8_dense: args.fp8_dense })?;
     gpu.set_overlap_shared_expert(!args.no_overlap);
     gpu.set_fused_routing(args.fused_routing);
+    gpu.set_shared_gemv_ctas(args.shared_gemv_ctas);
+    gpu.set_quant_in_gemv(args.quant_in_gemv);
     let device = gpu.describe();
     println!("device: {device}");
     let pdl = llama4_kernels::device::pdl_enabled();
@@ -154,11 +164,13 @@ fn run(args: &Args) -> Result<(), Error> {
         gb(total)
     );
     let base = format!(
-        r#""ours":"llama4-kernels","model":"{}","layers":{},"recipe":"{recipe}","overlap":{},"fused_routing":{},"pdl":{pdl},"device":{:?},"copy_gbps":{copy_gbps:.1},"weight_bytes":{}"#,
+        r#""ours":"llama4-kernels","model":"{}","layers":{},"recipe":"{recipe}","overlap":{},"fused_routing":{},"shared_gemv_ctas":{},"quant_in_gemv":{},"pdl":{pdl},"device":{:?},"copy_gbps":{copy_gbps:.1},"weight_bytes":{}"#,
         args.synthetic,
         model.config.num_hidden_layers,
         !args.no_overlap,
         args.fused_routing,
+        args.shared_gemv_ctas.unwrap_or(0),
+        args.quant_in_gemv,
         device,
         wb.total()
     );
