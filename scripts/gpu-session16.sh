@@ -35,7 +35,8 @@ case "${1:-}" in
     # Batch 1 only: the bound applies to the one-row GEMV, the in-GEMV quantization to one-row FP8 linears.
     export L4K_BATCHES=1
     for round in 1 2; do
-      for c in 0 ${L4K_CTAS:-132 264}; do
+      # L4K_QUICK=1: the quantizing GEMV's A/B only (the bound's ran in call 1).
+      for c in $([[ ${L4K_QUICK:-0} == 1 ]] || echo 0 ${L4K_CTAS:-132 264}); do
         flag=$([[ $c == 0 ]] || echo "--shared-gemv-ctas $c")
         ours "round $round meta ctas $c" $flag
       done
@@ -46,8 +47,10 @@ case "${1:-}" in
       > /tmp/linear.log 2>&1
     echo "bench-linear rc $?"
     awk '/^linear\//{id=$1} /time:/{print id, $4, $5}' /tmp/linear.log
-    ours "fused routing" --fused-routing
-    ours "fused routing ctas ${L4K_FUSED_CTAS:-132}" --fused-routing --shared-gemv-ctas ${L4K_FUSED_CTAS:-132}
+    if [[ ${L4K_QUICK:-0} != 1 ]]; then
+      ours "fused routing" --fused-routing
+      ours "fused routing ctas ${L4K_FUSED_CTAS:-132}" --fused-routing --shared-gemv-ctas ${L4K_FUSED_CTAS:-132}
+    fi
     sanitize "linear::bounded linear_fp8_on_bf16 router_fused" "synccheck initcheck"
     (cd $OUT && tar -cJf logs.tar.xz scout.log san.log && rm scout.log san.log)
     ;;
