@@ -4,9 +4,8 @@
 //! `bf16`: Blas::linear_bf16 on its Auto schedule (the GEMV at one row where it measured faster, else cuBLASLt),
 //! bf16 out (lm_head: f32 logits, what sampling reads), with cuBLASLt forced as its peer in the same process
 //! (`cublaslt`) at the decode sizes and the GEMV forced (`gemv`) at m = 1 and 8. `fp8`: linear_fp8 (the grouped
-//! GEMM with one expert) on rowwise-quantized x and w, bf16 out; at one row (but lm_head and the routers) from bf16
-//! x, `fp8_quant` (quant_fp8 then linear_fp8, two launches) beside `fp8_on_bf16` (linear_fp8_on_bf16, which
-//! quantizes inside the GEMV). FLOPs = 2 m n k; bytes = weights + x + y (+ the f32 scales for fp8). Weight sets rotate so L2 does not flatter the decode shapes, except the routers': their
+//! GEMM with one expert) on rowwise-quantized x and w, bf16 out. FLOPs = 2 m n k; bytes = weights + x + y (+ the
+//! f32 scales for fp8). Weight sets rotate so L2 does not flatter the decode shapes, except the routers': their
 //! 16 sets (2.6 / 21 MB) stay in L2 between calls, which the model's do not (500 MB of other weights pass between
 //! two layers' routers), so those rows compare the schedules L2-warm.
 mod common;
@@ -14,10 +13,7 @@ use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use llama4_kernels::grouped_gemm::workspace_size;
-use llama4_kernels::linear::{
-    linear_fp8, linear_fp8_on_bf16, Blas, LinearOut, LinearSchedule, GEMV_MAX_ROWS, LINEAR_WORKSPACE_BYTES,
-};
-use llama4_kernels::quant::quant_fp8;
+use llama4_kernels::linear::{linear_fp8, Blas, LinearOut, LinearSchedule, GEMV_MAX_ROWS, LINEAR_WORKSPACE_BYTES};
 use llama4_kernels::{bf16, Tensor, TensorMut, E4M3};
 use rand::{Rng, SeedableRng};
 
@@ -139,42 +135,6 @@ fn bench(c: &mut Criterion) {
                 )
                 .unwrap()
             });
-            if m == 1 && !lm_head && n >= 1024 {
-                let x = rand_bf16(k, 7);
-                let (mut xq, mut xs) = (zeros::<E4M3>(k), zeros::<f32>(1));
-                let bytes = n * k + 2 * k + 2 * n + 4 * n;
-                run_gemm_case(c, "linear", "fp8_quant", &shape, m, bytes, Flops::fp8(flops), |i| {
-                    let xt = Tensor::of(&x, [1, k]).unwrap();
-                    quant_fp8(
-                        stream(),
-                        &xt,
-                        &mut TensorMut::of(&mut xq, [1, k]).unwrap(),
-                        &mut TensorMut::of(&mut xs, [1]).unwrap(),
-                    )
-                    .unwrap();
-                    linear_fp8(
-                        stream(),
-                        &Tensor::of(&xq, [1, k]).unwrap(),
-                        &Tensor::of(&xs, [1]).unwrap(),
-                        &Tensor::of(&w8[i % sets], [n, k]).unwrap(),
-                        &Tensor::of(&ws8, [n]).unwrap(),
-                        &Tensor::of(&offsets, [2]).unwrap(),
-                        &mut TensorMut::of(&mut y, [1, n]).unwrap(),
-                        &mut TensorMut::of(&mut gws, [gws_len]).unwrap(),
-                    )
-                    .unwrap()
-                });
-                run_gemm_case(c, "linear", "fp8_on_bf16", &shape, m, bytes, Flops::fp8(flops), |i| {
-                    linear_fp8_on_bf16(
-                        stream(),
-                        &Tensor::of(&x, [1, k]).unwrap(),
-                        &Tensor::of(&w8[i % sets], [n, k]).unwrap(),
-                        &Tensor::of(&ws8, [n]).unwrap(),
-                        &mut TensorMut::of(&mut y, [1, n]).unwrap(),
-                    )
-                    .unwrap()
-                });
-            }
         }
     }
 }

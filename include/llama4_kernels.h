@@ -174,18 +174,10 @@ l4k_status l4k_random_uniform_bf16(void* out, int64_t n, uint64_t seed, uint64_t
  * bf16((x_q . w_q^T) * x_scales[r] * w_scales[c]); x_q [m, k] and w_q [n, k] E4M3 with one f32 scale per row
  * (l4k_quant_fp8 of the activations and of the nn.Linear weight); offsets: 2 int32 ON THE DEVICE holding
  * {0, m}; workspace: l4k_grouped_gemm_workspace_size(1) bytes. k % 16 == 0, n % 8 == 0, alignment as
- * l4k_grouped_gemm_fp8; schedule chosen as its schedule 0.
- *
- * l4k_linear_fp8_on_bf16: the FP8 rowwise linear on bf16 activations at decode sizes: x [m, k] bf16 is quantized
- * rowwise inside the kernel (every CTA its own copy, in shared memory), so no l4k_quant_fp8 runs before it; y [m, n]
- * bf16 gets the bits of l4k_quant_fp8(x) followed by l4k_linear_fp8 at one row (the grouped GEMM's GEMV
- * schedule, L4K_GEMM_GEMV). w_q [n, k] E4M3 and w_scales [n] as for l4k_linear_fp8. 1 <= m <= 8 (m == 0 is a
- * no-op), k % 16 == 0 and m * (k + 16) <= L4K_LINEAR_FP8_MAX_X_BYTES (else L4K_ERROR_UNSUPPORTED); x and w_q
- * 16-byte aligned, w_scales 4, y 2. No workspace, no offsets. */
+ * l4k_grouped_gemm_fp8; schedule chosen as its schedule 0. */
 typedef struct l4k_blas l4k_blas;
 enum { L4K_LINEAR_OUT_BF16 = 0, L4K_LINEAR_OUT_F32 = 1 };
 #define L4K_LINEAR_WORKSPACE_BYTES ((size_t)32 << 20)
-#define L4K_LINEAR_FP8_MAX_X_BYTES 45056
 
 l4k_status l4k_blas_create(l4k_blas** blas);
 l4k_status l4k_blas_destroy(l4k_blas* blas);
@@ -195,8 +187,6 @@ l4k_status l4k_linear_bf16(l4k_blas* blas, const void* x, const void* w, void* y
 l4k_status l4k_linear_fp8(const void* x_q, const float* x_scales, const void* w_q, const float* w_scales,
                           const int32_t* offsets, void* y, int64_t m, int64_t n, int64_t k, void* workspace,
                           size_t workspace_bytes, l4k_stream_t stream);
-l4k_status l4k_linear_fp8_on_bf16(const void* x, const void* w_q, const float* w_scales, void* y, int64_t m,
-                                  int64_t n, int64_t k, l4k_stream_t stream);
 
 /* ---- router: MoE routing on the device ----------------------------------------------------------------
  * Layout (read by l4k_permute*, l4k_unpermute and the grouped GEMM, all int32 on the device):

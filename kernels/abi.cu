@@ -93,8 +93,6 @@ L4K_TABLE(embedding, L4kEmbeddingParams, 0,
           F(table), F(ids), F(out), F(bad_ids), F(rows), F(tokens), F(hidden))
 L4K_TABLE(linear, L4kLinearParams, 0,
           F(x), F(w), F(y), F(m), F(n), F(k), F(out_dtype), F(max_ctas))
-L4K_TABLE(linear_fp8, L4kLinearFp8Params, 0,
-          F(x), F(w), F(w_scales), F(y), F(m), F(n), F(k))
 L4K_TABLE(argmax, L4kArgmaxParams, 0,
           F(logits), F(out), F(rows), F(cols))
 L4K_TABLE(random, L4kRandomParams, 0,
@@ -134,7 +132,6 @@ constexpr Layout kLayouts[] = {
     weight_prep::layout,
     embedding::layout,
     linear::layout,
-    linear_fp8::layout,
     argmax::layout,
     random::layout,
     attention::layout,
@@ -159,7 +156,6 @@ constexpr Constant kConstants[] = {
     C(L4K_ROUTER_MAX_TOP_K), C(L4K_ROUTER_SIGMOID_TOP1), C(L4K_ROUTER_SOFTMAX_TOPK), C(L4K_LOGITS_BF16),
     C(L4K_LOGITS_F32), C(L4K_PERMUTE_BF16), C(L4K_PERMUTE_FP8), C(L4K_GEMM_AUTO), C(L4K_GEMM_PREFILL),
     C(L4K_GEMM_DECODE), C(L4K_GEMM_PREFILL_FAST_ACCUM), C(L4K_GEMM_GEMV), C(L4K_LINEAR_OUT_BF16), C(L4K_LINEAR_OUT_F32),
-    C(L4K_LINEAR_FP8_MAX_X_BYTES),
     C(L4K_LINEAR_WORKSPACE_BYTES), C(L4K_PREFILL_PATH_TMA), C(L4K_PREFILL_PATH_CP_ASYNC_LAYOUT),
     C(L4K_PREFILL_PATH_CP_ASYNC_NO_TENSOR_MAP), C(L4K_EP_MAX_RANKS), C(L4K_EP_ROWS_PERMUTED), C(L4K_EP_ROWS_TOKENS),
     C(L4K_EP_BAD_EXPERT), C(L4K_EP_BAD_ROUTING), C(L4K_EP_OVERFLOW), C(L4K_EP_BAD_HEADER), C(L4K_EP_BAD_ROW),

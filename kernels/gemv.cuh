@@ -51,15 +51,6 @@ __device__ __forceinline__ uint4 load_stream(const uint8_t* p) {
 
 __device__ __forceinline__ uint4 load_cached(const uint8_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
-// Where a pass reads its token rows: global memory (read-only, cached) or the CTA's shared memory (activations the
-// CTA made itself, as grouped_gemm_gemv.cu's quantizing linear does).
-struct XGlobal {
-  __device__ __forceinline__ static uint4 load(const uint8_t* p) { return load_cached(p); }
-};
-struct XShared {
-  __device__ __forceinline__ static uint4 load(const uint8_t* p) { return *reinterpret_cast<const uint4*>(p); }
-};
-
 // d += A (16 x 32 e4m3, row-major) * B (32 x 8 e4m3, col-major), f32 accumulate.
 struct MmaE4m3 {
   __device__ __forceinline__ static void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -101,76 +92,34 @@ __device__ __forceinline__ void prefetch_rows(const uint8_t* w, int64_t row_byte
   }
 }
 
-// One step group of a pass: kUnroll steps of 16 bytes of each of the lane's two weight rows and of its token row.
-template <class C>
-struct Group {
-  uint4 wl[C::kUnroll], wh[C::kUnroll], xs[C::kUnroll];
-};
-
-// The group's weights (WEIGHTS) and tokens (TOKENS) at step s, `warps` steps apart, per step in that order (warp_pass
-// loads both, warp_pass_after one at a time); zeros past k_bytes, past the weight rows or for a token past m.
-template <class C, class X, bool WEIGHTS, bool TOKENS>
-__device__ __forceinline__ void load(Group<C>& grp, const uint8_t* w_lo, const uint8_t* w_hi, const uint8_t* x,
-                                     bool lo_ok, bool hi_ok, bool x_ok, int64_t k_bytes, int64_t s, int warps, int t) {
-#pragma unroll
-  for (int u = 0; u < C::kUnroll; ++u) {
-    const int64_t at = (s + static_cast<int64_t>(u) * warps) * kStep;
-    const bool in = at + 16 * t < k_bytes;
-    const uint4 zero = make_uint4(0, 0, 0, 0);
-    if constexpr (WEIGHTS) {
-      grp.wl[u] = in && lo_ok ? load_stream(w_lo + at) : zero;
-      grp.wh[u] = in && hi_ok ? load_stream(w_hi + at) : zero;
-    }
-    if constexpr (TOKENS) grp.xs[u] = in && x_ok ? X::load(x + at) : zero;
-  }
-}
-
-// The group's 2 x kUnroll mmas in a fresh accumulator, added into c (the FP8 accumulator's reason, above).
-template <class C, class Mma>
-__device__ __forceinline__ void mma_group(float (&c)[4], const Group<C>& grp) {
-  float part[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-  for (int u = 0; u < C::kUnroll; ++u) {
-    Mma::mma(part, grp.wl[u].x, grp.wh[u].x, grp.wl[u].y, grp.wh[u].y, grp.xs[u].x, grp.xs[u].y);
-    Mma::mma(part, grp.wl[u].z, grp.wh[u].z, grp.wl[u].w, grp.wh[u].w, grp.xs[u].z, grp.xs[u].w);
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) c[i] += part[i];
-}
-
 // One pass: this warp's k slices of the CTA's 16 weight rows times up to 8 tokens, as the mma's C fragment
 // (c[0], c[1]: row g, tokens 2t, 2t + 1; c[2], c[3]: row g + 8). w_lo / w_hi / x point at this lane's first 16
-// bytes of row g, row g + 8 and token g (X says in which memory the tokens are); k_bytes % 16 == 0, so a lane's 16
-// bytes are wholly inside a row or past it.
+// bytes of row g, row g + 8 and token g; k_bytes % 16 == 0, so a lane's 16 bytes are wholly inside a row or past it.
 // `warps` warps split k (step s goes to warp s % warps): the CTA's own, or a cluster's when its CTAs split k too.
-template <class C, class Mma, class X = XGlobal>
+template <class C, class Mma>
 __device__ __forceinline__ void warp_pass(float (&c)[4], const uint8_t* w_lo, const uint8_t* w_hi, const uint8_t* x,
                                           bool lo_ok, bool hi_ok, bool x_ok, int64_t k_bytes, int warp, int t,
                                           int warps = C::kWarps) {
   const int64_t steps = (k_bytes + kStep - 1) / kStep;
   for (int64_t s = warp; s < steps; s += static_cast<int64_t>(warps) * C::kUnroll) {
-    Group<C> grp;
-    load<C, X, true, true>(grp, w_lo, w_hi, x, lo_ok, hi_ok, x_ok, k_bytes, s, warps, t);
-    mma_group<C, Mma>(c, grp);
-  }
-}
-
-// warp_pass for tokens that are not ready yet: the first group's weight loads are issued, then every thread of the
-// CTA runs prepare() once (which may hold barriers: it makes the tokens, as the quantizing linear does), then the
-// pass runs as warp_pass does, each group's weights loaded after the previous group's mmas. The same sums in the
-// same order, so the same bits; the weights' first round trip overlaps prepare().
-template <class C, class Mma, class X, class Prepare>
-__device__ __forceinline__ void warp_pass_after(float (&c)[4], const uint8_t* w_lo, const uint8_t* w_hi,
-                                                const uint8_t* x, bool lo_ok, bool hi_ok, bool x_ok, int64_t k_bytes,
-                                                int warp, int t, Prepare&& prepare) {
-  const int64_t steps = (k_bytes + kStep - 1) / kStep, stride = static_cast<int64_t>(C::kWarps) * C::kUnroll;
-  Group<C> grp;
-  load<C, X, true, false>(grp, w_lo, w_hi, x, lo_ok, hi_ok, x_ok, k_bytes, warp, C::kWarps, t);
-  prepare();
-  for (int64_t s = warp; s < steps; s += stride) {
-    load<C, X, false, true>(grp, w_lo, w_hi, x, lo_ok, hi_ok, x_ok, k_bytes, s, C::kWarps, t);
-    mma_group<C, Mma>(c, grp);
-    if (s + stride < steps) load<C, X, true, false>(grp, w_lo, w_hi, x, lo_ok, hi_ok, x_ok, k_bytes, s + stride, C::kWarps, t);
+    uint4 wl[C::kUnroll], wh[C::kUnroll], xs[C::kUnroll];
+#pragma unroll
+    for (int u = 0; u < C::kUnroll; ++u) {
+      const int64_t at = (s + static_cast<int64_t>(u) * warps) * kStep;
+      const bool in = at + 16 * t < k_bytes;
+      const uint4 zero = make_uint4(0, 0, 0, 0);
+      wl[u] = in && lo_ok ? load_stream(w_lo + at) : zero;
+      wh[u] = in && hi_ok ? load_stream(w_hi + at) : zero;
+      xs[u] = in && x_ok ? load_cached(x + at) : zero;
+    }
+    float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int u = 0; u < C::kUnroll; ++u) {
+      Mma::mma(part, wl[u].x, wh[u].x, wl[u].y, wh[u].y, xs[u].x, xs[u].y);
+      Mma::mma(part, wl[u].z, wh[u].z, wl[u].w, wh[u].w, xs[u].z, xs[u].w);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) c[i] += part[i];
   }
 }
 

@@ -196,24 +196,6 @@ typedef struct L4kLinearParams {
                           // (to leave CTA slots to a kernel running beside it); refused where k is split (n <= 512)
 } L4kLinearParams;
 
-// The FP8 rowwise linear on bf16 activations at 1 to 8 rows (grouped_gemm_gemv.cu's quantizing GEMV): every CTA
-// quantizes x rowwise as quant.cu does (scale = max(amax, 1e-12) / 448, q = e4m3(x * (1 / scale))) into its shared
-// memory and multiplies: y [m, n] = bf16(scale[r] * ((q . w^T) * w_scales[c])), the bits of quant_fp8 followed by
-// the grouped GEMM's GEMV schedule with one expert.
-typedef struct L4kLinearFp8Params {
-  const void* x;          // [m, k] bf16, 16-byte aligned
-  const void* w;          // [n, k] E4M3, 16-byte aligned
-  const float* w_scales;  // [n]
-  void* y;                // [m, n] bf16
-  int64_t m;              // 1 ..= 8
-  int64_t n;
-  int64_t k;              // a multiple of 16, m * (k + 16) <= L4K_LINEAR_FP8_MAX_X_BYTES (the quantized rows)
-} L4kLinearFp8Params;
-
-// Shared memory the quantizing GEMV's rows may take (dynamic, under the 48 KB that needs no opt-in); the same
-// definition as include/llama4_kernels.h's (kernels/abi.cu includes both, so a difference does not compile).
-#define L4K_LINEAR_FP8_MAX_X_BYTES 45056
-
 // Greedy sampling (argmax.cu): out[r] = the lowest index of the largest value of logits[r] (torch.argmax; -0
 // ties +0), or -1 when the row holds a NaN (torch would answer the NaN's index; the caller reports an error).
 typedef struct L4kArgmaxParams {

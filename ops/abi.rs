@@ -188,7 +188,6 @@ mod tests {
             mirror::<ffi::EmbeddingParams>(),
             mirror::<ffi::RandomParams>(),
             mirror::<ffi::LinearParams>(),
-            mirror::<ffi::LinearFp8Params>(),
             mirror::<ffi::ArgmaxParams>(),
             mirror::<ffi::GroupedGemmParams>(),
             mirror::<ffi::AttentionParams>(),

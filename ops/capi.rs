@@ -16,14 +16,14 @@
 use crate::abi::c_struct;
 use crate::error::{Error, Result, Status};
 use crate::expert_parallel::{self, EpConfig};
-use crate::ffi::{ArgmaxParams, EmbeddingParams, LinearFp8Params, RandomParams, GEMM_AUTO};
+use crate::ffi::{ArgmaxParams, EmbeddingParams, RandomParams, GEMM_AUTO};
 use crate::ffi::{
     AttentionParams, GroupedGemmParams, QuantParams, RmsnormParams, SwigluParams, SWIGLU_BF16, SWIGLU_FP8,
 };
 use crate::ffi::{
     PermuteParams, RouterParams, UnpermuteNormParams, UnpermuteParams, WeightPrepParams, PERMUTE_BF16, PERMUTE_FP8,
 };
-use crate::linear::{self, Blas, LinearArgs, LinearSchedule};
+use crate::linear::{Blas, LinearArgs, LinearSchedule};
 use crate::rope::{self, HeadLayout, LayerKind, Llama3Scaling, Temperature};
 use crate::{
     argmax, attention, attention_decode, attention_prefill, embedding, grouped_gemm, permute, quant, random, rmsnorm,
@@ -406,25 +406,6 @@ pub unsafe extern "C" fn l4k_linear_bf16(
         let schedule = LinearSchedule::Auto;
         blas.launch(&LinearArgs { x, w, y, out: out_dtype, m, n, k, workspace, workspace_bytes, schedule }, stream)
     })
-}
-
-/// The FP8 rowwise linear on bf16 activations, quantized inside the kernel ([`crate::linear::linear_fp8_on_bf16`]).
-///
-/// # Safety
-/// The pointers and the stream as the module's Safety section requires.
-#[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn l4k_linear_fp8_on_bf16(
-    x: *const c_void,
-    w_q: *const c_void,
-    w_scales: *const f32,
-    y: *mut c_void,
-    m: i64,
-    n: i64,
-    k: i64,
-    stream: CUstream,
-) -> Status {
-    guard(|| linear::launch_fp8_on_bf16(&LinearFp8Params { x, w: w_q, w_scales, y, m, n, k }, stream))
 }
 
 /// The FP8 rowwise linear: `l4k_grouped_gemm_fp8` with one expert (offsets {0, m} on the device), schedule auto.

@@ -48,8 +48,6 @@ c_consts! {
     pub const LINEAR_OUT_BF16: i32 = 0;
     /// `out_dtype` of `l4k_linear_bf16` for an f32 output.
     pub const LINEAR_OUT_F32: i32 = 1;
-    /// Shared-memory bytes the quantizing FP8 GEMV's rows may take: m * (k + 16) at most.
-    pub const LINEAR_FP8_MAX_X_BYTES: usize = 45056;
     /// Workspace bytes [`crate::linear::Blas::linear_bf16`] needs (cuBLASLt's recommendation for Hopper). Plans
     /// are made with this much, so a call refuses a smaller workspace.
     pub const LINEAR_WORKSPACE_BYTES: usize = 32 << 20;
@@ -253,18 +251,6 @@ c_struct! {
 }
 
 c_struct! {
-    pub struct LinearFp8Params as "L4kLinearFp8Params" {
-        pub x: *const c_void,
-        pub w: *const c_void,
-        pub w_scales: *const f32,
-        pub y: *mut c_void,
-        pub m: i64,
-        pub n: i64,
-        pub k: i64,
-    }
-}
-
-c_struct! {
     pub struct ArgmaxParams as "L4kArgmaxParams" {
         pub logits: *const f32,
         pub out: *mut i32,
@@ -389,7 +375,6 @@ extern "C" {
     pub fn l4k_launch_argmax(p: *const ArgmaxParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_linear_gemv(p: *const LinearParams, stream: CUstream) -> c_int;
     pub fn l4k_internal_linear_splits(m: i64, n: i64) -> c_int;
-    pub fn l4k_launch_linear_fp8_gemv(p: *const LinearFp8Params, stream: CUstream) -> c_int;
     pub fn l4k_launch_random_uniform_bf16(p: *const RandomParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_permute(p: *const PermuteParams, stream: CUstream) -> c_int;
     pub fn l4k_launch_unpermute(p: *const UnpermuteParams, stream: CUstream) -> c_int;

@@ -21,7 +21,7 @@
 //! with: [`Blas::new`] says so (`Error::NoDevice`) when it cannot be loaded.
 
 use crate::error::{ensure, Error, Result};
-use crate::ffi::{self, check_grid, check_ptr, launched, LinearFp8Params, LinearParams};
+use crate::ffi::{self, check_ptr, launched, LinearParams};
 use crate::grouped_gemm::{grouped_gemm_fp8, GroupedGemm, Schedule};
 use crate::tensor::{bf16, same_device, Element, Tensor, TensorMut, E4M3};
 use cudarc::cublaslt::{result, sys};
@@ -508,81 +508,6 @@ pub fn linear_fp8(
     let (b, scale_b) = (w_q.reshape([1, n, k])?, w_scales.reshape([1, n])?);
     let g = GroupedGemm { a: x_q, scale_a: x_scales, b: &b, scale_b: &scale_b, offsets, counts: None };
     grouped_gemm_fp8(stream, &g, y, workspace, None, Schedule::Auto)
-}
-
-/// Most rows [`linear_fp8_on_bf16`] takes (one GEMV pass).
-pub const LINEAR_FP8_ON_BF16_MAX_ROWS: usize = GEMV_MAX_ROWS;
-
-/// Whether [`linear_fp8_on_bf16`] takes m rows of k: 1 ..= 8 rows, k % 16 == 0 and the quantized rows (k + 16
-/// bytes each, padded) within 45056 bytes of shared memory.
-pub fn linear_fp8_on_bf16_fits(m: usize, k: usize) -> bool {
-    (1..=LINEAR_FP8_ON_BF16_MAX_ROWS).contains(&m)
-        && k % 16 == 0
-        && k.checked_add(16).and_then(|r| r.checked_mul(m)).is_some_and(|b| b <= ffi::LINEAR_FP8_MAX_X_BYTES)
-}
-
-/// The FP8 rowwise linear on bf16 activations at decode sizes: `x` [m, k] bf16 is quantized rowwise inside the
-/// kernel, every CTA making its own copy in shared memory (kernels/grouped_gemm_gemv.cu's quantizing GEMV), so no
-/// [`crate::quant::quant_fp8`] launch precedes the linear. `y` gets the bits of `quant_fp8(x)` followed by the
-/// grouped GEMM's GEMV schedule ([`Schedule::Gemv`]) with one expert, the schedule [`linear_fp8`]'s Auto takes at
-/// one row. `w_q` [n, k] and `w_scales` [n] as for [`linear_fp8`]; no workspace, no offsets.
-///
-/// Limits (`Unsupported` past them): 1 ..= [`LINEAR_FP8_ON_BF16_MAX_ROWS`] rows (m = 0 launches nothing),
-/// k % 16 == 0, and the quantized rows in 44 KB of shared memory: m * (k + 16) <= 45056 (one row: k <= 45040;
-/// eight: k <= 5616). x and w_q 16-byte aligned.
-pub fn linear_fp8_on_bf16(
-    stream: &CudaStream,
-    x: &Tensor<bf16, 2>,
-    w_q: &Tensor<E4M3, 2>,
-    w_scales: &Tensor<f32, 1>,
-    y: &mut TensorMut<bf16, 2>,
-) -> Result<()> {
-    const OP: &str = "linear_fp8_on_bf16";
-    let ([m, k], [n, wk]) = (x.shape(), w_q.shape());
-    ensure!(wk == k, "{OP}: x [{m}, {k}] but the weight is [n {n}, k {wk}]");
-    ensure!(w_scales.shape() == [n], "{OP}: w_scales {:?} for {n} output channels", w_scales.shape());
-    ensure!(y.shape() == [m, n], "{OP}: y {:?}, want [{m}, {n}]", y.shape());
-    same_device(stream, &[x.stream(), w_q.stream(), w_scales.stream(), y.stream()])?;
-    let (px, _gx) = x.ptr(stream);
-    let (pw, _gw) = w_q.ptr(stream);
-    let (ps, _gs) = w_scales.ptr(stream);
-    let (py, _gy) = y.ptr_mut(stream);
-    let p = LinearFp8Params {
-        x: px as _,
-        w: pw as _,
-        w_scales: ps as _,
-        y: py as _,
-        m: m as i64,
-        n: n as i64,
-        k: k as i64,
-    };
-    launch_fp8_on_bf16(&p, stream.cu_stream())
-}
-
-/// Validates raw operands (the C ABI enters here too) and launches [`linear_fp8_on_bf16`]'s kernel.
-pub(crate) fn launch_fp8_on_bf16(p: &LinearFp8Params, stream: CUstream) -> Result<()> {
-    const OP: &str = "linear_fp8_on_bf16";
-    ensure!(p.m >= 0 && p.n >= 1 && p.k >= 1, "{OP}: m = {}, n = {}, k = {}: want m >= 0, n, k >= 1", p.m, p.n, p.k);
-    if p.m == 0 {
-        return Ok(());
-    }
-    if !linear_fp8_on_bf16_fits(p.m as usize, p.k as usize) {
-        return Err(Error::Unsupported(format!(
-            "{OP}: m = {}, k = {}: the kernel takes 1..={LINEAR_FP8_ON_BF16_MAX_ROWS} rows, k % 16 == 0 and \
-             m * (k + 16) <= {} bytes of quantized rows",
-            p.m,
-            p.k,
-            ffi::LINEAR_FP8_MAX_X_BYTES
-        )));
-    }
-    check_grid(OP, "n / 16", (p.n - 1) / 16 + 1)?;
-    check_ptr(OP, "x", p.x, 16)?;
-    check_ptr(OP, "w_q", p.w, 16)?;
-    check_ptr(OP, "w_scales", p.w_scales as _, 4)?;
-    check_ptr(OP, "y", p.y, 2)?;
-    // SAFETY: pointers validated above, extents the caller's contract (checked by the safe API's views); the
-    // kernel reads x [m, k], w [n, k], w_scales [n] and writes y [m, n] only.
-    launched(OP, unsafe { ffi::l4k_launch_linear_fp8_gemv(p, stream) })
 }
 
 #[cfg(test)]

@@ -25,10 +25,7 @@ use llama4_kernels::cudarc::driver::{
     CudaEvent, CudaGraph, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
 };
 use llama4_kernels::grouped_gemm::{self, GroupedGemm, Schedule};
-use llama4_kernels::linear::{
-    gemv_is_faster, linear_fp8, linear_fp8_on_bf16, linear_fp8_on_bf16_fits, Blas, LinearSchedule,
-    LINEAR_WORKSPACE_BYTES,
-};
+use llama4_kernels::linear::{gemv_is_faster, linear_fp8, Blas, LinearSchedule, LINEAR_WORKSPACE_BYTES};
 use llama4_kernels::router::{
     route_fp8, route_fp8_workspace_size, router, router_workspace_size, RouterKind, RouterOutputs, ROUTE_MAX_TOKENS,
 };
@@ -79,8 +76,6 @@ pub struct Gpu {
     fused_routing: std::cell::Cell<bool>,
     /// A bound on the CTAs of the shared expert's gate_up GEMV beside the routed path (None: a CTA per tile).
     shared_ctas: std::cell::Cell<Option<u32>>,
-    /// Whether one-row FP8 linears quantize their input inside the GEMV (linear::linear_fp8_on_bf16).
-    quant_in_gemv: std::cell::Cell<bool>,
 }
 
 /// A timeline of one layer inside a captured step: events recorded as graph nodes from `rope(layer)` to
@@ -138,7 +133,6 @@ impl Gpu {
             overlap,
             fused_routing: std::cell::Cell::new(false),
             shared_ctas: std::cell::Cell::new(None),
-            quant_in_gemv: std::cell::Cell::new(false),
         })
     }
 
@@ -235,17 +229,11 @@ impl Gpu {
 
     /// Bounds the grid of the shared expert's gate_up GEMV, where it runs beside the routed path (one row, a bf16
     /// weight, the two streams on), to `ctas` CTAs looping over its tiles (linear's `GemvBounded`, the same
-    /// bits), so the routed path's kernels find CTA slots free instead of waiting for that grid; None (the
-    /// default) keeps a CTA per 16 columns (1024 CTAs of 8 warps at Scout's widths, the whole GPU's warp slots).
+    /// bits), for A/Bs of how the two branches share the SMs; None (the default) keeps a CTA per 16 columns (1024
+    /// CTAs of 8 warps at Scout's widths, 2 resident per SM). Bounded, the step measured no faster on an H100
+    /// (kernels/NOTES.md, "A bounded shared-expert grid").
     pub fn set_shared_gemv_ctas(&self, ctas: Option<u32>) {
         self.shared_ctas.set(ctas);
-    }
-
-    /// Whether an FP8 linear at one row (the `--fp8-dense` decode step's q/k/v, o and shared expert gate_up)
-    /// quantizes its bf16 input inside the GEMV (linear::linear_fp8_on_bf16, the same bits) instead of launching
-    /// quant_fp8 before it. Off by default until measured in the step.
-    pub fn set_quant_in_gemv(&self, on: bool) {
-        self.quant_in_gemv.set(on);
     }
 
     /// `n` zeroed bytes of page-locked host memory.
@@ -642,9 +630,6 @@ impl Gpu {
             GpuWeight::Bf16 { w, .. } => {
                 let mut ws = tm(&mut lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
                 self.blas.linear_bf16_with(s, &x, &tv(w, [n, k])?, &mut y, &mut ws, schedule).map_err(kerr)
-            }
-            GpuWeight::Fp8 { q, scales, .. } if self.quant_in_gemv.get() && quantizes_in_gemv(m, n, k) => {
-                linear_fp8_on_bf16(s, &x, &tv(q, [n, k])?, &tv(scales, [n])?, &mut y).map_err(kerr)
             }
             GpuWeight::Fp8 { .. } => {
                 quant::quant_fp8(s, &x, &mut tm(&mut lin.xq, [m, k])?, &mut tm(&mut lin.xs, [m])?).map_err(kerr)?;
@@ -1276,11 +1261,6 @@ impl Gpu {
         }
         .map_err(kerr)
     }
-}
-
-/// Where linear_fp8_on_bf16 gives linear_fp8's bits (one row, where its Auto takes the GEMV) and can hold the row.
-fn quantizes_in_gemv(m: usize, n: usize, k: usize) -> bool {
-    m == 1 && grouped_gemm::gemv_is_faster(1, n, 1) && linear_fp8_on_bf16_fits(m, k)
 }
 
 /// `out = down(silu(gate(y)) * up(y))` with gate|up stacked: the shared expert and the dense MLP.

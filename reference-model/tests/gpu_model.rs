@@ -2,9 +2,8 @@
 //! logits of a prefill, of a prefill cut into pieces, and of every decode step (graph-replayed), each within
 //! 1.5x the relative L2 error that transformers' own bf16 run with FP8 experts makes against the f32 oracle
 //! on the same checkpoint; several sequences in one step get what they get alone; a replayed graph gives the
-//! bytes of eager launches, fused decode routing the bytes of the three launches, and the other step options
-//! (a bounded shared-expert grid, quantization inside the FP8 GEMV) the default step's; configs the kernels cannot
-//! serve are refused at load. Needs an sm_90 GPU: run
+//! bytes of eager launches, fused decode routing the bytes of the three launches, and a bounded shared-expert
+//! grid the default step's; configs the kernels cannot serve are refused at load. Needs an sm_90 GPU: run
 //! with `--include-ignored` (the staged runner does); without one these tests fail.
 #![cfg(feature = "cuda")]
 
@@ -221,47 +220,39 @@ fn fused_routing_gives_the_bytes_of_three_launches() {
     }
 }
 
-/// The decode step's A/B options move kernels, never bits: the shared expert's gate_up GEMV on a bounded grid
-/// (Meta's recipe) and the one-row FP8 linears quantizing inside their GEMV (`--fp8-dense`) give the logits of
-/// the default step, replayed from a graph. On a synthetic model whose intermediate size is 1024, so that the
-/// shared gate_up (2048 wide) takes the GEMV the bound applies to (the fixtures' 256 take cuBLASLt).
+/// The shared expert's gate_up GEMV on a bounded grid (an A/B option of the step) gives the default step's logits,
+/// replayed from a graph. On a synthetic model whose intermediate size is 1024, so that the shared gate_up (2048
+/// wide) takes the GEMV the bound applies to (the fixtures' 256 take cuBLASLt); Meta's recipe (a bf16 weight).
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn step_options_keep_the_logits() {
+fn a_bounded_shared_expert_grid_keeps_the_logits() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let dir = gpu_fixtures().into_iter().next().unwrap();
     let mut config = llama4_model::checkpoint::Checkpoint::open(&dir).unwrap().config;
     config.intermediate_size = 1024;
     let ids: Vec<u32> = (0..16u32).map(|i| (i * 101 + 7) % config.vocab_size as u32).collect();
-    for fp8_dense in [false, true] {
-        let gpu = Gpu::new(GpuOptions { device: 0, fp8_dense }).expect("a GPU");
-        let model = Model::synthetic(config.clone(), gpu, 3, &mut |_, _| {}).unwrap();
-        let set = |on: bool| match fp8_dense {
-            false => model.backend.set_shared_gemv_ctas(on.then_some(5)),
-            true => model.backend.set_quant_in_gemv(on),
-        };
-        let run = |on: bool| {
-            set(on);
-            let limits =
-                Limits { max_tokens: 64, max_seqs: 1, max_context: 128, max_logit_rows: 64, ..Limits::default() };
-            let mut e = Engine::new(&model, limits).unwrap();
-            let seq = e.add_sequence();
-            e.step(&[SeqStep { seq, tokens: &ids[..9], logits: Logits::Last }], false).unwrap();
-            let mut out = Vec::new();
-            for &t in &ids[9..] {
-                let o = e.step(&[SeqStep { seq, tokens: &[t], logits: Logits::Last }], true).unwrap();
-                out.extend(o.into_iter().map(|o| o.logits.unwrap()));
-            }
-            out
-        };
-        let (off, on) = (run(false), run(true));
-        set(false);
-        assert_eq!(off.len(), 7);
-        for (t, (a, b)) in off.iter().zip(&on).enumerate() {
-            assert!(a.iter().all(|x| x.is_finite()), "fp8_dense {fp8_dense}, step {t}: non-finite logits");
-            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "fp8_dense {fp8_dense}, step {t}: the option changed the logits");
+    let gpu = Gpu::new(GpuOptions { device: 0, fp8_dense: false }).expect("a GPU");
+    let model = Model::synthetic(config, gpu, 3, &mut |_, _| {}).unwrap();
+    let run = |ctas: Option<u32>| {
+        model.backend.set_shared_gemv_ctas(ctas);
+        let limits = Limits { max_tokens: 64, max_seqs: 1, max_context: 128, max_logit_rows: 64, ..Limits::default() };
+        let mut e = Engine::new(&model, limits).unwrap();
+        let seq = e.add_sequence();
+        e.step(&[SeqStep { seq, tokens: &ids[..9], logits: Logits::Last }], false).unwrap();
+        let mut out = Vec::new();
+        for &t in &ids[9..] {
+            let o = e.step(&[SeqStep { seq, tokens: &[t], logits: Logits::Last }], true).unwrap();
+            out.extend(o.into_iter().map(|o| o.logits.unwrap()));
         }
+        out
+    };
+    let (unbounded, bounded) = (run(None), run(Some(5)));
+    model.backend.set_shared_gemv_ctas(None);
+    assert_eq!(unbounded.len(), 7);
+    for (t, (a, b)) in unbounded.iter().zip(&bounded).enumerate() {
+        assert!(a.iter().all(|x| x.is_finite()), "step {t}: non-finite logits");
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "step {t}: the bounded grid changed the logits");
     }
 }
 

@@ -145,18 +145,6 @@ int main(void) {
                      (const int32_t*)0x5000, (void*)0x6000, 4, 5, 64, (void*)0x7000, 1 << 20, NULL);
   CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "multiple of 8") != NULL,
         "fp8 linear n = 5: %d %s", (int)s, l4k_last_error());
-  CHECK(L4K_LINEAR_FP8_MAX_X_BYTES == 45056, "fp8-on-bf16 linear shared-memory constant");
-  s = l4k_linear_fp8_on_bf16((const void*)0x1000, (const void*)0x2000, (const float*)0x3000, (void*)0x4000, 9, 5,
-                             64, NULL);
-  CHECK(s == L4K_ERROR_UNSUPPORTED && strstr(l4k_last_error(), "1..=8 rows") != NULL, "fp8-on-bf16 m = 9: %d %s",
-        (int)s, l4k_last_error());
-  s = l4k_linear_fp8_on_bf16((const void*)0x1000, (const void*)0x2000, (const float*)0x3000, (void*)0x4000, 1, 5,
-                             40, NULL);
-  CHECK(s == L4K_ERROR_UNSUPPORTED && strstr(l4k_last_error(), "k % 16 == 0") != NULL, "fp8-on-bf16 k = 40: %d %s",
-        (int)s, l4k_last_error());
-  s = l4k_linear_fp8_on_bf16(NULL, (const void*)0x2000, (const float*)0x3000, (void*)0x4000, 1, 5, 64, NULL);
-  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "x is null") != NULL, "fp8-on-bf16 null x: %d %s",
-        (int)s, l4k_last_error());
 
   /* Expert parallelism: the config is checked first, and a world of several ranks needs a communicator. */
   {

@@ -5,8 +5,8 @@
 //! grouped_gemm_rowwise on the same quantized inputs; the plan cache; the C entry points. Outputs poisoned.
 use crate::common::*;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
-use llama4_kernels::grouped_gemm::{grouped_gemm_fp8, workspace_size, GroupedGemm, Schedule};
-use llama4_kernels::linear::{linear_fp8, linear_fp8_on_bf16, Blas, LinearOut, LinearSchedule, LINEAR_WORKSPACE_BYTES};
+use llama4_kernels::grouped_gemm::workspace_size;
+use llama4_kernels::linear::{linear_fp8, Blas, LinearOut, LinearSchedule, LINEAR_WORKSPACE_BYTES};
 use llama4_kernels::quant::quant_fp8;
 use llama4_kernels::{bf16, capi, Error, Status, Tensor, TensorMut, E4M3};
 use llama4_reference::check::{TOL_BF16, TOL_F32, TOL_FP8_GEMM};
@@ -172,22 +172,15 @@ proptest! {
             &mut TensorMut::of(&mut y, [m, n]).unwrap(),
             &mut TensorMut::of(&mut ws, [ws_len]).unwrap(),
         ).unwrap();
-        let want = fp8_reference(xq, xs, wq, wsc, [m, n, k]);
+        let want = grouped_gemm_rowwise(
+            Array2::from_shape_vec((m, k), xq).unwrap().view(),
+            ndarray::Array1::from(xs).view(),
+            Array3::from_shape_vec((1, n, k), wq).unwrap().view(),
+            Array2::from_shape_vec((1, n), wsc).unwrap().view(),
+            &[0, m as u32],
+        ).unwrap().mapv(round_bf16);
         llama4_reference::check::assert_close(&format!("linear fp8 m = {m}, n = {n}, k = {k}"), &download_bf16(&y), want.as_slice().unwrap(), TOL_FP8_GEMM);
     }
-}
-
-/// The reference FP8 linear of quantized operands (host bytes and scales), rounded to bf16.
-fn fp8_reference(xq: Vec<u8>, xs: Vec<f32>, wq: Vec<u8>, wsc: Vec<f32>, [m, n, k]: [usize; 3]) -> Array2<f32> {
-    grouped_gemm_rowwise(
-        Array2::from_shape_vec((m, k), xq).unwrap().view(),
-        ndarray::Array1::from(xs).view(),
-        Array3::from_shape_vec((1, n, k), wq).unwrap().view(),
-        Array2::from_shape_vec((1, n), wsc).unwrap().view(),
-        &[0, m as u32],
-    )
-    .unwrap()
-    .mapv(round_bf16)
 }
 
 /// quant_fp8 of `v` [rows, cols] on the device: host bytes and scales, and the device buffers.
@@ -575,210 +568,4 @@ fn c_linear_equals_the_safe_api() {
     assert_eq!(b16(download(&y_c)), b16(download(&y_safe)));
     // SAFETY: made above, no call in flight after the downloads.
     assert_eq!(unsafe { capi::l4k_blas_destroy(handle) }, Status::Ok);
-}
-
-/// `x` [m, k] through quant_fp8 then the grouped GEMM's GEMV schedule with one expert (linear_fp8's path at one
-/// row, forced here at every m): the bits linear_fp8_on_bf16 must give.
-fn quant_then_gemv(
-    dx: &CudaSlice<bf16>,
-    dwq: &CudaSlice<E4M3>,
-    dws: &CudaSlice<f32>,
-    [m, n, k]: [usize; 3],
-) -> Vec<f32> {
-    let mut q = poison_e4m3(m * k);
-    let mut s = poison_f32(m);
-    quant_fp8(
-        stream(),
-        &Tensor::of(dx, [m, k]).unwrap(),
-        &mut TensorMut::of(&mut q, [m, k]).unwrap(),
-        &mut TensorMut::of(&mut s, [m]).unwrap(),
-    )
-    .unwrap();
-    let offsets = upload(&[0i32, m as i32]);
-    let (b, sb) = (Tensor::of(dwq, [1, n, k]).unwrap(), Tensor::of(dws, [1, n]).unwrap());
-    let (a, sa) = (Tensor::of(&q, [m, k]).unwrap(), Tensor::of(&s, [m]).unwrap());
-    let g = GroupedGemm {
-        a: &a,
-        scale_a: &sa,
-        b: &b,
-        scale_b: &sb,
-        offsets: &Tensor::of(&offsets, [2]).unwrap(),
-        counts: None,
-    };
-    let mut y = poison_bf16(m * n);
-    let mut ws: CudaSlice<u8> = stream().alloc_zeros(workspace_size(1).unwrap()).unwrap();
-    let wl = ws.len();
-    grouped_gemm_fp8(
-        stream(),
-        &g,
-        &mut TensorMut::of(&mut y, [m, n]).unwrap(),
-        &mut TensorMut::of(&mut ws, [wl]).unwrap(),
-        None,
-        Schedule::Gemv,
-    )
-    .unwrap();
-    download_bf16(&y)
-}
-
-/// linear_fp8_on_bf16 into a poisoned y.
-fn on_bf16(
-    dx: &CudaSlice<bf16>,
-    dwq: &CudaSlice<E4M3>,
-    dws: &CudaSlice<f32>,
-    [m, n, k]: [usize; 3],
-) -> Result<Vec<f32>, Error> {
-    let mut y = poison_bf16(m * n);
-    linear_fp8_on_bf16(
-        stream(),
-        &Tensor::of(dx, [m, k]).unwrap(),
-        &Tensor::of(dwq, [n, k]).unwrap(),
-        &Tensor::of(dws, [n]).unwrap(),
-        &mut TensorMut::of(&mut y, [m, n]).unwrap(),
-    )?;
-    Ok(download_bf16(&y))
-}
-
-/// The quantizing linear against quant_fp8 + the GEMV, bit for bit (where the grouped GEMM takes n: n % 8 == 0),
-/// and against the reference on the quantized operands (TOL_FP8_GEMM).
-fn check_on_bf16(x: &[f32], w: &[f32], [m, n, k]: [usize; 3]) {
-    let dx = upload_bf16(x);
-    let (xq, xs, _, _) = quantize(x, m, k);
-    let (wq, wsc, dwq, dws) = quantize(w, n, k);
-    let got = on_bf16(&dx, &dwq, &dws, [m, n, k]).unwrap();
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    let shape = format!("m = {m}, n = {n}, k = {k}");
-    if n % 8 == 0 {
-        assert_eq!(bits(&got), bits(&quant_then_gemv(&dx, &dwq, &dws, [m, n, k])), "linear_fp8_on_bf16 {shape}");
-    }
-    let want = fp8_reference(xq, xs, wq, wsc, [m, n, k]);
-    llama4_reference::check::assert_close(
-        &format!("linear_fp8_on_bf16 {shape}"),
-        &got,
-        want.as_slice().unwrap(),
-        TOL_FP8_GEMM,
-    );
-}
-
-proptest! {
-    #![proptest_config(cases(32))]
-
-    /// 1 to 8 rows, partial 16-column tiles (n = 8, 24, 40, 5128, 7176 against the GEMV's bits; n not a multiple
-    /// of 8 against the reference only), both configurations (n <= 5120 runs 8 steps in flight), k from one
-    /// 16-element step to the 8-row limit (5616); rows of zeros (the floored amax) and of large values.
-    #[test]
-    #[ignore = "needs a CUDA GPU"]
-    fn linear_fp8_on_bf16_gives_quant_then_gemv_bits(m in 1usize..=8,
-                                                     n in prop_oneof![1usize..41, Just(5120), Just(5128), Just(7176)],
-                                                     k16 in prop_oneof![1usize..40, Just(320), Just(351)],
-                                                     zero_row in any::<bool>(), seed: u64) {
-        let k = 16 * k16;
-        let mut r = rng(seed);
-        let (mut x, w) = (rand_bf16(&mut r, m * k, 300.0), rand_bf16(&mut r, n * k, 0.1));
-        if zero_row {
-            x[(m - 1) * k..].iter_mut().for_each(|v| *v = 0.0);
-        }
-        check_on_bf16(&x, &w, [m, n, k]);
-    }
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn linear_fp8_on_bf16_at_scout_shapes() {
-    let mut r = rng(91);
-    // q/k/v, o, the shared expert's gate_up and down at one row; one row at quant_fp8's longest (32768).
-    for (m, n, k) in
-        [(1usize, 7168usize, 5120usize), (1, 5120, 5120), (1, 16384, 5120), (1, 5120, 8192), (1, 24, 32768)]
-    {
-        let (x, w) = (rand_bf16(&mut r, m * k, 2.0), rand_bf16(&mut r, n * k, 0.05));
-        check_on_bf16(&x, &w, [m, n, k]);
-    }
-}
-
-/// What the quantizing linear cannot hold is Unsupported (saying why), bad operands InvalidArgument; neither
-/// writes y. m = 0 is a no-op.
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn linear_fp8_on_bf16_refusals() {
-    let mut r = rng(5);
-    // Weights as raw codes (quant_fp8 holds rows of at most 32768; the contents do not matter to a refusal).
-    let weight = |n: usize, k: usize| (upload(&vec![E4M3(0x38); n * k]), upload(&vec![1.0f32; n]));
-    for (m, n, k, want) in [
-        (9usize, 16usize, 64usize, "1..=8 rows"),
-        (1, 16, 40, "k % 16 == 0"),
-        (8, 16, 5632, "m * (k + 16) <= 45056"),
-        (1, 16, 45056, "m * (k + 16) <= 45056"),
-    ] {
-        let dx = upload_bf16(&rand_bf16(&mut r, m * k, 2.0));
-        let (dwq, dws) = weight(n, k);
-        let e = on_bf16(&dx, &dwq, &dws, [m, n, k]).unwrap_err();
-        assert!(matches!(&e, Error::Unsupported(msg) if msg.contains(want)), "m {m} n {n} k {k}: {e}");
-    }
-    let (m, n, k) = (2usize, 16usize, 64usize);
-    let (x, w) = (rand_bf16(&mut r, m * k + 8, 2.0), rand_bf16(&mut r, n * k, 0.1));
-    let (dx, (_, _, dwq, dws)) = (upload_bf16(&x), quantize(&w, n, k));
-    let mut y = poison_bf16(m * n);
-    // x one element in: 2-byte aligned, refused.
-    let e = linear_fp8_on_bf16(
-        stream(),
-        &Tensor::new(dx.slice(1..1 + m * k), [m, k]).unwrap(),
-        &Tensor::of(&dwq, [n, k]).unwrap(),
-        &Tensor::of(&dws, [n]).unwrap(),
-        &mut TensorMut::of(&mut y, [m, n]).unwrap(),
-    )
-    .unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument(msg) if msg.contains("16-byte aligned")), "{e}");
-    // A weight of another k.
-    let e = linear_fp8_on_bf16(
-        stream(),
-        &Tensor::new(dx.slice(..m * k), [m, k]).unwrap(),
-        &Tensor::new(dwq.slice(..n * 48), [n, 48]).unwrap(),
-        &Tensor::of(&dws, [n]).unwrap(),
-        &mut TensorMut::of(&mut y, [m, n]).unwrap(),
-    )
-    .unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument(msg) if msg.contains("but the weight is")), "{e}");
-    assert!(download_bf16(&y).iter().all(|v| v.is_nan()), "a refused call writes nothing");
-    let mut empty = poison_bf16(1);
-    linear_fp8_on_bf16(
-        stream(),
-        &Tensor::new(dx.slice(..0), [0, k]).unwrap(),
-        &Tensor::of(&dwq, [n, k]).unwrap(),
-        &Tensor::of(&dws, [n]).unwrap(),
-        &mut TensorMut::new(empty.slice_mut(..0), [0, n]).unwrap(),
-    )
-    .unwrap();
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn c_linear_fp8_on_bf16_equals_the_safe_api() {
-    let (m, n, k) = (3usize, 40usize, 256usize);
-    let mut r = rng(17);
-    let (x, w) = (rand_bf16(&mut r, m * k, 2.0), rand_bf16(&mut r, n * k, 0.1));
-    let (dx, (_, _, dwq, dws)) = (upload_bf16(&x), quantize(&w, n, k));
-    let safe = on_bf16(&dx, &dwq, &dws, [m, n, k]).unwrap();
-    let mut y = poison_bf16(m * n);
-    let s = stream();
-    let status = {
-        let (px, _a) = dx.device_ptr(s);
-        let (pw, _b) = dwq.device_ptr(s);
-        let (ps, _c) = dws.device_ptr(s);
-        let (py, _d) = y.device_ptr_mut(s);
-        // SAFETY: device buffers of the sizes the header gives, on the stream's device, alive until synchronized.
-        unsafe {
-            capi::l4k_linear_fp8_on_bf16(
-                px as _,
-                pw as _,
-                ps as _,
-                py as _,
-                m as i64,
-                n as i64,
-                k as i64,
-                s.cu_stream(),
-            )
-        }
-    };
-    assert_eq!(status, Status::Ok);
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&download_bf16(&y)), bits(&safe));
 }

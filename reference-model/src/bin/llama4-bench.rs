@@ -44,10 +44,6 @@ struct Args {
     /// (the same bits; Gpu::set_shared_gemv_ctas): an A/B. Absent: a CTA per 16 columns.
     #[arg(long)]
     shared_gemv_ctas: Option<u32>,
-    /// One-row FP8 linears quantize their input inside the GEMV (Gpu::set_quant_in_gemv, the same bits): an A/B
-    /// of `--fp8-dense`.
-    #[arg(long)]
-    quant_in_gemv: bool,
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     batches: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "1024,8192,32768")]
@@ -128,7 +124,6 @@ fn run(args: &Args) -> Result<(), Error> {
     gpu.set_overlap_shared_expert(!args.no_overlap);
     gpu.set_fused_routing(args.fused_routing);
     gpu.set_shared_gemv_ctas(args.shared_gemv_ctas);
-    gpu.set_quant_in_gemv(args.quant_in_gemv);
     let device = gpu.describe();
     println!("device: {device}");
     let pdl = llama4_kernels::device::pdl_enabled();
@@ -164,13 +159,12 @@ fn run(args: &Args) -> Result<(), Error> {
         gb(total)
     );
     let base = format!(
-        r#""ours":"llama4-kernels","model":"{}","layers":{},"recipe":"{recipe}","overlap":{},"fused_routing":{},"shared_gemv_ctas":{},"quant_in_gemv":{},"pdl":{pdl},"device":{:?},"copy_gbps":{copy_gbps:.1},"weight_bytes":{}"#,
+        r#""ours":"llama4-kernels","model":"{}","layers":{},"recipe":"{recipe}","overlap":{},"fused_routing":{},"shared_gemv_ctas":{},"pdl":{pdl},"device":{:?},"copy_gbps":{copy_gbps:.1},"weight_bytes":{}"#,
         args.synthetic,
         model.config.num_hidden_layers,
         !args.no_overlap,
         args.fused_routing,
         args.shared_gemv_ctas.unwrap_or(0),
-        args.quant_in_gemv,
         device,
         wb.total()
     );
