@@ -405,7 +405,10 @@ impl Blas {
             LinearSchedule::Auto => {
                 (gemv_is_faster(a.m as usize, a.n as usize) && gemv_can_serve(a.k as usize, a.x, a.w), 0)
             }
-            LinearSchedule::Gemv => (serves().map(|_| true)?, 0),
+            LinearSchedule::Gemv => {
+                serves()?;
+                (true, 0)
+            }
             LinearSchedule::GemvBounded { ctas } => {
                 ensure!(
                     (1..=i32::MAX as u32).contains(&ctas),
