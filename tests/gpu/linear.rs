@@ -239,10 +239,7 @@ fn llama4_scout_shapes() {
 }
 
 /// The GEMV on a bounded grid ([`LinearSchedule::GemvBounded`]: CTAs looping over tiles, the next tile prefetched)
-/// gives the one-CTA-a-tile GEMV's bits, f32 and bf16, from one CTA to more CTAs than tiles, at one pass and
-/// several (m up to 20), partial last tiles and both configurations (n = 6151 at k <= 5120 runs 8 warps); and
-/// meets the reference. The Scout shared expert's gate_up (16384 x 5120) at one row is in
-/// `bounded_gemv_at_scout_shapes`.
+/// against the reference (both outputs) and bit for bit against the one-CTA-a-tile GEMV (f32).
 fn check_bounded(x: &[f32], w: &[f32], [m, n, k]: [usize; 3], ctas: u32) {
     check_schedule(blas(), x, w, [m, n, k], LinearSchedule::GemvBounded { ctas });
     let (dx, dw) = (upload_bf16(x), upload_bf16(w));
@@ -256,6 +253,8 @@ fn check_bounded(x: &[f32], w: &[f32], [m, n, k]: [usize; 3], ctas: u32) {
 proptest! {
     #![proptest_config(cases(24))]
 
+    /// From one CTA to more CTAs than tiles, at one pass and several (m up to 20), partial last tiles and both
+    /// configurations (n = 6151 at k <= 5120 runs 8 warps); Scout's shapes are in `bounded_gemv_at_scout_shapes`.
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn bounded_gemv_gives_the_gemv_bits(m in prop_oneof![1usize..=8, 9usize..=20],
@@ -308,7 +307,7 @@ fn bounded_gemv_refusals() {
         assert!(kind_ok, "m {m} n {n} k {k} ctas {ctas}: {e}");
         assert!(download_bf16(&y).iter().all(|v| v.is_nan()), "a refused call writes nothing");
     }
-    // Where it splits only from 9 rows down, 9 rows are served.
+    // The split (hence the refusal) stops at 8 rows: 9 rows of the same 16 columns are served.
     let (m, n, k) = (9usize, 16usize, 64usize);
     let (x, w) = (rand_bf16(&mut r, m * k, 2.0), rand_bf16(&mut r, n * k, 0.1));
     check_bounded(&x, &w, [m, n, k], 1);
