@@ -60,6 +60,14 @@ l4k_status l4k_rmsnorm(const void* x, const void* weight, void* y, int64_t rows,
 l4k_status l4k_add_rmsnorm(const void* x, void* residual, const void* weight, void* y, int64_t rows,
                            int64_t cols, float eps, l4k_stream_t stream);
 
+/* Either norm, and y's rowwise FP8 copy from the same pass, for an FP8 linear that reads y: y_fp8 [rows, cols]
+ * E4M3 and y_scales [rows] f32 are exactly what l4k_quant_fp8 writes from y (one launch fewer). Neither may be
+ * NULL; y_fp8 must not overlap the other operands. */
+l4k_status l4k_rmsnorm_with_fp8(const void* x, const void* weight, void* y, void* y_fp8, float* y_scales,
+                                int64_t rows, int64_t cols, float eps, l4k_stream_t stream);
+l4k_status l4k_add_rmsnorm_with_fp8(const void* x, void* residual, const void* weight, void* y, void* y_fp8,
+                                    float* y_scales, int64_t rows, int64_t cols, float eps, l4k_stream_t stream);
+
 /* ---- rope: attention pre-processing of one layer ---------------------------------------------------------
  * llama3 frequency scaling (rope_scaling with rope_type "llama3"). */
 typedef struct l4k_llama3_scaling {
@@ -271,6 +279,13 @@ l4k_status l4k_unpermute(const void* expert_out, const float* weights, const int
 l4k_status l4k_unpermute_add_rmsnorm(const void* expert_out, const float* weights, const int32_t* dest,
                                      const void* shared, void* residual, const void* norm_weight, void* y, float eps,
                                      int64_t tokens, int64_t hidden, int32_t k, int64_t rows, l4k_stream_t stream);
+
+/* The same, and y's rowwise FP8 copy (y_fp8 [tokens, hidden] E4M3, y_scales [tokens]: l4k_quant_fp8's bytes and
+ * scales of y), as l4k_rmsnorm_with_fp8. */
+l4k_status l4k_unpermute_add_rmsnorm_with_fp8(const void* expert_out, const float* weights, const int32_t* dest,
+                                              const void* shared, void* residual, const void* norm_weight, void* y,
+                                              void* y_fp8, float* y_scales, float eps, int64_t tokens,
+                                              int64_t hidden, int32_t k, int64_t rows, l4k_stream_t stream);
 
 /* ---- grouped_gemm: FP8 (E4M3) grouped GEMM for the routed experts ---------------------------------------
  * d[r, :] = bf16((a[r, :] . b[e]^T) * scale_a[r] * scale_b[e, :]) for the rows of each expert e:

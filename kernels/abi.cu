@@ -67,7 +67,8 @@ constexpr size_t untiled(const Field (&f)[N], size_t size) {
   }
 
 L4K_TABLE(rmsnorm, L4kRmsnormParams, 0,
-          F(x), F(residual), F(residual_out), F(weight), F(y), F(rows), F(cols), F(eps), F(_pad))
+          F(x), F(residual), F(residual_out), F(weight), F(y), F(rows), F(cols), F(eps), F(_pad), F(y_fp8),
+          F(y_scales))
 L4K_TABLE(rope, L4kRopeParams, 0,
           F(qkv), F(pos), F(slots), F(q_out), F(k_cache), F(v_cache), F(bad_slots), F(tokens), F(cache_slots),
           F(n_heads), F(n_kv_heads), F(head_dim), F(rope), F(qk_norm), F(temperature), F(eps), F(floor_scale),
@@ -86,7 +87,7 @@ L4K_TABLE(unpermute, L4kUnpermuteParams, 0,
           F(expert_out), F(weights), F(dest), F(shared), F(out), F(tokens), F(hidden), F(rows), F(k), F(_pad))
 L4K_TABLE(unpermute_norm, L4kUnpermuteNormParams, 0,
           F(expert_out), F(weights), F(dest), F(shared), F(residual), F(weight), F(y), F(tokens), F(hidden), F(rows),
-          F(k), F(eps))
+          F(k), F(eps), F(y_fp8), F(y_scales))
 L4K_TABLE(weight_prep, L4kWeightPrepParams, 0,
           F(w), F(out), F(scales), F(experts), F(k), F(n))
 L4K_TABLE(embedding, L4kEmbeddingParams, 0,

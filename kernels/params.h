@@ -26,6 +26,8 @@ typedef struct L4kRmsnormParams {
   int64_t cols;
   float eps;
   int32_t _pad;
+  void* y_fp8;            // [rows, cols] E4M3, y's rowwise FP8 copy (quant.cu's bytes), or NULL for none
+  float* y_scales;        // [rows], y_fp8's scales; NULL iff y_fp8 is NULL
 } L4kRmsnormParams;
 
 enum { L4K_MAX_HEAD_DIM = 256 };
@@ -156,6 +158,8 @@ typedef struct L4kUnpermuteNormParams {
   int64_t rows;
   int32_t k;
   float eps;
+  void* y_fp8;            // [tokens, hidden] E4M3, y's rowwise FP8 copy (quant.cu's bytes), or NULL for none
+  float* y_scales;        // [tokens], y_fp8's scales; NULL iff y_fp8 is NULL
 } L4kUnpermuteNormParams;
 
 // Expert weight preparation (weight_prep.cu): checkpoint bf16 W [experts, k, n] (used as x @ W, n contiguous)

@@ -117,6 +117,8 @@ struct NormTail {
   const bf16* weight;
   bf16* y;
   float eps;
+  uint8_t* y_fp8;  // y's FP8 copy and its scales, or null
+  float* y_scales;
 };
 
 // One CTA per token, the row split into VPT packs per thread (row_shape): the shared row and every source's
@@ -124,8 +126,8 @@ struct NormTail {
 // (a column loop with one pack per source in flight reached 63% of the copy ceiling).
 // NORM: the unpermuted row f is not stored; residual = bf16(residual + f) and y = rmsnorm(residual) * weight
 // follow in the same CTA through kernels/rmsnorm.cuh, on rmsnorm.cu's launch shape (row_shape), so the bits are
-// those of the two kernels one after the other.
-template <int VEC, int VPT, bool NORM>
+// those of the two kernels one after the other; with y_fp8, y's FP8 copy too (rmsnorm.cu's).
+template <int VEC, int VPT, bool NORM, bool FP8 = false>
 __global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const L4kUnpermuteParams p,
                                                                            const NormTail n) {
   __shared__ int64_t src[L4K_ROUTER_MAX_TOP_K];
@@ -191,6 +193,7 @@ __global__ void __launch_bounds__(row_threads_cap<VEC>()) unpermute_kernel(const
   if constexpr (NORM) {
     const float inv = row_inv_rms<VEC, VPT>(res, p.hidden, n.eps);
     store_normed<VEC, VPT>(res, n.weight, n.y + t * p.hidden, p.hidden, inv);
+    if constexpr (FP8) store_fp8_copy<VEC, VPT>(res, n.y_fp8 + t * p.hidden, n.y_scales + t, p.hidden);
   }
 }
 
@@ -243,14 +246,14 @@ __global__ void __launch_bounds__(MAX_THREADS) unpermute_top1_kernel(const L4kUn
 
 
 // The general kernel at its VPT (rmsnorm.cu's switch: the same shapes).
-template <int VEC, bool NORM>
+template <int VEC, bool NORM, bool FP8 = false>
 cudaError_t launch_general(const L4kUnpermuteParams& p, const NormTail& n, const RowShape& s, cudaStream_t stream) {
-  auto kernel = unpermute_kernel<VEC, 16, NORM>;
+  auto kernel = unpermute_kernel<VEC, 16, NORM, FP8>;
   switch (s.vpt) {
-    case 1: kernel = unpermute_kernel<VEC, 1, NORM>; break;
-    case 2: kernel = unpermute_kernel<VEC, 2, NORM>; break;
-    case 4: kernel = unpermute_kernel<VEC, 4, NORM>; break;
-    case 8: kernel = unpermute_kernel<VEC, 8, NORM>; break;
+    case 1: kernel = unpermute_kernel<VEC, 1, NORM, FP8>; break;
+    case 2: kernel = unpermute_kernel<VEC, 2, NORM, FP8>; break;
+    case 4: kernel = unpermute_kernel<VEC, 4, NORM, FP8>; break;
+    case 8: kernel = unpermute_kernel<VEC, 8, NORM, FP8>; break;
     default: break;
   }
   return launch_pdl(kernel, LaunchShape{dim3(static_cast<unsigned>(p.tokens)), dim3(s.threads)}, stream, p, n);
@@ -290,7 +293,8 @@ int launch_unpermute_norm(const L4kUnpermuteNormParams& q, cudaStream_t stream) 
   if (!row_shape<VEC>(q.hidden / VEC, &s)) return L4K_STATUS_TOO_LONG;
   const L4kUnpermuteParams p{q.expert_out, q.weights, q.dest, q.shared, nullptr, q.tokens, q.hidden, q.rows, q.k, 0};
   const NormTail n{static_cast<bf16*>(q.residual), static_cast<const bf16*>(q.weight), static_cast<bf16*>(q.y),
-                   q.eps};
+                   q.eps, static_cast<uint8_t*>(q.y_fp8), q.y_scales};
+  if (q.y_fp8 != nullptr) return launch_result(launch_general<VEC, true, true>(p, n, s, stream));
   return launch_result(launch_general<VEC, true>(p, n, s, stream));
 }
 
@@ -313,10 +317,11 @@ extern "C" int l4k_launch_unpermute(const L4kUnpermuteParams* p, cudaStream_t st
   return vec ? launch_unpermute<8>(*p, stream) : launch_unpermute<1>(*p, stream);
 }
 
-// The vector path needs every row start 16-byte aligned, as l4k_launch_rmsnorm's.
+// The vector path needs every row start 16-byte aligned, as l4k_launch_rmsnorm's (8-byte for the FP8 copy).
 extern "C" int l4k_launch_unpermute_add_rmsnorm(const L4kUnpermuteNormParams* p, cudaStream_t stream) {
   using namespace l4k;
   const bool vec = p->hidden % 8 == 0 && aligned16(p->expert_out) && aligned16(p->residual) && aligned16(p->weight) &&
-                   aligned16(p->y) && (p->shared == nullptr || aligned16(p->shared));
+                   aligned16(p->y) && (p->shared == nullptr || aligned16(p->shared)) &&
+                   (reinterpret_cast<uintptr_t>(p->y_fp8) & 7u) == 0;
   return vec ? launch_unpermute_norm<8>(*p, stream) : launch_unpermute_norm<1>(*p, stream);
 }

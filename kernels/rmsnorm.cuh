@@ -2,7 +2,8 @@
 // thread x at column (i * blockDim.x + x) * VEC, the layout of common.cuh's row_shape): the inverse RMS over the
 // CTA and the normalized, weighted store. kernels/rmsnorm.cu and the fused unpermute + norm of kernels/permute.cu
 // both call them with the same launch shape, so the sum of squares runs in the same order and the two paths agree
-// bit for bit. Rounding: the model contract's (kernels/rmsnorm.cu's top comment).
+// bit for bit. Rounding: the model contract's (kernels/rmsnorm.cu's top comment). Both can also write the normed
+// row's FP8 copy (store_fp8_copy) for an FP8 linear that reads it, in place of a quant_fp8 launch.
 #pragma once
 #include "common.cuh"
 
@@ -37,6 +38,31 @@ __device__ __forceinline__ void store_normed(Pack<VEC> (&v)[VPT], const bf16* we
       for (int j = 0; j < VEC; ++j) v[i].set(j, round_bf16(v[i][j] * inv) * w[j]);
       store_pack<VEC>(y + c, v[i]);
     }
+  }
+}
+
+// y's rowwise FP8 copy from the bf16 values store_normed left in v: quant.cu's arithmetic (amax of the bf16
+// values, scale = max(amax, kMinAmax) / 448, the paired E4M3 conversion), so the bytes and the scale are those
+// l4k_launch_quant_fp8 writes from y; max is exact, so the reduction order does not matter. Every thread calls it
+// (it holds block_reduce's barriers). q is the row's first byte; VEC == 8 needs it 8-byte aligned.
+template <int VEC, int VPT>
+__device__ __forceinline__ void store_fp8_copy(const Pack<VEC> (&v)[VPT], uint8_t* q, float* scale, int64_t cols) {
+  float amax = 0.f;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < cols) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) amax = fmaxf(amax, fabsf(v[i][j]));
+    }
+  }
+  const float s = fmaxf(block_reduce(amax, MaxOp{}, 0.f), kMinAmax) / kE4m3Max;
+  if (threadIdx.x == 0) *scale = s;
+  const float inv = 1.f / s;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
+    if (c < cols) store_e4m3<VEC>(q + c, v[i], inv);
   }
 }
 

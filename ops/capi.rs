@@ -102,6 +102,42 @@ pub unsafe extern "C" fn l4k_rmsnorm(
             cols,
             eps,
             _pad: 0,
+            y_fp8: ptr::null_mut(),
+            y_scales: ptr::null_mut(),
+        };
+        rmsnorm::launch(&p, stream)
+    })
+}
+
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_rmsnorm_with_fp8(
+    x: *const c_void,
+    weight: *const c_void,
+    y: *mut c_void,
+    y_fp8: *mut c_void,
+    y_scales: *mut f32,
+    rows: i64,
+    cols: i64,
+    eps: f32,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        check_fp8_copy("rmsnorm", y_fp8, y_scales)?;
+        let p = RmsnormParams {
+            x,
+            residual: ptr::null(),
+            residual_out: ptr::null_mut(),
+            weight,
+            y,
+            rows,
+            cols,
+            eps,
+            _pad: 0,
+            y_fp8,
+            y_scales,
         };
         rmsnorm::launch(&p, stream)
     })
@@ -125,9 +161,46 @@ pub unsafe extern "C" fn l4k_add_rmsnorm(
         if residual.is_null() {
             return Err(Error::InvalidArgument("rmsnorm: residual is null".into()));
         }
-        let p = RmsnormParams { x, residual, residual_out: residual, weight, y, rows, cols, eps, _pad: 0 };
+        let (y_fp8, y_scales) = (ptr::null_mut(), ptr::null_mut());
+        let p =
+            RmsnormParams { x, residual, residual_out: residual, weight, y, rows, cols, eps, _pad: 0, y_fp8, y_scales };
         rmsnorm::launch(&p, stream)
     })
+}
+
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_add_rmsnorm_with_fp8(
+    x: *const c_void,
+    residual: *mut c_void,
+    weight: *const c_void,
+    y: *mut c_void,
+    y_fp8: *mut c_void,
+    y_scales: *mut f32,
+    rows: i64,
+    cols: i64,
+    eps: f32,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        if residual.is_null() {
+            return Err(Error::InvalidArgument("rmsnorm: residual is null".into()));
+        }
+        check_fp8_copy("rmsnorm", y_fp8, y_scales)?;
+        let p =
+            RmsnormParams { x, residual, residual_out: residual, weight, y, rows, cols, eps, _pad: 0, y_fp8, y_scales };
+        rmsnorm::launch(&p, stream)
+    })
+}
+
+/// The `*_with_fp8` entries' copy is not optional (the plain entries are the ones without it).
+fn check_fp8_copy(op: &str, y_fp8: *mut c_void, y_scales: *mut f32) -> Result<()> {
+    if y_fp8.is_null() || y_scales.is_null() {
+        return Err(Error::InvalidArgument(format!("{op}: y_fp8 and y_scales must not be null")));
+    }
+    Ok(())
 }
 
 /// Host-side: fills `inv_freq[0 .. head_dim / 2]`; `scaling` may be NULL (no llama3 scaling).
@@ -779,6 +852,51 @@ pub unsafe extern "C" fn l4k_unpermute_add_rmsnorm(
             rows,
             k,
             eps,
+            y_fp8: ptr::null_mut(),
+            y_scales: ptr::null_mut(),
+        };
+        permute::launch_unpermute_add_rmsnorm(&p, stream)
+    })
+}
+
+/// # Safety
+/// The pointers and the stream as the module's Safety section requires.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn l4k_unpermute_add_rmsnorm_with_fp8(
+    expert_out: *const c_void,
+    weights: *const f32,
+    dest: *const i32,
+    shared: *const c_void,
+    residual: *mut c_void,
+    norm_weight: *const c_void,
+    y: *mut c_void,
+    y_fp8: *mut c_void,
+    y_scales: *mut f32,
+    eps: f32,
+    tokens: i64,
+    hidden: i64,
+    k: i32,
+    rows: i64,
+    stream: CUstream,
+) -> Status {
+    guard(|| {
+        check_fp8_copy("unpermute_add_rmsnorm", y_fp8, y_scales)?;
+        let p = UnpermuteNormParams {
+            expert_out,
+            weights,
+            dest,
+            shared,
+            residual,
+            weight: norm_weight,
+            y,
+            tokens,
+            hidden,
+            rows,
+            k,
+            eps,
+            y_fp8,
+            y_scales,
         };
         permute::launch_unpermute_add_rmsnorm(&p, stream)
     })

@@ -82,6 +82,8 @@ c_struct! {
         pub cols: i64,
         pub eps: f32,
         pub _pad: i32,
+        pub y_fp8: *mut c_void,
+        pub y_scales: *mut f32,
     }
 }
 
@@ -211,6 +213,8 @@ c_struct! {
         pub rows: i64,
         pub k: i32,
         pub eps: f32,
+        pub y_fp8: *mut c_void,
+        pub y_scales: *mut f32,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::ffi::{
     self, check_grid, check_ptr, launched, PermuteParams, UnpermuteNormParams, UnpermuteParams, PERMUTE_BF16,
     PERMUTE_FP8,
 };
+use crate::quant::Fp8Copy;
 use crate::router::MAX_TOP_K;
 use crate::tensor::{bf16, same_device, Tensor, TensorMut, E4M3};
 use cudarc::driver::sys::CUstream;
@@ -287,6 +288,40 @@ pub fn unpermute_add_rmsnorm(
     eps: f32,
     y: &mut TensorMut<bf16, 2>,
 ) -> Result<()> {
+    unpermute_norm(stream, expert_out, dest, weight_by, shared, residual, norm_weight, eps, y, None)
+}
+
+/// [`unpermute_add_rmsnorm`], and y's rowwise FP8 copy (the bytes and scales `quant_fp8` writes from y) from the
+/// same pass, for an FP8 linear that reads y.
+#[allow(clippy::too_many_arguments)]
+pub fn unpermute_add_rmsnorm_with_fp8(
+    stream: &CudaStream,
+    expert_out: &Tensor<bf16, 2>,
+    dest: &Tensor<i32, 2>,
+    weight_by: Option<&Tensor<f32, 2>>,
+    shared: Option<&Tensor<bf16, 2>>,
+    residual: &mut TensorMut<bf16, 2>,
+    norm_weight: &Tensor<bf16, 1>,
+    eps: f32,
+    y: &mut TensorMut<bf16, 2>,
+    fp8: Fp8Copy<'_, '_>,
+) -> Result<()> {
+    unpermute_norm(stream, expert_out, dest, weight_by, shared, residual, norm_weight, eps, y, Some(fp8))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn unpermute_norm(
+    stream: &CudaStream,
+    expert_out: &Tensor<bf16, 2>,
+    dest: &Tensor<i32, 2>,
+    weight_by: Option<&Tensor<f32, 2>>,
+    shared: Option<&Tensor<bf16, 2>>,
+    residual: &mut TensorMut<bf16, 2>,
+    norm_weight: &Tensor<bf16, 1>,
+    eps: f32,
+    y: &mut TensorMut<bf16, 2>,
+    mut fp8: Option<Fp8Copy<'_, '_>>,
+) -> Result<()> {
     let op = OP_UNPERMUTE_NORM;
     let [rows, h] = expert_out.shape();
     let [t, k] = dest.shape();
@@ -305,6 +340,8 @@ pub fn unpermute_add_rmsnorm(
     let (pr, _gr) = residual.ptr_mut(stream);
     let (pn, _gn) = norm_weight.ptr(stream);
     let (po, _go) = y.ptr_mut(stream);
+    let copy = fp8.as_mut().map(|c| c.ptrs(op, stream, [t, h])).transpose()?;
+    let [pq, ps] = copy.as_ref().map_or([0, 0], |[q, s]| [q.0, s.0]);
     let p = UnpermuteNormParams {
         expert_out: py as _,
         weights: w.as_ref().map_or(ptr::null(), |w| w.0 as _),
@@ -318,6 +355,8 @@ pub fn unpermute_add_rmsnorm(
         rows: rows as i64,
         k: i32::try_from(k).unwrap_or(i32::MAX),
         eps,
+        y_fp8: pq as _,
+        y_scales: ps as _,
     };
     launch_unpermute_add_rmsnorm(&p, stream.cu_stream())
 }
@@ -326,12 +365,16 @@ pub(crate) fn launch_unpermute_add_rmsnorm(p: &UnpermuteNormParams, stream: CUst
     let op = OP_UNPERMUTE_NORM;
     check_unpermute(op, p.expert_out, p.weights, p.dest, p.shared, p.tokens, p.hidden, p.rows, p.k)?;
     ensure!(p.eps.is_finite() && p.eps >= 0.0, "{op}: eps = {} (want finite, >= 0)", p.eps);
+    ensure!(p.y_fp8.is_null() == p.y_scales.is_null(), "{op}: y_fp8 and y_scales go together");
     if p.tokens == 0 {
         return Ok(());
     }
     check_ptr(op, "residual", p.residual, 2)?;
     check_ptr(op, "norm weight", p.weight, 2)?;
     check_ptr(op, "y", p.y, 2)?;
+    if !p.y_fp8.is_null() {
+        check_ptr(op, "y_scales", p.y_scales as _, 4)?;
+    }
     // SAFETY: validated above.
     launched(op, unsafe { ffi::l4k_launch_unpermute_add_rmsnorm(p, stream) })
 }

@@ -9,8 +9,31 @@ use crate::ffi::{self, check_grid, check_ptr, launched, QuantParams};
 use crate::tensor::{bf16, same_device, Tensor, TensorMut, E4M3};
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::CudaStream;
+use cudarc::driver::SyncOnDrop;
 
 const OP: &str = "quant_fp8";
+
+/// A device address with the guard that orders it (tensor.rs's `ptr` / `ptr_mut`).
+pub(crate) type Ptr<'s> = (u64, SyncOnDrop<'s>);
+
+/// The rowwise FP8 copy an op writes beside its bf16 output `y` [rows, cols] (the norms'
+/// `*_with_fp8`), for an FP8 linear that reads y: the E4M3 bytes [rows, cols] and one scale per row that
+/// [`quant_fp8`] would write from y, without its launch.
+pub struct Fp8Copy<'s, 'a> {
+    pub q: &'s mut TensorMut<'a, E4M3, 2>,
+    pub scales: &'s mut TensorMut<'a, f32, 1>,
+}
+
+impl Fp8Copy<'_, '_> {
+    /// Checks the copy's shapes against y's and its device against the stream's; the bytes' and the scales'
+    /// addresses, each with its guard (held until the launch, as every operand's).
+    pub(crate) fn ptrs<'s>(&'s mut self, op: &str, stream: &'s CudaStream, y: [usize; 2]) -> Result<[Ptr<'s>; 2]> {
+        ensure!(self.q.shape() == y, "{op}: FP8 copy {:?} != y {y:?}", self.q.shape());
+        ensure!(self.scales.shape() == [y[0]], "{op}: FP8 scales {:?} for {} rows", self.scales.shape(), y[0]);
+        same_device(stream, &[self.q.stream(), self.scales.stream()])?;
+        Ok([self.q.ptr_mut(stream), self.scales.ptr_mut(stream)])
+    }
+}
 const OP_DEQUANT: &str = "dequant_fp8";
 
 /// Quantizes x [rows, cols] into q [rows, cols] and scales [rows].

@@ -1,8 +1,10 @@
-//! RMSNorm (bf16 in/out, f32 math, the model contract's two roundings), alone or fused with the residual add.
+//! RMSNorm (bf16 in/out, f32 math, the model contract's two roundings), alone or fused with the residual add;
+//! either can also write the output's rowwise FP8 copy for an FP8 linear that reads it (`*_with_fp8`).
 //! Kernel: kernels/rmsnorm.cu. Reference: llama4_reference::rmsnorm.
 
 use crate::error::{ensure, Result};
 use crate::ffi::{self, check_grid, check_ptr, launched, RmsnormParams};
+use crate::quant::Fp8Copy;
 use crate::tensor::{bf16, same_device, Tensor, TensorMut};
 use cudarc::driver::sys::CUstream;
 use cudarc::driver::CudaStream;
@@ -18,7 +20,19 @@ pub fn rmsnorm(
     eps: f32,
     y: &mut TensorMut<bf16, 2>,
 ) -> Result<()> {
-    run(stream, x, None, weight, eps, y)
+    run(stream, x, None, weight, eps, y, None)
+}
+
+/// [`rmsnorm`], and y's rowwise FP8 copy (the bytes and scales `quant_fp8` writes from y) from the same pass.
+pub fn rmsnorm_with_fp8(
+    stream: &CudaStream,
+    x: &Tensor<bf16, 2>,
+    weight: &Tensor<bf16, 1>,
+    eps: f32,
+    y: &mut TensorMut<bf16, 2>,
+    fp8: Fp8Copy<'_, '_>,
+) -> Result<()> {
+    run(stream, x, None, weight, eps, y, Some(fp8))
 }
 
 /// The residual add and the next norm in one pass: `residual += x` (rounded to bf16), then
@@ -31,7 +45,20 @@ pub fn add_rmsnorm(
     eps: f32,
     y: &mut TensorMut<bf16, 2>,
 ) -> Result<()> {
-    run(stream, x, Some(residual), weight, eps, y)
+    run(stream, x, Some(residual), weight, eps, y, None)
+}
+
+/// [`add_rmsnorm`], and y's rowwise FP8 copy (the bytes and scales `quant_fp8` writes from y) from the same pass.
+pub fn add_rmsnorm_with_fp8(
+    stream: &CudaStream,
+    x: &Tensor<bf16, 2>,
+    residual: &mut TensorMut<bf16, 2>,
+    weight: &Tensor<bf16, 1>,
+    eps: f32,
+    y: &mut TensorMut<bf16, 2>,
+    fp8: Fp8Copy<'_, '_>,
+) -> Result<()> {
+    run(stream, x, Some(residual), weight, eps, y, Some(fp8))
 }
 
 fn run(
@@ -41,6 +68,7 @@ fn run(
     weight: &Tensor<bf16, 1>,
     eps: f32,
     y: &mut TensorMut<bf16, 2>,
+    mut fp8: Option<Fp8Copy<'_, '_>>,
 ) -> Result<()> {
     let [rows, cols] = x.shape();
     if let Some(r) = &residual {
@@ -56,6 +84,8 @@ fn run(
     let pr = res.as_ref().map_or(ptr::null_mut(), |r| r.0 as *mut std::ffi::c_void);
     let (pw, _gw) = weight.ptr(stream);
     let (py, _gy) = y.ptr_mut(stream);
+    let copy = fp8.as_mut().map(|c| c.ptrs(OP, stream, [rows, cols])).transpose()?;
+    let [pq, ps] = copy.as_ref().map_or([0, 0], |[q, s]| [q.0, s.0]);
     let p = RmsnormParams {
         x: px as _,
         residual: pr,
@@ -66,6 +96,8 @@ fn run(
         cols: cols as i64,
         eps,
         _pad: 0,
+        y_fp8: pq as _,
+        y_scales: ps as _,
     };
     launch(&p, stream.cu_stream())
 }
@@ -76,6 +108,7 @@ pub(crate) fn launch(p: &RmsnormParams, stream: CUstream) -> Result<()> {
     ensure!(p.cols >= 1, "{OP}: cols must be positive (got {})", p.cols);
     ensure!(p.eps.is_finite() && p.eps >= 0.0, "{OP}: eps must be finite and >= 0 (got {})", p.eps);
     ensure!(p.residual.is_null() == p.residual_out.is_null(), "{OP}: residual and residual_out go together");
+    ensure!(p.y_fp8.is_null() == p.y_scales.is_null(), "{OP}: y_fp8 and y_scales go together");
     if p.rows == 0 {
         return Ok(());
     }
@@ -85,6 +118,9 @@ pub(crate) fn launch(p: &RmsnormParams, stream: CUstream) -> Result<()> {
     if !p.residual.is_null() {
         check_ptr(OP, "residual", p.residual, 2)?;
         check_ptr(OP, "residual_out", p.residual_out, 2)?;
+    }
+    if !p.y_fp8.is_null() {
+        check_ptr(OP, "y_scales", p.y_scales as _, 4)?;
     }
     // SAFETY: pointers validated above; sizes are the caller's contract (checked by the safe API's views).
     launched(OP, unsafe { ffi::l4k_launch_rmsnorm(p, stream) })

@@ -54,6 +54,9 @@ cc -std=c99 -Wall -Wextra -Werror -pedantic -Iinclude tests/c/abi_smoke.c target
   -lstdc++ -ldl -lrt -lpthread -lm -o "$bundle/bin/abi_smoke"
 strip "$bundle/bin/abi_smoke"
 
+# The kernel tracer (bench/trace/), for timelines of a replayed step with its PDL overlap.
+scripts/build-trace.sh "$bundle/trace"
+
 # The binaries travel compressed (each carries every kernel's SASS, CUTLASS's included); run.sh unpacks them.
 tar -C "$bundle" -cf - bin | xz -T0 -1 >"$bundle/bin.tar.xz"
 rm -rf "$bundle/bin"

@@ -258,7 +258,10 @@ fn the_check_catches_a_doctored_header() {
     };
 
     // Two int64 parameters swapped.
-    let e = check(swap("int64_t rows, int64_t cols, float eps,", "int64_t cols, int64_t rows, float eps,"));
+    let e = check(swap(
+        "void* y, int64_t rows, int64_t cols, float eps,",
+        "void* y, int64_t cols, int64_t rows, float eps,",
+    ));
     assert!(e.len() == 2 && e.iter().all(|e| e.starts_with("l4k_rmsnorm: parameter")), "{e:?}");
     // A parameter's type changed, a parameter dropped, a return type changed.
     let e = check(swap("l4k_status l4k_argmax(const float* logits", "l4k_status l4k_argmax(const void* logits"));

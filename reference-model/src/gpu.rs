@@ -26,6 +26,7 @@ use llama4_kernels::cudarc::driver::{
 };
 use llama4_kernels::grouped_gemm::{self, GroupedGemm, Schedule};
 use llama4_kernels::linear::{gemv_is_faster, linear_fp8, Blas, LinearSchedule, LINEAR_WORKSPACE_BYTES};
+use llama4_kernels::quant::Fp8Copy;
 use llama4_kernels::router::{
     route_fp8, route_fp8_workspace_size, router, router_workspace_size, RouterKind, RouterOutputs, ROUTE_MAX_TOKENS,
 };
@@ -76,6 +77,9 @@ pub struct Gpu {
     fused_routing: std::cell::Cell<bool>,
     /// A bound on the CTAs of the shared expert's gate_up GEMV beside the routed path (None: a CTA per tile).
     shared_ctas: std::cell::Cell<Option<u32>>,
+    /// Whether, with FP8 dense linears, the norms that write Y write its FP8 copy too (read by qkv, the shared
+    /// expert's and the dense MLP's gate_up in place of a quant_fp8 launch each).
+    norm_fp8: std::cell::Cell<bool>,
 }
 
 /// A timeline of one layer inside a captured step: events recorded as graph nodes from `rope(layer)` to
@@ -133,6 +137,7 @@ impl Gpu {
             overlap,
             fused_routing: std::cell::Cell::new(false),
             shared_ctas: std::cell::Cell::new(None),
+            norm_fp8: std::cell::Cell::new(true),
         })
     }
 
@@ -234,6 +239,14 @@ impl Gpu {
     /// (kernels/NOTES.md, "A bounded shared-expert grid").
     pub fn set_shared_gemv_ctas(&self, ctas: Option<u32>) {
         self.shared_ctas.set(ctas);
+    }
+
+    /// Whether, with `--fp8-dense`, the norms that write Y also write its rowwise FP8 copy for the FP8 linears
+    /// that read Y (qkv, the shared expert's and the dense MLP's gate_up), so those skip their quant_fp8 launch:
+    /// the same bytes (the copy is quant_fp8's of Y), one launch fewer each. On by default; off for A/Bs. Takes
+    /// effect in steps recorded after the call. Meta's recipe has no FP8 linear on Y and ignores it.
+    pub fn set_norm_fp8_copy(&self, on: bool) {
+        self.norm_fp8.set(on);
     }
 
     /// `n` zeroed bytes of page-locked host memory.
@@ -579,6 +592,11 @@ pub struct GpuState {
     logits: CudaSlice<f32>,
     tokens: CudaSlice<i32>,
     counters: CudaSlice<u32>,
+    /// Y's rowwise FP8 copy ([T, H] E4M3 and [T] scales, quant_fp8's bytes of Y), written by the norms that write
+    /// Y when the FP8 linears read Y (`--fp8-dense` with the copy on): their quant_fp8 launches are saved.
+    y_fp8: Option<Fp8Buf>,
+    /// Whether y_fp8 holds the copy of Y as it is now (set by each writer of Y while the step is recorded).
+    y_fp8_fresh: bool,
     /// Bytes of device memory the state holds (KV pools included).
     pub bytes: usize,
 }
@@ -594,6 +612,17 @@ impl GpuState {
     }
 }
 
+/// A rowwise FP8 copy of an activation: E4M3 bytes and one scale per row.
+type Fp8Buf = (CudaSlice<E4M3>, CudaSlice<f32>);
+/// Views of one to write, and of one to read.
+type Fp8Views<'a> = (TensorMut<'a, E4M3, 2>, TensorMut<'a, f32, 1>);
+type Fp8Rows<'a> = (&'a CudaSlice<E4M3>, &'a CudaSlice<f32>);
+
+/// Y's FP8 copy for an FP8 linear to read, where it holds Y as it is now.
+fn y_copy_of(copy: &Option<Fp8Buf>, fresh: bool) -> Option<Fp8Rows<'_>> {
+    copy.as_ref().filter(|_| fresh).map(|(q, s)| (q, s))
+}
+
 /// `(&acts[i], &mut acts[o])` for two different activations.
 fn in_out(acts: &mut [CudaSlice<bf16>; 5], i: Act, o: Act) -> Result<(&CudaSlice<bf16>, &mut CudaSlice<bf16>)> {
     let (i, o) = (i as usize, o as usize);
@@ -606,13 +635,15 @@ fn in_out(acts: &mut [CudaSlice<bf16>; 5], i: Act, o: Act) -> Result<(&CudaSlice
 
 impl Gpu {
     /// `y [m, n] = x [m, k] @ w^T` for a bf16 or FP8 nn.Linear weight, a bf16 weight on `schedule` (an FP8 weight
-    /// has one path); `off` is the arena's one-group offsets `[0, m]` for the FP8 GEMM.
+    /// has one path); `off` is the arena's one-group offsets `[0, m]` for the FP8 GEMM. An FP8 weight reads
+    /// `x_fp8` (x's rowwise FP8 copy, written with x) where given, else quantizes x into the scratch first.
     #[allow(clippy::too_many_arguments)]
     fn lin(
         &self,
         s: &CudaStream,
         lin: &mut LinScratch,
         x: &CudaSlice<bf16>,
+        x_fp8: Option<Fp8Rows<'_>>,
         m: usize,
         w: &GpuWeight,
         y: &mut CudaSlice<bf16>,
@@ -631,10 +662,13 @@ impl Gpu {
                 let mut ws = tm(&mut lin.blas_ws, [LINEAR_WORKSPACE_BYTES])?;
                 self.blas.linear_bf16_with(s, &x, &tv(w, [n, k])?, &mut y, &mut ws, schedule).map_err(kerr)
             }
-            GpuWeight::Fp8 { .. } => {
-                quant::quant_fp8(s, &x, &mut tm(&mut lin.xq, [m, k])?, &mut tm(&mut lin.xs, [m])?).map_err(kerr)?;
-                self.lin_quantized(s, lin, m, w, &mut y, off)
-            }
+            GpuWeight::Fp8 { .. } => match x_fp8 {
+                Some((xq, xs)) => self.lin_fp8(s, &mut lin.gemm_ws, xq, xs, m, w, &mut y, off),
+                None => {
+                    quant::quant_fp8(s, &x, &mut tm(&mut lin.xq, [m, k])?, &mut tm(&mut lin.xs, [m])?).map_err(kerr)?;
+                    self.lin_quantized(s, lin, m, w, &mut y, off)
+                }
+            },
         }
     }
 
@@ -648,22 +682,47 @@ impl Gpu {
         y: &mut TensorMut<bf16, 2>,
         off: &Tensor<i32, 1>,
     ) -> Result<()> {
+        self.lin_fp8(s, &mut lin.gemm_ws, &lin.xq, &lin.xs, m, w, y, off)
+    }
+
+    /// The FP8 linear of `w` on FP8 rows `xq` [m, k] with scales `xs` [m].
+    #[allow(clippy::too_many_arguments)]
+    fn lin_fp8(
+        &self,
+        s: &CudaStream,
+        gemm_ws: &mut CudaSlice<u8>,
+        xq: &CudaSlice<E4M3>,
+        xs: &CudaSlice<f32>,
+        m: usize,
+        w: &GpuWeight,
+        y: &mut TensorMut<bf16, 2>,
+        off: &Tensor<i32, 1>,
+    ) -> Result<()> {
         let GpuWeight::Fp8 { q, scales, .. } = w else {
             return Err(Error::Backend("an FP8 linear on a bf16 weight".into()));
         };
         let [n, k] = w.shape()[..] else { return Err(Error::Backend("linear weight rank".into())) };
-        let ws_len = lin.gemm_ws.len();
+        let ws_len = gemm_ws.len();
         linear_fp8(
             s,
-            &tv(&lin.xq, [m, k])?,
-            &tv(&lin.xs, [m])?,
+            &tv(xq, [m, k])?,
+            &tv(xs, [m])?,
             &tv(q, [n, k])?,
             &tv(scales, [n])?,
             off,
             y,
-            &mut tm(&mut lin.gemm_ws, [ws_len])?,
+            &mut tm(gemm_ws, [ws_len])?,
         )
         .map_err(kerr)
+    }
+
+    /// Views [t, h] and [t] of Y's FP8 copy for a norm to write, when the norms write one (`--fp8-dense`, the
+    /// copy on).
+    fn y_copy<'a>(&self, copy: &'a mut Option<Fp8Buf>, t: usize, h: usize) -> Result<Option<Fp8Views<'a>>> {
+        match copy.as_mut() {
+            Some((q, qs)) if self.norm_fp8.get() => Ok(Some((tm(q, [t, h])?, tm(qs, [t])?))),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -881,7 +940,12 @@ impl Backend for Gpu {
             logits: self.alloc(l.max_logit_rows * v)?,
             tokens: self.alloc(l.max_logit_rows)?,
             counters: self.alloc(4)?,
-            bytes: kv_bytes + scratch_bytes,
+            y_fp8: match self.opts.fp8_dense {
+                true => Some((self.alloc(t * h)?, self.alloc(t)?)),
+                false => None,
+            },
+            y_fp8_fresh: false,
+            bytes: kv_bytes + scratch_bytes + if self.opts.fp8_dense { 5 * t * h } else { 0 },
         })
     }
 
@@ -906,6 +970,7 @@ impl Backend for Gpu {
         // The step's one upload.
         self.stream().memcpy_htod(&st.staging, &mut st.arena).map_err(derr)?;
         st.shape = shape;
+        st.y_fp8_fresh = false;
         Ok(())
     }
 
@@ -927,11 +992,25 @@ impl Backend for Gpu {
         let [x, y, _, _, f] = &mut st.acts;
         let mut y = tm(y, [t, h])?;
         let s = self.stream();
-        match add {
-            true => rmsnorm::add_rmsnorm(s, &tv(f, [t, h])?, &mut tm(x, [t, h])?, &w, eps, &mut y),
-            false => rmsnorm::rmsnorm(s, &tv(x, [t, h])?, &w, eps, &mut y),
+        st.y_fp8_fresh = false;
+        match (self.y_copy(&mut st.y_fp8, t, h)?, add) {
+            (Some((mut q, mut qs)), add) => {
+                let copy = Fp8Copy { q: &mut q, scales: &mut qs };
+                match add {
+                    true => {
+                        rmsnorm::add_rmsnorm_with_fp8(s, &tv(f, [t, h])?, &mut tm(x, [t, h])?, &w, eps, &mut y, copy)
+                    }
+                    false => rmsnorm::rmsnorm_with_fp8(s, &tv(x, [t, h])?, &w, eps, &mut y, copy),
+                }
+                .map_err(kerr)?;
+                st.y_fp8_fresh = true;
+                Ok(())
+            }
+            (None, true) => {
+                rmsnorm::add_rmsnorm(s, &tv(f, [t, h])?, &mut tm(x, [t, h])?, &w, eps, &mut y).map_err(kerr)
+            }
+            (None, false) => rmsnorm::rmsnorm(s, &tv(x, [t, h])?, &w, eps, &mut y).map_err(kerr),
         }
-        .map_err(kerr)
     }
 
     fn linear(&self, st: &mut GpuState, input: Act, output: Act, w: &GpuWeight) -> Result<()> {
@@ -949,8 +1028,9 @@ impl Backend for Gpu {
             _ => "linear",
         })?;
         let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
+        let copy = if input == Act::Y { y_copy_of(&st.y_fp8, st.y_fp8_fresh) } else { None };
         let (x, y) = in_out(&mut st.acts, input, output)?;
-        self.lin(self.stream(), &mut st.lin, x, t, w, y, &off, "linear", LinearSchedule::Auto)
+        self.lin(self.stream(), &mut st.lin, x, copy, t, w, y, &off, "linear", LinearSchedule::Auto)
     }
 
     fn rope(&self, st: &mut GpuState, layer: usize, spec: &LayerSpec) -> Result<()> {
@@ -1012,8 +1092,10 @@ impl Backend for Gpu {
         self.mark("dense_mlp")?;
         let t = st.shape.tokens;
         let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
+        let copy = y_copy_of(&st.y_fp8, st.y_fp8_fresh);
         let [_, y, _, _, f] = &mut st.acts;
-        dense_ffn(self, self.stream(), &mut st.lin, &mut st.ffn.gu, &mut st.ffn.h, y, t, gate_up, down, f, &off, None)
+        let scratch = (&mut st.ffn.gu, &mut st.ffn.h);
+        dense_ffn(self, self.stream(), &mut st.lin, scratch, (y, copy), t, gate_up, down, f, &off, None)
     }
 
     fn moe(&self, st: &mut GpuState, w: MoeRef<'_, GpuWeight>) -> Result<()> {
@@ -1114,9 +1196,8 @@ impl Gpu {
             self,
             side,
             &mut st.side_lin,
-            &mut ffn.shared_gu,
-            &mut ffn.shared_h,
-            y,
+            (&mut ffn.shared_gu, &mut ffn.shared_h),
+            (y, y_copy_of(&st.y_fp8, st.y_fp8_fresh)),
             t,
             w.shared_gate_up,
             w.shared_down,
@@ -1250,28 +1331,51 @@ impl Gpu {
         match norm {
             None => {
                 self.mark("unpermute")?;
-                permute::unpermute(s, &eo, &dest, None, Some(&shared), &mut tm(f, [t, h])?)
+                permute::unpermute(s, &eo, &dest, None, Some(&shared), &mut tm(f, [t, h])?).map_err(kerr)
             }
             Some((nw, eps)) => {
                 self.mark("unpermute_norm")?;
                 let nw = tv(nw.bf16("norm")?, [h])?;
                 let (mut x, mut y) = (tm(x, [t, h])?, tm(y, [t, h])?);
-                permute::unpermute_add_rmsnorm(s, &eo, &dest, None, Some(&shared), &mut x, &nw, eps, &mut y)
+                st.y_fp8_fresh = false;
+                match self.y_copy(&mut st.y_fp8, t, h)? {
+                    Some((mut q, mut qs)) => {
+                        let copy = Fp8Copy { q: &mut q, scales: &mut qs };
+                        permute::unpermute_add_rmsnorm_with_fp8(
+                            s,
+                            &eo,
+                            &dest,
+                            None,
+                            Some(&shared),
+                            &mut x,
+                            &nw,
+                            eps,
+                            &mut y,
+                            copy,
+                        )
+                        .map_err(kerr)?;
+                        st.y_fp8_fresh = true;
+                        Ok(())
+                    }
+                    None => {
+                        permute::unpermute_add_rmsnorm(s, &eo, &dest, None, Some(&shared), &mut x, &nw, eps, &mut y)
+                            .map_err(kerr)
+                    }
+                }
             }
         }
-        .map_err(kerr)
     }
 }
 
-/// `out = down(silu(gate(y)) * up(y))` with gate|up stacked: the shared expert and the dense MLP.
+/// `out = down(silu(gate(y)) * up(y))` with gate|up stacked: the shared expert and the dense MLP. `scratch`: the
+/// gate|up and SwiGLU outputs; `input`: y, with its FP8 copy where an FP8 gate_up may read it.
 #[allow(clippy::too_many_arguments)]
 fn dense_ffn(
     gpu: &Gpu,
     s: &CudaStream,
     lin: &mut LinScratch,
-    gu: &mut CudaSlice<bf16>,
-    hbuf: &mut CudaSlice<bf16>,
-    y: &CudaSlice<bf16>,
+    (gu, hbuf): (&mut CudaSlice<bf16>, &mut CudaSlice<bf16>),
+    (y, y_fp8): (&CudaSlice<bf16>, Option<Fp8Rows<'_>>),
     t: usize,
     gate_up: &GpuWeight,
     down: &GpuWeight,
@@ -1285,7 +1389,7 @@ fn dense_ffn(
         (Some(ctas), GpuWeight::Bf16 { .. }) if gemv_is_faster(t, two_i) => LinearSchedule::GemvBounded { ctas },
         _ => LinearSchedule::Auto,
     };
-    gpu.lin(s, lin, y, t, gate_up, gu, off, "gate_up", schedule)?;
+    gpu.lin(s, lin, y, y_fp8, t, gate_up, gu, off, "gate_up", schedule)?;
     let g = tv(gu, [t, two_i])?;
     match down {
         // An FP8 down projection takes h quantized: SwiGLU and the quantization are one kernel.
@@ -1295,7 +1399,7 @@ fn dense_ffn(
         }
         GpuWeight::Bf16 { .. } => {
             swiglu::swiglu(s, &g, &mut tm(hbuf, [t, i])?).map_err(kerr)?;
-            gpu.lin(s, lin, hbuf, t, down, out, off, "down", LinearSchedule::Auto)
+            gpu.lin(s, lin, hbuf, None, t, down, out, off, "down", LinearSchedule::Auto)
         }
     }
 }

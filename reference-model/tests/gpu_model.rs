@@ -256,6 +256,47 @@ fn a_bounded_shared_expert_grid_keeps_the_logits() {
     }
 }
 
+/// `--fp8-dense` with the norms writing Y's FP8 copy (the default) gives the logits of the same model whose FP8
+/// linears quantize Y themselves (every copy writer: the first rmsnorm, the post-attention add_rmsnorm and the
+/// fused unpermute + norm), over a 9-token prefill and 7 graph-replayed decode steps, on every fixture checkpoint.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_norms_fp8_copy_keeps_the_logits() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    for dir in gpu_fixtures() {
+        let config = llama4_model::checkpoint::Checkpoint::open(&dir).unwrap().config;
+        let ids: Vec<u32> = (0..16u32).map(|i| (i * 37 + 5) % config.vocab_size as u32).collect();
+        let gpu = Gpu::new(GpuOptions { device: 0, fp8_dense: true }).expect("a GPU");
+        let model = Model::synthetic(config, gpu, 5, &mut |_, _| {}).unwrap();
+        let run = |copy: bool| {
+            model.backend.set_norm_fp8_copy(copy);
+            let limits =
+                Limits { max_tokens: 64, max_seqs: 1, max_context: 128, max_logit_rows: 64, ..Limits::default() };
+            let mut e = Engine::new(&model, limits).unwrap();
+            let seq = e.add_sequence();
+            let mut out: Vec<_> = e
+                .step(&[SeqStep { seq, tokens: &ids[..9], logits: Logits::All }], false)
+                .unwrap()
+                .into_iter()
+                .map(|o| o.logits.unwrap())
+                .collect();
+            for &t in &ids[9..] {
+                let o = e.step(&[SeqStep { seq, tokens: &[t], logits: Logits::Last }], true).unwrap();
+                out.extend(o.into_iter().map(|o| o.logits.unwrap()));
+            }
+            out
+        };
+        let (with_copy, without) = (run(true), run(false));
+        model.backend.set_norm_fp8_copy(true);
+        assert!(!with_copy.is_empty());
+        for (t, (a, b)) in with_copy.iter().zip(&without).enumerate() {
+            assert!(a.iter().all(|x| x.is_finite()), "{}: output {t}: non-finite logits", dir.display());
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{}: output {t}: the norms' FP8 copy changed the logits", dir.display());
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn configs_the_kernels_cannot_serve_are_refused_at_load() {

@@ -36,6 +36,22 @@ int main(void) {
   s = l4k_rmsnorm(NULL, NULL, NULL, 0, 64, 1e-5f, NULL);
   CHECK(s == L4K_OK && l4k_last_error()[0] == '\0', "zero rows must be a no-op: %d %s", (int)s, l4k_last_error());
 
+  /* The FP8 copy of the *_with_fp8 norms is not optional; a misaligned scale vector is refused. */
+  s = l4k_rmsnorm_with_fp8((const void*)0x1000, (const void*)0x2000, (void*)0x3000, NULL, (float*)0x4000, 4, 64,
+                           1e-5f, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "must not be null") != NULL,
+        "null y_fp8: %d %s", (int)s, l4k_last_error());
+  s = l4k_add_rmsnorm_with_fp8((const void*)0x1000, (void*)0x5000, (const void*)0x2000, (void*)0x3000,
+                               (void*)0x6000, (float*)0x4002, 4, 64, 1e-5f, NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "y_scales") != NULL &&
+            strstr(l4k_last_error(), "aligned") != NULL,
+        "misaligned y_scales: %d %s", (int)s, l4k_last_error());
+  s = l4k_unpermute_add_rmsnorm_with_fp8((const void*)0x1000, NULL, (const int32_t*)0x2000, NULL, (void*)0x5000,
+                                         (const void*)0x3000, (void*)0x4000, (void*)0x6000, NULL, 1e-5f, 2, 64, 1, 2,
+                                         NULL);
+  CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "must not be null") != NULL,
+        "null y_scales: %d %s", (int)s, l4k_last_error());
+
   s = l4k_unpermute_add_rmsnorm((const void*)0x1000, NULL, (const int32_t*)0x2000, NULL, NULL, (const void*)0x3000,
                                 (void*)0x4000, 1e-5f, 2, 64, 1, 2, NULL);
   CHECK(s == L4K_ERROR_INVALID_ARGUMENT && strstr(l4k_last_error(), "residual is null") != NULL,

@@ -3,7 +3,10 @@
 use crate::common::*;
 use crate::router::{assert_routing, device_route, distinct_logits, padded_dest, reference_route};
 use cudarc::driver::CudaSlice;
-use llama4_kernels::permute::{permute, permute_fp8, permuted_rows, unpermute, unpermute_add_rmsnorm, Padding};
+use llama4_kernels::permute::{
+    permute, permute_fp8, permuted_rows, unpermute, unpermute_add_rmsnorm, unpermute_add_rmsnorm_with_fp8, Padding,
+};
+use llama4_kernels::quant::Fp8Copy;
 use llama4_kernels::rmsnorm::add_rmsnorm;
 use llama4_kernels::router::RouterKind;
 use llama4_kernels::{bf16, Tensor, TensorMut};
@@ -192,6 +195,32 @@ fn run(c: &Case) {
         let bits = |d: &CudaSlice<bf16>| download(d).iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
         assert_eq!(bits(&res_fused), bits(&res_pair), "{tag}: residual differs from unpermute + add_rmsnorm");
         assert_eq!(bits(&y_fused), bits(&y_pair), "{tag}: y differs from unpermute + add_rmsnorm");
+        // With y's FP8 copy: the same residual and y, and the copy is quant_fp8's of y (the reference's bytes).
+        let (mut res_fp8, mut y_fp8) = (upload_bf16(&x0), poison_bf16(t * h));
+        let (mut q, mut qs) = (poison_e4m3(t * h), poison_f32(t));
+        unpermute_add_rmsnorm_with_fp8(
+            stream(),
+            &Tensor::of(&dy, [rows, h]).unwrap(),
+            &dest_t,
+            weighted.then_some(&w_t),
+            with_shared.then_some(&sh_t),
+            &mut TensorMut::of(&mut res_fp8, [t, h]).unwrap(),
+            &nw_t,
+            eps,
+            &mut TensorMut::of(&mut y_fp8, [t, h]).unwrap(),
+            Fp8Copy {
+                q: &mut TensorMut::of(&mut q, [t, h]).unwrap(),
+                scales: &mut TensorMut::of(&mut qs, [t]).unwrap(),
+            },
+        )
+        .unwrap();
+        assert_eq!(bits(&res_fp8), bits(&res_fused), "{tag}: the FP8 copy changed the residual");
+        assert_eq!(bits(&y_fp8), bits(&y_fused), "{tag}: the FP8 copy changed y");
+        let (want_q, want_qs) =
+            fp8::quantize_rowwise(Array2::from_shape_vec((t, h), download_bf16(&y_fused)).unwrap().view());
+        assert_eq!(download(&qs), want_qs.to_vec(), "{tag}: FP8 copy scales");
+        let got_q: Vec<u8> = download(&q).iter().map(|b| b.0).collect();
+        assert!(got_q == want_q.as_slice().unwrap(), "{tag}: FP8 copy bytes differ from quant_fp8 of y");
         let xv = Array2::from_shape_vec((t, h), x0).unwrap();
         let (want_res, want_y) = reference::unpermute_add_rmsnorm(
             unpadded.view(),

@@ -1,7 +1,9 @@
 use crate::common::*;
-use llama4_kernels::rmsnorm::{add_rmsnorm, rmsnorm};
+use llama4_kernels::quant::Fp8Copy;
+use llama4_kernels::rmsnorm::{add_rmsnorm, add_rmsnorm_with_fp8, rmsnorm, rmsnorm_with_fp8};
 use llama4_kernels::{Error, Tensor, TensorMut};
 use llama4_reference::check::TOL_BF16;
+use llama4_reference::fp8;
 use llama4_reference::{rmsnorm as reference, Precision};
 use ndarray::{Array1, Array2};
 use proptest::prelude::*;
@@ -44,6 +46,92 @@ proptest! {
         assert_matches("add_rmsnorm residual", &download_bf16(&dres), sum.as_slice().unwrap(), 0.0, 1.0);
         assert_matches("add_rmsnorm y", &download_bf16(&dy), y.as_slice().unwrap(), TOL_BF16, 0.99);
     }
+}
+
+proptest! {
+    #![proptest_config(cases(24))]
+
+    /// The norms with y's FP8 copy: y (and the residual) bit for bit the plain norm's, and the copy exactly the
+    /// reference's rowwise quantization of that y (quant_fp8's bytes and scales). `offset` starts the copy's view
+    /// 0-7 bytes into its buffer: under 8-byte alignment the launcher takes the scalar path, with the same bytes.
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn the_fp8_copy_is_quant_of_y(rows in 0usize..24, cols in row_len(), add: bool, offset in 0usize..8,
+                                  scale_exp in -12i32..12, seed: u64) {
+        let mut r = rng(seed);
+        let x = rand_bf16(&mut r, rows * cols, 2f32.powi(scale_exp));
+        let res = rand_bf16(&mut r, rows * cols, 2f32.powi(scale_exp));
+        let w = rand_bf16(&mut r, cols, 2.0);
+        let (dx, dw) = (upload_bf16(&x), upload_bf16(&w));
+        let (xt, wt) = (Tensor::of(&dx, [rows, cols]).unwrap(), Tensor::of(&dw, [cols]).unwrap());
+        let (mut res_plain, mut res_fp8) = (upload_bf16(&res), upload_bf16(&res));
+        let (mut y_plain, mut y_fp8) = (poison_bf16(rows * cols), poison_bf16(rows * cols));
+        let (mut q, mut qs) = (poison_e4m3(rows * cols + offset), poison_f32(rows));
+        {
+            let mut qv = TensorMut::new(q.slice_mut(offset..), [rows, cols]).unwrap();
+            let copy = Fp8Copy { q: &mut qv, scales: &mut TensorMut::of(&mut qs, [rows]).unwrap() };
+            let mut yp = TensorMut::of(&mut y_plain, [rows, cols]).unwrap();
+            let mut yf = TensorMut::of(&mut y_fp8, [rows, cols]).unwrap();
+            if add {
+                add_rmsnorm(stream(), &xt, &mut TensorMut::of(&mut res_plain, [rows, cols]).unwrap(), &wt, EPS, &mut yp)
+                    .unwrap();
+                add_rmsnorm_with_fp8(stream(), &xt, &mut TensorMut::of(&mut res_fp8, [rows, cols]).unwrap(), &wt, EPS,
+                                     &mut yf, copy).unwrap();
+            } else {
+                rmsnorm(stream(), &xt, &wt, EPS, &mut yp).unwrap();
+                rmsnorm_with_fp8(stream(), &xt, &wt, EPS, &mut yf, copy).unwrap();
+            }
+        }
+        let bits = |d: &llama4_kernels::cudarc::driver::CudaSlice<llama4_kernels::bf16>| {
+            download(d).iter().map(|v| v.to_bits()).collect::<Vec<u16>>()
+        };
+        prop_assert_eq!(bits(&y_fp8), bits(&y_plain), "y");
+        prop_assert_eq!(bits(&res_fp8), bits(&res_plain), "residual");
+        let y = download_bf16(&y_fp8);
+        prop_assert!(y.iter().all(|v| v.is_finite()), "y holds a NaN or infinity");
+        let (want_q, want_s) = fp8::quantize_rowwise(Array2::from_shape_vec((rows, cols), y).unwrap().view());
+        prop_assert_eq!(download(&qs), want_s.to_vec(), "scales");
+        let got: Vec<u8> = download(&q)[offset..].iter().map(|b| b.0).collect();
+        if let Some(i) = got.iter().zip(want_q.iter()).position(|(a, b)| a != b) {
+            panic!("FP8 copy byte ({}, {}) is {:#04x}, reference {:#04x}", i / cols, i % cols, got[i], want_q.as_slice().unwrap()[i]);
+        }
+        let before: Vec<u8> = download(&q)[..offset].iter().map(|b| b.0).collect();
+        prop_assert!(before.iter().all(|&b| b == 0x7F), "a byte before the copy's view was written");
+    }
+}
+
+/// The FP8 copy's operands are checked like the others: a shape that is not y's, and scales of the wrong length.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fp8_copy_shapes_are_checked() {
+    let (dx, dw) = (upload_bf16(&[1.0; 64]), upload_bf16(&[1.0; 16]));
+    let mut dy = poison_bf16(64);
+    let (mut q, mut qs) = (poison_e4m3(64), poison_f32(4));
+    let (xt, wt) = (Tensor::of(&dx, [4, 16]).unwrap(), Tensor::of(&dw, [16]).unwrap());
+    let e = rmsnorm_with_fp8(
+        stream(),
+        &xt,
+        &wt,
+        EPS,
+        &mut TensorMut::of(&mut dy, [4, 16]).unwrap(),
+        Fp8Copy { q: &mut TensorMut::of(&mut q, [2, 32]).unwrap(), scales: &mut TensorMut::of(&mut qs, [4]).unwrap() },
+    )
+    .unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("FP8 copy [2, 32] != y [4, 16]")), "{e}");
+    let e = rmsnorm_with_fp8(
+        stream(),
+        &xt,
+        &wt,
+        EPS,
+        &mut TensorMut::of(&mut dy, [4, 16]).unwrap(),
+        Fp8Copy {
+            q: &mut TensorMut::of(&mut q, [4, 16]).unwrap(),
+            scales: &mut TensorMut::new(qs.slice_mut(..3), [3]).unwrap(),
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("FP8 scales [3] for 4 rows")), "{e}");
+    assert!(download(&q).iter().all(|b| b.0 == 0x7F) && download_bf16(&dy).iter().all(|v| v.is_nan()), "written");
 }
 
 #[test]

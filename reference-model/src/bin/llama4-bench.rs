@@ -44,6 +44,10 @@ struct Args {
     /// (the same bits; Gpu::set_shared_gemv_ctas): an A/B. Absent: a CTA per 16 columns.
     #[arg(long)]
     shared_gemv_ctas: Option<u32>,
+    /// With --fp8-dense: the FP8 linears that read the norms' output quantize it themselves (quant_fp8) instead
+    /// of reading the FP8 copy the norms write (Gpu::set_norm_fp8_copy; the same bytes): an A/B.
+    #[arg(long)]
+    no_norm_fp8: bool,
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     batches: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "1024,8192,32768")]
@@ -124,6 +128,7 @@ fn run(args: &Args) -> Result<(), Error> {
     gpu.set_overlap_shared_expert(!args.no_overlap);
     gpu.set_fused_routing(args.fused_routing);
     gpu.set_shared_gemv_ctas(args.shared_gemv_ctas);
+    gpu.set_norm_fp8_copy(!args.no_norm_fp8);
     let device = gpu.describe();
     println!("device: {device}");
     let pdl = llama4_kernels::device::pdl_enabled();
@@ -159,12 +164,13 @@ fn run(args: &Args) -> Result<(), Error> {
         gb(total)
     );
     let base = format!(
-        r#""ours":"llama4-kernels","model":"{}","layers":{},"recipe":"{recipe}","overlap":{},"fused_routing":{},"shared_gemv_ctas":{},"pdl":{pdl},"device":{:?},"copy_gbps":{copy_gbps:.1},"weight_bytes":{}"#,
+        r#""ours":"llama4-kernels","model":"{}","layers":{},"recipe":"{recipe}","overlap":{},"fused_routing":{},"shared_gemv_ctas":{},"norm_fp8":{},"pdl":{pdl},"device":{:?},"copy_gbps":{copy_gbps:.1},"weight_bytes":{}"#,
         args.synthetic,
         model.config.num_hidden_layers,
         !args.no_overlap,
         args.fused_routing,
         args.shared_gemv_ctas.unwrap_or(0),
+        args.fp8_dense && !args.no_norm_fp8,
         device,
         wb.total()
     );
