@@ -137,7 +137,7 @@ impl Gpu {
             overlap,
             fused_routing: std::cell::Cell::new(false),
             shared_ctas: std::cell::Cell::new(None),
-            norm_fp8: std::cell::Cell::new(true),
+            norm_fp8: std::cell::Cell::new(false),
         })
     }
 
@@ -243,8 +243,9 @@ impl Gpu {
 
     /// Whether, with `--fp8-dense`, the norms that write Y also write its rowwise FP8 copy for the FP8 linears
     /// that read Y (qkv, the shared expert's and the dense MLP's gate_up), so those skip their quant_fp8 launch:
-    /// the same bytes (the copy is quant_fp8's of Y), one launch fewer each. On by default; off for A/Bs. Takes
-    /// effect in steps recorded after the call. Meta's recipe has no FP8 linear on Y and ignores it.
+    /// the same bytes (the copy is quant_fp8's of Y), one launch fewer each. Off by default until it has run and
+    /// been measured on a GPU (kernels/NOTES.md, "The norms' FP8 copy"); on for A/Bs. Takes effect in steps
+    /// recorded after the call. Meta's recipe has no FP8 linear on Y and ignores it.
     pub fn set_norm_fp8_copy(&self, on: bool) {
         self.norm_fp8.set(on);
     }

@@ -256,8 +256,8 @@ fn a_bounded_shared_expert_grid_keeps_the_logits() {
     }
 }
 
-/// `--fp8-dense` with the norms writing Y's FP8 copy (the default) gives the logits of the same model whose FP8
-/// linears quantize Y themselves (every copy writer: the first rmsnorm, the post-attention add_rmsnorm and the
+/// `--fp8-dense` with the norms writing Y's FP8 copy gives the logits of the same model whose FP8 linears quantize
+/// Y themselves (the default) (every copy writer: the first rmsnorm, the post-attention add_rmsnorm and the
 /// fused unpermute + norm), over a 9-token prefill and 7 graph-replayed decode steps, on every fixture checkpoint.
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -287,7 +287,6 @@ fn the_norms_fp8_copy_keeps_the_logits() {
             out
         };
         let (with_copy, without) = (run(true), run(false));
-        model.backend.set_norm_fp8_copy(true);
         assert!(!with_copy.is_empty());
         for (t, (a, b)) in with_copy.iter().zip(&without).enumerate() {
             assert!(a.iter().all(|x| x.is_finite()), "{}: output {t}: non-finite logits", dir.display());

@@ -44,10 +44,10 @@ struct Args {
     /// (the same bits; Gpu::set_shared_gemv_ctas): an A/B. Absent: a CTA per 16 columns.
     #[arg(long)]
     shared_gemv_ctas: Option<u32>,
-    /// With --fp8-dense: the FP8 linears that read the norms' output quantize it themselves (quant_fp8) instead
-    /// of reading the FP8 copy the norms write (Gpu::set_norm_fp8_copy; the same bytes): an A/B.
+    /// With --fp8-dense: the norms write their output's FP8 copy and the FP8 linears that read it skip their
+    /// quant_fp8 launch (Gpu::set_norm_fp8_copy; the same bytes): an A/B, off by default.
     #[arg(long)]
-    no_norm_fp8: bool,
+    norm_fp8: bool,
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
     batches: Vec<usize>,
     #[arg(long, value_delimiter = ',', default_value = "1024,8192,32768")]
@@ -128,7 +128,7 @@ fn run(args: &Args) -> Result<(), Error> {
     gpu.set_overlap_shared_expert(!args.no_overlap);
     gpu.set_fused_routing(args.fused_routing);
     gpu.set_shared_gemv_ctas(args.shared_gemv_ctas);
-    gpu.set_norm_fp8_copy(!args.no_norm_fp8);
+    gpu.set_norm_fp8_copy(args.norm_fp8);
     let device = gpu.describe();
     println!("device: {device}");
     let pdl = llama4_kernels::device::pdl_enabled();
@@ -170,7 +170,7 @@ fn run(args: &Args) -> Result<(), Error> {
         !args.no_overlap,
         args.fused_routing,
         args.shared_gemv_ctas.unwrap_or(0),
-        args.fp8_dense && !args.no_norm_fp8,
+        args.fp8_dense && args.norm_fp8,
         device,
         wb.total()
     );
