@@ -317,11 +317,10 @@ extern "C" int l4k_launch_unpermute(const L4kUnpermuteParams* p, cudaStream_t st
   return vec ? launch_unpermute<8>(*p, stream) : launch_unpermute<1>(*p, stream);
 }
 
-// The vector path needs every row start 16-byte aligned, as l4k_launch_rmsnorm's (8-byte for the FP8 copy).
+// The vector path needs every row start 16-byte aligned, as l4k_launch_rmsnorm's (the FP8 copy needs none).
 extern "C" int l4k_launch_unpermute_add_rmsnorm(const L4kUnpermuteNormParams* p, cudaStream_t stream) {
   using namespace l4k;
   const bool vec = p->hidden % 8 == 0 && aligned16(p->expert_out) && aligned16(p->residual) && aligned16(p->weight) &&
-                   aligned16(p->y) && (p->shared == nullptr || aligned16(p->shared)) &&
-                   (reinterpret_cast<uintptr_t>(p->y_fp8) & 7u) == 0;
+                   aligned16(p->y) && (p->shared == nullptr || aligned16(p->shared));
   return vec ? launch_unpermute_norm<8>(*p, stream) : launch_unpermute_norm<1>(*p, stream);
 }

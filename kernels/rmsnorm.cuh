@@ -42,9 +42,11 @@ __device__ __forceinline__ void store_normed(Pack<VEC> (&v)[VPT], const bf16* we
 }
 
 // y's rowwise FP8 copy from the bf16 values store_normed left in v: quant.cu's arithmetic (amax of the bf16
-// values, scale = max(amax, kMinAmax) / 448, the paired E4M3 conversion), so the bytes and the scale are those
+// values, scale = max(amax, kMinAmax) / 448, its E4M3 conversion), so the bytes and the scale are those
 // l4k_launch_quant_fp8 writes from y; max is exact, so the reduction order does not matter. Every thread calls it
-// (it holds block_reduce's barriers). q is the row's first byte; VEC == 8 needs it 8-byte aligned.
+// (it holds block_reduce's barriers). q is the row's first byte. A copy whose rows are not 8-byte aligned is
+// written a byte at a time (the same rounding) rather than sending the whole kernel down the scalar path, whose
+// sum of squares runs in another order: y keeps the plain norm's bits wherever the copy lies.
 template <int VEC, int VPT>
 __device__ __forceinline__ void store_fp8_copy(const Pack<VEC> (&v)[VPT], uint8_t* q, float* scale, int64_t cols) {
   float amax = 0.f;
@@ -59,10 +61,18 @@ __device__ __forceinline__ void store_fp8_copy(const Pack<VEC> (&v)[VPT], uint8_
   const float s = fmaxf(block_reduce(amax, MaxOp{}, 0.f), kMinAmax) / kE4m3Max;
   if (threadIdx.x == 0) *scale = s;
   const float inv = 1.f / s;
+  // The same for every row (cols % VEC == 0 on the vector path) and every thread.
+  const bool packed = (reinterpret_cast<uintptr_t>(q) & 7u) == 0;
 #pragma unroll
   for (int i = 0; i < VPT; ++i) {
     const int64_t c = (static_cast<int64_t>(i) * blockDim.x + threadIdx.x) * VEC;
-    if (c < cols) store_e4m3<VEC>(q + c, v[i], inv);
+    if (c >= cols) continue;
+    if (VEC == 1 || packed) {
+      store_e4m3<VEC>(q + c, v[i], inv);
+    } else {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) q[c + j] = to_e4m3(v[i][j] * inv);
+    }
   }
 }
 

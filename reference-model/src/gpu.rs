@@ -244,8 +244,9 @@ impl Gpu {
     /// Whether, with `--fp8-dense`, the norms that write Y also write its rowwise FP8 copy for the FP8 linears
     /// that read Y (qkv, the shared expert's and the dense MLP's gate_up), so those skip their quant_fp8 launch:
     /// the same bytes (the copy is quant_fp8's of Y), one launch fewer each. Off by default until it has run and
-    /// been measured on a GPU (kernels/NOTES.md, "The norms' FP8 copy"); on for A/Bs. Takes effect in steps
-    /// recorded after the call. Meta's recipe has no FP8 linear on Y and ignores it.
+    /// been measured on a GPU (kernels/NOTES.md, "The norms' FP8 copy"); on for A/Bs. Call it before the
+    /// engine plans its state (which holds the copy's buffer only when it is on); a state planned without it
+    /// refuses a step recorded with it on. Meta's recipe has no FP8 linear on Y and ignores it.
     pub fn set_norm_fp8_copy(&self, on: bool) {
         self.norm_fp8.set(on);
     }
@@ -722,6 +723,10 @@ impl Gpu {
     fn y_copy<'a>(&self, copy: &'a mut Option<Fp8Buf>, t: usize, h: usize) -> Result<Option<Fp8Views<'a>>> {
         match copy.as_mut() {
             Some((q, qs)) if self.norm_fp8.get() => Ok(Some((tm(q, [t, h])?, tm(qs, [t])?))),
+            None if self.norm_fp8.get() && self.opts.fp8_dense => Err(Error::Backend(
+                "the norms' FP8 copy was switched on after this state was planned (call set_norm_fp8_copy first)"
+                    .into(),
+            )),
             _ => Ok(None),
         }
     }
@@ -941,12 +946,14 @@ impl Backend for Gpu {
             logits: self.alloc(l.max_logit_rows * v)?,
             tokens: self.alloc(l.max_logit_rows)?,
             counters: self.alloc(4)?,
-            y_fp8: match self.opts.fp8_dense {
+            y_fp8: match self.opts.fp8_dense && self.norm_fp8.get() {
                 true => Some((self.alloc(t * h)?, self.alloc(t)?)),
                 false => None,
             },
             y_fp8_fresh: false,
-            bytes: kv_bytes + scratch_bytes + if self.opts.fp8_dense { 5 * t * h } else { 0 },
+            bytes: kv_bytes
+                + scratch_bytes
+                + if self.opts.fp8_dense && self.norm_fp8.get() { t * h + 4 * t } else { 0 },
         })
     }
 

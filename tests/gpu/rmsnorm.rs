@@ -53,7 +53,8 @@ proptest! {
 
     /// The norms with y's FP8 copy: y (and the residual) bit for bit the plain norm's, and the copy exactly the
     /// reference's rowwise quantization of that y (quant_fp8's bytes and scales). `offset` starts the copy's view
-    /// 0-7 bytes into its buffer: under 8-byte alignment the launcher takes the scalar path, with the same bytes.
+    /// 0-7 bytes into its buffer: a misaligned copy is stored a byte at a time, with the same bytes, and y keeps
+    /// its bits (the kernel stays on its vector path).
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn the_fp8_copy_is_quant_of_y(rows in 0usize..24, cols in row_len(), add: bool, offset in 0usize..8,
