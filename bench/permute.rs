@@ -115,6 +115,7 @@ fn bench(c: &mut Criterion) {
                 &nwt,
                 1e-5,
                 &mut TensorMut::of(&mut yn[i], [t, h]).unwrap(),
+                None,
             )
             .unwrap()
         });

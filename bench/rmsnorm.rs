@@ -7,7 +7,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use cudarc::driver::CudaSlice;
 use llama4_kernels::quant::{quant_fp8, Fp8Copy};
 use llama4_kernels::rmsnorm::{add_rmsnorm, add_rmsnorm_with_fp8, rmsnorm};
-use llama4_kernels::{Tensor, TensorMut, E4M3};
+use llama4_kernels::{bf16, Tensor, TensorMut, E4M3};
 
 fn bench(c: &mut Criterion) {
     let h = HIDDEN;
@@ -32,15 +32,7 @@ fn bench(c: &mut Criterion) {
         });
         run_case(c, "rmsnorm", "add", &shape, t, 4 * n * 2 + 2 * h, |i| {
             let i = i % k;
-            add_rmsnorm(
-                stream(),
-                &Tensor::of(&xs[i], [t, h]).unwrap(),
-                &mut TensorMut::of(&mut res[i], [t, h]).unwrap(),
-                &Tensor::of(&w, [h]).unwrap(),
-                1e-5,
-                &mut TensorMut::of(&mut ys[i], [t, h]).unwrap(),
-            )
-            .unwrap()
+            add_norm(&xs[i], &mut res[i], &w, &mut ys[i], [t, h])
         });
         let mut qs: Vec<CudaSlice<E4M3>> = (0..k).map(|_| zeros(n)).collect();
         let mut ss: Vec<CudaSlice<f32>> = (0..k).map(|_| zeros(t)).collect();
@@ -64,15 +56,7 @@ fn bench(c: &mut Criterion) {
         });
         run_case(c, "rmsnorm", "add_then_quant", &shape, t, fused_bytes, |i| {
             let i = i % k;
-            add_rmsnorm(
-                stream(),
-                &Tensor::of(&xs[i], [t, h]).unwrap(),
-                &mut TensorMut::of(&mut res[i], [t, h]).unwrap(),
-                &Tensor::of(&w, [h]).unwrap(),
-                1e-5,
-                &mut TensorMut::of(&mut ys[i], [t, h]).unwrap(),
-            )
-            .unwrap();
+            add_norm(&xs[i], &mut res[i], &w, &mut ys[i], [t, h]);
             quant_fp8(
                 stream(),
                 &Tensor::of(&ys[i], [t, h]).unwrap(),
@@ -82,6 +66,25 @@ fn bench(c: &mut Criterion) {
             .unwrap()
         });
     }
+}
+
+fn add_norm(
+    x: &CudaSlice<bf16>,
+    res: &mut CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    y: &mut CudaSlice<bf16>,
+    th: [usize; 2],
+) {
+    let [t, h] = th;
+    add_rmsnorm(
+        stream(),
+        &Tensor::of(x, [t, h]).unwrap(),
+        &mut TensorMut::of(res, [t, h]).unwrap(),
+        &Tensor::of(w, [h]).unwrap(),
+        1e-5,
+        &mut TensorMut::of(y, [t, h]).unwrap(),
+    )
+    .unwrap()
 }
 
 criterion_group! { name = benches; config = criterion(); targets = bench }

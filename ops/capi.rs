@@ -91,22 +91,7 @@ pub unsafe extern "C" fn l4k_rmsnorm(
     eps: f32,
     stream: CUstream,
 ) -> Status {
-    guard(|| {
-        let p = RmsnormParams {
-            x,
-            residual: ptr::null(),
-            residual_out: ptr::null_mut(),
-            weight,
-            y,
-            rows,
-            cols,
-            eps,
-            _pad: 0,
-            y_fp8: ptr::null_mut(),
-            y_scales: ptr::null_mut(),
-        };
-        rmsnorm::launch(&p, stream)
-    })
+    guard(|| norm_entry(x, None, weight, y, None, [rows, cols], eps, stream))
 }
 
 /// # Safety
@@ -124,23 +109,7 @@ pub unsafe extern "C" fn l4k_rmsnorm_with_fp8(
     eps: f32,
     stream: CUstream,
 ) -> Status {
-    guard(|| {
-        check_fp8_copy("rmsnorm", y_fp8, y_scales)?;
-        let p = RmsnormParams {
-            x,
-            residual: ptr::null(),
-            residual_out: ptr::null_mut(),
-            weight,
-            y,
-            rows,
-            cols,
-            eps,
-            _pad: 0,
-            y_fp8,
-            y_scales,
-        };
-        rmsnorm::launch(&p, stream)
-    })
+    guard(|| norm_entry(x, None, weight, y, Some((y_fp8, y_scales)), [rows, cols], eps, stream))
 }
 
 /// # Safety
@@ -157,15 +126,7 @@ pub unsafe extern "C" fn l4k_add_rmsnorm(
     eps: f32,
     stream: CUstream,
 ) -> Status {
-    guard(|| {
-        if residual.is_null() {
-            return Err(Error::InvalidArgument("rmsnorm: residual is null".into()));
-        }
-        let (y_fp8, y_scales) = (ptr::null_mut(), ptr::null_mut());
-        let p =
-            RmsnormParams { x, residual, residual_out: residual, weight, y, rows, cols, eps, _pad: 0, y_fp8, y_scales };
-        rmsnorm::launch(&p, stream)
-    })
+    guard(|| norm_entry(x, Some(residual), weight, y, None, [rows, cols], eps, stream))
 }
 
 /// # Safety
@@ -184,15 +145,32 @@ pub unsafe extern "C" fn l4k_add_rmsnorm_with_fp8(
     eps: f32,
     stream: CUstream,
 ) -> Status {
-    guard(|| {
-        if residual.is_null() {
-            return Err(Error::InvalidArgument("rmsnorm: residual is null".into()));
-        }
-        check_fp8_copy("rmsnorm", y_fp8, y_scales)?;
-        let p =
-            RmsnormParams { x, residual, residual_out: residual, weight, y, rows, cols, eps, _pad: 0, y_fp8, y_scales };
-        rmsnorm::launch(&p, stream)
-    })
+    guard(|| norm_entry(x, Some(residual), weight, y, Some((y_fp8, y_scales)), [rows, cols], eps, stream))
+}
+
+/// The four norm entries: `residual` given for the add (where NULL is an error), `copy` for the `*_with_fp8`
+/// entries (where neither pointer may be NULL).
+#[allow(clippy::too_many_arguments)]
+fn norm_entry(
+    x: *const c_void,
+    residual: Option<*mut c_void>,
+    weight: *const c_void,
+    y: *mut c_void,
+    copy: Option<(*mut c_void, *mut f32)>,
+    [rows, cols]: [i64; 2],
+    eps: f32,
+    stream: CUstream,
+) -> Result<()> {
+    if residual.is_some_and(|r| r.is_null()) {
+        return Err(Error::InvalidArgument("rmsnorm: residual is null".into()));
+    }
+    if let Some((q, s)) = copy {
+        check_fp8_copy("rmsnorm", q, s)?;
+    }
+    let residual = residual.unwrap_or(ptr::null_mut());
+    let (y_fp8, y_scales) = copy.unwrap_or((ptr::null_mut(), ptr::null_mut()));
+    let p = RmsnormParams { x, residual, residual_out: residual, weight, y, rows, cols, eps, _pad: 0, y_fp8, y_scales };
+    rmsnorm::launch(&p, stream)
 }
 
 /// The `*_with_fp8` entries' copy is not optional (the plain entries are the ones without it).
@@ -838,25 +816,8 @@ pub unsafe extern "C" fn l4k_unpermute_add_rmsnorm(
     rows: i64,
     stream: CUstream,
 ) -> Status {
-    guard(|| {
-        let p = UnpermuteNormParams {
-            expert_out,
-            weights,
-            dest,
-            shared,
-            residual,
-            weight: norm_weight,
-            y,
-            tokens,
-            hidden,
-            rows,
-            k,
-            eps,
-            y_fp8: ptr::null_mut(),
-            y_scales: ptr::null_mut(),
-        };
-        permute::launch_unpermute_add_rmsnorm(&p, stream)
-    })
+    let p = unpermute_norm(expert_out, weights, dest, shared, residual, norm_weight, y, eps, [tokens, hidden, rows], k);
+    guard(|| permute::launch_unpermute_add_rmsnorm(&p, stream))
 }
 
 /// # Safety
@@ -880,26 +841,48 @@ pub unsafe extern "C" fn l4k_unpermute_add_rmsnorm_with_fp8(
     rows: i64,
     stream: CUstream,
 ) -> Status {
+    let p = UnpermuteNormParams {
+        y_fp8,
+        y_scales,
+        ..unpermute_norm(expert_out, weights, dest, shared, residual, norm_weight, y, eps, [tokens, hidden, rows], k)
+    };
     guard(|| {
         check_fp8_copy("unpermute_add_rmsnorm", y_fp8, y_scales)?;
-        let p = UnpermuteNormParams {
-            expert_out,
-            weights,
-            dest,
-            shared,
-            residual,
-            weight: norm_weight,
-            y,
-            tokens,
-            hidden,
-            rows,
-            k,
-            eps,
-            y_fp8,
-            y_scales,
-        };
         permute::launch_unpermute_add_rmsnorm(&p, stream)
     })
+}
+
+/// The unpermute + norm entries' parameters, without the FP8 copy.
+#[allow(clippy::too_many_arguments)]
+fn unpermute_norm(
+    expert_out: *const c_void,
+    weights: *const f32,
+    dest: *const i32,
+    shared: *const c_void,
+    residual: *mut c_void,
+    weight: *const c_void,
+    y: *mut c_void,
+    eps: f32,
+    [tokens, hidden, rows]: [i64; 3],
+    k: i32,
+) -> UnpermuteNormParams {
+    let (y_fp8, y_scales) = (ptr::null_mut(), ptr::null_mut());
+    UnpermuteNormParams {
+        expert_out,
+        weights,
+        dest,
+        shared,
+        residual,
+        weight,
+        y,
+        tokens,
+        hidden,
+        rows,
+        k,
+        eps,
+        y_fp8,
+        y_scales,
+    }
 }
 
 /// Workspace bytes of `l4k_grouped_gemm_fp8` for `experts` groups on the current device, written to `*bytes`.

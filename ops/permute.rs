@@ -276,41 +276,10 @@ pub fn unpermute_norm_is_faster(tokens: usize) -> bool {
 /// token: F is not stored, and the bits of `residual` and `y` are those of [`unpermute`] followed by
 /// [`crate::rmsnorm::add_rmsnorm`] (the same summation orders). `residual` and `y` [T, H], `norm_weight` [H];
 /// they must not overlap `expert_out` or `shared`.
+/// With `fp8`, y's rowwise FP8 copy too, from the same pass (the bytes and scales `quant_fp8` writes from y), for
+/// an FP8 linear that reads y.
 #[allow(clippy::too_many_arguments)]
 pub fn unpermute_add_rmsnorm(
-    stream: &CudaStream,
-    expert_out: &Tensor<bf16, 2>,
-    dest: &Tensor<i32, 2>,
-    weight_by: Option<&Tensor<f32, 2>>,
-    shared: Option<&Tensor<bf16, 2>>,
-    residual: &mut TensorMut<bf16, 2>,
-    norm_weight: &Tensor<bf16, 1>,
-    eps: f32,
-    y: &mut TensorMut<bf16, 2>,
-) -> Result<()> {
-    unpermute_norm(stream, expert_out, dest, weight_by, shared, residual, norm_weight, eps, y, None)
-}
-
-/// [`unpermute_add_rmsnorm`], and y's rowwise FP8 copy (the bytes and scales `quant_fp8` writes from y) from the
-/// same pass, for an FP8 linear that reads y.
-#[allow(clippy::too_many_arguments)]
-pub fn unpermute_add_rmsnorm_with_fp8(
-    stream: &CudaStream,
-    expert_out: &Tensor<bf16, 2>,
-    dest: &Tensor<i32, 2>,
-    weight_by: Option<&Tensor<f32, 2>>,
-    shared: Option<&Tensor<bf16, 2>>,
-    residual: &mut TensorMut<bf16, 2>,
-    norm_weight: &Tensor<bf16, 1>,
-    eps: f32,
-    y: &mut TensorMut<bf16, 2>,
-    fp8: Fp8Copy<'_, '_>,
-) -> Result<()> {
-    unpermute_norm(stream, expert_out, dest, weight_by, shared, residual, norm_weight, eps, y, Some(fp8))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn unpermute_norm(
     stream: &CudaStream,
     expert_out: &Tensor<bf16, 2>,
     dest: &Tensor<i32, 2>,

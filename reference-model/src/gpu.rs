@@ -1346,30 +1346,13 @@ impl Gpu {
                 let nw = tv(nw.bf16("norm")?, [h])?;
                 let (mut x, mut y) = (tm(x, [t, h])?, tm(y, [t, h])?);
                 st.y_fp8_fresh = false;
-                match self.y_copy(&mut st.y_fp8, t, h)? {
-                    Some((mut q, mut qs)) => {
-                        let copy = Fp8Copy { q: &mut q, scales: &mut qs };
-                        permute::unpermute_add_rmsnorm_with_fp8(
-                            s,
-                            &eo,
-                            &dest,
-                            None,
-                            Some(&shared),
-                            &mut x,
-                            &nw,
-                            eps,
-                            &mut y,
-                            copy,
-                        )
-                        .map_err(kerr)?;
-                        st.y_fp8_fresh = true;
-                        Ok(())
-                    }
-                    None => {
-                        permute::unpermute_add_rmsnorm(s, &eo, &dest, None, Some(&shared), &mut x, &nw, eps, &mut y)
-                            .map_err(kerr)
-                    }
-                }
+                let mut copy = self.y_copy(&mut st.y_fp8, t, h)?;
+                let fp8 = copy.as_mut().map(|(q, qs)| Fp8Copy { q, scales: qs });
+                let wrote_copy = fp8.is_some();
+                permute::unpermute_add_rmsnorm(s, &eo, &dest, None, Some(&shared), &mut x, &nw, eps, &mut y, fp8)
+                    .map_err(kerr)?;
+                st.y_fp8_fresh = wrote_copy;
+                Ok(())
             }
         }
     }

@@ -3,9 +3,7 @@
 use crate::common::*;
 use crate::router::{assert_routing, device_route, distinct_logits, padded_dest, reference_route};
 use cudarc::driver::CudaSlice;
-use llama4_kernels::permute::{
-    permute, permute_fp8, permuted_rows, unpermute, unpermute_add_rmsnorm, unpermute_add_rmsnorm_with_fp8, Padding,
-};
+use llama4_kernels::permute::{permute, permute_fp8, permuted_rows, unpermute, unpermute_add_rmsnorm, Padding};
 use llama4_kernels::quant::Fp8Copy;
 use llama4_kernels::rmsnorm::add_rmsnorm;
 use llama4_kernels::router::RouterKind;
@@ -170,18 +168,22 @@ fn run(c: &Case) {
         let nw_t = Tensor::of(&dnw, [h]).unwrap();
         let (mut res_fused, mut res_pair) = (upload_bf16(&x0), upload_bf16(&x0));
         let (mut y_fused, mut y_pair) = (poison_bf16(t * h), poison_bf16(t * h));
-        unpermute_add_rmsnorm(
-            stream(),
-            &Tensor::of(&dy, [rows, h]).unwrap(),
-            &dest_t,
-            weighted.then_some(&w_t),
-            with_shared.then_some(&sh_t),
-            &mut TensorMut::of(&mut res_fused, [t, h]).unwrap(),
-            &nw_t,
-            eps,
-            &mut TensorMut::of(&mut y_fused, [t, h]).unwrap(),
-        )
-        .unwrap();
+        let fused = |res: &mut CudaSlice<bf16>, y: &mut CudaSlice<bf16>, copy: Option<Fp8Copy>| {
+            unpermute_add_rmsnorm(
+                stream(),
+                &Tensor::of(&dy, [rows, h]).unwrap(),
+                &dest_t,
+                weighted.then_some(&w_t),
+                with_shared.then_some(&sh_t),
+                &mut TensorMut::of(res, [t, h]).unwrap(),
+                &nw_t,
+                eps,
+                &mut TensorMut::of(y, [t, h]).unwrap(),
+                copy,
+            )
+            .unwrap()
+        };
+        fused(&mut res_fused, &mut y_fused, None);
         add_rmsnorm(
             stream(),
             &Tensor::of(&out, [t, h]).unwrap(),
@@ -198,22 +200,11 @@ fn run(c: &Case) {
         // With y's FP8 copy: the same residual and y, and the copy is quant_fp8's of y (the reference's bytes).
         let (mut res_fp8, mut y_fp8) = (upload_bf16(&x0), poison_bf16(t * h));
         let (mut q, mut qs) = (poison_e4m3(t * h), poison_f32(t));
-        unpermute_add_rmsnorm_with_fp8(
-            stream(),
-            &Tensor::of(&dy, [rows, h]).unwrap(),
-            &dest_t,
-            weighted.then_some(&w_t),
-            with_shared.then_some(&sh_t),
-            &mut TensorMut::of(&mut res_fp8, [t, h]).unwrap(),
-            &nw_t,
-            eps,
-            &mut TensorMut::of(&mut y_fp8, [t, h]).unwrap(),
-            Fp8Copy {
-                q: &mut TensorMut::of(&mut q, [t, h]).unwrap(),
-                scales: &mut TensorMut::of(&mut qs, [t]).unwrap(),
-            },
-        )
-        .unwrap();
+        let copy = Fp8Copy {
+            q: &mut TensorMut::of(&mut q, [t, h]).unwrap(),
+            scales: &mut TensorMut::of(&mut qs, [t]).unwrap(),
+        };
+        fused(&mut res_fp8, &mut y_fp8, Some(copy));
         assert_eq!(bits(&res_fp8), bits(&res_fused), "{tag}: the FP8 copy changed the residual");
         assert_eq!(bits(&y_fp8), bits(&y_fused), "{tag}: the FP8 copy changed y");
         let (want_q, want_qs) =

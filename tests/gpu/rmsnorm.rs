@@ -109,28 +109,16 @@ fn fp8_copy_shapes_are_checked() {
     let mut dy = poison_bf16(64);
     let (mut q, mut qs) = (poison_e4m3(64), poison_f32(4));
     let (xt, wt) = (Tensor::of(&dx, [4, 16]).unwrap(), Tensor::of(&dw, [16]).unwrap());
-    let e = rmsnorm_with_fp8(
-        stream(),
-        &xt,
-        &wt,
-        EPS,
-        &mut TensorMut::of(&mut dy, [4, 16]).unwrap(),
-        Fp8Copy { q: &mut TensorMut::of(&mut q, [2, 32]).unwrap(), scales: &mut TensorMut::of(&mut qs, [4]).unwrap() },
-    )
-    .unwrap_err();
+    let mut norm = |q_shape: [usize; 2], scales: usize| {
+        let copy = Fp8Copy {
+            q: &mut TensorMut::of(&mut q, q_shape).unwrap(),
+            scales: &mut TensorMut::new(qs.slice_mut(..scales), [scales]).unwrap(),
+        };
+        rmsnorm_with_fp8(stream(), &xt, &wt, EPS, &mut TensorMut::of(&mut dy, [4, 16]).unwrap(), copy).unwrap_err()
+    };
+    let e = norm([2, 32], 4);
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("FP8 copy [2, 32] != y [4, 16]")), "{e}");
-    let e = rmsnorm_with_fp8(
-        stream(),
-        &xt,
-        &wt,
-        EPS,
-        &mut TensorMut::of(&mut dy, [4, 16]).unwrap(),
-        Fp8Copy {
-            q: &mut TensorMut::of(&mut q, [4, 16]).unwrap(),
-            scales: &mut TensorMut::new(qs.slice_mut(..3), [3]).unwrap(),
-        },
-    )
-    .unwrap_err();
+    let e = norm([4, 16], 3);
     assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("FP8 scales [3] for 4 rows")), "{e}");
     assert!(download(&q).iter().all(|b| b.0 == 0x7F) && download_bf16(&dy).iter().all(|v| v.is_nan()), "written");
 }
