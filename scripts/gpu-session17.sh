@@ -53,8 +53,9 @@ case "${1:-}" in
     ours "meta" ; ours "meta ctas 264" --shared-gemv-ctas 264; ours "meta fused routing" --fused-routing
     ours "meta, shared expert in line" --no-overlap; ours "fp8-dense, shared expert in line" --fp8-dense --no-overlap
     stamp ab
+    # $OUT returns at most 8 files: the traces and logs travel in one archive.
     (cd $OUT && cp /tmp/trace-*.csv.xz . && tar -cJf logs.tar.xz scout-ab.log trace.log trace-*.txt trace-*.json \
-      trace-*.csv.xz && rm scout-ab.log trace.log trace-*.json trace-*.csv.xz)
+      trace-*.csv.xz && rm scout-ab.log trace.log trace-*.txt trace-*.json trace-*.csv.xz)
     test_report
     ;;
   trace)
