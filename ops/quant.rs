@@ -12,12 +12,13 @@ use cudarc::driver::CudaStream;
 use cudarc::driver::SyncOnDrop;
 
 const OP: &str = "quant_fp8";
+const OP_DEQUANT: &str = "dequant_fp8";
 
 /// A device address with the guard that orders it (tensor.rs's `ptr` / `ptr_mut`).
 pub(crate) type Ptr<'s> = (u64, SyncOnDrop<'s>);
 
-/// The rowwise FP8 copy an op writes beside its bf16 output `y` [rows, cols] (the norms'
-/// `*_with_fp8`), for an FP8 linear that reads y: the E4M3 bytes [rows, cols] and one scale per row that
+/// The rowwise FP8 copy an op writes beside its bf16 output `y` [rows, cols] (the norms' `*_with_fp8`, the fused
+/// unpermute + norm), for an FP8 linear that reads y: the E4M3 bytes [rows, cols] and one scale per row that
 /// [`quant_fp8`] would write from y, without its launch.
 pub struct Fp8Copy<'s, 'a> {
     pub q: &'s mut TensorMut<'a, E4M3, 2>,
@@ -34,7 +35,6 @@ impl Fp8Copy<'_, '_> {
         Ok([self.q.ptr_mut(stream), self.scales.ptr_mut(stream)])
     }
 }
-const OP_DEQUANT: &str = "dequant_fp8";
 
 /// Quantizes x [rows, cols] into q [rows, cols] and scales [rows].
 pub fn quant_fp8(

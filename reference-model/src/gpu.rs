@@ -244,9 +244,9 @@ impl Gpu {
     /// Whether, with `--fp8-dense`, the norms that write Y also write its rowwise FP8 copy for the FP8 linears
     /// that read Y (qkv, the shared expert's and the dense MLP's gate_up), so those skip their quant_fp8 launch:
     /// the same bytes (the copy is quant_fp8's of Y), one launch fewer each. Off by default until it has run and
-    /// been measured on a GPU (kernels/NOTES.md, "The norms' FP8 copy"); on for A/Bs. Call it before the
-    /// engine plans its state (which holds the copy's buffer only when it is on); a state planned without it
-    /// refuses a step recorded with it on. Meta's recipe has no FP8 linear on Y and ignores it.
+    /// been measured on a GPU (kernels/NOTES.md, "The norms' FP8 copy"); on for A/Bs. It applies to the states
+    /// planned after the call (a state holds the copy's buffer or not, and its steps use it if it does). Meta's
+    /// recipe has no FP8 linear on Y and ignores it.
     pub fn set_norm_fp8_copy(&self, on: bool) {
         self.norm_fp8.set(on);
     }
@@ -594,11 +594,10 @@ pub struct GpuState {
     logits: CudaSlice<f32>,
     tokens: CudaSlice<i32>,
     counters: CudaSlice<u32>,
-    /// Y's rowwise FP8 copy ([T, H] E4M3 and [T] scales, quant_fp8's bytes of Y), written by the norms that write
-    /// Y when the FP8 linears read Y (`--fp8-dense` with the copy on): their quant_fp8 launches are saved.
+    /// Y's rowwise FP8 copy ([T, H] E4M3 and [T] scales, quant_fp8's bytes of Y), planned when the FP8 linears
+    /// read Y (`--fp8-dense` with the copy on). Where it is, every writer of Y writes it too (Y is written before
+    /// it is read in every step), so the FP8 linears on Y read it in place of a quant_fp8 launch.
     y_fp8: Option<Fp8Buf>,
-    /// Whether y_fp8 holds the copy of Y as it is now (set by each writer of Y while the step is recorded).
-    y_fp8_fresh: bool,
     /// Bytes of device memory the state holds (KV pools included).
     pub bytes: usize,
 }
@@ -616,13 +615,12 @@ impl GpuState {
 
 /// A rowwise FP8 copy of an activation: E4M3 bytes and one scale per row.
 type Fp8Buf = (CudaSlice<E4M3>, CudaSlice<f32>);
-/// Views of one to write, and of one to read.
-type Fp8Views<'a> = (TensorMut<'a, E4M3, 2>, TensorMut<'a, f32, 1>);
+/// The same, to read.
 type Fp8Rows<'a> = (&'a CudaSlice<E4M3>, &'a CudaSlice<f32>);
 
-/// Y's FP8 copy for an FP8 linear to read, where it holds Y as it is now.
-fn y_copy_of(copy: &Option<Fp8Buf>, fresh: bool) -> Option<Fp8Rows<'_>> {
-    copy.as_ref().filter(|_| fresh).map(|(q, s)| (q, s))
+/// Y's FP8 copy for an FP8 linear to read, where the state has one.
+fn y_copy_of(copy: &Option<Fp8Buf>) -> Option<Fp8Rows<'_>> {
+    copy.as_ref().map(|(q, s)| (q, s))
 }
 
 /// `(&acts[i], &mut acts[o])` for two different activations.
@@ -717,19 +715,15 @@ impl Gpu {
         )
         .map_err(kerr)
     }
+}
 
-    /// Views [t, h] and [t] of Y's FP8 copy for a norm to write, when the norms write one (`--fp8-dense`, the
-    /// copy on).
-    fn y_copy<'a>(&self, copy: &'a mut Option<Fp8Buf>, t: usize, h: usize) -> Result<Option<Fp8Views<'a>>> {
-        match copy.as_mut() {
-            Some((q, qs)) if self.norm_fp8.get() => Ok(Some((tm(q, [t, h])?, tm(qs, [t])?))),
-            None if self.norm_fp8.get() && self.opts.fp8_dense => Err(Error::Backend(
-                "the norms' FP8 copy was switched on after this state was planned (call set_norm_fp8_copy first)"
-                    .into(),
-            )),
-            _ => Ok(None),
-        }
-    }
+/// Views [t, h] and [t] of Y's FP8 copy for a writer of Y to fill, where the state has one.
+fn y_copy_mut(
+    copy: &mut Option<Fp8Buf>,
+    t: usize,
+    h: usize,
+) -> Result<Option<(TensorMut<'_, E4M3, 2>, TensorMut<'_, f32, 1>)>> {
+    copy.as_mut().map(|(q, qs)| Ok((tm(q, [t, h])?, tm(qs, [t])?))).transpose()
 }
 
 impl Backend for Gpu {
@@ -950,7 +944,6 @@ impl Backend for Gpu {
                 true => Some((self.alloc(t * h)?, self.alloc(t)?)),
                 false => None,
             },
-            y_fp8_fresh: false,
             bytes: kv_bytes
                 + scratch_bytes
                 + if self.opts.fp8_dense && self.norm_fp8.get() { t * h + 4 * t } else { 0 },
@@ -978,7 +971,6 @@ impl Backend for Gpu {
         // The step's one upload.
         self.stream().memcpy_htod(&st.staging, &mut st.arena).map_err(derr)?;
         st.shape = shape;
-        st.y_fp8_fresh = false;
         Ok(())
     }
 
@@ -1000,25 +992,17 @@ impl Backend for Gpu {
         let [x, y, _, _, f] = &mut st.acts;
         let mut y = tm(y, [t, h])?;
         let s = self.stream();
-        st.y_fp8_fresh = false;
-        match (self.y_copy(&mut st.y_fp8, t, h)?, add) {
-            (Some((mut q, mut qs)), add) => {
-                let copy = Fp8Copy { q: &mut q, scales: &mut qs };
-                match add {
-                    true => {
-                        rmsnorm::add_rmsnorm_with_fp8(s, &tv(f, [t, h])?, &mut tm(x, [t, h])?, &w, eps, &mut y, copy)
-                    }
-                    false => rmsnorm::rmsnorm_with_fp8(s, &tv(x, [t, h])?, &w, eps, &mut y, copy),
-                }
-                .map_err(kerr)?;
-                st.y_fp8_fresh = true;
-                Ok(())
+        let mut copy = y_copy_mut(&mut st.y_fp8, t, h)?;
+        let fp8 = copy.as_mut().map(|(q, qs)| Fp8Copy { q, scales: qs });
+        match (add, fp8) {
+            (true, None) => rmsnorm::add_rmsnorm(s, &tv(f, [t, h])?, &mut tm(x, [t, h])?, &w, eps, &mut y),
+            (true, Some(c)) => {
+                rmsnorm::add_rmsnorm_with_fp8(s, &tv(f, [t, h])?, &mut tm(x, [t, h])?, &w, eps, &mut y, c)
             }
-            (None, true) => {
-                rmsnorm::add_rmsnorm(s, &tv(f, [t, h])?, &mut tm(x, [t, h])?, &w, eps, &mut y).map_err(kerr)
-            }
-            (None, false) => rmsnorm::rmsnorm(s, &tv(x, [t, h])?, &w, eps, &mut y).map_err(kerr),
+            (false, None) => rmsnorm::rmsnorm(s, &tv(x, [t, h])?, &w, eps, &mut y),
+            (false, Some(c)) => rmsnorm::rmsnorm_with_fp8(s, &tv(x, [t, h])?, &w, eps, &mut y, c),
         }
+        .map_err(kerr)
     }
 
     fn linear(&self, st: &mut GpuState, input: Act, output: Act, w: &GpuWeight) -> Result<()> {
@@ -1036,7 +1020,7 @@ impl Backend for Gpu {
             _ => "linear",
         })?;
         let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
-        let copy = if input == Act::Y { y_copy_of(&st.y_fp8, st.y_fp8_fresh) } else { None };
+        let copy = if input == Act::Y { y_copy_of(&st.y_fp8) } else { None };
         let (x, y) = in_out(&mut st.acts, input, output)?;
         self.lin(self.stream(), &mut st.lin, x, copy, t, w, y, &off, "linear", LinearSchedule::Auto)
     }
@@ -1100,7 +1084,7 @@ impl Backend for Gpu {
         self.mark("dense_mlp")?;
         let t = st.shape.tokens;
         let off = meta1::<i32>(&st.arena, st.layout.gemm_off, 2)?;
-        let copy = y_copy_of(&st.y_fp8, st.y_fp8_fresh);
+        let copy = y_copy_of(&st.y_fp8);
         let [_, y, _, _, f] = &mut st.acts;
         let scratch = (&mut st.ffn.gu, &mut st.ffn.h);
         dense_ffn(self, self.stream(), &mut st.lin, scratch, (y, copy), t, gate_up, down, f, &off, None)
@@ -1205,7 +1189,7 @@ impl Gpu {
             side,
             &mut st.side_lin,
             (&mut ffn.shared_gu, &mut ffn.shared_h),
-            (y, y_copy_of(&st.y_fp8, st.y_fp8_fresh)),
+            (y, y_copy_of(&st.y_fp8)),
             t,
             w.shared_gate_up,
             w.shared_down,
@@ -1345,14 +1329,10 @@ impl Gpu {
                 self.mark("unpermute_norm")?;
                 let nw = tv(nw.bf16("norm")?, [h])?;
                 let (mut x, mut y) = (tm(x, [t, h])?, tm(y, [t, h])?);
-                st.y_fp8_fresh = false;
-                let mut copy = self.y_copy(&mut st.y_fp8, t, h)?;
+                let mut copy = y_copy_mut(&mut st.y_fp8, t, h)?;
                 let fp8 = copy.as_mut().map(|(q, qs)| Fp8Copy { q, scales: qs });
-                let wrote_copy = fp8.is_some();
                 permute::unpermute_add_rmsnorm(s, &eo, &dest, None, Some(&shared), &mut x, &nw, eps, &mut y, fp8)
-                    .map_err(kerr)?;
-                st.y_fp8_fresh = wrote_copy;
-                Ok(())
+                    .map_err(kerr)
             }
         }
     }
